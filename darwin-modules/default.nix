@@ -1,0 +1,436 @@
+# nix-darwin module: a Mac becomes a GitLab Runner whose jobs run in fresh Tart VMs.
+#
+# A user launch agent (Tart needs the GUI session of a logged-in user) renders config.toml
+# with `gitlab-runner-tart-driver runner-config` from a token-free spec in the store plus the
+# token files, then runs `gitlab-runner run`. Documentation: docs/nix-darwin.md.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    types
+    ;
+
+  cfg = config.services.gitlab-runner-tart;
+  render = import ./render.nix;
+
+  home =
+    if cfg.user == null then
+      "/var/empty"
+    else
+      config.users.users.${cfg.user}.home or "/Users/${cfg.user}";
+
+  pathOrStr = types.either types.path types.str;
+  autoOr = t: types.nullOr (types.either t (types.enum [ "auto" ]));
+
+  runnerModule =
+    { name, ... }:
+    {
+      options = {
+        url = mkOption {
+          type = types.strMatching "https?://.+";
+          example = "https://gitlab.example.com";
+          description = "URL of the GitLab instance.";
+        };
+        authenticationTokenFile = mkOption {
+          type = pathOrStr;
+          example = "/Users/ci/.config/gitlab-runner/mac-1.token";
+          description = ''
+            File holding the runner authentication token (`glrt-…`, from "New instance/group/
+            project runner" in GitLab). Read by the runner's user each time the agent starts;
+            it never enters the Nix store. Give a quoted absolute path: a path literal is
+            copied to the store when the flake is, and a warning says so.
+          '';
+        };
+        name = mkOption {
+          type = types.str;
+          default = name;
+          defaultText = literalExpression "<attribute name>";
+          description = "Runner name in config.toml (shown in GitLab).";
+        };
+        limit = mkOption {
+          type = types.nullOr types.ints.positive;
+          default = null;
+          description = "Maximum concurrent jobs of this runner; null means `concurrency`.";
+        };
+        environment = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "LANG=en_US.UTF-8" ];
+          description = "`environment` of the `[[runners]]` entry (`NAME=value` job variables).";
+        };
+        buildsDir = mkOption {
+          type = types.nullOr pathOrStr;
+          default = null;
+          example = "/Users/ci/tart-builds";
+          description = "Host directory shared into the VMs for builds (driver `builds_dir`); null keeps builds inside the VM. Created at activation, owned by the user.";
+        };
+        cacheDir = mkOption {
+          type = types.nullOr pathOrStr;
+          default = null;
+          example = "/Users/ci/tart-cache";
+          description = "Host directory shared into the VMs for the runner cache (driver `cache_dir`). Created at activation, owned by the user.";
+        };
+        volumes = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "/Users/ci/shared:/Volumes/shared:ro" ];
+          description = "Extra shared directories, `host:guest[:ro]` (driver `volumes`). Missing host directories are created at activation.";
+        };
+        allowImages = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "^ghcr\\.io/cirruslabs/macos-.*$" ];
+          description = "Regexes; when non-empty a job image must match one (driver `allow_images`).";
+        };
+        excludeImages = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          description = "Regexes of images that are refused (driver `exclude_images`).";
+        };
+        defaultImage = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "ghcr.io/cirruslabs/macos-sequoia-xcode:latest";
+          description = "Image for jobs without `image:` (driver `default_image`).";
+        };
+        pullPolicy = mkOption {
+          type = types.nullOr (
+            types.enum [
+              "always"
+              "if-not-present"
+              "never"
+            ]
+          );
+          default = null;
+          description = "Image pull policy (driver `pull_policy`).";
+        };
+        allowedPullPolicies = mkOption {
+          type = types.listOf (
+            types.enum [
+              "always"
+              "if-not-present"
+              "never"
+            ]
+          );
+          default = [ ];
+          description = "Pull policies jobs may ask for (driver `allowed_pull_policies`).";
+        };
+        sshUser = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "admin";
+          description = "User the driver logs in as in the guest (driver `ssh_username`).";
+        };
+        sshPasswordFile = mkOption {
+          type = types.nullOr pathOrStr;
+          default = null;
+          description = "File holding the guest SSH password (driver `ssh_password_file`); keep it outside the store.";
+        };
+        sshKeyFile = mkOption {
+          type = types.nullOr pathOrStr;
+          default = null;
+          description = "Private key for guest SSH (driver `ssh_key_file`).";
+        };
+        cpu = mkOption {
+          type = autoOr types.ints.positive;
+          default = null;
+          description = "vCPUs per VM, or \"auto\" to split the host evenly over `concurrency` (driver `cpu`).";
+        };
+        memory = mkOption {
+          type = autoOr types.ints.positive;
+          default = null;
+          description = "Memory per VM in MiB, or \"auto\" (driver `memory`).";
+        };
+        display = mkOption {
+          type = types.nullOr (types.strMatching "[0-9]+x[0-9]+");
+          default = null;
+          example = "1920x1080";
+          description = "VM display resolution (driver `display`).";
+        };
+        timeout = mkOption {
+          type = types.nullOr types.ints.positive;
+          default = null;
+          description = "Seconds allowed for a VM to boot and accept SSH (driver `timeout`).";
+        };
+        transport = mkOption {
+          type = types.nullOr (
+            types.enum [
+              "ssh"
+              "exec"
+              "auto"
+            ]
+          );
+          default = null;
+          description = "How the driver runs commands in the guest (driver `transport`).";
+        };
+        settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
+          example = {
+            macos_vm_limit = 2;
+          };
+          description = "Free-form keys of the driver's YAML config, merged over the typed options (snake_case driver names; the driver rejects unknown keys).";
+        };
+        extraConfig = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
+          example = {
+            request_concurrency = 2;
+            custom.prepare_exec_timeout = 1800;
+          };
+          description = "Free-form keys merged (deeply) into this runner's `[[runners]]` table of config.toml. `token` is refused: use `authenticationTokenFile`.";
+        };
+      };
+    };
+
+  driverExe = "${cfg.package}/bin/gitlab-runner-tart-driver";
+
+  driverConfigs = lib.mapAttrs (
+    _: runner:
+    render.driverConfig {
+      inherit (cfg) concurrency;
+      tartExecutable = "${cfg.tartPackage}/bin/tart";
+      inherit runner;
+    }
+  ) cfg.runners;
+
+  driverConfigFiles = lib.mapAttrs (
+    n: c: pkgs.writeText "gitlab-runner-tart-${n}.yaml" (builtins.toJSON c)
+  ) driverConfigs;
+
+  spec = render.spec {
+    inherit cfg;
+    driver = driverExe;
+    driverConfigFiles = lib.mapAttrs (_: f: "${f}") driverConfigFiles;
+  };
+
+  specFile = pkgs.writeText "gitlab-runner-tart-spec.json" (builtins.toJSON spec);
+
+  agentPath = [
+    cfg.package
+    cfg.tartPackage
+    cfg.gitlabRunnerPackage
+  ]
+  ++ cfg.extraPackages
+  ++ [
+    "/usr/bin"
+    "/bin"
+    "/usr/sbin"
+    "/sbin"
+  ];
+
+  renderCfg = cfg // {
+    inherit (config.system) primaryUser;
+  };
+in
+{
+  options.services.gitlab-runner-tart = {
+    enable = mkEnableOption "a GitLab Runner whose jobs run in Tart VMs (custom executor)";
+
+    user = mkOption {
+      type = types.nullOr types.str;
+      default = config.system.primaryUser;
+      defaultText = literalExpression "config.system.primaryUser";
+      description = "User whose GUI session runs the runner and owns its files. Must be `system.primaryUser`, whose launch agents nix-darwin manages; keep that user logged in (auto-login), as Tart needs a GUI session for macOS guests.";
+    };
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ../nix/package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./nix/package.nix { }";
+      description = "The gitlab-runner-tart-driver package.";
+    };
+
+    tartPackage = mkOption {
+      type = types.package;
+      default = pkgs.tart;
+      defaultText = literalExpression "pkgs.tart";
+      description = ''Tart. Unfree: allow it with `nixpkgs.config.allowUnfreePackages = [ "tart" ];`.'';
+    };
+
+    gitlabRunnerPackage = mkOption {
+      type = types.package;
+      default = pkgs.gitlab-runner;
+      defaultText = literalExpression "pkgs.gitlab-runner";
+      description = "GitLab Runner.";
+    };
+
+    extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      description = "Extra packages on the agent's PATH (before /usr/bin:/bin:/usr/sbin:/sbin).";
+    };
+
+    concurrency = mkOption {
+      type = types.ints.positive;
+      default = 2;
+      description = "Jobs at once on this host: config.toml `concurrent` and every runner's `prepare --concurrency`. At most 2 unless `linuxGuestsOnly`.";
+    };
+
+    linuxGuestsOnly = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Declare that every job uses a Linux image, lifting the limit of 2 macOS VMs on `concurrency`.";
+    };
+
+    checkInterval = mkOption {
+      type = types.ints.positive;
+      default = 3;
+      description = "config.toml `check_interval` in seconds.";
+    };
+
+    shutdownTimeout = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "config.toml `shutdown_timeout` in seconds (GitLab Runner's default is 30).";
+    };
+
+    logLevel = mkOption {
+      type = types.nullOr (
+        types.enum [
+          "debug"
+          "info"
+          "warn"
+          "error"
+          "fatal"
+          "panic"
+        ]
+      );
+      default = null;
+      description = "config.toml `log_level`.";
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "${home}/.gitlab-runner";
+      defaultText = literalExpression ''"''${home}/.gitlab-runner"'';
+      description = "GitLab Runner's working directory (mode 0700, owned by the user).";
+    };
+
+    configFile = mkOption {
+      type = types.str;
+      default = "${cfg.stateDir}/config.toml";
+      defaultText = literalExpression ''"''${stateDir}/config.toml"'';
+      description = "Where config.toml is written (mode 0600) each time the agent starts.";
+    };
+
+    logDir = mkOption {
+      type = types.str;
+      default = "${home}/Library/Logs/gitlab-runner-tart";
+      defaultText = literalExpression ''"''${home}/Library/Logs/gitlab-runner-tart"'';
+      description = "Directory of the agents' logs: `gitlab-runner.log` and `gc.log`.";
+    };
+
+    extraConfig = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      example = {
+        listen_address = "127.0.0.1:9252";
+      };
+      description = "Free-form top-level config.toml keys, merged deeply. `concurrent`, `check_interval` and `runners` are refused: use the options.";
+    };
+
+    gc = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Run the driver's orphan sweep (`gitlab-runner-tart-driver gc`) periodically.";
+      };
+      interval = mkOption {
+        type = types.ints.positive;
+        default = 3600;
+        description = "Seconds between sweeps.";
+      };
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "Extra arguments of `gc`.";
+      };
+    };
+
+    runners = mkOption {
+      type = types.attrsOf (types.submodule runnerModule);
+      default = { };
+      description = "Runners (config.toml `[[runners]]` entries) served by this host.";
+    };
+
+    rendered = mkOption {
+      internal = true;
+      readOnly = true;
+      type = types.attrsOf types.anything;
+      description = "What the module rendered; for tests and debugging.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.gitlab-runner-tart.rendered = {
+      inherit
+        spec
+        specFile
+        driverConfigs
+        driverConfigFiles
+        ;
+      hostDirs = render.hostDirs cfg;
+      assertions = render.assertions renderCfg;
+    };
+
+    assertions = render.assertions renderCfg;
+    warnings = render.warnings cfg;
+
+    environment.systemPackages = [
+      cfg.package
+      cfg.tartPackage
+      cfg.gitlabRunnerPackage
+    ];
+
+    # After users are created and before launch agents are (re)loaded; custom activation
+    # script names are never run by nix-darwin.
+    system.activationScripts.launchd.text = lib.mkBefore (render.activationScript cfg);
+
+    launchd.user.agents.gitlab-runner-tart = {
+      path = agentPath;
+      environment.HOME = home;
+      script = render.agentScript {
+        driver = driverExe;
+        gitlabRunner = "${cfg.gitlabRunnerPackage}/bin/gitlab-runner";
+        specFile = "${specFile}";
+        inherit (cfg) configFile stateDir;
+      };
+      serviceConfig = {
+        KeepAlive = true;
+        RunAtLoad = true;
+        ProcessType = "Interactive";
+        ThrottleInterval = 30;
+        WorkingDirectory = cfg.stateDir;
+        StandardOutPath = "${cfg.logDir}/gitlab-runner.log";
+        StandardErrorPath = "${cfg.logDir}/gitlab-runner.log";
+      };
+    };
+
+    launchd.user.agents.gitlab-runner-tart-gc = mkIf cfg.gc.enable {
+      path = agentPath;
+      environment.HOME = home;
+      script = render.gcScript {
+        driver = driverExe;
+        configFiles = map (f: "${f}") (lib.attrValues driverConfigFiles);
+        inherit (cfg.gc) extraArgs;
+      };
+      serviceConfig = {
+        StartInterval = cfg.gc.interval;
+        RunAtLoad = false;
+        ProcessType = "Background";
+        WorkingDirectory = cfg.stateDir;
+        StandardOutPath = "${cfg.logDir}/gc.log";
+        StandardErrorPath = "${cfg.logDir}/gc.log";
+      };
+    };
+  };
+}

@@ -1,0 +1,63 @@
+# The driver, with its man pages and shell completions.
+{
+  lib,
+  stdenv,
+  rustPlatform,
+  installShellFiles,
+}:
+let
+  cargoToml = lib.importTOML ../Cargo.toml;
+  root = ../.;
+  # Everything but the Nix, docs and CI files, so that editing those does not rebuild.
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.difference root (
+      lib.fileset.unions [
+        (lib.fileset.maybeMissing ../target)
+        (lib.fileset.maybeMissing ../result)
+        (lib.fileset.maybeMissing ../.ci)
+        (lib.fileset.maybeMissing ../docs)
+        (lib.fileset.maybeMissing ../tests/nix)
+        ../nix
+        ../darwin-modules
+        ../flake.nix
+        ../flake.lock
+      ]
+    );
+  };
+  canRunBinary = stdenv.buildPlatform.canExecute stdenv.hostPlatform;
+in
+rustPlatform.buildRustPackage {
+  pname = cargoToml.package.name;
+  inherit (cargoToml.package) version;
+  inherit src;
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  nativeBuildInputs = [ installShellFiles ];
+
+  # Tests that need root, sshd or namespaces skip themselves in the build sandbox.
+  env.TART_DRIVER_SKIP_E2E = "1";
+
+  postInstall = lib.optionalString canRunBinary ''
+    exe=$out/bin/gitlab-runner-tart-driver
+    mkdir -p "$TMPDIR/man"
+    "$exe" generate-manpages "$TMPDIR/man"
+    mapfile -t pages < <(find "$TMPDIR/man" -type f -name '*.[1-9]')
+    installManPage "''${pages[@]}"
+    installShellCompletion --cmd gitlab-runner-tart-driver \
+      --bash <("$exe" completions bash) \
+      --zsh <("$exe" completions zsh) \
+      --fish <("$exe" completions fish)
+  '';
+
+  meta = {
+    inherit (cargoToml.package) description;
+    license = with lib.licenses; [
+      mit
+      asl20
+    ];
+    mainProgram = "gitlab-runner-tart-driver";
+    platforms = lib.platforms.unix;
+  };
+}
