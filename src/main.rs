@@ -1,1 +1,54 @@
-fn main() {}
+//! gitlab-runner-tart-driver: a GitLab Runner custom-executor driver that runs each job in
+//! a fresh Tart VM. `main` only parses the command line, dispatches to a stage and turns
+//! the stage's outcome into the exit code gitlab-runner expects.
+
+mod cli;
+mod failure;
+mod guest;
+mod host;
+mod image;
+mod job;
+mod lifecycle;
+mod settings;
+mod stages;
+mod supervisor;
+mod tart;
+mod transport;
+mod vm;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use failure::{ExitCodes, Failure};
+
+fn main() {
+    if let Some(code) = transport::askpass::answer_if_asked() {
+        std::process::exit(code);
+    }
+    let codes = ExitCodes::from_env();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                // A bad flag in config.toml is the admin's to fix: a system failure.
+                _ => codes.system_failure,
+            };
+            std::process::exit(code);
+        }
+    };
+    let (stage, result) = match &cli.command {
+        Command::Config(_) => ("config", stages::config::config()),
+        Command::Prepare(args) => ("prepare", stages::prepare::prepare(args)),
+        Command::Run(args) => ("run", stages::run::run(args)),
+        Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(args)),
+        Command::Gc(args) => ("gc", stages::gc::gc(args)),
+        Command::Supervise(args) => (
+            "supervise",
+            supervisor::supervise(args).map_err(Failure::System),
+        ),
+    };
+    std::process::exit(codes.settle(&result, stage));
+}

@@ -1,0 +1,203 @@
+//! The command line: stages, their arguments, and the admin options every stage accepts.
+//!
+//! Compatible with the original Python driver: the same subcommands and flags, so a
+//! config.toml written for it keeps working. Every option can also come from the YAML
+//! file named by `--config`; a flag on the command line wins over the file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::{PullPolicy, Resource, TransportKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gitlab-runner-tart-driver",
+    version,
+    about = "GitLab Runner custom-executor driver: each job in a fresh Tart VM",
+    long_about = "GitLab Runner custom-executor driver: each job runs in a fresh Tart VM \
+                  cloned from an OCI image, and the VM is deleted afterwards.\n\n\
+                  gitlab-runner calls the stages config, prepare, run and cleanup; see \
+                  `gitlab-runner-tart-driver <stage> --help`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Config stage: print the JSON gitlab-runner reads (builds and cache dirs, driver name).
+    Config(StageArgs),
+    /// Prepare stage: clone the job's image, boot the VM and open one SSH connection.
+    Prepare(StageArgs),
+    /// Run stage: run one script of the job inside the VM.
+    Run(RunArgs),
+    /// Cleanup stage: stop and delete the job's VM and everything the job left on the host.
+    Cleanup(StageArgs),
+    /// Remove VMs, connections and state of jobs whose driver is gone.
+    Gc(GcArgs),
+    /// Internal: watches `tart run` for one VM. Started by prepare, detached.
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The script gitlab-runner generated for this stage (a file on this host).
+    pub script: PathBuf,
+    /// The stage name (prepare_script, get_sources, build_script, ...); any name works.
+    pub stage: String,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GcArgs {
+    /// Only report what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub vm: String,
+    #[arg(long)]
+    pub state: PathBuf,
+    #[arg(long)]
+    pub tart: String,
+    /// The arguments of `tart run`.
+    #[arg(last = true)]
+    pub run_args: Vec<String>,
+}
+
+/// Admin options. Accepted by every stage so that one set of arguments (or one `--config`
+/// file) can be given to all of them in config.toml.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Admin options")]
+pub struct Options {
+    /// YAML file with any of these options (keys in snake_case, e.g. `pull_policy`).
+    #[arg(long, env = "TART_DRIVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Path to the tart executable [default: tart]
+    #[arg(short = 'x', long, value_name = "PATH")]
+    pub tart_executable: Option<String>,
+
+    /// Where the driver keeps per-job state, sockets and slot locks [default: /tmp/tartdrv-<uid>]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// VMs this host runs at once, across all runners; must equal config.toml `concurrent` [default: 1]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+
+    /// macOS guests this host may run at once (Apple allows 2) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub macos_vm_limit: Option<u32>,
+
+    /// CPUs per VM, or `auto` for the host's CPUs divided by --concurrency [default: the image's]
+    #[arg(long, value_name = "N|auto")]
+    pub cpu: Option<Resource>,
+
+    /// Memory per VM in MiB, or `auto` for the host's memory (less 2 GiB) divided by --concurrency
+    #[arg(long, value_name = "MIB|auto")]
+    pub memory: Option<Resource>,
+
+    /// Size VMs from the host's resources when --cpu/--memory are not given [default: on]
+    #[arg(long, overrides_with = "no_auto_resources")]
+    pub auto_resources: bool,
+
+    /// Keep the image's CPU and memory when --cpu/--memory are not given
+    #[arg(long, overrides_with = "auto_resources")]
+    pub no_auto_resources: bool,
+
+    /// VM display resolution, WIDTHxHEIGHT (job variable TART_EXECUTOR_DISPLAY)
+    #[arg(long, value_name = "WxH")]
+    pub display: Option<String>,
+
+    /// Seconds allowed for the VM to boot and accept SSH (job variable TART_EXECUTOR_TIMEOUT may lower it) [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// Host directory shared into each VM as its builds directory (one sub-directory per job)
+    #[arg(long, value_name = "DIR")]
+    pub builds_dir: Option<PathBuf>,
+
+    /// Host directory shared into each VM as its cache directory (one sub-directory per project)
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Host directory to share into every VM, HOST:GUEST[:ro] (repeatable)
+    #[arg(long = "volume", value_name = "HOST:GUEST[:ro]")]
+    pub volumes: Vec<String>,
+
+    /// Refuse images matching this regular expression (repeatable)
+    #[arg(short = 'e', long = "exclude-image-expr", value_name = "REGEX")]
+    pub exclude_images: Vec<String>,
+
+    /// Accept only images matching one of these regular expressions (repeatable) [default: any]
+    #[arg(long = "allow-image-expr", value_name = "REGEX")]
+    pub allow_images: Vec<String>,
+
+    /// Image for jobs that have no `image:`
+    #[arg(long, value_name = "IMAGE")]
+    pub default_image: Option<String>,
+
+    /// When to pull the image: always, if-not-present, never (job variable TART_PULL_POLICY) [default: if-not-present]
+    #[arg(long, value_name = "POLICY")]
+    pub pull_policy: Option<PullPolicy>,
+
+    /// Pull policies a job may ask for with TART_PULL_POLICY (repeatable) [default: all]
+    #[arg(long = "allowed-pull-policy", value_name = "POLICY")]
+    pub allowed_pull_policies: Vec<PullPolicy>,
+
+    /// How scripts reach the VM: ssh, exec (Tart guest agent), auto (job variable TART_TRANSPORT) [default: ssh]
+    #[arg(long, value_name = "KIND")]
+    pub transport: Option<TransportKind>,
+
+    /// Shell that runs each script in the VM, as a login shell (job variable TART_EXECUTOR_SHELL) [default: bash]
+    #[arg(long, value_name = "SHELL")]
+    pub shell: Option<String>,
+
+    /// SSH user in the VM (job variable TART_SSH_USERNAME) [default: admin]
+    #[arg(long, value_name = "USER")]
+    pub ssh_username: Option<String>,
+
+    /// File holding the SSH password (job variable TART_SSH_PASSWORD) [default: password admin]
+    #[arg(long, value_name = "FILE")]
+    pub ssh_password_file: Option<PathBuf>,
+
+    /// Private key for SSH into the VM
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key_file: Option<PathBuf>,
+
+    /// Make sure gitlab-runner is installed in the VM (needed for artifacts and cache)
+    #[arg(long)]
+    pub install_gitlab_runner: bool,
+
+    /// Install gitlab-runner in the VM even if one is present
+    #[arg(long)]
+    pub force_install_gitlab_runner: bool,
+
+    /// gitlab-runner version to install, e.g. 17.6.0 [default: latest]
+    #[arg(long, value_name = "VERSION")]
+    pub gitlab_runner_version: Option<String>,
+
+    /// Isolate each VM's network with Softnet (job variable TART_EXECUTOR_SOFTNET_ENABLED)
+    #[arg(long)]
+    pub softnet: bool,
+
+    /// Allow jobs to use local VM names as `image:` (not only OCI images)
+    #[arg(long)]
+    pub allow_local_images: bool,
+}

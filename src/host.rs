@@ -1,0 +1,116 @@
+//! Host resources: the VM slots shared by every runner on this Mac, and the CPU and memory
+//! a VM gets when the admin asks for automatic sizing.
+//!
+//! A slot is an flock on a file under `<state dir>/slots/`. Prepare takes the slots, and
+//! the supervisor and `tart run` inherit the locked descriptors, so a slot is held exactly
+//! as long as the VM's processes live and the kernel frees it when they die, whatever kills
+//! them. A macOS guest needs one general slot and one of Apple's two macOS slots.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::settings::{Resource, Settings};
+use crate::vm::{open_lock, private_dir, try_flock};
+
+/// Held slot locks. Dropping this in prepare does not free them once the supervisor has
+/// inherited the descriptors.
+pub struct Slots {
+    pub files: Vec<File>,
+}
+
+impl Slots {
+    pub fn raw_fds(&self) -> Vec<i32> {
+        self.files.iter().map(|f| f.as_raw_fd()).collect()
+    }
+}
+
+/// Waits until this host has a free VM slot (and a macOS slot for a macOS guest), telling
+/// the job log why it waits.
+pub fn acquire(settings: &Settings, macos: bool, deadline: Instant) -> Result<Slots> {
+    let dir = settings.state_dir.join("slots");
+    private_dir(&dir)?;
+    let general: Vec<_> = (0..settings.concurrency)
+        .map(|i| dir.join(format!("vm-{i}")))
+        .collect();
+    let apple: Vec<_> = (0..settings.macos_vm_limit)
+        .map(|i| dir.join(format!("macos-{i}")))
+        .collect();
+    let started = Instant::now();
+    let mut last_notice: Option<Instant> = None;
+    loop {
+        if let Some(vm_slot) = take_any(&general)? {
+            if !macos {
+                return Ok(Slots {
+                    files: vec![vm_slot],
+                });
+            }
+            if let Some(mac_slot) = take_any(&apple)? {
+                return Ok(Slots {
+                    files: vec![vm_slot, mac_slot],
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no free VM slot after {}s: this host runs at most {} VMs ({} macOS); raise the job timeout or --concurrency, or check `gitlab-runner-tart-driver gc --dry-run` for leftovers",
+                started.elapsed().as_secs(),
+                settings.concurrency,
+                settings.macos_vm_limit
+            );
+        }
+        if last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            let what = if macos { "macOS VM" } else { "VM" };
+            eprintln!(
+                "Waiting for a free {what} slot: this host runs at most {} VMs, {} of them macOS, and all are busy...",
+                settings.concurrency, settings.macos_vm_limit
+            );
+            last_notice = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn take_any(paths: &[std::path::PathBuf]) -> Result<Option<File>> {
+    for path in paths {
+        let file = open_lock(path)?;
+        if try_flock(&file)? {
+            return Ok(Some(file));
+        }
+    }
+    Ok(None)
+}
+
+/// Memory left to the host itself when VMs are sized automatically.
+const HOST_RESERVE_MIB: u64 = 2048;
+
+/// The CPU count and memory (MiB) to give a VM, or None to keep the image's.
+pub fn vm_resources(settings: &Settings) -> (Option<u64>, Option<u64>) {
+    let share = |total: u64| (total / u64::from(settings.concurrency)).max(1);
+    let auto = |explicit: Option<Resource>| match explicit {
+        Some(Resource::Fixed(n)) => Some(Err(n)),
+        Some(Resource::Auto) => Some(Ok(())),
+        None if settings.auto_resources => Some(Ok(())),
+        None => None,
+    };
+    let cpu = auto(settings.cpu).map(|r| match r {
+        Err(n) => n,
+        Ok(()) => share(
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1),
+        ),
+    });
+    let memory = auto(settings.memory).map(|r| match r {
+        Err(n) => n,
+        Ok(()) => {
+            let mut sys = sysinfo::System::new();
+            sys.refresh_memory();
+            let total_mib = sys.total_memory() / 1024 / 1024;
+            share(total_mib.saturating_sub(HOST_RESERVE_MIB).max(1024))
+        }
+    });
+    (cpu, memory)
+}

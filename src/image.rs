@@ -1,0 +1,237 @@
+//! Which image a job gets: the job's `image:` or the admin's default, checked against the
+//! admin's allow and exclude lists, pulled according to the pull policy, with registry
+//! credentials matched to the image's host.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use regex::Regex;
+
+use crate::failure::Failure;
+use crate::job::JobContext;
+use crate::settings::{PullPolicy, Settings};
+use crate::tart::{RegistryCredentials, Tart};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    /// The registry host, for OCI images; None for a local VM used as an image.
+    pub host: Option<String>,
+}
+
+impl Image {
+    /// Parses and vets an image reference. Anything that could be taken for a Tart option
+    /// or carries odd characters is refused before it reaches a command line.
+    pub fn parse(name: &str, settings: &Settings) -> Result<Image, Failure> {
+        let name = name.trim();
+        let oci = Regex::new(
+            r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?)/[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})?$",
+        )
+        .expect("valid regex");
+        let local = Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$").expect("valid regex");
+        if let Some(caps) = oci.captures(name) {
+            if name.contains("..") {
+                return Err(Failure::rejected(format!(
+                    "image `{name}` is not a valid OCI reference"
+                )));
+            }
+            return Ok(Image {
+                name: name.to_string(),
+                host: Some(caps[1].to_string()),
+            });
+        }
+        if local.is_match(name) {
+            if !settings.allow_local_images {
+                return Err(Failure::rejected(format!(
+                    "image `{name}` is not an OCI image reference (host/repository:tag); local VM names as images are off on this runner (--allow-local-images)"
+                )));
+            }
+            return Ok(Image {
+                name: name.to_string(),
+                host: None,
+            });
+        }
+        Err(Failure::rejected(format!(
+            "image `{}` is not a valid image reference: use host/repository:tag, e.g. ghcr.io/cirruslabs/macos-sequoia-base:latest",
+            name.escape_debug()
+        )))
+    }
+
+    /// The job's image, or the admin's default, vetted against the admin's lists.
+    pub fn for_job(job: &JobContext, settings: &Settings) -> Result<Image, Failure> {
+        let requested = job.image.clone().or_else(|| settings.default_image.clone()).ok_or_else(|| {
+            Failure::rejected(
+                "this job has no `image:` and the runner has no default image: add `image: <tart image>` to the job, or set --default-image",
+            )
+        })?;
+        let image = Image::parse(&requested, settings)?;
+        if let Some(rule) = settings
+            .exclude_images
+            .iter()
+            .find(|r| r.is_match(&image.name))
+        {
+            return Err(Failure::rejected(format!(
+                "image `{}` is excluded on this runner (matches `{}`): choose another image",
+                image.name,
+                rule.as_str()
+            )));
+        }
+        if !settings.allow_images.is_empty()
+            && !settings
+                .allow_images
+                .iter()
+                .any(|r| r.is_match(&image.name))
+        {
+            return Err(Failure::rejected(format!(
+                "image `{}` is not in this runner's allowed images ({}): choose an allowed image",
+                image.name,
+                settings
+                    .allow_images
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(image)
+    }
+}
+
+/// The pull policy for this job: the job's TART_PULL_POLICY if the admin allows it.
+pub fn pull_policy(settings: &Settings) -> Result<PullPolicy, Failure> {
+    let Some(value) = JobContext::var("TART_PULL_POLICY") else {
+        return Ok(settings.pull_policy);
+    };
+    let policy: PullPolicy = value
+        .parse()
+        .map_err(|e: String| Failure::rejected(format!("TART_PULL_POLICY: {e}")))?;
+    if !settings.allowed_pull_policies.contains(&policy) {
+        return Err(Failure::rejected(format!(
+            "TART_PULL_POLICY={policy} is not allowed on this runner (allowed: {})",
+            settings
+                .allowed_pull_policies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(policy)
+}
+
+/// Credentials for the image's registry: the job's TART_REGISTRY_* when they name this
+/// host, else GitLab's own registry credentials when the image lives there.
+pub fn credentials(image: &Image) -> Option<RegistryCredentials> {
+    let host = image.host.as_ref()?;
+    let v = JobContext::var;
+    let custom_host = v("TART_REGISTRY").or_else(|| v("TART_REGISTRY_HOSTNAME"));
+    if let (Some(user), Some(password)) = (v("TART_REGISTRY_USERNAME"), v("TART_REGISTRY_PASSWORD"))
+    {
+        if custom_host.as_deref().is_none_or(|h| h == host) {
+            return Some(RegistryCredentials {
+                host: host.clone(),
+                username: user,
+                password,
+            });
+        }
+    }
+    if v("CI_REGISTRY").as_deref() == Some(host.as_str()) {
+        if let (Some(user), Some(password)) = (v("CI_REGISTRY_USER"), v("CI_REGISTRY_PASSWORD")) {
+            return Some(RegistryCredentials {
+                host: host.clone(),
+                username: user,
+                password,
+            });
+        }
+    }
+    None
+}
+
+/// Makes sure the image is on this host as the policy says. `clone` pulls a missing OCI
+/// image by itself, so `never` has to be enforced here, before the clone.
+pub async fn ensure(
+    tart: &Tart,
+    image: &Image,
+    policy: PullPolicy,
+    creds: Option<&RegistryCredentials>,
+    limit: Duration,
+) -> Result<bool, Failure> {
+    let cached = tart.list().await?.iter().any(|e| e.name == image.name);
+    let must_pull = match (policy, &image.host, cached) {
+        (_, None, true) => false,
+        (_, None, false) => {
+            return Err(Failure::rejected(format!("local VM `{}` does not exist on this host", image.name)))
+        }
+        (PullPolicy::Always, Some(_), _) => true,
+        (PullPolicy::IfNotPresent, Some(_), cached) => !cached,
+        (PullPolicy::Never, Some(_), true) => false,
+        (PullPolicy::Never, Some(_), false) => {
+            return Err(Failure::rejected(format!(
+                "image `{}` is not on this host and the pull policy is `never`: ask the admin to run `tart pull {}`, or use another pull policy",
+                image.name, image.name
+            )))
+        }
+    };
+    if must_pull {
+        tart.with_progress(&["pull", &image.name], creds, limit).await.map_err(|e| {
+            anyhow::anyhow!("{e:#}. Check the image name and the registry credentials (TART_REGISTRY_USERNAME/TART_REGISTRY_PASSWORD)")
+        })?;
+    }
+    Ok(must_pull)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Options;
+
+    fn settings() -> Settings {
+        Settings::load(&Options::default()).unwrap()
+    }
+
+    #[test]
+    fn oci_reference_parses_with_host() {
+        let i = Image::parse("ghcr.io/cirruslabs/macos-sequoia-base:latest", &settings()).unwrap();
+        assert_eq!(i.host.as_deref(), Some("ghcr.io"));
+        let i = Image::parse(
+            "registry.local:5000/team/img@sha256:"
+                .to_string()
+                .add64()
+                .as_str(),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(i.host.as_deref(), Some("registry.local:5000"));
+    }
+
+    #[test]
+    fn option_injection_through_image_is_refused() {
+        for bad in [
+            "--insecure",
+            "-x",
+            "ghcr.io/a/b:latest --dir /:/x",
+            "ghcr.io/a/b;rm",
+            "ghcr.io/../b:1",
+            "a\nb",
+        ] {
+            assert!(Image::parse(bad, &settings()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_names_need_the_admin_switch() {
+        assert!(Image::parse("my-golden-vm", &settings()).is_err());
+        let mut s = settings();
+        s.allow_local_images = true;
+        assert!(Image::parse("my-golden-vm", &s).is_ok());
+    }
+
+    trait Add64 {
+        fn add64(self) -> String;
+    }
+    impl Add64 for String {
+        fn add64(self) -> String {
+            self + &"a".repeat(64)
+        }
+    }
+}

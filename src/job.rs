@@ -1,0 +1,86 @@
+//! What gitlab-runner tells the driver about the job: the environment of each stage and
+//! the job payload in `JOB_RESPONSE_FILE`.
+//!
+//! Job variables arrive as `CUSTOM_ENV_<NAME>` and are controlled by whoever writes the
+//! pipeline, so they are read only through [`JobContext::var`] and checked where used.
+//! The job id comes from the payload the runner received from GitLab, which a job cannot
+//! override, so VM names built from it cannot be aimed at another job's VM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::vm::VmName;
+
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job_id: u64,
+    pub runner_token: String,
+    pub image: Option<String>,
+    pub project_path: Option<String>,
+    /// Seconds the job may run, from CI_JOB_TIMEOUT.
+    pub job_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    id: u64,
+}
+
+impl JobContext {
+    pub fn from_env() -> Result<JobContext> {
+        let job_id = match std::env::var_os("JOB_RESPONSE_FILE") {
+            Some(path) if !path.is_empty() => {
+                let text = std::fs::read(&path).with_context(|| {
+                    format!("cannot read JOB_RESPONSE_FILE {}", PathBuf::from(&path).display())
+                })?;
+                let payload: Payload = serde_json::from_slice(&text)
+                    .context("JOB_RESPONSE_FILE does not hold a job payload with an `id`")?;
+                payload.id
+            }
+            _ => Self::var("CI_JOB_ID")
+                .and_then(|v| v.parse().ok())
+                .context("neither JOB_RESPONSE_FILE nor CUSTOM_ENV_CI_JOB_ID names the job: is gitlab-runner calling this driver?")?,
+        };
+        let runner_token = Self::var("CI_RUNNER_SHORT_TOKEN")
+            .map(|t| {
+                t.chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .take(12)
+                    .collect::<String>()
+            })
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "local".into());
+        Ok(JobContext {
+            job_id,
+            runner_token,
+            image: Self::var("CI_JOB_IMAGE").filter(|i| !i.trim().is_empty()),
+            project_path: Self::var("CI_PROJECT_PATH"),
+            job_timeout_secs: Self::var("CI_JOB_TIMEOUT").and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// A job variable (`CUSTOM_ENV_<name>`), absent when unset or empty.
+    pub fn var(name: &str) -> Option<String> {
+        std::env::var(format!("CUSTOM_ENV_{name}"))
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A boolean job variable: true/1/yes and false/0/no, anything else is refused.
+    pub fn flag(name: &str) -> Result<Option<bool>, String> {
+        match Self::var(name) {
+            None => Ok(None),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(Some(true)),
+                "false" | "0" | "no" | "off" => Ok(Some(false)),
+                _ => Err(format!("{name}=`{v}` is not a boolean: use true or false")),
+            },
+        }
+    }
+
+    pub fn vm_name(&self) -> VmName {
+        VmName::for_job(&self.runner_token, self.job_id)
+    }
+}

@@ -1,0 +1,130 @@
+//! The VM's life on the host: waiting for it to boot while watching `tart run`, tearing it
+//! down, and sweeping VMs of ours that no live job owns.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::settings::Settings;
+use crate::supervisor;
+use crate::tart::Tart;
+use crate::vm::{open_lock, try_flock, VmName, VmState};
+
+/// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
+pub async fn wait_for_ip(tart: &Tart, state: &VmState, deadline: Instant) -> Result<String> {
+    let watch_run = async {
+        loop {
+            if let Some(ending) = state.run_ending() {
+                return ending;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let ask_ip = async {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+            if left == 0 {
+                return Ok(None);
+            }
+            match tart.ip(state.name.as_str(), left.min(60), "dhcp").await {
+                Ok(Some(ip)) => return Ok(Some(ip)),
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::select! {
+        ending = watch_run => bail!("the VM stopped while booting: {ending}"),
+        ip = ask_ip => match ip? {
+            Some(ip) => Ok(ip),
+            None => bail!("the VM got no IP address within the boot timeout: is the image booting (see `tart run` output in the VM's log), or is the DHCP pool exhausted?"),
+        },
+    }
+}
+
+/// Stops and deletes the VM and removes its host-side state. Every step is bounded, and a
+/// VM that is already gone is fine.
+pub async fn teardown(tart: &Tart, state: &VmState) -> Result<()> {
+    if let Ok(Some(conn)) = state.load_connection() {
+        if let Some(socket) = &conn.control_socket {
+            crate::transport::ssh::close_master(socket).await?;
+        }
+    }
+    crate::transport::ssh::close_master(&state.control_socket()).await?;
+    let stopped = tart.stop(state.name.as_str(), 10).await;
+    // If Tart could not stop it, the processes that hold the VM's lock go the hard way.
+    if stopped.is_err() && state.exists() {
+        if let Ok(lock) = open_lock(&state.lock_path()) {
+            if !try_flock(&lock).unwrap_or(true) {
+                supervisor::kill(state);
+            }
+        }
+    }
+    // The supervisor releases the lock once `tart run` has exited; delete after that.
+    if state.exists() {
+        let _ = state.lock(Duration::from_secs(15))?;
+    }
+    tart.delete(state.name.as_str()).await?;
+    if state.exists() {
+        std::fs::remove_dir_all(&state.dir)?;
+    }
+    Ok(())
+}
+
+/// Removes VMs of ours that no live job owns: their lock is free, so neither a prepare, a
+/// supervisor nor `tart run` holds it. `keep` is the calling job's own VM.
+pub async fn sweep(
+    tart: &Tart,
+    settings: &Settings,
+    keep: Option<&VmName>,
+    dry_run: bool,
+) -> Result<Vec<VmName>> {
+    let mut removed = Vec::new();
+    let list = tart.list().await?;
+    for entry in list.iter().filter(|e| e.is_local()) {
+        let Some(name) = VmName::parse_ours(&entry.name) else {
+            continue;
+        };
+        if Some(&name) == keep {
+            continue;
+        }
+        let state = VmState::new(&settings.state_dir, &name);
+        if state.create().is_err() {
+            continue;
+        }
+        let Some(lock) = state.lock(Duration::ZERO)? else {
+            continue;
+        };
+        if dry_run {
+            removed.push(name);
+            drop(lock);
+            continue;
+        }
+        drop(lock);
+        match teardown(tart, &state).await {
+            Ok(()) => removed.push(name),
+            Err(e) => eprintln!("WARNING: could not remove orphaned VM {name}: {e:#}"),
+        }
+    }
+    // State of jobs whose VM is already gone.
+    if let Ok(entries) = std::fs::read_dir(settings.state_dir.join("vms")) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = VmName::parse_ours(&file_name.to_string_lossy()) else {
+                continue;
+            };
+            if Some(&name) == keep || list.iter().any(|e| e.name == name.as_str()) {
+                continue;
+            }
+            let state = VmState::new(&settings.state_dir, &name);
+            if let Some(lock) = state.lock(Duration::ZERO)? {
+                if !dry_run {
+                    crate::transport::ssh::close_master(&state.control_socket()).await?;
+                    std::fs::remove_dir_all(&state.dir)?;
+                }
+                drop(lock);
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,43 @@
+//! Cleanup stage: stop and delete the job's VM, close its connection, free its slot, remove
+//! its state and host builds directory, then sweep orphans. Safe with nothing to clean, safe
+//! twice, safe while a run stage is still alive.
+
+use crate::cli::StageArgs;
+use crate::failure::StageResult;
+use crate::job::JobContext;
+use crate::lifecycle;
+use crate::settings::Settings;
+use crate::tart::Tart;
+use crate::vm::VmState;
+
+pub fn cleanup(args: &StageArgs) -> StageResult {
+    let settings = Settings::load(&args.options)?;
+    let job = JobContext::from_env()?;
+    let tart = Tart::new(&settings.tart_executable);
+    let vm = job.vm_name();
+    let state = VmState::new(&settings.state_dir, &vm);
+    super::runtime().block_on(async {
+        let started = std::time::Instant::now();
+        lifecycle::teardown(&tart, &state).await?;
+        if let Some(builds) = &settings.builds_dir {
+            let dir = builds.join(vm.as_str());
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot remove the job's builds directory {}: {e}",
+                        dir.display()
+                    )
+                })?;
+            }
+        }
+        eprintln!("Removed VM {vm} ({:.1}s)", started.elapsed().as_secs_f64());
+        match lifecycle::sweep(&tart, &settings, Some(&vm), false).await {
+            Ok(swept) if !swept.is_empty() => {
+                eprintln!("Removed {} orphaned VM(s) of earlier jobs", swept.len())
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
+        }
+        Ok(())
+    })
+}

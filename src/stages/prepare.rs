@@ -1,0 +1,406 @@
+//! Prepare stage: from an image to a booted VM with one open connection, timed phase by
+//! phase in the job log.
+//!
+//! Order matters for cleanup: the VM's state directory and lock exist before the VM does,
+//! so a crash at any point leaves something `cleanup` or the next sweep can find.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+
+use crate::cli::StageArgs;
+use crate::failure::{Failure, StageResult};
+use crate::guest::{self, RunnerInstall, Share, GUEST_BUILDS_DIR, GUEST_CACHE_DIR};
+use crate::host;
+use crate::image::{self, Image};
+use crate::job::JobContext;
+use crate::lifecycle;
+use crate::settings::{validate_shell, validate_user, Display, Settings, TransportKind};
+use crate::supervisor;
+use crate::tart::Tart;
+use crate::transport::exec::ExecTransport;
+use crate::transport::ssh::{self, Auth, MasterError};
+use crate::transport::{RemoteExit, Transport};
+use crate::vm::{Connection, VmState};
+
+/// What this job asks for, within what the admin allows.
+struct Request {
+    image: Image,
+    shell: String,
+    user: String,
+    auth: Auth,
+    display: Option<Display>,
+    boot_timeout: Duration,
+    softnet: bool,
+    headless: bool,
+    transport: TransportKind,
+    install: RunnerInstall,
+}
+
+impl Request {
+    fn resolve(settings: &Settings, job: &JobContext) -> Result<Request, Failure> {
+        let v = JobContext::var;
+        let reject = |name: &str, e: anyhow::Error| Failure::rejected(format!("{name}: {e:#}"));
+        let flag = |name: &str| JobContext::flag(name).map_err(Failure::rejected);
+
+        let image = Image::for_job(job, settings)?;
+        let shell = match v("TART_EXECUTOR_SHELL") {
+            Some(s) => {
+                validate_shell(&s).map_err(|e| reject("TART_EXECUTOR_SHELL", e))?;
+                s
+            }
+            None => settings.shell.clone(),
+        };
+        let user = match v("TART_SSH_USERNAME") {
+            Some(u) => {
+                validate_user(&u).map_err(|e| reject("TART_SSH_USERNAME", e))?;
+                u
+            }
+            None => settings.ssh_username.clone(),
+        };
+        let auth = match (
+            v("TART_SSH_PASSWORD"),
+            &settings.ssh_key_file,
+            &settings.ssh_password_file,
+        ) {
+            (Some(p), _, _) => Auth::Password(p),
+            (None, Some(key), _) => Auth::Key(key.clone()),
+            (None, None, Some(file)) => Auth::Password(read_secret(file)?),
+            (None, None, None) => Auth::Password("admin".into()),
+        };
+        let display = match v("TART_EXECUTOR_DISPLAY") {
+            Some(d) => Some(
+                d.parse::<Display>()
+                    .map_err(|e| Failure::rejected(format!("TART_EXECUTOR_DISPLAY: {e}")))?,
+            ),
+            None => settings.display.clone(),
+        };
+        // A job may shorten the boot timeout, never lengthen it past the admin's.
+        let boot_secs = match v("TART_EXECUTOR_TIMEOUT") {
+            Some(t) => t
+                .parse::<u64>()
+                .ok()
+                .filter(|&t| t > 0)
+                .ok_or_else(|| {
+                    Failure::rejected(format!(
+                        "TART_EXECUTOR_TIMEOUT=`{t}` is not a positive number of seconds"
+                    ))
+                })?
+                .min(settings.timeout_secs),
+            None => settings.timeout_secs,
+        };
+        let transport = match v("TART_TRANSPORT") {
+            Some(t) => t
+                .parse()
+                .map_err(|e: String| Failure::rejected(format!("TART_TRANSPORT: {e}")))?,
+            None => settings.transport,
+        };
+        Ok(Request {
+            image,
+            shell,
+            user,
+            auth,
+            display,
+            boot_timeout: Duration::from_secs(boot_secs),
+            // A job may add isolation, not remove the admin's.
+            softnet: settings.softnet || flag("TART_EXECUTOR_SOFTNET_ENABLED")?.unwrap_or(false),
+            headless: flag("TART_EXECUTOR_HEADLESS")?.unwrap_or(true),
+            transport,
+            install: RunnerInstall {
+                wanted: settings.install_gitlab_runner
+                    || flag("TART_EXECUTOR_INSTALL_GITLAB_RUNNER")?.unwrap_or(false),
+                force: settings.force_install_gitlab_runner,
+                version: settings.gitlab_runner_version.clone(),
+            },
+        })
+    }
+}
+
+fn read_secret(path: &PathBuf) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the SSH password file {}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+pub fn prepare(args: &StageArgs) -> StageResult {
+    let settings = Settings::load(&args.options)?;
+    let job = JobContext::from_env()?;
+    let request = Request::resolve(&settings, &job)?;
+    super::runtime().block_on(prepare_vm(&settings, &job, &request))
+}
+
+async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) -> StageResult {
+    let started = Instant::now();
+    let tart = Tart::new(&settings.tart_executable);
+    let vm = job.vm_name();
+    let state = VmState::new(&settings.state_dir, &vm);
+    eprintln!("Preparing VM {vm} from {}", request.image.name);
+
+    match lifecycle::sweep(&tart, settings, Some(&vm), false).await {
+        Ok(swept) if !swept.is_empty() => {
+            eprintln!(
+                "Removed {} orphaned VM(s) left by earlier jobs: {}",
+                swept.len(),
+                swept
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
+    }
+
+    state.create()?;
+    let lock = state.lock(Duration::from_secs(30))?.ok_or_else(|| {
+        anyhow!("VM {vm} is still held by an earlier attempt of this job; retry in a minute")
+    })?;
+    // A leftover of an earlier attempt: its processes are gone (we hold the lock).
+    tart.delete(vm.as_str()).await?;
+    let _ = std::fs::remove_file(state.connection_file());
+
+    let job_limit = Duration::from_secs(job.job_timeout_secs.unwrap_or(3600));
+    let policy = image::pull_policy(settings)?;
+    let creds = image::credentials(&request.image);
+    let t = Instant::now();
+    if image::ensure(&tart, &request.image, policy, creds.as_ref(), job_limit).await? {
+        super::phase_done(&format!("Pulled {}", request.image.name), t);
+    }
+
+    let t = Instant::now();
+    tart.with_progress(
+        &["clone", &request.image.name, vm.as_str()],
+        creds.as_ref(),
+        job_limit,
+    )
+    .await
+    .map_err(|e| {
+        anyhow!("{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc` and `tart prune`")
+    })?;
+    configure(&tart, settings, request, &vm.to_string()).await?;
+    let info = tart.get(vm.as_str()).await?;
+    super::phase_done(
+        &format!(
+            "Cloned {} ({} guest, {} CPUs, {} MiB)",
+            request.image.name, info.os, info.cpu, info.memory
+        ),
+        t,
+    );
+
+    let shares = shares(settings, job, &vm.to_string())?;
+    let mut run_args = Vec::new();
+    if request.headless {
+        run_args.push("--no-graphics".to_string());
+    }
+    if request.softnet {
+        run_args.push("--net-softnet".to_string());
+    }
+    for share in &shares {
+        run_args.push("--dir".into());
+        run_args.push(share.dir_arg(&info.os));
+    }
+
+    let t = Instant::now();
+    let slot_deadline = Instant::now() + job_limit;
+    // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
+    let slots = host::acquire(settings, info.os != "linux", slot_deadline)?;
+    let mut fds = slots.raw_fds();
+    fds.push(std::os::unix::io::AsRawFd::as_raw_fd(&lock));
+    supervisor::start(&state, tart.exe(), &run_args, fds)?;
+    drop(slots);
+    drop(lock);
+
+    let deadline = Instant::now() + request.boot_timeout;
+    let conn = connect(&tart, &state, request, &info.os, deadline).await?;
+    super::phase_done(
+        &format!("VM booted and reachable over {}", transport_name(&conn)),
+        t,
+    );
+
+    let t = Instant::now();
+    let transport = Transport::from_connection(&conn, &state, &tart)?;
+    let script = guest::setup_script(&info.os, &shares, &request.install);
+    match transport
+        .run_captured("sh -s", script.as_bytes(), Duration::from_secs(600))
+        .await?
+    {
+        (RemoteExit::Code(0), out) => {
+            for line in out.lines().filter(|l| !l.trim().is_empty()) {
+                eprintln!("  {line}");
+            }
+        }
+        (RemoteExit::Code(code), out) => {
+            return Err(anyhow!("guest setup failed with exit code {code}: {}", out.trim()).into());
+        }
+        (RemoteExit::Lost(why), _) => return Err(anyhow!("guest setup: {why}").into()),
+    }
+    state.save_connection(&conn)?;
+    super::phase_done("Guest ready", t);
+    super::phase_done(&format!("VM {vm} prepared"), started);
+    Ok(())
+}
+
+/// Applies CPU, memory and display in one `tart set`.
+async fn configure(
+    tart: &Tart,
+    settings: &Settings,
+    request: &Request,
+    vm: &str,
+) -> anyhow::Result<()> {
+    let (cpu, memory) = host::vm_resources(settings);
+    let mut flags = Vec::new();
+    if let Some(cpu) = cpu {
+        flags.extend(["--cpu".to_string(), cpu.to_string()]);
+    }
+    if let Some(memory) = memory {
+        flags.extend(["--memory".to_string(), memory.to_string()]);
+    }
+    if let Some(display) = &request.display {
+        flags.extend(["--display".to_string(), display.0.clone()]);
+    }
+    if !flags.is_empty() {
+        tart.set(vm, &flags).await?;
+        eprintln!("  VM resources: {}", flags.join(" "));
+    }
+    Ok(())
+}
+
+/// The host directories this job's VM gets: its own builds directory, its project's cache
+/// directory and the admin's volumes.
+fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec<Share>> {
+    let mut shares = Vec::new();
+    if let Some(builds) = &settings.builds_dir {
+        let dir = builds.join(vm);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the builds directory {}", dir.display()))?;
+        shares.push(Share {
+            name: "tartdrv-builds".into(),
+            host: dir,
+            guest: GUEST_BUILDS_DIR.into(),
+            read_only: false,
+        });
+    }
+    if let Some(cache) = &settings.cache_dir {
+        // One cache per project: a job cannot read or poison another project's cache.
+        let project: String = job
+            .project_path
+            .as_deref()
+            .unwrap_or("default")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let project = if project.chars().all(|c| c == '.') {
+            "default".to_string()
+        } else {
+            project
+        };
+        let dir = cache.join(project);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+        shares.push(Share {
+            name: "tartdrv-cache".into(),
+            host: dir,
+            guest: GUEST_CACHE_DIR.into(),
+            read_only: false,
+        });
+    }
+    for (i, volume) in settings.volumes.iter().enumerate() {
+        if !volume.host.is_dir() {
+            anyhow::bail!(
+                "volume host directory {} does not exist: create it or fix --volume",
+                volume.host.display()
+            );
+        }
+        shares.push(Share {
+            name: format!("tartdrv-vol{i}"),
+            host: volume.host.clone(),
+            guest: volume.guest.clone(),
+            read_only: volume.read_only,
+        });
+    }
+    Ok(shares)
+}
+
+/// Waits for the VM to boot and opens the job's connection with the chosen transport.
+async fn connect(
+    tart: &Tart,
+    state: &VmState,
+    request: &Request,
+    os: &str,
+    deadline: Instant,
+) -> Result<Connection, Failure> {
+    let exec = ExecTransport::new(tart.clone(), state.name.clone());
+    let exec_connection = || Connection {
+        transport: TransportKind::Exec,
+        os: os.to_string(),
+        shell: request.shell.clone(),
+        ip: None,
+        user: None,
+        control_socket: None,
+    };
+    if request.transport == TransportKind::Exec {
+        loop {
+            if let Some(ending) = state.run_ending() {
+                return Err(anyhow!("the VM stopped while booting: {ending}").into());
+            }
+            if exec.agent_answers(Duration::from_secs(10)).await {
+                return Ok(exec_connection());
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!("Tart's guest agent did not answer within the boot timeout: does the image have the agent? Use TART_TRANSPORT=ssh for images without it").into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let ip = lifecycle::wait_for_ip(tart, state, deadline).await?;
+    if request.transport == TransportKind::Auto && exec.agent_answers(Duration::from_secs(5)).await
+    {
+        return Ok(exec_connection());
+    }
+    loop {
+        if let Some(ending) = state.run_ending() {
+            return Err(anyhow!("the VM stopped while booting: {ending}").into());
+        }
+        if !ssh::wait_for_port(&ip, deadline).await {
+            return Err(anyhow!("SSH at {ip}:22 did not answer within the boot timeout: is Remote Login enabled in the image? On macOS 15+, has the runner the Local Network permission?").into());
+        }
+        match ssh::start_master(state, &ip, &request.user, &request.auth).await {
+            Ok(()) => break,
+            Err(MasterError::Refused(reason)) => {
+                return Err(anyhow!(ssh::describe_refusal(&request.user, &ip, &reason)).into());
+            }
+            Err(MasterError::NotYet(reason)) => {
+                if Instant::now() >= deadline {
+                    return Err(anyhow!(
+                        "SSH login to {ip} did not succeed within the boot timeout: {reason}"
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    Ok(Connection {
+        transport: TransportKind::Ssh,
+        os: os.to_string(),
+        shell: request.shell.clone(),
+        ip: Some(ip),
+        user: Some(request.user.clone()),
+        control_socket: Some(state.control_socket()),
+    })
+}
+
+fn transport_name(conn: &Connection) -> String {
+    match conn.transport {
+        TransportKind::Exec => "tart exec (guest agent)".into(),
+        _ => format!("SSH at {}", conn.ip.as_deref().unwrap_or("?")),
+    }
+}

@@ -1,0 +1,45 @@
+//! Run stage: feed the runner's script to a login shell in the VM over the job's existing
+//! connection, stream its output, and turn its ending into the runner's exit code.
+
+use anyhow::{anyhow, Context};
+
+use crate::cli::RunArgs;
+use crate::failure::{Failure, StageResult};
+use crate::job::JobContext;
+use crate::settings::Settings;
+use crate::tart::Tart;
+use crate::transport::{RemoteExit, Transport};
+use crate::vm::VmState;
+
+pub fn run(args: &RunArgs) -> StageResult {
+    let settings = Settings::load(&args.options)?;
+    let job = JobContext::from_env()?;
+    let state = VmState::new(&settings.state_dir, &job.vm_name());
+    let conn = state.load_connection()?.ok_or_else(|| {
+        anyhow!(
+            "no VM is ready for this job ({}): prepare did not finish",
+            state.name
+        )
+    })?;
+    let script = std::fs::File::open(&args.script)
+        .with_context(|| format!("cannot open the script {}", args.script.display()))?;
+    let tart = Tart::new(&settings.tart_executable);
+    let exit = super::runtime().block_on(async {
+        let transport = Transport::from_connection(&conn, &state, &tart)?;
+        transport.run_stage(&conn.shell, script).await
+    })?;
+    match exit {
+        RemoteExit::Code(0) => Ok(()),
+        RemoteExit::Code(code) => Err(Failure::Build(code)),
+        RemoteExit::Lost(why) => {
+            let detail = state
+                .run_ending()
+                .map(|e| format!("; Tart: {e}"))
+                .unwrap_or_default();
+            Err(Failure::System(anyhow!(
+                "stage {}: {why}{detail}. The VM is gone; retry the job (GitLab `retry: when: runner_system_failure`)",
+                args.stage
+            )))
+        }
+    }
+}

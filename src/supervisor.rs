@@ -1,0 +1,115 @@
+//! The supervisor: a small detached process that owns `tart run` for one VM.
+//!
+//! `tart run` blocks for the VM's whole life, so prepare cannot wait for it. The supervisor
+//! starts it in a session of its own (out of reach of the runner's signals to the stage's
+//! process group), keeps Tart's output in the VM's log, and records how it ended, so that
+//! prepare fails at once with Tart's own message and later stages can say why a VM is gone.
+//! It inherits the VM's lock and slot descriptors and passes them to `tart run`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::cli::SuperviseArgs;
+use crate::vm::VmState;
+
+/// Entry point of the hidden `supervise` subcommand.
+pub fn supervise(args: &SuperviseArgs) -> Result<()> {
+    let state = args.state.clone();
+    std::fs::write(state.join("supervisor.pid"), std::process::id().to_string())?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("tart-run.log"))?;
+    let spawned = Command::new(&args.tart)
+        .arg("run")
+        .arg(&args.vm)
+        .args(&args.run_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn();
+    let record = match spawned {
+        Err(e) => format!("tart run could not start: {e}"),
+        Ok(mut child) => {
+            std::fs::write(state.join("tart-run.pid"), child.id().to_string())?;
+            match child.wait() {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("tart run exited with status {code}"),
+                    (None, Some(sig)) => format!("tart run was killed by signal {sig}"),
+                    _ => "tart run ended".to_string(),
+                },
+                Err(e) => format!("lost track of tart run: {e}"),
+            }
+        }
+    };
+    let tmp = state.join("tart-run.exit.tmp");
+    std::fs::File::create(&tmp)?.write_all(record.as_bytes())?;
+    std::fs::rename(tmp, state.join("tart-run.exit"))?;
+    Ok(())
+}
+
+/// Starts the supervisor for `state`'s VM, detached, handing it `inherit_fds` (the VM lock
+/// and slot locks) and nothing else of ours: in particular not our stdout and stderr, which
+/// gitlab-runner reads until every holder has closed them.
+pub fn start(
+    state: &VmState,
+    tart: &str,
+    run_args: &[String],
+    inherit_fds: Vec<i32>,
+) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the driver's own executable")?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.run_log())?;
+    let _ = std::fs::remove_file(state.run_exit());
+    let mut cmd = Command::new(exe);
+    cmd.arg("supervise")
+        .arg("--vm")
+        .arg(state.name.as_str())
+        .arg("--state")
+        .arg(&state.dir)
+        .arg("--tart")
+        .arg(tart)
+        .arg("--")
+        .args(run_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .current_dir(Path::new("/"));
+    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            for &fd in &inherit_fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().context("cannot start the VM supervisor")?;
+    Ok(())
+}
+
+/// Kills the supervisor and `tart run` of a VM if they are still alive (used when
+/// `tart stop` could not stop it).
+pub fn kill(state: &VmState) {
+    for file in ["tart-run.pid", "supervisor.pid"] {
+        if let Ok(text) = std::fs::read_to_string(state.dir.join(file)) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                if pid > 1 {
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! How commands reach the guest: SSH through one ControlMaster per job, or `tart exec`
+//! through Tart's guest agent. Both run the same remote wrapper, stream output the same
+//! way and cancel the same way, so stages do not care which one they use.
+
+pub mod askpass;
+pub mod exec;
+pub mod ssh;
+
+use std::fs::File;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::settings::TransportKind;
+use crate::tart::Tart;
+use crate::vm::{Connection, VmState};
+
+/// How a remote command ended.
+#[derive(Debug)]
+pub enum RemoteExit {
+    /// The command exited with this code.
+    Code(i32),
+    /// The VM or the connection to it went away: not the script's fault.
+    Lost(String),
+}
+
+pub enum Transport {
+    Ssh(ssh::SshTransport),
+    Exec(exec::ExecTransport),
+}
+
+impl Transport {
+    pub fn from_connection(conn: &Connection, state: &VmState, tart: &Tart) -> Result<Transport> {
+        Ok(match conn.transport {
+            TransportKind::Exec => {
+                Transport::Exec(exec::ExecTransport::new(tart.clone(), state.name.clone()))
+            }
+            _ => Transport::Ssh(ssh::SshTransport::attach(state)?),
+        })
+    }
+
+    /// Runs a stage: `shell` as a login shell in the guest reading the script from `stdin`,
+    /// its output on our stdout/stderr; on SIGTERM or SIGINT kills it in the guest and
+    /// returns promptly.
+    pub async fn run_stage(&self, shell: &str, stdin: File) -> Result<RemoteExit> {
+        match self {
+            Transport::Ssh(t) => t.run_stage(shell, stdin).await,
+            Transport::Exec(t) => t.run_stage(shell, stdin).await,
+        }
+    }
+
+    /// Runs a short command with `input` on stdin, capturing its output.
+    pub async fn run_captured(
+        &self,
+        command: &str,
+        input: &[u8],
+        limit: Duration,
+    ) -> Result<(RemoteExit, String)> {
+        match self {
+            Transport::Ssh(t) => t.run_captured(command, input, limit).await,
+            Transport::Exec(t) => t.run_captured(command, input, limit).await,
+        }
+    }
+}
+
+/// The remote side of a stage: records the shell's PID (the leader of its process group
+/// under sshd) so that a cancel can kill the whole group, then becomes the login shell that
+/// reads the script on stdin.
+pub fn stage_wrapper(shell: &str, pid_file: &str) -> String {
+    format!("echo $$ > {pid_file}; exec {shell} -l")
+}
+
+/// The command that stops a stage's remote processes: the group first, then the children of
+/// the shell in case it was not a group leader (tart exec).
+pub fn cancel_command(pid_file: &str, signal: &str) -> String {
+    format!(
+        "p=$(cat {pid_file} 2>/dev/null) || exit 0; kill -{signal} -- -$p 2>/dev/null; pkill -{signal} -P $p 2>/dev/null; kill -{signal} $p 2>/dev/null; exit 0"
+    )
+}
+
+/// A guest path for this stage's PID file, unique per stage process.
+pub fn pid_file_for_stage() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("/tmp/.tartdrv-{}-{nanos}.pid", std::process::id())
+}
+
+/// Resolves when the stage process receives SIGTERM or SIGINT (the runner's cancel).
+pub async fn cancelled() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,212 @@
+//! VM names and the per-VM state the driver keeps on the host between stages.
+//!
+//! A job's VM is named `tartdrv-<runner>-<job id>`: deterministic, so `run` and `cleanup`
+//! find it without shared state, and prefixed, so a sweep can tell our VMs from others'.
+//! Its state directory (`<state dir>/vms/<name>/`) holds a lock file that prepare, the
+//! supervisor and `tart run` hold for as long as the VM is alive; a VM whose lock is free
+//! belongs to no live job and may be swept.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::settings::TransportKind;
+
+pub const PREFIX: &str = "tartdrv-";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn for_job(runner_token: &str, job_id: u64) -> VmName {
+        VmName(format!("{PREFIX}{runner_token}-{job_id}"))
+    }
+
+    /// Accepts only names this driver could have made.
+    pub fn parse_ours(name: &str) -> Option<VmName> {
+        let rest = name.strip_prefix(PREFIX)?;
+        let (runner, job) = rest.rsplit_once('-')?;
+        let ok = !runner.is_empty()
+            && runner.chars().all(|c| c.is_ascii_alphanumeric())
+            && job.parse::<u64>().is_ok();
+        ok.then(|| VmName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for VmName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Creates `dir` (mode 0700) and refuses one that another user owns or others can write:
+/// it holds sockets and passwords in transit.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let meta = std::fs::metadata(dir)?;
+    // SAFETY: getuid never fails.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "state directory {} must be owned by uid {uid} and not writable by others; remove it or set --state-dir",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// How prepare left the VM for the later stages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub transport: TransportKind,
+    pub os: String,
+    pub shell: String,
+    pub ip: Option<String>,
+    pub user: Option<String>,
+    pub control_socket: Option<PathBuf>,
+}
+
+/// The host-side files of one VM.
+#[derive(Debug, Clone)]
+pub struct VmState {
+    pub name: VmName,
+    pub dir: PathBuf,
+}
+
+impl VmState {
+    pub fn new(state_root: &Path, name: &VmName) -> VmState {
+        VmState {
+            name: name.clone(),
+            dir: state_root.join("vms").join(name.as_str()),
+        }
+    }
+
+    pub fn create(&self) -> Result<()> {
+        private_dir(&self.dir)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    pub fn run_log(&self) -> PathBuf {
+        self.dir.join("tart-run.log")
+    }
+    pub fn run_exit(&self) -> PathBuf {
+        self.dir.join("tart-run.exit")
+    }
+    pub fn connection_file(&self) -> PathBuf {
+        self.dir.join("connection.json")
+    }
+    pub fn ssh_log(&self) -> PathBuf {
+        self.dir.join("ssh.log")
+    }
+    /// Short on purpose: macOS allows 104 bytes for a socket path, ssh adds 17.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("ssh")
+    }
+
+    /// Takes the VM's lock, waiting while another process (an earlier attempt's
+    /// supervisor being stopped, a sweep) holds it.
+    pub fn lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
+        let file = open_lock(&self.lock_path())?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if try_flock(&file)? {
+                return Ok(Some(file));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    pub fn save_connection(&self, c: &Connection) -> Result<()> {
+        let tmp = self.dir.join("connection.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(c)?)?;
+        std::fs::rename(&tmp, self.connection_file())?;
+        Ok(())
+    }
+
+    pub fn load_connection(&self) -> Result<Option<Connection>> {
+        match std::fs::read(self.connection_file()) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).context("corrupt connection.json")?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("cannot read connection.json"),
+        }
+    }
+
+    /// How `tart run` ended, once it has: the supervisor's record and Tart's last words.
+    pub fn run_ending(&self) -> Option<String> {
+        let exit = std::fs::read_to_string(self.run_exit()).ok()?;
+        let log = std::fs::read_to_string(self.run_log()).unwrap_or_default();
+        let last: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = last[last.len().saturating_sub(3)..].join(" | ");
+        Some(if tail.is_empty() {
+            exit.trim().to_string()
+        } else {
+            format!("{} ({})", tail, exit.trim())
+        })
+    }
+}
+
+pub fn open_lock(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))
+}
+
+/// Non-blocking exclusive flock. The kernel drops it when every process holding the open
+/// file description has exited, so a crash can never leak it.
+pub fn try_flock(file: &File) -> Result<bool> {
+    // SAFETY: flock on a valid descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err).context("flock failed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_foreign_names_are_not_ours() {
+        let name = VmName::for_job("abc123", 42);
+        assert_eq!(name.as_str(), "tartdrv-abc123-42");
+        assert_eq!(VmName::parse_ours("tartdrv-abc123-42"), Some(name));
+        assert_eq!(VmName::parse_ours("grtd-proj-1-2-0"), None);
+        assert_eq!(VmName::parse_ours("tartdrv-abc-x"), None);
+        assert_eq!(VmName::parse_ours("tartdrv--5"), None);
+    }
+}
