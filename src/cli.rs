@@ -14,6 +14,7 @@ use crate::settings::{PullPolicy, Resource, TransportKind};
 #[command(
     name = "gitlab-runner-tart-driver",
     version,
+    disable_version_flag = true,
     about = "GitLab Runner custom-executor driver: each job in a fresh Tart VM",
     long_about = "GitLab Runner custom-executor driver: each job runs in a fresh Tart VM \
                   cloned from an OCI image, and the VM is deleted afterwards.\n\n\
@@ -21,6 +22,9 @@ use crate::settings::{PullPolicy, Resource, TransportKind};
                   `gitlab-runner-tart-driver <stage> --help`."
 )]
 pub struct Cli {
+    /// Print the version (`-v` as in the original driver)
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
+    version: (),
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,6 +41,8 @@ pub enum Command {
     Cleanup(StageArgs),
     /// Remove VMs, connections and state of jobs whose driver is gone.
     Gc(GcArgs),
+    /// Write gitlab-runner's config.toml from a declarative spec and token files.
+    RunnerConfig(crate::runner_config::RunnerConfigArgs),
     /// Internal: watches `tart run` for one VM. Started by prepare, detached.
     #[command(hide = true)]
     Supervise(SuperviseArgs),
