@@ -393,7 +393,7 @@ in
 
     # After users are created and before launch agents are (re)loaded; custom activation
     # script names are never run by nix-darwin.
-    system.activationScripts.launchd.text = lib.mkBefore (render.activationScript cfg);
+    system.activationScripts.launchd.text = lib.mkBefore (render.activationScript (cfg // { inherit home; }));
 
     launchd.user.agents.gitlab-runner-tart = {
       path = agentPath;

@@ -175,6 +175,7 @@ rec {
     dedup;
 
   # Activation snippet (runs as root): creates the host directories. Shellcheck-clean.
+  # `cfg.home` is the user's home directory.
   activationScript =
     cfg:
     let
@@ -190,9 +191,14 @@ rec {
       echo "setting up gitlab-runner-tart directories..." >&2
       (
         owner=${escapeShellArg cfg.user}
+        home=${escapeShellArg (cfg.home or "/Users/${cfg.user}")}
         group=$(id -gn -- "$owner")
         gitlab_runner_tart_dir() {
-          mkdir -p -- "$2"
+          # Below the home directory, missing parents are created by (and for) the user.
+          case "$2" in
+            "$home"/*) sudo --user="$owner" -- mkdir -p -- "$2" ;;
+            *) mkdir -p -- "$2" ;;
+          esac
           chown -- "$owner:$group" "$2"
           chmod -- "$1" "$2"
         }
