@@ -1,1 +1,467 @@
-pub struct SimHost;
+//! Bridge to the Tart simulator (`tart` binary of workspace member `tests/tart-sim`).
+//!
+//! A [`SimHost`] owns a temp dir with its own `TART_HOME` (holding `catalogue.json`),
+//! `TART_SIM_HOST`, and a `bin/` dir whose `tart` is a symlink to the simulator. Dropping it
+//! stops and deletes every VM under that `TART_HOME`, so tests never leak guests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Registry credentials an image requires for `pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// Fault knobs of a catalogue image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Faults {
+    pub boot_delay_ms: u64,
+    pub never_ip: bool,
+    pub run_dies: bool,
+    pub run_dies_message: Option<String>,
+    pub guest_dies_after_ms: Option<u64>,
+    pub reject_logins: bool,
+    pub pull_fails: bool,
+    pub pull_refuses_credentials: bool,
+    pub clone_fails_disk: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            boot_delay_ms: 300,
+            never_ip: false,
+            run_dies: false,
+            run_dies_message: None,
+            guest_dies_after_ms: None,
+            reject_logins: false,
+            pull_fails: false,
+            pull_refuses_credentials: false,
+            clone_fails_disk: false,
+        }
+    }
+}
+
+/// One catalogue entry (an OCI image the simulated registry serves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// `darwin` or `linux`.
+    pub os: String,
+    pub user: String,
+    pub password: String,
+    /// Guest agent installed (`tart exec` works).
+    pub agent: bool,
+    pub pull_ms: u64,
+    pub size_bytes: u64,
+    pub cpu: u32,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+    pub registry_auth: Option<RegistryAuth>,
+    pub faults: Faults,
+}
+
+impl Image {
+    fn base(os: &str) -> Image {
+        Image {
+            os: os.into(),
+            user: "admin".into(),
+            password: "admin".into(),
+            agent: false,
+            pull_ms: 200,
+            size_bytes: 25_300_000_000,
+            cpu: 4,
+            memory_mib: 8192,
+            disk_gb: 50,
+            registry_auth: None,
+            faults: Faults::default(),
+        }
+    }
+    /// A macOS image (counts toward Apple's 2-VM limit), `admin`/`admin`.
+    pub fn darwin() -> Image {
+        Image::base("darwin")
+    }
+    pub fn linux() -> Image {
+        Image::base("linux")
+    }
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = user.into();
+        self.password = password.into();
+        self
+    }
+    pub fn agent(mut self, on: bool) -> Self {
+        self.agent = on;
+        self
+    }
+    pub fn pull_ms(mut self, ms: u64) -> Self {
+        self.pull_ms = ms;
+        self
+    }
+    pub fn size_bytes(mut self, n: u64) -> Self {
+        self.size_bytes = n;
+        self
+    }
+    pub fn resources(mut self, cpu: u32, memory_mib: u64, disk_gb: u64) -> Self {
+        self.cpu = cpu;
+        self.memory_mib = memory_mib;
+        self.disk_gb = disk_gb;
+        self
+    }
+    pub fn registry_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.registry_auth = Some(RegistryAuth { username: username.into(), password: password.into() });
+        self
+    }
+    pub fn boot_delay_ms(mut self, ms: u64) -> Self {
+        self.faults.boot_delay_ms = ms;
+        self
+    }
+    pub fn never_ip(mut self) -> Self {
+        self.faults.never_ip = true;
+        self
+    }
+    pub fn run_dies(mut self, message: Option<&str>) -> Self {
+        self.faults.run_dies = true;
+        self.faults.run_dies_message = message.map(String::from);
+        self
+    }
+    pub fn guest_dies_after_ms(mut self, ms: u64) -> Self {
+        self.faults.guest_dies_after_ms = Some(ms);
+        self
+    }
+    pub fn reject_logins(mut self) -> Self {
+        self.faults.reject_logins = true;
+        self
+    }
+    pub fn pull_fails(mut self) -> Self {
+        self.faults.pull_fails = true;
+        self
+    }
+    pub fn pull_refuses_credentials(mut self) -> Self {
+        self.faults.pull_refuses_credentials = true;
+        self
+    }
+    pub fn clone_fails_disk(mut self) -> Self {
+        self.faults.clone_fails_disk = true;
+        self
+    }
+    /// Edit the fault knobs in place.
+    pub fn faults(mut self, f: impl FnOnce(&mut Faults)) -> Self {
+        f(&mut self.faults);
+        self
+    }
+}
+
+/// `$TART_HOME/catalogue.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalogue {
+    pub images: BTreeMap<String, Image>,
+}
+
+/// One row of `tart list --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VmInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Source")]
+    pub source: String,
+    #[serde(rename = "State", default)]
+    pub state: String,
+    #[serde(rename = "Running", default)]
+    pub running: bool,
+}
+
+/// What a test left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leaks {
+    /// Local VMs still present (`name (state)`).
+    pub vms: Vec<String>,
+    /// `(pid, cmdline)` of live processes that mention the TART_HOME or the job marker.
+    pub processes: Vec<(u32, String)>,
+    /// Entries left in the given directory.
+    pub files: Vec<PathBuf>,
+}
+
+impl Leaks {
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty() && self.processes.is_empty() && self.files.is_empty()
+    }
+    #[track_caller]
+    pub fn assert_none(&self) {
+        assert!(self.is_empty(), "left behind: {self:#?}");
+    }
+}
+
+/// A simulated Tart host for one test.
+pub struct SimHost {
+    root: tempfile::TempDir,
+    tart_home: PathBuf,
+    sim_host: PathBuf,
+    bin_dir: PathBuf,
+    catalogue: Catalogue,
+}
+
+/// Where the simulator binary is: `$TART_SIM_BIN`, else `target/<profile>/tart` next to the
+/// running test executable (`target/<profile>/deps/<test>-<hash>`).
+pub fn simulator_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("TART_SIM_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(format!("TART_SIM_BIN={} does not exist", p.display())) };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut cands = Vec::new();
+    if let Some(dir) = exe.parent() {
+        cands.push(dir.join("tart"));
+        if let Some(profile) = dir.parent() {
+            cands.push(profile.join("tart"));
+        }
+    }
+    cands.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "the Tart simulator binary `tart` was not found next to {} (expected target/<profile>/tart); \
+             run `cargo build --workspace` (or `cargo build -p tart-sim`) first, or set TART_SIM_BIN",
+            exe.display()
+        )
+    })
+}
+
+impl SimHost {
+    /// A fresh simulated host with an empty catalogue. Panics with a clear message if the
+    /// simulator was not built.
+    pub fn new() -> SimHost {
+        SimHost::try_new().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_new() -> Result<SimHost, String> {
+        let sim = simulator_path()?;
+        let root = tempfile::Builder::new().prefix("tart-sim-test").tempdir().map_err(|e| e.to_string())?;
+        let tart_home = root.path().join("tart-home");
+        let sim_host = root.path().join("sim-host");
+        let bin_dir = root.path().join("bin");
+        for d in [&tart_home, &sim_host, &bin_dir] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        std::os::unix::fs::symlink(&sim, bin_dir.join("tart")).map_err(|e| e.to_string())?;
+        let h = SimHost { root, tart_home, sim_host, bin_dir, catalogue: Catalogue::default() };
+        h.write_catalogue();
+        Ok(h)
+    }
+
+    /// Add or replace a catalogue image (written at once).
+    pub fn add_image(&mut self, oci_name: impl Into<String>, image: Image) -> &mut Self {
+        self.catalogue.images.insert(oci_name.into(), image);
+        self.write_catalogue();
+        self
+    }
+
+    /// Builder form of [`SimHost::add_image`].
+    pub fn with_image(mut self, oci_name: impl Into<String>, image: Image) -> Self {
+        self.add_image(oci_name, image);
+        self
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Edit the catalogue and rewrite it.
+    pub fn edit_catalogue(&mut self, f: impl FnOnce(&mut Catalogue)) {
+        f(&mut self.catalogue);
+        self.write_catalogue();
+    }
+
+    fn write_catalogue(&self) {
+        let text = serde_json::to_string_pretty(&self.catalogue).expect("catalogue");
+        let tmp = self.tart_home.join("catalogue.json.tmp");
+        std::fs::write(&tmp, text).expect("write catalogue");
+        std::fs::rename(&tmp, self.tart_home.join("catalogue.json")).expect("rename catalogue");
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+    pub fn tart_home(&self) -> &Path {
+        &self.tart_home
+    }
+    pub fn sim_host_dir(&self) -> &Path {
+        &self.sim_host
+    }
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+    /// The `tart` symlink.
+    pub fn tart_path(&self) -> PathBuf {
+        self.bin_dir.join("tart")
+    }
+
+    /// Environment for `Runner::envs`: PATH with the simulator first, TART_HOME, TART_SIM_HOST.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        vec![
+            ("PATH".into(), format!("{}:{path}", self.bin_dir.display())),
+            ("TART_HOME".into(), self.tart_home.display().to_string()),
+            ("TART_SIM_HOST".into(), self.sim_host.display().to_string()),
+        ]
+    }
+
+    /// A `Command` for `tart <args>` with this host's environment.
+    pub fn command<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&self, args: I) -> Command {
+        let mut c = Command::new(self.tart_path());
+        c.args(args).envs(self.env()).stdin(Stdio::null());
+        c
+    }
+
+    /// Run `tart <args>` (killed after 120 s) and return its output.
+    pub fn tart<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&self, args: I) -> Output {
+        let mut c = self.command(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        output_with_timeout(c, Duration::from_secs(120))
+    }
+
+    /// Run `tart <args>`, panic (with stderr) unless it exits 0; returns stdout.
+    #[track_caller]
+    pub fn tart_ok<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&self, args: I) -> String {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = self.tart(&args);
+        assert!(
+            out.status.success(),
+            "tart {:?} failed ({}): {}{}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `tart list --format json`, parsed.
+    pub fn list(&self) -> Vec<VmInfo> {
+        let out = self.tart(["list", "--format", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Local VMs only.
+    pub fn local_vms(&self) -> Vec<VmInfo> {
+        self.list().into_iter().filter(|v| v.source == "local").collect()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.local_vms().iter().filter(|v| v.running || v.state == "running").count()
+    }
+
+    /// Stop (if running) and delete every local VM under this TART_HOME.
+    pub fn stop_and_delete_all(&self) {
+        for vm in self.local_vms() {
+            if vm.running || vm.state == "running" {
+                let _ = self.tart(["stop", "--timeout", "5", vm.name.as_str()]);
+            }
+            let _ = self.tart(["delete", vm.name.as_str()]);
+        }
+    }
+
+    /// What is left behind: local VMs, live processes whose cmdline (or environment) mentions
+    /// this TART_HOME or `marker` (e.g. a job id or VM name prefix), and entries in `dir`.
+    pub fn leaks(&self, marker: Option<&str>, dir: Option<&Path>) -> Leaks {
+        let vms = self.local_vms().into_iter().map(|v| format!("{} ({})", v.name, v.state)).collect();
+        let home = self.tart_home.display().to_string();
+        let mut needles = vec![home.clone()];
+        if let Some(m) = marker {
+            needles.push(m.to_string());
+        }
+        let processes = processes_mentioning(&needles, Some(&format!("TART_HOME={home}")));
+        let files = dir.map(dir_entries).unwrap_or_default();
+        Leaks { vms, processes, files }
+    }
+}
+
+impl Default for SimHost {
+    fn default() -> Self {
+        SimHost::new()
+    }
+}
+
+impl Drop for SimHost {
+    fn drop(&mut self) {
+        self.stop_and_delete_all();
+        // Last resort: anything still running for this TART_HOME (a leaked `tart run`).
+        let home = self.tart_home.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_mentioning(std::slice::from_ref(&home), Some(&format!("TART_HOME={home}")));
+            if left.is_empty() || Instant::now() >= deadline {
+                for (pid, _) in left {
+                    // SAFETY: kill(2) on a pid we just observed as belonging to this host.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+                break;
+            }
+            for (pid, _) in &left {
+                unsafe {
+                    libc::kill(*pid as i32, libc::SIGTERM);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+}
+
+/// Live (non-zombie) processes other than this one whose cmdline contains one of `needles`,
+/// or whose environment contains the exact entry `env_entry`.
+pub fn processes_mentioning(needles: &[String], env_entry: Option<&str>) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let base = e.path();
+        if let Ok(stat) = std::fs::read_to_string(base.join("stat")) {
+            if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+                continue;
+            }
+        }
+        let Ok(raw) = std::fs::read(base.join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string();
+        let mut hit = needles.iter().any(|n| !n.is_empty() && cmdline.contains(n.as_str()));
+        if !hit {
+            if let (Some(entry), Ok(env)) = (env_entry, std::fs::read(base.join("environ"))) {
+                hit = env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes());
+            }
+        }
+        if hit {
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+fn output_with_timeout(mut c: Command, limit: Duration) -> Output {
+    let child = c.spawn().unwrap_or_else(|e| panic!("spawning {:?}: {e}", c.get_program()));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => r.expect("wait"),
+        Err(_) => {
+            // SAFETY: kill(2) on the child we spawned.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            rx.recv().expect("wait").expect("wait")
+        }
+    }
+}
