@@ -176,6 +176,11 @@ impl Runner {
         self.prepare_retry_pause = d;
         self
     }
+    /// Harness-only: how long to keep reading a stage's pipes after its process exited.
+    pub fn output_drain_timeout(mut self, d: Duration) -> Self {
+        self.output_drain_timeout = d;
+        self
+    }
     pub fn builds_dir(mut self, d: impl Into<String>) -> Self {
         self.builds_dir = Some(d.into());
         self

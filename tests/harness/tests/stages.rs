@@ -526,3 +526,45 @@ fn concurrent_ids_are_lowest_free() {
     let o3 = run_job(&runner, &Job::new());
     assert_eq!(o3.concurrent_id, 0);
 }
+
+#[test]
+fn legacy_bash_eval_flag_switches_the_script_form() {
+    let fx = Fx::new();
+    let job = Job::new().var("FF_USE_LEGACY_BASH_EVAL", "true").script(["echo legacy-ok"]);
+    let out = run_job(&fx.runner(), &job);
+    out.assert_success().assert_log_contains("legacy-ok\n");
+    let s = out.stage("build_script").unwrap().script.clone().unwrap();
+    assert!(s.contains("\n: | eval $'"), "{s}");
+    assert_eq!(fx.env("build_script")["CUSTOM_ENV_FF_USE_LEGACY_BASH_EVAL"], "true");
+}
+
+#[test]
+fn a_child_holding_the_pipes_open_is_reported() {
+    let fx = Fx::new();
+    let runner = fx.runner().output_drain_timeout(Duration::from_millis(200));
+    // get_sources leaves a background process that inherited the driver's stdout.
+    let job = Job::new().get_sources_script(["(sleep 2 &)"]);
+    let out = run_job(&runner, &job);
+    out.assert_success();
+    assert!(out.stage("get_sources").unwrap().pipes_held_open);
+    assert!(out.warnings.iter().any(|w| w.starts_with("get_sources: stdout/stderr still open")), "{:?}", out.warnings);
+}
+
+#[test]
+fn build_script_body_exports_variables_and_changes_dir() {
+    let fx = Fx::new();
+    let job = Job::new().var("SPACED", "a b").file_var("F", "x").script(["make test"]);
+    let out = run_job(&fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "build_script"), &job);
+    out.assert_system_failure();
+    let script = out.stage("build_script").unwrap().script.clone().unwrap();
+    let pd = out.project_dir.clone().unwrap();
+    for needle in [
+        "export SPACED=$\\'a b\\'\\n",
+        &format!("export CI_PROJECT_DIR={pd}\\n"),
+        &format!("export F=\"{pd}.tmp/F\"\\n"),
+        &format!("export GITLAB_ENV=\"{pd}.tmp/gitlab_runner_env\"\\n"),
+        &format!("cd \"{pd}\"\\necho $\\'\\\\x1b[32;1m$ make test\\\\x1b[0;m\\'\\nmake test\\n"),
+    ] {
+        assert!(script.contains(needle), "missing {needle}\n{script}");
+    }
+}
