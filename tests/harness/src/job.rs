@@ -18,7 +18,14 @@ pub struct Variable {
 
 impl Variable {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Variable {
-        Variable { key: key.into(), value: value.into(), public: true, file: false, masked: false, raw: false }
+        Variable {
+            key: key.into(),
+            value: value.into(),
+            public: true,
+            file: false,
+            masked: false,
+            raw: false,
+        }
     }
     pub fn masked(mut self) -> Self {
         self.masked = true;
@@ -244,6 +251,9 @@ impl Job {
         self
     }
     pub(crate) fn job_token(&self) -> String {
-        format!("glcbt-64_harness{:012x}", self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xffff_ffff_ffff)
+        format!(
+            "glcbt-64_harness{:012x}",
+            self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xffff_ffff_ffff
+        )
     }
 }

@@ -20,6 +20,7 @@ pub mod sim;
 pub use job::{Job, Variable, When};
 pub use process::{Stream, Termination};
 pub use run::{
-    go_duration, run_job, ConfigOutput, DriverInfo, JobOutcome, StageKind, StageRecord, StageResult, Verdict,
+    go_duration, run_job, ConfigOutput, DriverInfo, JobOutcome, StageKind, StageRecord,
+    StageResult, Verdict,
 };
 pub use runner::Runner;

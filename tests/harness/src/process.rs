@@ -111,8 +111,20 @@ pub(crate) fn run(
 
     let (tx, rx) = mpsc::channel::<(Stream, Option<Vec<u8>>)>();
     for (stream, pipe) in [
-        (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-        (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (
+            Stream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            Stream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
     ] {
         let tx = tx.clone();
         let mut pipe = pipe.expect("piped");
@@ -134,16 +146,17 @@ pub(crate) fn run(
     drop(tx);
 
     let mut open = 2;
-    let mut handle = |res: &mut ProcResult, s: Stream, data: Option<Vec<u8>>, open: &mut i32| match data {
-        Some(d) => {
-            on_output(s, &d);
-            match s {
-                Stream::Stdout => res.stdout.extend_from_slice(&d),
-                Stream::Stderr => res.stderr.extend_from_slice(&d),
+    let mut handle =
+        |res: &mut ProcResult, s: Stream, data: Option<Vec<u8>>, open: &mut i32| match data {
+            Some(d) => {
+                on_output(s, &d);
+                match s {
+                    Stream::Stdout => res.stdout.extend_from_slice(&d),
+                    Stream::Stderr => res.stderr.extend_from_slice(&d),
+                }
             }
-        }
-        None => *open -= 1,
-    };
+            None => *open -= 1,
+        };
 
     let trigger_at = ctl.trigger_after.map(|(d, t)| (start + d, t));
     let mut term_sent: Option<Instant> = None;

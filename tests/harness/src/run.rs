@@ -53,9 +53,13 @@ impl ConfigOutput {
 pub enum Verdict {
     Success,
     /// `script_failure`; `exit_code` from `BUILD_EXIT_CODE_FILE` (1 if absent).
-    BuildFailure { exit_code: i32 },
+    BuildFailure {
+        exit_code: i32,
+    },
     /// `runner_system_failure`, unknown failures, configuration errors.
-    SystemFailure { message: String },
+    SystemFailure {
+        message: String,
+    },
     Canceled,
     TimedOut,
 }
@@ -143,7 +147,11 @@ pub struct JobOutcome {
 impl JobOutcome {
     /// Names of the run stages called, in order.
     pub fn run_stage_names(&self) -> Vec<&str> {
-        self.stages.iter().filter(|s| s.kind == StageKind::Run).map(|s| s.name.as_str()).collect()
+        self.stages
+            .iter()
+            .filter(|s| s.kind == StageKind::Run)
+            .map(|s| s.name.as_str())
+            .collect()
     }
     /// All driver calls (config/prepare/run/cleanup) in call order, as `name` strings.
     pub fn call_sequence(&self) -> Vec<String> {
@@ -153,14 +161,29 @@ impl JobOutcome {
     }
     /// The last call of stage `name`.
     pub fn stage(&self, name: &str) -> Option<&StageRecord> {
-        self.stages.iter().chain(self.cleanups.iter()).filter(|s| s.name == name).last()
+        self.stages
+            .iter()
+            .chain(self.cleanups.iter())
+            .rev()
+            .find(|s| s.name == name)
     }
     pub fn stage_durations(&self) -> Vec<(String, Duration)> {
-        self.stages.iter().map(|s| (s.name.clone(), s.duration)).collect()
+        self.stages
+            .iter()
+            .map(|s| (s.name.clone(), s.duration))
+            .collect()
     }
     fn dump(&self) -> String {
-        let mut s = format!("verdict: {:?}\ncalls: {:?}\n", self.verdict, self.call_sequence());
-        let _ = writeln!(s, "----- job log -----\n{}\n----- runner log -----\n{}", self.log, self.runner_log);
+        let mut s = format!(
+            "verdict: {:?}\ncalls: {:?}\n",
+            self.verdict,
+            self.call_sequence()
+        );
+        let _ = writeln!(
+            s,
+            "----- job log -----\n{}\n----- runner log -----\n{}",
+            self.log, self.runner_log
+        );
         for w in &self.warnings {
             let _ = writeln!(s, "harness warning: {w}");
         }
@@ -168,17 +191,31 @@ impl JobOutcome {
     }
     #[track_caller]
     pub fn assert_success(&self) -> &Self {
-        assert_eq!(self.verdict, Verdict::Success, "job did not succeed\n{}", self.dump());
+        assert_eq!(
+            self.verdict,
+            Verdict::Success,
+            "job did not succeed\n{}",
+            self.dump()
+        );
         self
     }
     #[track_caller]
     pub fn assert_build_failure(&self, exit_code: i32) -> &Self {
-        assert_eq!(self.verdict, Verdict::BuildFailure { exit_code }, "\n{}", self.dump());
+        assert_eq!(
+            self.verdict,
+            Verdict::BuildFailure { exit_code },
+            "\n{}",
+            self.dump()
+        );
         self
     }
     #[track_caller]
     pub fn assert_system_failure(&self) -> &Self {
-        assert!(matches!(self.verdict, Verdict::SystemFailure { .. }), "expected a system failure\n{}", self.dump());
+        assert!(
+            matches!(self.verdict, Verdict::SystemFailure { .. }),
+            "expected a system failure\n{}",
+            self.dump()
+        );
         self
     }
     #[track_caller]
@@ -188,7 +225,11 @@ impl JobOutcome {
     }
     #[track_caller]
     pub fn assert_log_contains(&self, needle: &str) -> &Self {
-        assert!(self.log.contains(needle), "job log lacks {needle:?}\n{}", self.dump());
+        assert!(
+            self.log.contains(needle),
+            "job log lacks {needle:?}\n{}",
+            self.dump()
+        );
         self
     }
     #[track_caller]
@@ -199,8 +240,16 @@ impl JobOutcome {
     /// Panics (printing everything) unless cleanup ran and there are no harness warnings.
     #[track_caller]
     pub fn assert_clean(&self) -> &Self {
-        assert!(!self.cleanups.is_empty(), "cleanup never ran\n{}", self.dump());
-        assert!(self.warnings.is_empty(), "harness warnings\n{}", self.dump());
+        assert!(
+            !self.cleanups.is_empty(),
+            "cleanup never ran\n{}",
+            self.dump()
+        );
+        assert!(
+            self.warnings.is_empty(),
+            "harness warnings\n{}",
+            self.dump()
+        );
         self
     }
 }
@@ -279,8 +328,15 @@ pub fn run_job(runner: &Runner, job: &Job) -> JobOutcome {
         cancel_fired: false,
         abort_fired: false,
     };
-    st.line(&format!("Running with gitlab-runner {} ({})", runner.version, runner.revision));
-    st.line(&format!("  on {} {}, system ID: s_harness", runner.description, runner.short_token()));
+    st.line(&format!(
+        "Running with gitlab-runner {} ({})",
+        runner.version, runner.revision
+    ));
+    st.line(&format!(
+        "  on {} {}, system ID: s_harness",
+        runner.description,
+        runner.short_token()
+    ));
     st.line("Preparing the \"custom\" executor");
 
     let verdict = loop {
@@ -292,16 +348,22 @@ pub fn run_job(runner: &Runner, job: &Job) -> JobOutcome {
                 let (verdict, retry) = match e {
                     PrepError::Build(code) => (Verdict::BuildFailure { exit_code: code }, false),
                     PrepError::Config(m) => (Verdict::SystemFailure { message: m }, false),
-                    PrepError::System(m) => {
-                        (Verdict::SystemFailure { message: format!("prepare environment: {m}") }, st.attempt < 3)
-                    }
+                    PrepError::System(m) => (
+                        Verdict::SystemFailure {
+                            message: format!("prepare environment: {m}"),
+                        },
+                        st.attempt < 3,
+                    ),
                     PrepError::Halt(v) => (v, false),
                 };
                 if retry {
                     if let Verdict::SystemFailure { message } = &verdict {
                         st.line(&format!("ERROR: Preparation failed: {message}"));
                     }
-                    st.line(&format!("Will be retried in {} ...", go_duration(runner.prepare_retry_pause)));
+                    st.line(&format!(
+                        "Will be retried in {} ...",
+                        go_duration(runner.prepare_retry_pause)
+                    ));
                     st.cleanup();
                     std::thread::sleep(runner.prepare_retry_pause);
                     continue;
@@ -318,8 +380,12 @@ pub fn run_job(runner: &Runner, job: &Job) -> JobOutcome {
     };
     match &verdict {
         Verdict::Success => st.line("Job succeeded"),
-        Verdict::BuildFailure { exit_code } => st.line(&format!("ERROR: Job failed: exit status {exit_code}")),
-        Verdict::SystemFailure { message } => st.line(&format!("ERROR: Job failed (system failure): {message}")),
+        Verdict::BuildFailure { exit_code } => {
+            st.line(&format!("ERROR: Job failed: exit status {exit_code}"))
+        }
+        Verdict::SystemFailure { message } => {
+            st.line(&format!("ERROR: Job failed (system failure): {message}"))
+        }
         Verdict::Canceled => st.line("ERROR: Job failed: canceled"),
         Verdict::TimedOut => st.line(&format!(
             "ERROR: Job failed: execution took longer than {} seconds",
@@ -329,7 +395,12 @@ pub fn run_job(runner: &Runner, job: &Job) -> JobOutcome {
     st.out.verdict = verdict;
     runner.release_slots(job.id);
     // masking
-    let mut masks: Vec<String> = job.variables.iter().filter(|v| v.masked && v.value.len() >= 8).map(|v| v.value.clone()).collect();
+    let mut masks: Vec<String> = job
+        .variables
+        .iter()
+        .filter(|v| v.masked && v.value.len() >= 8)
+        .map(|v| v.value.clone())
+        .collect();
     masks.push(job.job_token());
     for m in masks {
         st.out.log = st.out.log.replace(&m, "[MASKED]");
@@ -368,7 +439,12 @@ impl State<'_> {
         std::fs::write(&resp, payload).map_err(|e| PrepError::System(e.to_string()))?;
         let _ = std::fs::set_permissions(&resp, std::fs::Permissions::from_mode(0o600));
 
-        let prep_deadline = self.runner.prepare_timeout.map(|t| self.start + t).unwrap_or(self.deadline).min(self.deadline);
+        let prep_deadline = self
+            .runner
+            .prepare_timeout
+            .map(|t| self.start + t)
+            .unwrap_or(self.deadline)
+            .min(self.deadline);
         if let Some(exec) = self.runner.config_exec.clone() {
             let d = (Instant::now() + self.runner.config_exec_timeout).min(prep_deadline);
             let args = self.runner.config_args.clone();
@@ -383,29 +459,57 @@ impl State<'_> {
             }
         }
         let using = match &self.config.driver {
-            Some(DriverInfo { name: Some(n), version }) => {
-                format!("Using Custom executor with driver {n} {}...", version.clone().unwrap_or_default())
+            Some(DriverInfo {
+                name: Some(n),
+                version,
+            }) => {
+                format!(
+                    "Using Custom executor with driver {n} {}...",
+                    version.clone().unwrap_or_default()
+                )
             }
             _ => "Using Custom executor...".to_string(),
         };
         self.line(&using);
 
         // directories
-        let builds = self.config.builds_dir.clone().or_else(|| self.runner.builds_dir.clone()).unwrap_or_default();
+        let builds = self
+            .config
+            .builds_dir
+            .clone()
+            .or_else(|| self.runner.builds_dir.clone())
+            .unwrap_or_default();
         if builds.is_empty() {
             return Err(PrepError::Config("the builds_dir is not configured".into()));
         }
-        let cache = self.config.cache_dir.clone().or_else(|| self.runner.cache_dir.clone()).unwrap_or_default();
+        let cache = self
+            .config
+            .cache_dir
+            .clone()
+            .or_else(|| self.runner.cache_dir.clone())
+            .unwrap_or_default();
         if cache.is_empty() {
             return Err(PrepError::Config("the cache_dir is not configured".into()));
         }
-        let shell = self.config.shell.clone().or_else(|| self.runner.shell.clone()).unwrap_or_else(|| "bash".into());
+        let shell = self
+            .config
+            .shell
+            .clone()
+            .or_else(|| self.runner.shell.clone())
+            .unwrap_or_else(|| "bash".into());
         if shell != "bash" {
-            return Err(PrepError::Config(format!("harness: shell {shell:?} is not supported (bash only)")));
+            return Err(PrepError::Config(format!(
+                "harness: shell {shell:?} is not supported (bash only)"
+            )));
         }
         let b = builds.trim_end_matches('/');
         let project_dir = if self.config.builds_dir_is_shared.unwrap_or(false) {
-            format!("{b}/{}/{}/{}", self.runner.short_token(), self.cpid, self.job.project)
+            format!(
+                "{b}/{}/{}/{}",
+                self.runner.short_token(),
+                self.cpid,
+                self.job.project
+            )
         } else {
             format!("{b}/{}", self.job.project)
         };
@@ -437,7 +541,9 @@ impl State<'_> {
                 return Err(PrepError::Halt(if Instant::now() >= self.deadline {
                     Verdict::TimedOut
                 } else {
-                    Verdict::SystemFailure { message: "prepare environment: prepare timeout exceeded".into() }
+                    Verdict::SystemFailure {
+                        message: "prepare environment: prepare timeout exceeded".into(),
+                    }
                 }))
             }
             _ => {}
@@ -455,10 +561,14 @@ impl State<'_> {
             let args = self.runner.cleanup_args.clone();
             let rec = self.spawn("cleanup", StageKind::Cleanup, &exec, &args, d, None);
             if !rec.stdout.is_empty() {
-                self.out.runner_log.push_str(&format!("DEBUG: cleanup stdout: {}\n", rec.stdout));
+                self.out
+                    .runner_log
+                    .push_str(&format!("DEBUG: cleanup stdout: {}\n", rec.stdout));
             }
             if !rec.stderr.is_empty() {
-                self.out.runner_log.push_str(&format!("WARNING: cleanup stderr: {}\n", rec.stderr));
+                self.out
+                    .runner_log
+                    .push_str(&format!("WARNING: cleanup stderr: {}\n", rec.stderr));
             }
             if let StageResult::BuildFailure { exit_code } = &rec.result {
                 self.warn(format!("Cleanup script failed: exit status {exit_code}"));
@@ -501,7 +611,12 @@ impl State<'_> {
             abort_wait: self.runner.abort_wait,
             drain: self.runner.output_drain_timeout,
         };
-        let spec = process::Spec { program, args, cwd: &self.tmp, env: &env };
+        let spec = process::Spec {
+            program,
+            args,
+            cwd: &self.tmp,
+            env: &env,
+        };
         let started = self.start.elapsed();
         let to_log_stdout = matches!(kind, StageKind::Prepare | StageKind::Run);
         let to_log_stderr = kind != StageKind::Cleanup;
@@ -524,13 +639,21 @@ impl State<'_> {
             _ => {}
         }
         let result = if let Some(e) = &pr.spawn_error {
-            StageResult::SystemFailure { message: format!("failed to start process: {e}") }
+            StageResult::SystemFailure {
+                message: format!("failed to start process: {e}"),
+            }
         } else if pr.gave_up {
             StageResult::SystemFailure {
-                message: format!("failed to kill process PID={}, likely process is dormant", pr.pid.unwrap_or(0)),
+                message: format!(
+                    "failed to kill process PID={}, likely process is dormant",
+                    pr.pid.unwrap_or(0)
+                ),
             }
         } else {
-            classify(pr.status.as_ref().expect("status"), &self.tmp.join("build_exit_code"))
+            classify(
+                pr.status.as_ref().expect("status"),
+                &self.tmp.join("build_exit_code"),
+            )
         };
         if pr.pipes_held_open {
             self.warn(format!(
@@ -539,7 +662,10 @@ impl State<'_> {
             ));
         }
         if pr.gave_up {
-            self.warn(format!("{name}: gave up waiting for PID {}", pr.pid.unwrap_or(0)));
+            self.warn(format!(
+                "{name}: gave up waiting for PID {}",
+                pr.pid.unwrap_or(0)
+            ));
         }
         let mut argv = vec![program.display().to_string()];
         argv.extend(args.iter().cloned());
@@ -550,7 +676,11 @@ impl State<'_> {
             argv,
             pid: pr.pid,
             exit_code: pr.status.as_ref().map(process::exit_code),
-            status_text: pr.status.as_ref().map(process::describe).unwrap_or_default(),
+            status_text: pr
+                .status
+                .as_ref()
+                .map(process::describe)
+                .unwrap_or_default(),
             result,
             terminated: pr.terminated,
             sigkilled: pr.sigkilled,
@@ -579,7 +709,10 @@ impl State<'_> {
         env.push(("TMPDIR".into(), tmp.clone()));
         env.push(("BUILD_FAILURE_EXIT_CODE".into(), "1".into()));
         env.push(("SYSTEM_FAILURE_EXIT_CODE".into(), "2".into()));
-        env.push(("BUILD_EXIT_CODE_FILE".into(), format!("{tmp}/build_exit_code")));
+        env.push((
+            "BUILD_EXIT_CODE_FILE".into(),
+            format!("{tmp}/build_exit_code"),
+        ));
         env.push(("JOB_RESPONSE_FILE".into(), format!("{tmp}/response.json")));
         if kind != StageKind::Config {
             if let Some(je) = &self.config.job_env {
@@ -605,7 +738,12 @@ impl State<'_> {
     }
 
     fn server_host(&self) -> String {
-        self.runner.url.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string()
+        self.runner
+            .url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// The variables GitLab sends (the payload's `variables`), user variables last.
@@ -616,15 +754,26 @@ impl State<'_> {
         let token = j.job_token();
         let ns = j.project.rsplit_once('/').map(|(a, _)| a).unwrap_or("");
         let pname = j.project.rsplit('/').next().unwrap_or(&j.project);
-        let slug: String = j.project.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let slug: String = j
+            .project
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
         let v = |k: &str, val: String| Variable::new(k, val);
         let mut vars = vec![
             v("CI_PIPELINE_ID", j.pipeline_id.to_string()),
             v("CI_PIPELINE_IID", (j.pipeline_id % 1000).to_string()),
             v("CI_PIPELINE_SOURCE", "push".into()),
-            v("CI_PIPELINE_URL", format!("{}/{}/-/pipelines/{}", r.url, j.project, j.pipeline_id)),
+            v(
+                "CI_PIPELINE_URL",
+                format!("{}/{}/-/pipelines/{}", r.url, j.project, j.pipeline_id),
+            ),
             v("CI_JOB_ID", j.id.to_string()),
-            v("CI_JOB_URL", format!("{}/{}/-/jobs/{}", r.url, j.project, j.id)),
+            v(
+                "CI_JOB_URL",
+                format!("{}/{}/-/jobs/{}", r.url, j.project, j.id),
+            ),
             v("CI_JOB_NAME", j.name.clone()),
             v("CI_JOB_NAME_SLUG", j.name.to_lowercase()),
             v("CI_JOB_STAGE", j.stage.clone()),
@@ -638,7 +787,10 @@ impl State<'_> {
             v("CI_PROJECT_PATH", j.project.clone()),
             v("CI_PROJECT_PATH_SLUG", slug),
             v("CI_PROJECT_NAMESPACE", ns.to_string()),
-            v("CI_PROJECT_ROOT_NAMESPACE", ns.split('/').next().unwrap_or("").to_string()),
+            v(
+                "CI_PROJECT_ROOT_NAMESPACE",
+                ns.split('/').next().unwrap_or("").to_string(),
+            ),
             v("CI_PROJECT_URL", format!("{}/{}", r.url, j.project)),
             v("CI_PROJECT_VISIBILITY", "private".into()),
             v("CI_DEFAULT_BRANCH", "main".into()),
@@ -648,13 +800,19 @@ impl State<'_> {
             v("CI_COMMIT_REF_NAME", j.ref_name.clone()),
             v("CI_COMMIT_REF_SLUG", j.ref_name.clone()),
             v("CI_COMMIT_BRANCH", j.ref_name.clone()),
-            v("CI_COMMIT_BEFORE_SHA", "0000000000000000000000000000000000000000".into()),
+            v(
+                "CI_COMMIT_BEFORE_SHA",
+                "0000000000000000000000000000000000000000".into(),
+            ),
             v("CI_COMMIT_MESSAGE", "harness commit\n".into()),
             v("CI_COMMIT_TITLE", "harness commit".into()),
             v("CI_RUNNER_ID", r.id.to_string()),
             v("CI_RUNNER_DESCRIPTION", r.description.clone()),
             v("CI_RUNNER_TAGS", "[\"tart\"]".into()),
-            v("CI_REPOSITORY_URL", format!("https://gitlab-ci-token:{token}@{host}/{}.git", j.project)),
+            v(
+                "CI_REPOSITORY_URL",
+                format!("https://gitlab-ci-token:{token}@{host}/{}.git", j.project),
+            ),
             v("CI_SERVER_URL", r.url.clone()),
             v("CI_SERVER_HOST", host.clone()),
             v("CI_SERVER_PORT", "443".into()),
@@ -663,7 +821,10 @@ impl State<'_> {
             v("CI_SERVER_VERSION", "18.6.0".into()),
             v("CI_API_V4_URL", format!("{}/api/v4", r.url)),
             v("CI_REGISTRY", format!("registry.{host}")),
-            v("CI_REGISTRY_IMAGE", format!("registry.{host}/{}", j.project)),
+            v(
+                "CI_REGISTRY_IMAGE",
+                format!("registry.{host}/{}", j.project),
+            ),
             v("CI_REGISTRY_USER", "gitlab-ci-token".into()),
             Variable::new("CI_REGISTRY_PASSWORD", token.clone()).masked(),
             v("CI_DEPENDENCY_PROXY_SERVER", format!("{host}:443")),
@@ -704,20 +865,38 @@ impl State<'_> {
             vars.push(Variable::new("CI_JOB_IMAGE", img.clone()));
         }
         let (builds, project, tmpdir) = match &self.dirs {
-            Some(d) => (d.builds_dir.clone(), d.project_dir.clone(), d.tmp_project_dir.clone()),
+            Some(d) => (
+                d.builds_dir.clone(),
+                d.project_dir.clone(),
+                d.tmp_project_dir.clone(),
+            ),
             None => {
                 let b = r.builds_dir.clone().unwrap_or_default();
-                let p = if b.is_empty() { String::new() } else { format!("{}/{}", b.trim_end_matches('/'), j.project) };
-                let t = if p.is_empty() { String::new() } else { format!("{p}.tmp") };
+                let p = if b.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/{}", b.trim_end_matches('/'), j.project)
+                };
+                let t = if p.is_empty() {
+                    String::new()
+                } else {
+                    format!("{p}.tmp")
+                };
                 (b, p, t)
             }
         };
         vars.push(Variable::new("CI_BUILDS_DIR", builds));
         vars.push(Variable::new("CI_PROJECT_DIR", project));
         vars.push(Variable::new("CI_CONCURRENT_ID", self.cid.to_string()));
-        vars.push(Variable::new("CI_CONCURRENT_PROJECT_ID", self.cpid.to_string()));
+        vars.push(Variable::new(
+            "CI_CONCURRENT_PROJECT_ID",
+            self.cpid.to_string(),
+        ));
         vars.push(Variable::new("CI_SERVER", "yes"));
-        vars.push(Variable::new("CI_JOB_TIMEOUT", j.timeout.as_secs().to_string()));
+        vars.push(Variable::new(
+            "CI_JOB_TIMEOUT",
+            j.timeout.as_secs().to_string(),
+        ));
         vars.push(Variable::new("CI_JOB_STATUS", self.status));
         vars.push(Variable::new("CI_SHARED_ENVIRONMENT", "true"));
         vars.push(Variable::new("CI_RUNNER_VERSION", r.version.clone()));
@@ -749,17 +928,23 @@ impl State<'_> {
             steps.push(serde_json::json!({"name": "after_script", "script": j.after_script, "timeout": secs, "when": "always", "allow_failure": true}));
         }
         let image = match &j.image {
-            Some(i) => serde_json::json!({"name": i, "alias": "", "entrypoint": null, "command": null, "ports": [], "variables": [], "pull_policy": null, "executor_opts": {}}),
+            Some(i) => {
+                serde_json::json!({"name": i, "alias": "", "entrypoint": null, "command": null, "ports": [], "variables": [], "pull_policy": null, "executor_opts": {}})
+            }
             None => serde_json::json!({"name": ""}),
         };
         let services: Vec<serde_json::Value> =
             j.services.iter().map(|s| serde_json::json!({"name": s, "alias": "", "entrypoint": null, "command": null})).collect();
         let artifacts = match j.artifacts {
-            Some(w) => serde_json::json!([{"name": "", "untracked": false, "paths": ["out/"], "exclude": [], "when": w.as_str(), "artifact_type": "archive", "artifact_format": "zip", "expire_in": ""}]),
+            Some(w) => {
+                serde_json::json!([{"name": "", "untracked": false, "paths": ["out/"], "exclude": [], "when": w.as_str(), "artifact_type": "archive", "artifact_format": "zip", "expire_in": ""}])
+            }
             None => serde_json::json!([]),
         };
         let cache = match j.cache {
-            Some(w) => serde_json::json!([{"key": j.cache_key, "untracked": false, "policy": "pull-push", "paths": ["vendor/"], "when": w.as_str(), "fallback_keys": []}]),
+            Some(w) => {
+                serde_json::json!([{"key": j.cache_key, "untracked": false, "policy": "pull-push", "paths": ["vendor/"], "when": w.as_str(), "fallback_keys": []}])
+            }
             None => serde_json::json!([]),
         };
         let dependencies = if j.download_artifacts {
@@ -797,24 +982,49 @@ impl State<'_> {
 
     /// Write a script for `stage` and call run_exec. Returns the record, or `Err(verdict)` when
     /// the job must stop at once (job timeout, abort, whole-job cancel).
-    fn run_stage(&mut self, stage: &str, stage_deadline: Option<Instant>) -> Result<StageRecord, Verdict> {
+    fn run_stage(
+        &mut self,
+        stage: &str,
+        stage_deadline: Option<Instant>,
+    ) -> Result<StageRecord, Verdict> {
         let body = self.stage_body(stage);
-        let form = if self.flag("FF_USE_LEGACY_BASH_EVAL") { ScriptForm::Legacy } else { ScriptForm::V19 };
+        let form = if self.flag("FF_USE_LEGACY_BASH_EVAL") {
+            ScriptForm::Legacy
+        } else {
+            ScriptForm::V19
+        };
         let content = script::wrap(&body, form, self.flag("CI_DEBUG_TRACE"));
         let path = match write_script(&self.tmp, &content) {
             Ok(p) => p,
-            Err(e) => return Err(Verdict::SystemFailure { message: format!("writing script: {e}") }),
+            Err(e) => {
+                return Err(Verdict::SystemFailure {
+                    message: format!("writing script: {e}"),
+                })
+            }
         };
         let mut args = self.runner.run_args.clone();
         args.push(path.display().to_string());
         args.push(stage.to_string());
         let exec = self.runner.run_exec.clone();
-        let deadline = stage_deadline.map(|d| d.min(self.deadline)).unwrap_or(self.deadline);
-        let rec = self.spawn(stage, StageKind::Run, &exec, &args, deadline, Some((path, content)));
+        let deadline = stage_deadline
+            .map(|d| d.min(self.deadline))
+            .unwrap_or(self.deadline);
+        let rec = self.spawn(
+            stage,
+            StageKind::Run,
+            &exec,
+            &args,
+            deadline,
+            Some((path, content)),
+        );
         match rec.terminated {
             Some(Termination::Abort) => return Err(Verdict::Canceled),
-            Some(Termination::Timeout) if Instant::now() >= self.deadline => return Err(Verdict::TimedOut),
-            Some(Termination::Cancel) if !(stage == "build_script" || stage.starts_with("step_")) => {
+            Some(Termination::Timeout) if Instant::now() >= self.deadline => {
+                return Err(Verdict::TimedOut)
+            }
+            Some(Termination::Cancel)
+                if !(stage == "build_script" || stage.starts_with("step_")) =>
+            {
                 return Err(Verdict::Canceled)
             }
             _ => {}
@@ -823,15 +1033,20 @@ impl State<'_> {
     }
 
     fn flag(&self, key: &str) -> bool {
-        self.job.variables.iter().filter(|v| v.key == key).last().is_some_and(|v| v.value == "true" || v.value == "1")
+        self.job
+            .variables
+            .iter()
+            .rev()
+            .find(|v| v.key == key)
+            .is_some_and(|v| v.value == "true" || v.value == "1")
     }
 
     fn attempts(&self, key: &str) -> u32 {
         self.job
             .variables
             .iter()
-            .filter(|v| v.key == key)
-            .last()
+            .rev()
+            .find(|v| v.key == key)
             .and_then(|v| v.value.trim().parse::<u32>().ok())
             .unwrap_or(1)
             .clamp(1, 10)
@@ -850,7 +1065,9 @@ impl State<'_> {
             "archive_cache_on_failure" => "Saving cache for failed job".to_string(),
             "upload_artifacts_on_success" => "Uploading artifacts for successful job".to_string(),
             "upload_artifacts_on_failure" => "Uploading artifacts for failed job".to_string(),
-            "cleanup_file_variables" => "Cleaning up project directory and file based variables".to_string(),
+            "cleanup_file_variables" => {
+                "Cleaning up project directory and file based variables".to_string()
+            }
             s => format!("Executing \"{s}\" stage of the job script"),
         };
         self.line("");
@@ -863,8 +1080,12 @@ impl State<'_> {
     fn stage_failure(rec: &StageRecord) -> Option<Verdict> {
         match &rec.result {
             StageResult::Success => None,
-            StageResult::BuildFailure { exit_code } => Some(Verdict::BuildFailure { exit_code: *exit_code }),
-            StageResult::SystemFailure { message } => Some(Verdict::SystemFailure { message: message.clone() }),
+            StageResult::BuildFailure { exit_code } => Some(Verdict::BuildFailure {
+                exit_code: *exit_code,
+            }),
+            StageResult::SystemFailure { message } => Some(Verdict::SystemFailure {
+                message: message.clone(),
+            }),
         }
     }
 
@@ -911,7 +1132,9 @@ impl State<'_> {
             failure = Self::stage_failure(&rec);
             if rec.terminated == Some(Termination::Timeout) {
                 sources_timed_out = true;
-                failure = Some(Verdict::SystemFailure { message: "get_sources timed out".into() });
+                failure = Some(Verdict::SystemFailure {
+                    message: "get_sources timed out".into(),
+                });
                 break;
             }
             if failure.is_none() {
@@ -920,8 +1143,16 @@ impl State<'_> {
         }
         // 3. restore_cache, 4. download_artifacts
         for (on, stage, key) in [
-            (self.job.cache.is_some(), "restore_cache", "RESTORE_CACHE_ATTEMPTS"),
-            (self.job.download_artifacts, "download_artifacts", "ARTIFACT_DOWNLOAD_ATTEMPTS"),
+            (
+                self.job.cache.is_some(),
+                "restore_cache",
+                "RESTORE_CACHE_ATTEMPTS",
+            ),
+            (
+                self.job.download_artifacts,
+                "download_artifacts",
+                "ARTIFACT_DOWNLOAD_ATTEMPTS",
+            ),
         ] {
             if failure.is_some() || !on {
                 continue;
@@ -976,7 +1207,10 @@ impl State<'_> {
             match self.run_stage("after_script", Some(d)) {
                 Ok(rec) => {
                     if !rec.result.is_success() {
-                        self.line(&format!("WARNING: after_script failed, but job will continue unaffected: {}", rec.status_text));
+                        self.line(&format!(
+                            "WARNING: after_script failed, but job will continue unaffected: {}",
+                            rec.status_text
+                        ));
                     }
                 }
                 Err(v) => return v,
@@ -984,9 +1218,20 @@ impl State<'_> {
         }
         let job_ok = failure.is_none() && !canceled;
         // 8. archive_cache[_on_failure], 9. upload_artifacts_on_*
-        let cache_stage = if job_ok { "archive_cache" } else { "archive_cache_on_failure" };
-        let art_stage = if job_ok { "upload_artifacts_on_success" } else { "upload_artifacts_on_failure" };
-        for (w, stage) in [(self.job.cache, cache_stage), (self.job.artifacts, art_stage)] {
+        let cache_stage = if job_ok {
+            "archive_cache"
+        } else {
+            "archive_cache_on_failure"
+        };
+        let art_stage = if job_ok {
+            "upload_artifacts_on_success"
+        } else {
+            "upload_artifacts_on_failure"
+        };
+        for (w, stage) in [
+            (self.job.cache, cache_stage),
+            (self.job.artifacts, art_stage),
+        ] {
             if !w.is_some_and(|w: When| w.applies(job_ok)) {
                 continue;
             }
@@ -1005,7 +1250,10 @@ impl State<'_> {
             match self.run_stage("cleanup_file_variables", None) {
                 Ok(rec) => {
                     if !rec.result.is_success() {
-                        self.line(&format!("WARNING: cleanup_file_variables failed: {}", rec.status_text));
+                        self.line(&format!(
+                            "WARNING: cleanup_file_variables failed: {}",
+                            rec.status_text
+                        ));
                     }
                 }
                 Err(v) => return v,
@@ -1029,7 +1277,10 @@ impl State<'_> {
             if v.file {
                 let path = script::dq_path(&format!("{}/{}", d.tmp_project_dir, v.key));
                 b.push(format!("mkdir -p {tmpdir}"));
-                b.push(format!("printf '%s' {} > {path}", script::ansi_c_quote(&v.value)));
+                b.push(format!(
+                    "printf '%s' {} > {path}",
+                    script::ansi_c_quote(&v.value)
+                ));
                 b.push(format!("export {}={path}", v.key));
             } else {
                 b.push(format!("export {}={}", v.key, script::shell_word(&v.value)));
@@ -1055,7 +1306,11 @@ impl State<'_> {
     }
 
     fn guarded(b: &mut Vec<String>, what: &str, cmd: String, fatal: bool) {
-        let on_fail = if fatal { String::new() } else { format!(" || {}", script::echo_warning(&format!("{what} failed"))) };
+        let on_fail = if fatal {
+            String::new()
+        } else {
+            format!(" || {}", script::echo_warning(&format!("{what} failed")))
+        };
         b.push(format!(
             "if \"gitlab-runner\" \"--version\" >/dev/null 2>/dev/null; then {cmd}{on_fail}; else {}; fi",
             script::echo_warning(&format!("Missing gitlab-runner. {what} is disabled."))
@@ -1071,15 +1326,30 @@ impl State<'_> {
         match stage {
             "prepare_script" => {
                 let via = hostname.map(|h| format!(" via {h}")).unwrap_or_default();
-                b.push(format!("echo \"Running on $(hostname){}...\"", via.replace('"', "\\\"").replace('$', "\\$")));
+                b.push(format!(
+                    "echo \"Running on $(hostname){}...\"",
+                    via.replace('"', "\\\"").replace('$', "\\$")
+                ));
             }
             "get_sources" => {
                 self.exports(&mut b);
-                b.push(script::echo_info(&format!("Fetching changes with git depth set to 20...")));
+                b.push(script::echo_info(
+                    "Fetching changes with git depth set to 20...",
+                ));
                 b.push(format!("mkdir -p {}", script::dq_path(&d.project_dir)));
                 self.cd_project(&mut b);
-                b.push(format!("printf '%s\\n' {} > .harness-get-sources", script::shell_word(&format!("job={} sha={}", j.id, j.commit_sha))));
-                b.push(format!("echo {}", script::ansi_c_quote(&format!("Checking out {} as detached HEAD (ref is {})...", &j.commit_sha[..8], j.ref_name))));
+                b.push(format!(
+                    "printf '%s\\n' {} > .harness-get-sources",
+                    script::shell_word(&format!("job={} sha={}", j.id, j.commit_sha))
+                ));
+                b.push(format!(
+                    "echo {}",
+                    script::ansi_c_quote(&format!(
+                        "Checking out {} as detached HEAD (ref is {})...",
+                        &j.commit_sha[..8],
+                        j.ref_name
+                    ))
+                ));
                 b.push("echo 'Skipping Git submodules setup'".into());
                 Self::commands(&mut b, &j.get_sources_script);
             }
@@ -1090,8 +1360,19 @@ impl State<'_> {
             "restore_cache" => {
                 self.exports(&mut b);
                 self.cd_project(&mut b);
-                b.push(script::echo_info(&format!("Checking cache for {}...", j.cache_key)));
-                Self::guarded(&mut b, "Extracting cache", format!("gitlab-runner cache-extractor --file {} --timeout 10", script::shell_word(&rel_cache)), false);
+                b.push(script::echo_info(&format!(
+                    "Checking cache for {}...",
+                    j.cache_key
+                )));
+                Self::guarded(
+                    &mut b,
+                    "Extracting cache",
+                    format!(
+                        "gitlab-runner cache-extractor --file {} --timeout 10",
+                        script::shell_word(&rel_cache)
+                    ),
+                    false,
+                );
             }
             "download_artifacts" => {
                 self.exports(&mut b);
@@ -1106,7 +1387,12 @@ impl State<'_> {
             "build_script" => {
                 self.exports(&mut b);
                 self.cd_project(&mut b);
-                let cmds: Vec<String> = j.before_script.iter().chain(j.script.iter()).cloned().collect();
+                let cmds: Vec<String> = j
+                    .before_script
+                    .iter()
+                    .chain(j.script.iter())
+                    .cloned()
+                    .collect();
                 Self::commands(&mut b, &cmds);
             }
             "after_script" => {
@@ -1117,11 +1403,17 @@ impl State<'_> {
             "archive_cache" | "archive_cache_on_failure" => {
                 self.exports(&mut b);
                 self.cd_project(&mut b);
-                b.push(script::echo_info(&format!("Creating cache {}...", j.cache_key)));
+                b.push(script::echo_info(&format!(
+                    "Creating cache {}...",
+                    j.cache_key
+                )));
                 Self::guarded(
                     &mut b,
                     "Creating cache",
-                    format!("gitlab-runner cache-archiver --file {} --timeout 10 --path vendor/", script::shell_word(&rel_cache)),
+                    format!(
+                        "gitlab-runner cache-archiver --file {} --timeout 10 --path vendor/",
+                        script::shell_word(&rel_cache)
+                    ),
                     false,
                 );
             }
@@ -1143,9 +1435,15 @@ impl State<'_> {
             }
             "cleanup_file_variables" => {
                 for v in j.variables.iter().filter(|v| v.file && valid_name(&v.key)) {
-                    b.push(format!("rm -f {}", script::dq_path(&format!("{}/{}", d.tmp_project_dir, v.key))));
+                    b.push(format!(
+                        "rm -f {}",
+                        script::dq_path(&format!("{}/{}", d.tmp_project_dir, v.key))
+                    ));
                 }
-                b.push(format!("rm -f {}", script::dq_path(&format!("{}/gitlab_runner_env", d.tmp_project_dir))));
+                b.push(format!(
+                    "rm -f {}",
+                    script::dq_path(&format!("{}/gitlab_runner_env", d.tmp_project_dir))
+                ));
             }
             s if s.starts_with("step_") => {
                 self.exports(&mut b);
@@ -1185,12 +1483,17 @@ const FEATURE_FLAGS: &[(&str, bool)] = &[
 ];
 
 fn valid_name(k: &str) -> bool {
-    !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Expand `$VAR` / `${VAR}` in every non-raw value against the (unexpanded) list, last wins.
 fn expand_all(vars: &mut [Variable]) {
-    let map: HashMap<String, String> = vars.iter().map(|v| (v.key.clone(), v.value.clone())).collect();
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect();
     for v in vars.iter_mut() {
         if !v.raw && v.value.contains('$') {
             v.value = expand(&v.value, &map);
@@ -1217,9 +1520,16 @@ fn expand(s: &str, map: &HashMap<String, String>) -> String {
                     continue;
                 }
             }
-            let n = b[i + 1..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count();
+            let n = b[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                .count();
             if n > 0 {
-                out.push_str(map.get(&s[i + 1..i + 1 + n]).map(String::as_str).unwrap_or(""));
+                out.push_str(
+                    map.get(&s[i + 1..i + 1 + n])
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                );
                 i += 1 + n;
                 continue;
             }
@@ -1232,7 +1542,10 @@ fn expand(s: &str, map: &HashMap<String, String>) -> String {
 }
 
 fn write_script(tmp: &Path, content: &str) -> std::io::Result<PathBuf> {
-    let dir = tempfile::Builder::new().prefix("script").tempdir_in(tmp)?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix("script")
+        .tempdir_in(tmp)?
+        .keep();
     let path = dir.join("script");
     std::fs::write(&path, content)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
@@ -1279,7 +1592,11 @@ pub fn go_duration(d: Duration) -> String {
     let h = (secs / 3600.0).floor() as u64;
     let m = ((secs - h as f64 * 3600.0) / 60.0).floor() as u64;
     let s = secs - h as f64 * 3600.0 - m as f64 * 60.0;
-    let s_str = if (s - s.round()).abs() < 1e-9 { format!("{}", s.round() as u64) } else { format!("{s}") };
+    let s_str = if (s - s.round()).abs() < 1e-9 {
+        format!("{}", s.round() as u64)
+    } else {
+        format!("{s}")
+    };
     if h > 0 {
         format!("{h}h{m}m{s_str}s")
     } else if m > 0 {
@@ -1304,9 +1621,12 @@ mod tests {
     #[test]
     fn config_parse() {
         assert_eq!(ConfigOutput::parse(b"").unwrap(), ConfigOutput::default());
-        let c = ConfigOutput::parse(br#" {"builds_dir":"/b","job_env":{"A":"1"},"unknown":3} "#).unwrap();
+        let c = ConfigOutput::parse(br#" {"builds_dir":"/b","job_env":{"A":"1"},"unknown":3} "#)
+            .unwrap();
         assert_eq!(c.builds_dir.as_deref(), Some("/b"));
-        assert!(ConfigOutput::parse(b"hello\n{}").unwrap_err().starts_with("error while parsing JSON output: "));
+        assert!(ConfigOutput::parse(b"hello\n{}")
+            .unwrap_err()
+            .starts_with("error while parsing JSON output: "));
         assert!(ConfigOutput::parse(b"{} {}").is_err());
         assert!(ConfigOutput::parse(b"[]").is_err());
         assert!(ConfigOutput::parse(br#"{"builds_dir_is_shared":"true"}"#).is_err());

@@ -150,8 +150,12 @@ impl Runner {
         self
     }
     /// Add several variables (e.g. `SimHost::env()`).
-    pub fn envs<I: IntoIterator<Item = (K, V)>, K: Into<String>, V: Into<String>>(mut self, e: I) -> Self {
-        self.env.extend(e.into_iter().map(|(k, v)| (k.into(), v.into())));
+    pub fn envs<I: IntoIterator<Item = (K, V)>, K: Into<String>, V: Into<String>>(
+        mut self,
+        e: I,
+    ) -> Self {
+        self.env
+            .extend(e.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
     /// Don't inherit the test process environment (only `env` entries are passed).
@@ -241,8 +245,11 @@ impl Runner {
         let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let used: BTreeSet<usize> = (0..s.len()).filter(|&i| s[i].0 != 0).collect();
         let id = (0..).find(|i| !used.contains(i)).unwrap_or(0);
-        let proj_used: BTreeSet<usize> =
-            s.iter().filter(|e| e.0 != 0 && e.1 == project).map(|e| e.2).collect();
+        let proj_used: BTreeSet<usize> = s
+            .iter()
+            .filter(|e| e.0 != 0 && e.1 == project)
+            .map(|e| e.2)
+            .collect();
         let pid = (0..).find(|i| !proj_used.contains(i)).unwrap_or(0);
         let entry = (job_id, project.to_string(), pid);
         if id < s.len() {

@@ -82,7 +82,9 @@ pub fn wrap(body: &str, form: ScriptForm, xtrace: bool) -> String {
             if xtrace {
                 s.push_str("set -o xtrace\n");
             }
-            s.push_str("if set -o | grep pipefail > /dev/null; then set -o pipefail; fi; set -o errexit\n");
+            s.push_str(
+                "if set -o | grep pipefail > /dev/null; then set -o pipefail; fi; set -o errexit\n",
+            );
             s.push_str("set +o noclobber\n");
             s.push_str(": | eval ");
             s.push_str(&ansi_c_quote(body));
@@ -102,17 +104,26 @@ pub fn echo_command(cmd: &str) -> String {
     } else {
         format!("$ {first}")
     };
-    format!("echo {}", ansi_c_quote(&format!("\x1b[32;1m{shown}\x1b[0;m")))
+    format!(
+        "echo {}",
+        ansi_c_quote(&format!("\x1b[32;1m{shown}\x1b[0;m"))
+    )
 }
 
 /// Green informational line (`Fetching changes...` and the like).
 pub fn echo_info(text: &str) -> String {
-    format!("echo {}", ansi_c_quote(&format!("\x1b[32;1m{text}\x1b[0;m")))
+    format!(
+        "echo {}",
+        ansi_c_quote(&format!("\x1b[32;1m{text}\x1b[0;m"))
+    )
 }
 
 /// Yellow warning line.
 pub fn echo_warning(text: &str) -> String {
-    format!("echo {}", ansi_c_quote(&format!("\x1b[0;33mWARNING: {text}\x1b[0;m")))
+    format!(
+        "echo {}",
+        ansi_c_quote(&format!("\x1b[0;33mWARNING: {text}\x1b[0;m"))
+    )
 }
 
 #[cfg(test)]

@@ -112,8 +112,15 @@ impl Image {
         self.disk_gb = disk_gb;
         self
     }
-    pub fn registry_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
-        self.registry_auth = Some(RegistryAuth { username: username.into(), password: password.into() });
+    pub fn registry_auth(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.registry_auth = Some(RegistryAuth {
+            username: username.into(),
+            password: password.into(),
+        });
         self
     }
     pub fn boot_delay_ms(mut self, ms: u64) -> Self {
@@ -210,7 +217,11 @@ pub struct SimHost {
 pub fn simulator_path() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("TART_SIM_BIN") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("TART_SIM_BIN={} does not exist", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("TART_SIM_BIN={} does not exist", p.display()))
+        };
     }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cands = Vec::new();
@@ -238,7 +249,10 @@ impl SimHost {
 
     pub fn try_new() -> Result<SimHost, String> {
         let sim = simulator_path()?;
-        let root = tempfile::Builder::new().prefix("tart-sim-test").tempdir().map_err(|e| e.to_string())?;
+        let root = tempfile::Builder::new()
+            .prefix("tart-sim-test")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let tart_home = root.path().join("tart-home");
         let sim_host = root.path().join("sim-host");
         let bin_dir = root.path().join("bin");
@@ -246,7 +260,13 @@ impl SimHost {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         std::os::unix::fs::symlink(&sim, bin_dir.join("tart")).map_err(|e| e.to_string())?;
-        let h = SimHost { root, tart_home, sim_host, bin_dir, catalogue: Catalogue::default() };
+        let h = SimHost {
+            root,
+            tart_home,
+            sim_host,
+            bin_dir,
+            catalogue: Catalogue::default(),
+        };
         h.write_catalogue();
         Ok(h)
     }
@@ -309,7 +329,10 @@ impl SimHost {
     }
 
     /// A `Command` for `tart <args>` with this host's environment.
-    pub fn command<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&self, args: I) -> Command {
+    pub fn command<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: I,
+    ) -> Command {
         let mut c = Command::new(self.tart_path());
         c.args(args).envs(self.env()).stdin(Stdio::null());
         c
@@ -325,7 +348,8 @@ impl SimHost {
     /// Run `tart <args>`, panic (with stderr) unless it exits 0; returns stdout.
     #[track_caller]
     pub fn tart_ok<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&self, args: I) -> String {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let out = self.tart(&args);
         assert!(
             out.status.success(),
@@ -346,11 +370,17 @@ impl SimHost {
 
     /// Local VMs only.
     pub fn local_vms(&self) -> Vec<VmInfo> {
-        self.list().into_iter().filter(|v| v.source == "local").collect()
+        self.list()
+            .into_iter()
+            .filter(|v| v.source == "local")
+            .collect()
     }
 
     pub fn running_count(&self) -> usize {
-        self.local_vms().iter().filter(|v| v.running || v.state == "running").count()
+        self.local_vms()
+            .iter()
+            .filter(|v| v.running || v.state == "running")
+            .count()
     }
 
     /// Stop (if running) and delete every local VM under this TART_HOME.
@@ -366,7 +396,11 @@ impl SimHost {
     /// What is left behind: local VMs, live processes whose cmdline (or environment) mentions
     /// this TART_HOME or `marker` (e.g. a job id or VM name prefix), and entries in `dir`.
     pub fn leaks(&self, marker: Option<&str>, dir: Option<&Path>) -> Leaks {
-        let vms = self.local_vms().into_iter().map(|v| format!("{} ({})", v.name, v.state)).collect();
+        let vms = self
+            .local_vms()
+            .into_iter()
+            .map(|v| format!("{} ({})", v.name, v.state))
+            .collect();
         let home = self.tart_home.display().to_string();
         let mut needles = vec![home.clone()];
         if let Some(m) = marker {
@@ -374,7 +408,11 @@ impl SimHost {
         }
         let processes = processes_mentioning(&needles, Some(&format!("TART_HOME={home}")));
         let files = dir.map(dir_entries).unwrap_or_default();
-        Leaks { vms, processes, files }
+        Leaks {
+            vms,
+            processes,
+            files,
+        }
     }
 }
 
@@ -391,7 +429,10 @@ impl Drop for SimHost {
         let home = self.tart_home.display().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let left = processes_mentioning(std::slice::from_ref(&home), Some(&format!("TART_HOME={home}")));
+            let left = processes_mentioning(
+                std::slice::from_ref(&home),
+                Some(&format!("TART_HOME={home}")),
+            );
             if left.is_empty() || Instant::now() >= deadline {
                 for (pid, _) in left {
                     // SAFETY: kill(2) on a pid we just observed as belonging to this host.
@@ -412,7 +453,9 @@ impl Drop for SimHost {
 }
 
 fn dir_entries(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
 }
 
 /// Live (non-zombie) processes other than this one whose cmdline contains one of `needles`,
@@ -420,21 +463,36 @@ fn dir_entries(dir: &Path) -> Vec<PathBuf> {
 pub fn processes_mentioning(needles: &[String], env_entry: Option<&str>) -> Vec<(u32, String)> {
     let me = std::process::id();
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
         let base = e.path();
         if let Ok(stat) = std::fs::read_to_string(base.join("stat")) {
-            if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
                 continue;
             }
         }
-        let Ok(raw) = std::fs::read(base.join("cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string();
-        let mut hit = needles.iter().any(|n| !n.is_empty() && cmdline.contains(n.as_str()));
+        let Ok(raw) = std::fs::read(base.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw)
+            .replace('\0', " ")
+            .trim_end()
+            .to_string();
+        let mut hit = needles
+            .iter()
+            .any(|n| !n.is_empty() && cmdline.contains(n.as_str()));
         if !hit {
             if let (Some(entry), Ok(env)) = (env_entry, std::fs::read(base.join("environ"))) {
                 hit = env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes());
@@ -448,7 +506,9 @@ pub fn processes_mentioning(needles: &[String], env_entry: Option<&str>) -> Vec<
 }
 
 fn output_with_timeout(mut c: Command, limit: Duration) -> Output {
-    let child = c.spawn().unwrap_or_else(|e| panic!("spawning {:?}: {e}", c.get_program()));
+    let child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {:?}: {e}", c.get_program()));
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

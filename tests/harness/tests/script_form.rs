@@ -10,10 +10,22 @@ use harness::script::{self, ScriptForm};
 
 /// Feed `script` to `bash` on stdin (as over SSH). Returns (exit code, stdout).
 fn via_stdin(script: &str) -> (i32, String) {
-    let mut child = Command::new("bash").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let mut child = Command::new("bash")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Run `script` as an executable file.
@@ -23,7 +35,10 @@ fn as_file(script: &str) -> (i32, String) {
     std::fs::write(&p, script).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let out = Command::new(&p).stdin(Stdio::null()).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 const FORMS: [ScriptForm; 2] = [ScriptForm::V19, ScriptForm::Legacy];
@@ -37,7 +52,10 @@ fn v19_structure() {
     assert!(lines[2].starts_with("case ") && lines[2].contains("pipefail"));
     assert_eq!(lines[3], "set -o errexit");
     assert_eq!(lines[4], "set +o noclobber");
-    assert_eq!(lines[5], "( trap 'exit 1' TERM; eval $'echo hi\\n' ) < /dev/null");
+    assert_eq!(
+        lines[5],
+        "( trap 'exit 1' TERM; eval $'echo hi\\n' ) < /dev/null"
+    );
     assert_eq!(lines[6], "exit 0");
     assert_eq!(lines.len(), 7);
     assert!(script::wrap("x", ScriptForm::V19, true).contains("\nset -o xtrace\n"));
@@ -101,8 +119,12 @@ fn sigterm_makes_the_script_exit_1() {
     for form in FORMS {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("script");
-        std::fs::write(&p, script::wrap("echo started\nsleep 20\necho never\n", form, false)).unwrap();
-        let mut child = Command::new("bash")
+        std::fs::write(
+            &p,
+            script::wrap("echo started\nsleep 20\necho never\n", form, false),
+        )
+        .unwrap();
+        let child = Command::new("bash")
             .arg(&p)
             .stdout(Stdio::piped())
             .process_group(0)

@@ -11,7 +11,13 @@ const MAC: &str = "ghcr.io/cirruslabs/macos-tahoe-base:latest";
 fn catalogue_and_env_are_laid_out_for_the_simulator() {
     let sim = SimHost::new()
         .with_image(MAC, Image::darwin().agent(true).pull_ms(50))
-        .with_image(LINUX, Image::linux().registry_auth("u", "p").boot_delay_ms(100).reject_logins());
+        .with_image(
+            LINUX,
+            Image::linux()
+                .registry_auth("u", "p")
+                .boot_delay_ms(100)
+                .reject_logins(),
+        );
     let text = std::fs::read_to_string(sim.tart_home().join("catalogue.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mac = &v["images"][MAC];
@@ -24,15 +30,23 @@ fn catalogue_and_env_are_laid_out_for_the_simulator() {
     assert_eq!(mac["faults"]["boot_delay_ms"], 300);
     assert_eq!(mac["faults"]["run_dies_message"], serde_json::Value::Null);
     let lin = &v["images"][LINUX];
-    assert_eq!(lin["registry_auth"], serde_json::json!({"username": "u", "password": "p"}));
+    assert_eq!(
+        lin["registry_auth"],
+        serde_json::json!({"username": "u", "password": "p"})
+    );
     assert_eq!(lin["faults"]["reject_logins"], true);
     assert_eq!(lin["faults"]["boot_delay_ms"], 100);
     for key in ["size_bytes", "cpu", "memory_mib", "disk_gb"] {
         assert!(mac[key].is_u64(), "{key}");
     }
     let env = sim.env();
-    assert!(env[0].1.starts_with(&format!("{}:", sim.bin_dir().display())));
-    assert_eq!(std::fs::read_link(sim.tart_path()).unwrap(), harness::sim::simulator_path().unwrap());
+    assert!(env[0]
+        .1
+        .starts_with(&format!("{}:", sim.bin_dir().display())));
+    assert_eq!(
+        std::fs::read_link(sim.tart_path()).unwrap(),
+        harness::sim::simulator_path().unwrap()
+    );
     // the simulator answers through the symlink
     assert_eq!(sim.list(), vec![]);
 }
@@ -45,7 +59,11 @@ fn drop_stops_and_deletes_every_vm() {
         home = sim.tart_home().display().to_string();
         sim.tart_ok(["clone", LINUX, "vm-a"]);
         sim.tart_ok(["clone", LINUX, "vm-b"]);
-        let mut child = sim.command(["run", "--no-graphics", "vm-a"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = sim
+            .command(["run", "--no-graphics", "vm-a"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let t0 = Instant::now();
         while sim.running_count() < 1 && t0.elapsed() < Duration::from_secs(20) {
             if let Some(st) = child.try_wait().unwrap() {
@@ -58,15 +76,24 @@ fn drop_stops_and_deletes_every_vm() {
         assert_eq!(names, ["vm-a", "vm-b"]);
         let leaks = sim.leaks(None, None);
         assert_eq!(leaks.vms.len(), 2);
-        assert!(leaks.processes.iter().any(|(pid, _)| *pid == child.id()), "{leaks:?}");
+        assert!(
+            leaks.processes.iter().any(|(pid, _)| *pid == child.id()),
+            "{leaks:?}"
+        );
         drop(sim);
         // tart run ends once the VM is stopped
         let t0 = Instant::now();
         while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(child.try_wait().unwrap().is_some(), "tart run still alive after drop");
+        assert!(
+            child.try_wait().unwrap().is_some(),
+            "tart run still alive after drop"
+        );
     }
-    let left = processes_mentioning(std::slice::from_ref(&home), Some(&format!("TART_HOME={home}")));
+    let left = processes_mentioning(
+        std::slice::from_ref(&home),
+        Some(&format!("TART_HOME={home}")),
+    );
     assert!(left.is_empty(), "{left:?}");
 }

@@ -13,7 +13,12 @@ struct Fx {
 
 impl Fx {
     fn new() -> Fx {
-        Fx { state: tempfile::Builder::new().prefix("harness-fx").tempdir().unwrap() }
+        Fx {
+            state: tempfile::Builder::new()
+                .prefix("harness-fx")
+                .tempdir()
+                .unwrap(),
+        }
     }
     fn dir(&self) -> &Path {
         self.state.path()
@@ -27,7 +32,11 @@ impl Fx {
             .prepare_retry_pause(Duration::from_millis(20))
     }
     fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir().join("calls")).unwrap_or_default().lines().map(String::from).collect()
+        std::fs::read_to_string(self.dir().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
     }
     fn env(&self, stage: &str) -> HashMap<String, String> {
         let text = std::fs::read_to_string(self.dir().join(format!("env.{stage}")))
@@ -45,7 +54,13 @@ fn process_gone(pid: &str) -> bool {
     for _ in 0..40 {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return true,
-            Ok(s) if s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => return true,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
             Ok(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -57,7 +72,12 @@ fn simple_job_stage_order_and_log() {
     let fx = Fx::new();
     let out = run_job(&fx.runner(), &Job::new().script(["echo hello-from-job"]));
     out.assert_success()
-        .assert_run_stages(&["prepare_script", "get_sources", "build_script", "cleanup_file_variables"])
+        .assert_run_stages(&[
+            "prepare_script",
+            "get_sources",
+            "build_script",
+            "cleanup_file_variables",
+        ])
         .assert_log_contains("Using Custom executor with driver fixture 1.0...")
         .assert_log_contains("config: hello from stderr")
         .assert_log_contains("prepare: booting the environment")
@@ -123,8 +143,14 @@ fn full_stage_order_with_after_script_cache_artifacts_release() {
         .assert_log_contains("Executing \"step_script\" stage of the job script")
         .assert_log_contains("Starting with version 17.0 the 'build_script' stage will be replaced")
         .assert_log_contains("releasing\n");
-    assert_eq!(fx.env("after_script")["CUSTOM_ENV_CI_JOB_STATUS"], "success");
-    assert_eq!(fx.env("build_script")["CUSTOM_ENV_CI_JOB_STATUS"], "running");
+    assert_eq!(
+        fx.env("after_script")["CUSTOM_ENV_CI_JOB_STATUS"],
+        "success"
+    );
+    assert_eq!(
+        fx.env("build_script")["CUSTOM_ENV_CI_JOB_STATUS"],
+        "running"
+    );
     assert_eq!(fx.env("cleanup")["CUSTOM_ENV_CI_JOB_STATUS"], "success");
 }
 
@@ -157,32 +183,54 @@ fn build_failure_uses_exit_code_file_and_runs_failure_stages() {
 fn build_failure_without_code_file_is_exit_1() {
     let fx = Fx::new();
     // A driver that exits 1 without writing BUILD_EXIT_CODE_FILE: the job's exit code is 1.
-    let out = run_job(&fx.runner().env("FIX_NO_CODE_FILE", "1"), &Job::new().script(["exit 6"]));
+    let out = run_job(
+        &fx.runner().env("FIX_NO_CODE_FILE", "1"),
+        &Job::new().script(["exit 6"]),
+    );
     out.assert_build_failure(1);
 }
 
 #[test]
 fn unparseable_exit_code_file_is_system_failure() {
     let fx = Fx::new();
-    let out = run_job(&fx.runner().env("FIX_CODE_FILE_CONTENT", "banana\n"), &Job::new().script(["exit 4"]));
+    let out = run_job(
+        &fx.runner().env("FIX_CODE_FILE_CONTENT", "banana\n"),
+        &Job::new().script(["exit 4"]),
+    );
     out.assert_system_failure();
     let r = &out.stage("build_script").unwrap().result;
-    assert!(matches!(r, StageResult::SystemFailure { message } if message.contains("exit code 2")), "{r:?}");
+    assert!(
+        matches!(r, StageResult::SystemFailure { message } if message.contains("exit code 2")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn exit_2_and_unknown_codes_in_run_stage_are_system_failures() {
     let fx = Fx::new();
-    let out = run_job(&fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "build_script"), &Job::new());
-    out.assert_verdict(Verdict::SystemFailure { message: "exit status 2".into() });
+    let out = run_job(
+        &fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "build_script"),
+        &Job::new(),
+    );
+    out.assert_verdict(Verdict::SystemFailure {
+        message: "exit status 2".into(),
+    });
     out.assert_log_contains("ERROR: Job failed (system failure): exit status 2");
 
     let fx = Fx::new();
-    let runner = fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "build_script").env("FIX_SYSTEM_FAIL_CODE", "7");
+    let runner = fx
+        .runner()
+        .env("FIX_SYSTEM_FAIL_STAGE", "build_script")
+        .env("FIX_SYSTEM_FAIL_CODE", "7");
     let out = run_job(&runner, &Job::new());
     out.assert_system_failure();
-    let Verdict::SystemFailure { message } = &out.verdict else { unreachable!() };
-    assert!(message.starts_with("unknown Custom executor executable exit code 7;"), "{message}");
+    let Verdict::SystemFailure { message } = &out.verdict else {
+        unreachable!()
+    };
+    assert!(
+        message.starts_with("unknown Custom executor executable exit code 7;"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -232,16 +280,27 @@ fn config_exit_1_is_a_build_failure_not_retried() {
 #[test]
 fn missing_builds_dir_is_a_configuration_error() {
     let fx = Fx::new();
-    let runner = fx.runner().env("FIX_CONFIG_JSON", r#"{"cache_dir":"/tmp/c"}"#);
+    let runner = fx
+        .runner()
+        .env("FIX_CONFIG_JSON", r#"{"cache_dir":"/tmp/c"}"#);
     let out = run_job(&runner, &Job::new());
-    out.assert_verdict(Verdict::SystemFailure { message: "the builds_dir is not configured".into() });
+    out.assert_verdict(Verdict::SystemFailure {
+        message: "the builds_dir is not configured".into(),
+    });
     assert_eq!(out.prepare_attempts, 1);
     // config.toml values are the fallback; empty stdout is accepted
     let b = fx.dir().join("b").display().to_string();
-    let runner = fx.runner().env("FIX_CONFIG_JSON", "").builds_dir(b.clone()).cache_dir("/tmp/c");
+    let runner = fx
+        .runner()
+        .env("FIX_CONFIG_JSON", "")
+        .builds_dir(b.clone())
+        .cache_dir("/tmp/c");
     let out = run_job(&runner, &Job::new());
     out.assert_success();
-    assert_eq!(out.project_dir.as_deref(), Some(format!("{b}/group/project").as_str()));
+    assert_eq!(
+        out.project_dir.as_deref(),
+        Some(format!("{b}/group/project").as_str())
+    );
     out.assert_log_contains("Using Custom executor...\n");
 }
 
@@ -255,7 +314,11 @@ fn environment_follows_the_spec() {
         .var("REF", "${CI_JOB_NAME}-x")
         .masked_var("SECRET", "s3cr3t-value-123")
         .file_var("MYFILE", "line1\nline2 'q'\n")
-        .script(["echo $SECRET", "cat \"$MYFILE\"", "echo \"FROM_ENV=yes\" >> \"$GITLAB_ENV\""])
+        .script([
+            "echo $SECRET",
+            "cat \"$MYFILE\"",
+            "echo \"FROM_ENV=yes\" >> \"$GITLAB_ENV\"",
+        ])
         .after_script(["echo after:$FROM_ENV:$REF"]);
     let out = run_job(&runner, &job);
     out.assert_success();
@@ -272,14 +335,23 @@ fn environment_follows_the_spec() {
         assert_eq!(e["JOB_RESPONSE_FILE"], format!("{tmp}/response.json"));
         assert_eq!(e["RUNNER_PROCESS_VAR"], "inherited");
         assert_eq!(e["CUSTOM_ENV_CI_JOB_ID"], job.id.to_string());
-        assert_eq!(e["CUSTOM_ENV_CI_JOB_IMAGE"], "ghcr.io/cirruslabs/macos-tahoe-base:latest");
+        assert_eq!(
+            e["CUSTOM_ENV_CI_JOB_IMAGE"],
+            "ghcr.io/cirruslabs/macos-tahoe-base:latest"
+        );
         assert_eq!(e["CUSTOM_ENV_CI_JOB_SERVICES"], "");
         assert_eq!(e["CUSTOM_ENV_CI_SERVER"], "yes");
         assert_eq!(e["CUSTOM_ENV_CI_SHARED_ENVIRONMENT"], "true");
         assert_eq!(e["CUSTOM_ENV_GITLAB_CI"], "true");
-        assert_eq!(e["CUSTOM_ENV_CI_PROJECT_PATH"], "user/override", "user variables win");
+        assert_eq!(
+            e["CUSTOM_ENV_CI_PROJECT_PATH"], "user/override",
+            "user variables win"
+        );
         assert_eq!(e["CUSTOM_ENV_REF"], "test-x", "expanded");
-        assert_eq!(e["CUSTOM_ENV_MYFILE"], "line1", "file variables by content (first line here)");
+        assert_eq!(
+            e["CUSTOM_ENV_MYFILE"], "line1",
+            "file variables by content (first line here)"
+        );
         assert_eq!(e["CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN"], runner.short_token());
         assert_eq!(e["CUSTOM_ENV_FF_USE_LEGACY_BASH_EVAL"], "false");
         assert!(!e.contains_key("CUSTOM_ENV_CI_DISPOSABLE_ENVIRONMENT"));
@@ -296,38 +368,73 @@ fn environment_follows_the_spec() {
     assert_eq!(clean["FIX_JOB_ENV"], "from-config");
     let pd = out.project_dir.clone().unwrap();
     assert_eq!(build["CUSTOM_ENV_CI_PROJECT_DIR"], pd);
-    assert_eq!(build["CUSTOM_ENV_RUNNER_TEMP_PROJECT_DIR"], format!("{pd}.tmp"));
+    assert_eq!(
+        build["CUSTOM_ENV_RUNNER_TEMP_PROJECT_DIR"],
+        format!("{pd}.tmp")
+    );
     // masking, file variables, GITLAB_ENV
     assert!(!out.log.contains("s3cr3t-value-123"));
     out.assert_log_contains("[MASKED]");
     out.assert_log_contains("line2 'q'");
     out.assert_log_contains("after:yes:test-x");
-    assert!(!Path::new(&format!("{pd}.tmp/MYFILE")).exists(), "cleanup_file_variables removed it");
+    assert!(
+        !Path::new(&format!("{pd}.tmp/MYFILE")).exists(),
+        "cleanup_file_variables removed it"
+    );
     // response.json is the payload
-    assert!(out.stages[0].tmpdir.ends_with(out.tmpdirs[0].file_name().unwrap()));
+    assert!(out.stages[0]
+        .tmpdir
+        .ends_with(out.tmpdirs[0].file_name().unwrap()));
 }
 
 #[test]
 fn response_json_is_written_0600_with_the_payload() {
     let fx = Fx::new();
     let runner = fx.runner();
-    let job = Job::new().image("img:1").service("postgres:16").var("USER_VAR", "v");
+    let job = Job::new()
+        .image("img:1")
+        .service("postgres:16")
+        .var("USER_VAR", "v");
     // Have build_script copy the response file out.
     let dest = fx.dir().join("resp.json");
-    let job = job.script([format!("cp \"$JOB_RESPONSE_FILE\" {}; stat -c %a \"$JOB_RESPONSE_FILE\" > {}.mode", dest.display(), dest.display())]);
+    let job = job.script([format!(
+        "cp \"$JOB_RESPONSE_FILE\" {}; stat -c %a \"$JOB_RESPONSE_FILE\" > {}.mode",
+        dest.display(),
+        dest.display()
+    )]);
     let out = run_job(&runner, &job);
     out.assert_success();
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&dest).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dest).unwrap()).unwrap();
     assert_eq!(v["id"], job.id);
     assert_eq!(v["image"]["name"], "img:1");
     assert_eq!(v["services"][0]["name"], "postgres:16");
     assert_eq!(v["runner_info"]["timeout"], 3600);
-    assert!(v["variables"].as_array().unwrap().iter().any(|x| x["key"] == "USER_VAR" && x["value"] == "v"));
-    assert!(!v["variables"].as_array().unwrap().iter().any(|x| x["key"] == "CI_BUILDS_DIR"), "only server-sent variables");
-    assert_eq!(std::fs::read_to_string(format!("{}.mode", dest.display())).unwrap().trim(), "600");
+    assert!(v["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["key"] == "USER_VAR" && x["value"] == "v"));
+    assert!(
+        !v["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["key"] == "CI_BUILDS_DIR"),
+        "only server-sent variables"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.mode", dest.display()))
+            .unwrap()
+            .trim(),
+        "600"
+    );
     let services = fx.env("build_script")["CUSTOM_ENV_CI_JOB_SERVICES"].clone();
     let s: serde_json::Value = serde_json::from_str(&services).unwrap();
-    assert_eq!(s, serde_json::json!([{"name":"postgres:16","alias":"","entrypoint":null,"command":null}]));
+    assert_eq!(
+        s,
+        serde_json::json!([{"name":"postgres:16","alias":"","entrypoint":null,"command":null}])
+    );
 }
 
 #[test]
@@ -365,12 +472,24 @@ fn cancel_in_build_script_sends_term_then_kill_and_runs_failure_stages() {
     assert_eq!(b.terminated, Some(Termination::Cancel));
     assert!(b.sigkilled, "driver ignored TERM, so SIGKILL must follow");
     assert_eq!(b.status_text, "signal: killed");
-    assert!(b.duration >= Duration::from_millis(650) && b.duration < Duration::from_secs(5), "{:?}", b.duration);
-    assert!(std::fs::read_to_string(fx.dir().join("term")).unwrap().contains("driver got TERM"));
+    assert!(
+        b.duration >= Duration::from_millis(650) && b.duration < Duration::from_secs(5),
+        "{:?}",
+        b.duration
+    );
+    assert!(std::fs::read_to_string(fx.dir().join("term"))
+        .unwrap()
+        .contains("driver got TERM"));
     // the grandchild in the same process group got TERM too
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
     assert!(process_gone(&pid), "sleep {pid} survived");
-    assert_eq!(fx.env("after_script")["CUSTOM_ENV_CI_JOB_STATUS"], "canceled");
+    assert_eq!(
+        fx.env("after_script")["CUSTOM_ENV_CI_JOB_STATUS"],
+        "canceled"
+    );
     assert_eq!(fx.env("cleanup")["CUSTOM_ENV_CI_JOB_STATUS"], "canceled");
     out.assert_log_contains("after-cancel");
 }
@@ -378,7 +497,9 @@ fn cancel_in_build_script_sends_term_then_kill_and_runs_failure_stages() {
 #[test]
 fn cancel_with_a_driver_that_honours_term_needs_no_kill() {
     let fx = Fx::new();
-    let job = Job::new().script(["sleep 30"]).cancel_after("build_script", Duration::from_millis(200));
+    let job = Job::new()
+        .script(["sleep 30"])
+        .cancel_after("build_script", Duration::from_millis(200));
     let out = run_job(&fx.runner(), &job);
     out.assert_verdict(Verdict::Canceled);
     let b = out.stage("build_script").unwrap();
@@ -411,7 +532,9 @@ fn abort_wait_moves_on_to_cleanup_while_the_stage_lives() {
         .env("FIX_IGNORE_TERM_STAGE", "build_script")
         .graceful_kill_timeout(Duration::from_secs(2))
         .abort_wait(Duration::from_millis(300));
-    let job = Job::new().script(["sleep 30"]).abort_after("build_script", Duration::from_millis(100));
+    let job = Job::new()
+        .script(["sleep 30"])
+        .abort_after("build_script", Duration::from_millis(100));
     let out = run_job(&runner, &job);
     out.assert_verdict(Verdict::Canceled);
     let b = out.stage("build_script").unwrap();
@@ -435,7 +558,10 @@ fn job_timeout_kills_the_stage_and_skips_the_rest() {
     let out = run_job(&fx.runner(), &job);
     out.assert_verdict(Verdict::TimedOut);
     out.assert_run_stages(&["prepare_script", "get_sources", "build_script"]);
-    assert_eq!(out.stage("build_script").unwrap().terminated, Some(Termination::Timeout));
+    assert_eq!(
+        out.stage("build_script").unwrap().terminated,
+        Some(Termination::Timeout)
+    );
     assert_eq!(fx.env("cleanup")["CUSTOM_ENV_CI_JOB_STATUS"], "timedout");
     out.assert_log_contains("execution took longer than 1s seconds");
 }
@@ -455,7 +581,10 @@ fn get_sources_attempts_and_clear_worktree() {
     let flag = fx.dir().join("flag");
     let job = Job::new()
         .var("GET_SOURCES_ATTEMPTS", "3")
-        .get_sources_script([format!("if [ ! -e {0} ]; then touch {0}; exit 5; fi", flag.display())]);
+        .get_sources_script([format!(
+            "if [ ! -e {0} ]; then touch {0}; exit 5; fi",
+            flag.display()
+        )]);
     let out = run_job(&fx.runner(), &job);
     out.assert_success().assert_run_stages(&[
         "prepare_script",
@@ -470,7 +599,10 @@ fn get_sources_attempts_and_clear_worktree() {
 #[test]
 fn get_sources_failure_still_runs_failure_stages() {
     let fx = Fx::new();
-    let job = Job::new().get_sources_script(["exit 9"]).after_script(["echo nope"]).artifacts_when(When::Always);
+    let job = Job::new()
+        .get_sources_script(["exit 9"])
+        .after_script(["echo nope"])
+        .artifacts_when(When::Always);
     let out = run_job(&fx.runner(), &job);
     out.assert_build_failure(9).assert_run_stages(&[
         "prepare_script",
@@ -483,8 +615,12 @@ fn get_sources_failure_still_runs_failure_stages() {
 #[test]
 fn prepare_script_failure_stops_run_stages() {
     let fx = Fx::new();
-    let out = run_job(&fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "prepare_script"), &Job::new().after_script(["x"]));
-    out.assert_system_failure().assert_run_stages(&["prepare_script"]);
+    let out = run_job(
+        &fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "prepare_script"),
+        &Job::new().after_script(["x"]),
+    );
+    out.assert_system_failure()
+        .assert_run_stages(&["prepare_script"]);
     assert_eq!(fx.calls().last().unwrap(), "cleanup");
 }
 
@@ -495,7 +631,10 @@ fn script_executed_directly_and_shared_builds_dir() {
         r#"{{"builds_dir":"{0}/b","cache_dir":"{0}/c","builds_dir_is_shared":true}}"#,
         fx.dir().display()
     );
-    let runner = fx.runner().env("FIX_RUN_MODE", "exec").env("FIX_CONFIG_JSON", json);
+    let runner = fx
+        .runner()
+        .env("FIX_RUN_MODE", "exec")
+        .env("FIX_CONFIG_JSON", json);
     let out = run_job(&runner, &Job::new().project("a/b/c").script(["pwd"]));
     out.assert_success();
     let expect = format!("{}/b/{}/0/a/b/c", fx.dir().display(), runner.short_token());
@@ -506,7 +645,14 @@ fn script_executed_directly_and_shared_builds_dir() {
     assert!(meta.len() > 0);
     let path = s.script_path.as_ref().unwrap();
     assert_eq!(path.file_name().unwrap(), "script");
-    assert!(path.parent().unwrap().file_name().unwrap().to_str().unwrap().starts_with("script"));
+    assert!(path
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("script"));
 }
 
 #[test]
@@ -530,12 +676,17 @@ fn concurrent_ids_are_lowest_free() {
 #[test]
 fn legacy_bash_eval_flag_switches_the_script_form() {
     let fx = Fx::new();
-    let job = Job::new().var("FF_USE_LEGACY_BASH_EVAL", "true").script(["echo legacy-ok"]);
+    let job = Job::new()
+        .var("FF_USE_LEGACY_BASH_EVAL", "true")
+        .script(["echo legacy-ok"]);
     let out = run_job(&fx.runner(), &job);
     out.assert_success().assert_log_contains("legacy-ok\n");
     let s = out.stage("build_script").unwrap().script.clone().unwrap();
     assert!(s.contains("\n: | eval $'"), "{s}");
-    assert_eq!(fx.env("build_script")["CUSTOM_ENV_FF_USE_LEGACY_BASH_EVAL"], "true");
+    assert_eq!(
+        fx.env("build_script")["CUSTOM_ENV_FF_USE_LEGACY_BASH_EVAL"],
+        "true"
+    );
 }
 
 #[test]
@@ -547,14 +698,26 @@ fn a_child_holding_the_pipes_open_is_reported() {
     let out = run_job(&runner, &job);
     out.assert_success();
     assert!(out.stage("get_sources").unwrap().pipes_held_open);
-    assert!(out.warnings.iter().any(|w| w.starts_with("get_sources: stdout/stderr still open")), "{:?}", out.warnings);
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.starts_with("get_sources: stdout/stderr still open")),
+        "{:?}",
+        out.warnings
+    );
 }
 
 #[test]
 fn build_script_body_exports_variables_and_changes_dir() {
     let fx = Fx::new();
-    let job = Job::new().var("SPACED", "a b").file_var("F", "x").script(["make test"]);
-    let out = run_job(&fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "build_script"), &job);
+    let job = Job::new()
+        .var("SPACED", "a b")
+        .file_var("F", "x")
+        .script(["make test"]);
+    let out = run_job(
+        &fx.runner().env("FIX_SYSTEM_FAIL_STAGE", "build_script"),
+        &job,
+    );
     out.assert_system_failure();
     let script = out.stage("build_script").unwrap().script.clone().unwrap();
     let pd = out.project_dir.clone().unwrap();
