@@ -43,6 +43,16 @@ pub enum Command {
     Gc(GcArgs),
     /// Write gitlab-runner's config.toml from a declarative spec and token files.
     RunnerConfig(crate::runner_config::RunnerConfigArgs),
+    /// Write man pages (one per subcommand) into DIR.
+    GenerateManpages {
+        /// Output directory
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Internal: watches `tart run` for one VM. Started by prepare, detached.
     #[command(hide = true)]
     Supervise(SuperviseArgs),

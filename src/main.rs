@@ -9,6 +9,7 @@ mod host;
 mod image;
 mod job;
 mod lifecycle;
+mod manuals;
 mod runner_config;
 mod settings;
 mod stages;
@@ -46,7 +47,18 @@ fn main() {
         Command::Run(args) => ("run", stages::run::run(args)),
         Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(args)),
         Command::Gc(args) => ("gc", stages::gc::gc(args)),
-        Command::RunnerConfig(args) => ("runner-config", runner_config::execute(args).map_err(Failure::System)),
+        Command::RunnerConfig(args) => (
+            "runner-config",
+            runner_config::execute(args).map_err(Failure::System),
+        ),
+        Command::GenerateManpages { dir } => (
+            "generate-manpages",
+            manuals::man_pages(dir).map_err(Failure::System),
+        ),
+        Command::Completions { shell } => (
+            "completions",
+            manuals::completions(*shell).map_err(Failure::System),
+        ),
         Command::Supervise(args) => (
             "supervise",
             supervisor::supervise(args).map_err(Failure::System),
