@@ -38,13 +38,25 @@ pub fn open_vm(home: &Path, name: &str) -> R<PathBuf> {
 }
 
 pub fn read_config(dir: &Path) -> R<Map<String, Value>> {
-    let b = fs::read(dir.join("config.json")).map_err(|e| Fail::Error(e.to_string()))?;
-    match serde_json::from_slice::<Value>(&b) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(Fail::Error(
+    // config.json is rewritten in place (to keep the running VM's lock): a concurrent
+    // reader may catch it half-written, so retry briefly before calling it corrupt.
+    let mut tries = 0;
+    loop {
+        let b = fs::read(dir.join("config.json")).map_err(|e| Fail::Error(e.to_string()))?;
+        if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&b) {
+            return Ok(m);
+        }
+        tries += 1;
+        if tries >= 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    {
+        Err(Fail::Error(
             "dataCorrupted(Swift.DecodingError.Context(codingPath: [], debugDescription: \"The given data was not valid JSON.\"))"
                 .into(),
-        )),
+        ))
     }
 }
 

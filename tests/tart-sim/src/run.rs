@@ -71,6 +71,8 @@ struct Plan {
     darwin: bool,
     user: String,
     user_home: String,
+    uid: u32,
+    gid: u32,
     guest_dir: String,
     sshd_config: String,
     shares: BTreeMap<String, Vec<Share>>,
@@ -375,6 +377,8 @@ pub fn run(args: &[String]) -> R<()> {
         darwin,
         user: sim.user.clone(),
         user_home: user_home.clone(),
+        uid,
+        gid,
         guest_dir: gdir.to_string_lossy().into_owned(),
         sshd_config: sshd_config(&ip, &sim.user, sim.faults.reject_logins, darwin),
         shares,
@@ -529,6 +533,126 @@ fn bind(src: &str, dst: &str, ro: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A user namespace whose uid/gid maps swap `host_*` and `guest_*` (identity otherwise),
+/// for an idmapped mount that shows the host owner's files as the guest user's.
+fn swap_userns(host_uid: u32, guest_uid: u32, host_gid: u32, guest_gid: u32) -> Result<File, String> {
+    fn map(a: u32, b: u32) -> String {
+        if a == b {
+            return "0 0 4294967295\n".into();
+        }
+        let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);
+        let mut s = format!("{a} {b} 1\n{b} {a} 1\n");
+        if lo > 0 {
+            s.push_str(&format!("0 0 {lo}\n"));
+        }
+        if hi - lo > 1 {
+            s.push_str(&format!("{} {} {}\n", lo + 1, lo + 1, hi - lo - 1));
+        }
+        s.push_str(&format!("{} {} {}\n", hi + 1, hi + 1, 4294967295u64 - hi - 1));
+        s
+    }
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err("pipe".into());
+    }
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err("fork".into());
+    }
+    if pid == 0 {
+        unsafe {
+            libc::close(fds[1]);
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(1);
+            }
+            let mut b = [0u8; 1];
+            libc::read(fds[0], b.as_mut_ptr() as *mut libc::c_void, 1);
+            libc::_exit(0);
+        }
+    }
+    unsafe { libc::close(fds[0]) };
+    // Wait (bounded) until the child is in its own user namespace.
+    let own = fs::read_link("/proc/self/ns/user").ok();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while fs::read_link(format!("/proc/{pid}/ns/user")).ok() == own && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = (|| -> Result<File, String> {
+        fs::write(format!("/proc/{pid}/uid_map"), map(host_uid, guest_uid)).map_err(|e| format!("uid_map: {e}"))?;
+        fs::write(format!("/proc/{pid}/gid_map"), map(host_gid, guest_gid)).map_err(|e| format!("gid_map: {e}"))?;
+        File::open(format!("/proc/{pid}/ns/user")).map_err(|e| e.to_string())
+    })();
+    unsafe {
+        libc::close(fds[1]);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    r
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Bind-mounts `src` on `dst` with the host owner's ids shown as the guest user's.
+fn idmapped_bind(src: &str, dst: &str, ro: bool, guest_uid: u32, guest_gid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let md = fs::metadata(src).map_err(|e| e.to_string())?;
+    let userns = swap_userns(md.uid(), guest_uid, md.gid(), guest_gid)?;
+    let csrc = std::ffi::CString::new(src).unwrap();
+    let cdst = std::ffi::CString::new(dst).unwrap();
+    let empty = std::ffi::CString::new("").unwrap();
+    const OPEN_TREE_CLONE: u32 = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
+    let tree = unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+    };
+    if tree < 0 {
+        return Err(format!("open_tree: {}", std::io::Error::last_os_error()));
+    }
+    let tree = tree as i32;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | if ro { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let r = unsafe {
+        libc::syscall(libc::SYS_mount_setattr, tree, empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        unsafe { libc::close(tree) };
+        return Err(format!("mount_setattr: {e}"));
+    }
+    let r = unsafe {
+        libc::syscall(libc::SYS_move_mount, tree, empty.as_ptr(), libc::AT_FDCWD, cdst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+    };
+    let e = std::io::Error::last_os_error();
+    unsafe { libc::close(tree) };
+    if r != 0 {
+        return Err(format!("move_mount: {e}"));
+    }
+    Ok(())
+}
+
+/// A share as the guest sees it: idmapped when the kernel allows, else a plain bind.
+fn share_bind(src: &str, dst: &str, ro: bool, uid: u32, gid: u32) -> Result<(), String> {
+    match idmapped_bind(src, dst, ro, uid, gid) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("tart-sim guest init: no idmapped mount for {src} ({e}); files keep host ownership");
+            bind(src, dst, ro)
+        }
+    }
+}
+
 const MOUNT_VIRTIOFS_LINUX: &str = r#"#!/bin/sh
 # tart-sim: in a simulated guest, a virtiofs share is a bind mount of the share that
 # `tart run` staged under /run/tart-sim/shares/<tag>.
@@ -602,13 +726,13 @@ pub fn guest_init(args: &[String]) -> R<()> {
         fs::create_dir_all(&base).map_err(io)?;
         let base_s = base.to_string_lossy().into_owned();
         if shares.len() == 1 && shares[0].name.is_none() {
-            bind(&shares[0].path, &base_s, shares[0].ro).map_err(fail)?;
+            share_bind(&shares[0].path, &base_s, shares[0].ro, plan.uid, plan.gid).map_err(fail)?;
         } else {
             for s in shares {
                 let n = s.name.clone().unwrap_or_default().replace('/', "_");
                 let t = base.join(&n);
                 fs::create_dir_all(&t).map_err(io)?;
-                bind(&s.path, &t.to_string_lossy(), s.ro).map_err(fail)?;
+                share_bind(&s.path, &t.to_string_lossy(), s.ro, plan.uid, plan.gid).map_err(fail)?;
             }
         }
     }

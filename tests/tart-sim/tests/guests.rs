@@ -433,3 +433,19 @@ fn clone_reassigns_mac_at_run_when_a_running_vm_has_it() {
     assert_eq!(out, "There is already a running VM with the same MAC address!\nResetting VM to assign a new MAC address...\n");
     assert_eq!(b.wait_run(r, Duration::from_millis(10)), None);
 }
+
+#[test]
+fn shared_files_belong_to_the_guest_user_and_writes_keep_host_ownership() {
+    need_root();
+    use std::os::unix::fs::MetadataExt;
+    let mut b = Bed::new();
+    let s = b.share_dir("owned");
+    std::fs::write(s.join("host-file"), "h").unwrap();
+    b.clone_vm(MAC_BASE, "vm");
+    b.run_bg("vm", &["--dir", &format!("builds:{}", s.display())]);
+    b.ip("vm");
+    let o = b.tart(&["exec", "vm", "sh", "-c", "stat -c %U '/Volumes/My Shared Files/builds/host-file' && echo g > '/Volumes/My Shared Files/builds/guest-file'"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "admin\n"), "{}", o.stderr);
+    let host_owner = std::fs::metadata(&s).unwrap().uid();
+    assert_eq!(std::fs::metadata(s.join("guest-file")).unwrap().uid(), host_owner);
+}
