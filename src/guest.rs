@@ -8,10 +8,11 @@ use std::path::PathBuf;
 /// Where Tart's macOS guests mount the default share tag.
 pub const MACOS_SHARES: &str = "/Volumes/My Shared Files";
 
-/// Guest paths of the builds and cache directories, relative to the login directory (the
-/// user's home), so they need no sudo and work for any user and either OS.
-pub const GUEST_BUILDS_DIR: &str = "builds";
-pub const GUEST_CACHE_DIR: &str = "cache";
+/// Guest paths of the builds and cache directories. Absolute, because jobs `cd
+/// "$CI_PROJECT_DIR"` from anywhere; under `/tmp`, because that exists and is writable for
+/// any user on macOS and Linux guests alike, and the VM is thrown away after the job.
+pub const GUEST_BUILDS_DIR: &str = "/tmp/builds";
+pub const GUEST_CACHE_DIR: &str = "/tmp/cache";
 
 /// A host directory shared into the VM and where the guest should see it.
 #[derive(Debug, Clone)]
@@ -48,8 +49,10 @@ pub struct RunnerInstall {
 
 /// The setup script, for `sh -s` in the guest.
 pub fn setup_script(os: &str, shares: &[Share], install: &RunnerInstall) -> String {
-    let mut s = String::from("set -e\ncd \"$HOME\"\n");
-    s.push_str(&format!("mkdir -p {GUEST_BUILDS_DIR} {GUEST_CACHE_DIR}\n"));
+    // Without sudo where the user may write, with it elsewhere (volumes under /opt, ...).
+    let mut s = String::from(
+        "set -e\ncd \"$HOME\"\nmay_sudo() { \"$@\" 2>/dev/null || sudo -n \"$@\"; }\n",
+    );
     if os != "linux" && !shares.is_empty() {
         // The automount can lag the first login by a moment.
         s.push_str(&format!(
@@ -59,21 +62,22 @@ pub fn setup_script(os: &str, shares: &[Share], install: &RunnerInstall) -> Stri
     }
     for share in shares {
         let target = quote(&share.guest);
-        let absolute = share.guest.starts_with('/');
-        let sudo = if absolute { "sudo -n " } else { "" };
-        if absolute {
-            s.push_str(&format!("{sudo}mkdir -p \"$(dirname {target})\"\n"));
-        }
+        s.push_str(&format!("may_sudo mkdir -p \"$(dirname {target})\"\n"));
         if os == "linux" {
             s.push_str(&format!(
-                "{sudo}mkdir -p {target}\nsudo -n mount -t virtiofs {} {target}\n",
+                "may_sudo mkdir -p {target}\nsudo -n mount -t virtiofs {} {target}\n",
                 quote(&share.name)
             ));
         } else {
             let source = quote(&format!("{MACOS_SHARES}/{}", share.name));
             s.push_str(&format!(
-                "if [ -d {target} ] && [ ! -L {target} ]; then {sudo}rm -rf {target}; fi\n{sudo}ln -sfn {source} {target}\n"
+                "if [ -d {target} ] && [ ! -L {target} ]; then may_sudo rm -rf {target}; fi\nmay_sudo ln -sfn {source} {target}\n"
             ));
+        }
+    }
+    for dir in [GUEST_BUILDS_DIR, GUEST_CACHE_DIR] {
+        if !shares.iter().any(|share| share.guest == dir) {
+            s.push_str(&format!("mkdir -p {}\n", quote(dir)));
         }
     }
     if install.wanted || install.force {
@@ -129,7 +133,7 @@ mod tests {
         let share = Share {
             name: "tartdrv-builds".into(),
             host: "/h/b".into(),
-            guest: "builds".into(),
+            guest: GUEST_BUILDS_DIR.into(),
             read_only: true,
         };
         assert_eq!(share.dir_arg("linux"), "/h/b:ro,tag=tartdrv-builds");

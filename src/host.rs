@@ -86,31 +86,136 @@ fn take_any(paths: &[std::path::PathBuf]) -> Result<Option<File>> {
 /// Memory left to the host itself when VMs are sized automatically.
 const HOST_RESERVE_MIB: u64 = 2048;
 
+/// The smallest CPU count and memory (MiB) a VM accepts: macOS images carry a minimum,
+/// and `tart set` refuses anything below it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Minimum {
+    pub cpu: u64,
+    pub memory_mib: u64,
+}
+
+/// What the VM should get: explicit values as given (Tart reports a value below the image's
+/// minimum), automatic shares never below the image's minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    pub cpu: Option<u64>,
+    pub memory_mib: Option<u64>,
+}
+
 /// The CPU count and memory (MiB) to give a VM, or None to keep the image's.
-pub fn vm_resources(settings: &Settings) -> (Option<u64>, Option<u64>) {
+pub fn vm_resources(settings: &Settings, minimum: Minimum) -> Sizing {
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let host_mib = || {
+        let mut sys = sysinfo::System::new();
+        sys.refresh_memory();
+        sys.total_memory() / 1024 / 1024
+    };
+    size(settings, minimum, host_cpus, host_mib)
+}
+
+fn size(
+    settings: &Settings,
+    minimum: Minimum,
+    host_cpus: u64,
+    host_mib: impl Fn() -> u64,
+) -> Sizing {
     let share = |total: u64| (total / u64::from(settings.concurrency)).max(1);
-    let auto = |explicit: Option<Resource>| match explicit {
+    let wants_auto = |explicit: Option<Resource>| match explicit {
         Some(Resource::Fixed(n)) => Some(Err(n)),
         Some(Resource::Auto) => Some(Ok(())),
         None if settings.auto_resources => Some(Ok(())),
         None => None,
     };
-    let cpu = auto(settings.cpu).map(|r| match r {
+    let cpu = wants_auto(settings.cpu).map(|r| match r {
         Err(n) => n,
-        Ok(()) => share(
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u64)
-                .unwrap_or(1),
-        ),
+        Ok(()) => share(host_cpus).max(minimum.cpu),
     });
-    let memory = auto(settings.memory).map(|r| match r {
+    let memory_mib = wants_auto(settings.memory).map(|r| match r {
         Err(n) => n,
         Ok(()) => {
-            let mut sys = sysinfo::System::new();
-            sys.refresh_memory();
-            let total_mib = sys.total_memory() / 1024 / 1024;
-            share(total_mib.saturating_sub(HOST_RESERVE_MIB).max(1024))
+            share(host_mib().saturating_sub(HOST_RESERVE_MIB).max(1024)).max(minimum.memory_mib)
         }
     });
-    (cpu, memory)
+    Sizing { cpu, memory_mib }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Options;
+
+    fn settings(concurrency: u32) -> Settings {
+        Settings::load(&Options {
+            concurrency: Some(concurrency),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn auto_resources_split_the_host_evenly_and_keep_a_reserve() {
+        let s = size(&settings(2), Minimum::default(), 12, || 32 * 1024);
+        assert_eq!(
+            s,
+            Sizing {
+                cpu: Some(6),
+                memory_mib: Some(15 * 1024)
+            }
+        );
+    }
+
+    #[test]
+    fn auto_resources_never_go_below_the_image_minimum() {
+        let s = size(
+            &settings(2),
+            Minimum {
+                cpu: 4,
+                memory_mib: 8192,
+            },
+            2,
+            || 24 * 1024,
+        );
+        assert_eq!(
+            s,
+            Sizing {
+                cpu: Some(4),
+                memory_mib: Some(11 * 1024)
+            }
+        );
+    }
+
+    #[test]
+    fn explicit_values_win_over_auto() {
+        let mut st = settings(2);
+        st.cpu = Some(Resource::Fixed(3));
+        st.auto_resources = true;
+        assert_eq!(
+            size(
+                &st,
+                Minimum {
+                    cpu: 4,
+                    memory_mib: 0
+                },
+                16,
+                || 1024
+            )
+            .cpu,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn without_auto_the_image_keeps_its_resources() {
+        let mut st = settings(1);
+        st.auto_resources = false;
+        assert_eq!(
+            size(&st, Minimum::default(), 16, || 1024),
+            Sizing {
+                cpu: None,
+                memory_mib: None
+            }
+        );
+    }
 }

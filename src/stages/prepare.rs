@@ -249,12 +249,12 @@ async fn configure(
     request: &Request,
     vm: &str,
 ) -> anyhow::Result<()> {
-    let (cpu, memory) = host::vm_resources(settings);
+    let sizing = host::vm_resources(settings, image_minimum(vm));
     let mut flags = Vec::new();
-    if let Some(cpu) = cpu {
+    if let Some(cpu) = sizing.cpu {
         flags.extend(["--cpu".to_string(), cpu.to_string()]);
     }
-    if let Some(memory) = memory {
+    if let Some(memory) = sizing.memory_mib {
         flags.extend(["--memory".to_string(), memory.to_string()]);
     }
     if let Some(display) = &request.display {
@@ -262,9 +262,29 @@ async fn configure(
     }
     if !flags.is_empty() {
         tart.set(vm, &flags).await?;
-        eprintln!("  VM resources: {}", flags.join(" "));
     }
     Ok(())
+}
+
+/// The image's minimum CPU count and memory, from the VM's `config.json` in Tart's home
+/// (`cpuCountMin`, `memorySizeMin` in bytes). Unknown means no minimum.
+fn image_minimum(vm: &str) -> host::Minimum {
+    let home = std::env::var_os("TART_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tart")));
+    let Some(home) = home else {
+        return host::Minimum::default();
+    };
+    let Ok(text) = std::fs::read(home.join("vms").join(vm).join("config.json")) else {
+        return host::Minimum::default();
+    };
+    let Ok(config) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return host::Minimum::default();
+    };
+    host::Minimum {
+        cpu: config["cpuCountMin"].as_u64().unwrap_or(0),
+        memory_mib: config["memorySizeMin"].as_u64().unwrap_or(0) / 1024 / 1024,
+    }
 }
 
 /// The host directories this job's VM gets: its own builds directory, its project's cache

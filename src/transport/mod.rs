@@ -64,10 +64,15 @@ impl Transport {
 }
 
 /// The remote side of a stage: records the shell's PID (the leader of its process group
-/// under sshd) so that a cancel can kill the whole group, then becomes the login shell that
-/// reads the script on stdin.
+/// under sshd) so that a cancel can kill the whole group, then becomes the shell that reads
+/// the script on stdin.
+///
+/// The login shell only loads the user's profile (Homebrew's PATH and the like) and then
+/// replaces itself with a plain shell: a login shell that reaches `exit` runs
+/// `~/.bash_logout`, whose last status (with the script's `errexit` still on) would replace
+/// the script's own exit code; Debian and Ubuntu guests ship such a file.
 pub fn stage_wrapper(shell: &str, pid_file: &str) -> String {
-    format!("echo $$ > {pid_file}; exec {shell} -l")
+    format!("echo $$ > {pid_file}; exec {shell} -l -c 'exec {shell}'")
 }
 
 /// The command that stops a stage's remote processes: the group first, then the children of

@@ -1,0 +1,205 @@
+//! The job lifecycle, end to end: gitlab-runner (the harness) calls our driver, which drives
+//! the Tart simulator's real SSH guests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{skip_e2e, Bed, LINUX, MACOS};
+use harness::{run_job, Job, Verdict};
+
+#[test]
+fn a_job_of_all_stages_succeeds_and_leaves_nothing_behind() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let job = Job::new()
+        .image(MACOS)
+        .before_script(["echo before"])
+        .script(["echo hello from $(whoami)", "test -d \"$CI_PROJECT_DIR\""])
+        .after_script(["echo after"])
+        .cache(true)
+        .artifacts(true);
+    let out = run_job(&bed.runner(), &job);
+    out.assert_success()
+        .assert_log_contains("hello from admin")
+        .assert_log_contains("before")
+        .assert_log_contains("after");
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn a_failing_script_is_a_build_failure_with_its_exit_code() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(MACOS)
+            .script(["echo going to fail", "exit 3"]),
+    );
+    out.assert_build_failure(3);
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn bash_only_syntax_works_in_scripts() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(MACOS).script([
+            "words='a b c'; n=0; for w in $words; do n=$((n+1)); done; echo \"count=$n\"",
+            "arr=(x y z); echo \"second=${arr[1]}\"",
+            "[[ abc == a* ]] && echo glob-match",
+            "echo no-match-*.txt",
+        ]),
+    );
+    out.assert_success()
+        .assert_log_contains("count=3")
+        .assert_log_contains("second=y")
+        .assert_log_contains("glob-match")
+        .assert_log_contains("no-match-*.txt");
+}
+
+#[test]
+fn stdout_and_stderr_arrive_separately_and_in_order() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(MACOS)
+            .script(["for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.1; done"]),
+    );
+    out.assert_success();
+    let build = out.stage("build_script").expect("build_script ran");
+    let stdout = &build.stdout;
+    let stderr = &build.stderr;
+    assert!(stdout.contains("out1\nout2\nout3"), "stdout: {stdout}");
+    assert!(stderr.contains("err1\nerr2\nerr3"), "stderr: {stderr}");
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("err")),
+        "stderr leaked into stdout: {stdout}"
+    );
+    let log = &out.log;
+    let (a, b, c) = (
+        log.find("out1").unwrap(),
+        log.find("err2").unwrap(),
+        log.find("out3").unwrap(),
+    );
+    assert!(a < b && b < c, "interleaving lost: {log}");
+}
+
+#[test]
+fn a_linux_guest_runs_the_same_job() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(LINUX)
+            .script(["echo linux says $(uname -s)"]),
+    );
+    out.assert_success().assert_log_contains("linux says Linux");
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn a_dead_tart_run_fails_prepare_within_seconds_with_tarts_message() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new().image(
+        "ghcr.io/acme/broken:latest",
+        harness::sim::Image::darwin().run_dies(Some(
+            "Failed to start the VM: VZErrorDomain Code=2 invalid configuration",
+        )),
+    );
+    let started = Instant::now();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image("ghcr.io/acme/broken:latest")
+            .script(["true"]),
+    );
+    assert!(
+        matches!(out.verdict, Verdict::SystemFailure { .. }),
+        "{:?}\n{}",
+        out.verdict,
+        out.log
+    );
+    out.assert_log_contains("VZErrorDomain Code=2 invalid configuration");
+    // Three prepare attempts, each failing at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn a_wrong_password_fails_prepare_at_once_with_a_clear_message() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let started = Instant::now();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(MACOS)
+            .var("TART_SSH_PASSWORD", "not-the-password")
+            .script(["true"]),
+    );
+    assert!(
+        matches!(out.verdict, Verdict::SystemFailure { .. }),
+        "{:?}\n{}",
+        out.verdict,
+        out.log
+    );
+    out.assert_log_contains("refused SSH login as `admin`");
+    assert!(
+        !out.log.contains("not-the-password"),
+        "password in the job log"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn cleanup_with_nothing_created_succeeds() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(&bed.runner(), &Job::new().script(["true"]));
+    // No image and no default: a build failure that names the fix...
+    assert!(
+        matches!(out.verdict, Verdict::BuildFailure { .. }),
+        "{:?}",
+        out.verdict
+    );
+    out.assert_log_contains("no `image:`");
+    // ...and cleanup, called with nothing created, exits 0.
+    assert!(
+        out.cleanups.iter().all(|c| c.result.is_success()),
+        "{:?}",
+        out.cleanups
+    );
+    bed.assert_nothing_left();
+}
