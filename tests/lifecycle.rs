@@ -203,3 +203,86 @@ fn cleanup_with_nothing_created_succeeds() {
     );
     bed.assert_nothing_left();
 }
+
+#[test]
+fn run_stages_reuse_the_prepare_connection_without_new_ssh_logins() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    // No cleanup, so the VM and its console log survive the job for inspection; the
+    // simulated host removes them when the test ends.
+    let runner = bed.runner().cleanup_exec(None);
+    let job = Job::new().image(MACOS).before_script(["echo one"]).script(["echo two"]).after_script(["echo three"]).cache(true).artifacts(true);
+    let out = run_job(&runner, &job);
+    out.assert_success();
+    assert!(out.run_stage_names().len() >= 7, "stages: {:?}", out.run_stage_names());
+    // The guest's sshd logs every successful login to the VM's console log.
+    let vm = bed.sim.local_vms().into_iter().next().expect("the job's VM").name;
+    let console = std::fs::read_to_string(bed.sim.tart_home().join("vms").join(&vm).join("guest/console.log")).unwrap();
+    let logins = console.matches("Accepted password").count();
+    assert_eq!(logins, 1, "{} run stages made {logins} SSH logins:\n{console}", out.run_stage_names().len());
+}
+
+#[test]
+fn the_exec_transport_runs_the_same_job_through_the_guest_agent() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(MACOS)
+            .var("TART_TRANSPORT", "exec")
+            .script(["echo via agent as $(whoami)", "exit 4"]),
+    );
+    out.assert_build_failure(4)
+        .assert_log_contains("tart exec (guest agent)")
+        .assert_log_contains("via agent as admin");
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn auto_transport_falls_back_to_ssh_for_images_without_the_agent() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new().option(["--transport", "auto"]);
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(common::MACOS_VANILLA)
+            .script(["echo fine"]),
+    );
+    out.assert_success().assert_log_contains("over SSH at 127.");
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(MACOS).script(["echo fine"]),
+    );
+    out.assert_success()
+        .assert_log_contains("tart exec (guest agent)");
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn the_exec_transport_on_an_image_without_the_agent_says_so() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new().option(["--timeout", "8"]);
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(common::MACOS_VANILLA)
+            .var("TART_TRANSPORT", "exec")
+            .script(["true"]),
+    );
+    assert!(
+        matches!(out.verdict, Verdict::SystemFailure { .. }),
+        "{:?}",
+        out.verdict
+    );
+    out.assert_log_contains("guest agent did not answer");
+    bed.assert_nothing_left();
+}
