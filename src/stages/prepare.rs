@@ -52,6 +52,10 @@ impl Request {
             }
             None => settings.shell.clone(),
         };
+        let shell_name = shell.rsplit('/').next().unwrap_or(&shell);
+        if !matches!(shell_name, "bash" | "zsh") {
+            eprintln!("WARNING: scripts will run in `{shell}`, but gitlab-runner generates bash scripts ($'...' quoting, pipefail): use bash or zsh");
+        }
         let user = match v("TART_SSH_USERNAME") {
             Some(u) => {
                 validate_user(&u).map_err(|e| reject("TART_SSH_USERNAME", e))?;
