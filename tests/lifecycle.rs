@@ -213,15 +213,43 @@ fn run_stages_reuse_the_prepare_connection_without_new_ssh_logins() {
     // No cleanup, so the VM and its console log survive the job for inspection; the
     // simulated host removes them when the test ends.
     let runner = bed.runner().cleanup_exec(None);
-    let job = Job::new().image(MACOS).before_script(["echo one"]).script(["echo two"]).after_script(["echo three"]).cache(true).artifacts(true);
+    let job = Job::new()
+        .image(MACOS)
+        .before_script(["echo one"])
+        .script(["echo two"])
+        .after_script(["echo three"])
+        .cache(true)
+        .artifacts(true);
     let out = run_job(&runner, &job);
     out.assert_success();
-    assert!(out.run_stage_names().len() >= 7, "stages: {:?}", out.run_stage_names());
+    assert!(
+        out.run_stage_names().len() >= 7,
+        "stages: {:?}",
+        out.run_stage_names()
+    );
     // The guest's sshd logs every successful login to the VM's console log.
-    let vm = bed.sim.local_vms().into_iter().next().expect("the job's VM").name;
-    let console = std::fs::read_to_string(bed.sim.tart_home().join("vms").join(&vm).join("guest/console.log")).unwrap();
+    let vm = bed
+        .sim
+        .local_vms()
+        .into_iter()
+        .next()
+        .expect("the job's VM")
+        .name;
+    let console = std::fs::read_to_string(
+        bed.sim
+            .tart_home()
+            .join("vms")
+            .join(&vm)
+            .join("guest/console.log"),
+    )
+    .unwrap();
     let logins = console.matches("Accepted password").count();
-    assert_eq!(logins, 1, "{} run stages made {logins} SSH logins:\n{console}", out.run_stage_names().len());
+    assert_eq!(
+        logins,
+        1,
+        "{} run stages made {logins} SSH logins:\n{console}",
+        out.run_stage_names().len()
+    );
 }
 
 #[test]
