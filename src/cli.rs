@@ -41,6 +41,8 @@ pub enum Command {
     Cleanup(StageArgs),
     /// Remove VMs, connections and state of jobs whose driver is gone.
     Gc(GcArgs),
+    /// Check this host for everything the driver needs, with a fix for each problem.
+    Doctor(crate::doctor::DoctorArgs),
     /// Write gitlab-runner's config.toml from a declarative spec and token files.
     RunnerConfig(crate::runner_config::RunnerConfigArgs),
     /// Write man pages (one per subcommand) into DIR.

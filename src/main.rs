@@ -3,6 +3,7 @@
 //! the stage's outcome into the exit code gitlab-runner expects.
 
 mod cli;
+mod doctor;
 mod failure;
 mod guest;
 mod host;
@@ -47,6 +48,7 @@ fn main() {
         Command::Run(args) => ("run", stages::run::run(args)),
         Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(args)),
         Command::Gc(args) => ("gc", stages::gc::gc(args)),
+        Command::Doctor(args) => ("doctor", doctor::doctor(args)),
         Command::RunnerConfig(args) => (
             "runner-config",
             runner_config::execute(args).map_err(Failure::System),
