@@ -749,6 +749,44 @@ fn check_custom_runner(
         r.warn(&check, problems.join("; "), exec_fix);
     }
 
+    // The --concurrency the stages really get, when config.toml passes one.
+    let check = format!("runner {name}: --concurrency");
+    let mut given: Vec<(String, String)> = Vec::new();
+    for stage in ["config", "prepare", "run", "cleanup"] {
+        let args: Vec<&str> = custom
+            .get(&format!("{stage}_args"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for (i, arg) in args.iter().enumerate() {
+            let value = match arg.strip_prefix("--concurrency") {
+                Some("") => args.get(i + 1).map(|v| v.to_string()),
+                Some(rest) => rest.strip_prefix('=').map(str::to_string),
+                None => None,
+            };
+            if let Some(v) = value {
+                given.push((format!("{stage}_args"), v));
+            }
+        }
+    }
+    let differs: Vec<String> = given
+        .iter()
+        .filter(|(_, v)| v.parse::<i64>().ok() != Some(concurrent))
+        .map(|(k, v)| format!("{k} has --concurrency {v}"))
+        .collect();
+    if !differs.is_empty() {
+        r.fail(
+            &check,
+            format!("{}, but concurrent = {concurrent}", differs.join(", ")),
+            format!("give every stage --concurrency {concurrent} (or write config.toml with `gitlab-runner-tart-driver runner-config`)"),
+        );
+    } else if let Some((k, v)) = given.first() {
+        r.pass(
+            &check,
+            format!("{k}: --concurrency {v}, equal to concurrent"),
+        );
+    }
+
     // Shell: the driver runs gitlab-runner's scripts with bash.
     let check = format!("runner {name}: shell");
     match runner.get("shell").and_then(Value::as_str) {
@@ -877,6 +915,15 @@ fn entry_size_gb(entry: &serde_json::Value) -> Option<f64> {
         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
+/// `host/org/image` of `host/org/image:tag` or `host/org/image@sha256:…`.
+fn image_repository(name: &str) -> String {
+    let name = name.split('@').next().unwrap_or(name);
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo.to_string(),
+        _ => name.to_string(),
+    }
+}
+
 fn looks_macos(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     [
@@ -910,7 +957,7 @@ fn check_macos_limit(settings: &Settings, list: Option<&TartList>, r: &mut Repor
             e.iter()
                 .map(entry_name)
                 .filter(|n| !n.starts_with(PREFIX) && looks_macos(n))
-                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+                .map(image_repository)
                 .collect()
         })
         .unwrap_or_default();
@@ -1098,7 +1145,14 @@ fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
         );
         return;
     };
-    let largest = images.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned();
+    // Each image is listed by tag and by digest: name it by its tag when sizes tie.
+    let largest = images
+        .iter()
+        .max_by(|a, b| {
+            a.1.total_cmp(&b.1)
+                .then(b.0.contains('@').cmp(&a.0.contains('@')))
+        })
+        .cloned();
     match largest {
         Some((name, size)) if (free as f64) < size * GB => r.warn(
             NAME,
@@ -1217,17 +1271,27 @@ fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
         }
         r.warn(
             "orphaned VMs",
-            format!(
-                "{vm_count} VM{} and {} leftover job state{} that no live job owns: {}",
-                if vm_count == 1 { "" } else { "s" },
-                orphans.len() - vm_count,
-                if orphans.len() - vm_count == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                orphans.join(", ")
-            ),
+            {
+                let states = orphans.len() - vm_count;
+                let mut what = Vec::new();
+                if vm_count > 0 {
+                    what.push(format!(
+                        "{vm_count} VM{}",
+                        if vm_count == 1 { "" } else { "s" }
+                    ));
+                }
+                if states > 0 {
+                    what.push(format!(
+                        "{states} leftover job state{}",
+                        if states == 1 { "" } else { "s" }
+                    ));
+                }
+                format!(
+                    "{} that no live job owns: {}",
+                    what.join(" and "),
+                    orphans.join(", ")
+                )
+            },
             format!("`{fix}` (add --dry-run to see first); the next prepare also sweeps them"),
         );
     }
@@ -1532,6 +1596,19 @@ mod tests {
         bytes.truncate(40);
         let f = write(&bytes);
         assert!(macho_uuids(f.path()).is_err());
+    }
+
+    #[test]
+    fn image_repository_drops_tag_and_digest_but_not_port() {
+        assert_eq!(
+            image_repository("ghcr.io/c/macos:latest"),
+            "ghcr.io/c/macos"
+        );
+        assert_eq!(
+            image_repository("ghcr.io/c/macos@sha256:ab"),
+            "ghcr.io/c/macos"
+        );
+        assert_eq!(image_repository("reg:5000/c/macos"), "reg:5000/c/macos");
     }
 
     #[test]

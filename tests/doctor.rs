@@ -652,3 +652,16 @@ fn invalid_driver_options_fail_but_other_checks_still_run() {
     assert!(detail(&checks, "driver options").contains("pul_policy"));
     assert_eq!(status(&checks, "tart"), "pass");
 }
+
+#[test]
+fn prepare_args_concurrency_differing_from_concurrent_fails() {
+    let host = Host::new();
+    let config = host.runner_config(&format!(
+        "{GOOD_RUNNER}    prepare_args = [\"prepare\", \"--concurrency\", \"3\"]\n"
+    ));
+    let (_, checks) = host.json(&["--runner-config", &config]);
+    assert_eq!(status(&checks, "runner mac-1: --concurrency"), "fail");
+    assert!(
+        detail(&checks, "runner mac-1: --concurrency").contains("prepare_args has --concurrency 3")
+    );
+}
