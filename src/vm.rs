@@ -138,6 +138,55 @@ impl VmState {
         }
     }
 
+    /// Appends how long a phase of the job took, for the summary at cleanup.
+    pub fn record_phase(&self, phase: &str, took: std::time::Duration) {
+        use std::io::Write;
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("timings"))
+        {
+            let _ = writeln!(f, "{phase}\t{:.3}", took.as_secs_f64());
+        }
+    }
+
+    /// One line on where the job's time went, from the recorded phases.
+    pub fn timing_summary(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("timings")).ok()?;
+        let mut phases: Vec<(String, f64, usize)> = Vec::new();
+        for line in text.lines() {
+            let Some((phase, secs)) = line.split_once('\t') else {
+                continue;
+            };
+            let Ok(secs) = secs.parse::<f64>() else {
+                continue;
+            };
+            let key = if phase.starts_with("stage ") {
+                "run stages".to_string()
+            } else {
+                phase.to_string()
+            };
+            match phases.iter_mut().find(|(k, _, _)| *k == key) {
+                Some(entry) => {
+                    entry.1 += secs;
+                    entry.2 += 1;
+                }
+                None => phases.push((key, secs, 1)),
+            }
+        }
+        let parts: Vec<String> = phases
+            .iter()
+            .map(|(k, s, n)| {
+                if *n > 1 {
+                    format!("{k} ({n}) {s:.1}s")
+                } else {
+                    format!("{k} {s:.1}s")
+                }
+            })
+            .collect();
+        (!parts.is_empty()).then(|| format!("Where the job's time went: {}", parts.join(", ")))
+    }
+
     pub fn save_connection(&self, c: &Connection) -> Result<()> {
         let tmp = self.dir.join("connection.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(c)?)?;

@@ -18,6 +18,7 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
     let state = VmState::new(&settings.state_dir, &vm);
     super::runtime().block_on(async {
         let started = std::time::Instant::now();
+        let summary = state.timing_summary();
         lifecycle::teardown(&tart, &state).await?;
         if let Some(builds) = &settings.builds_dir {
             let dir = builds.join(vm.as_str());
@@ -31,6 +32,9 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
             }
         }
         eprintln!("Removed VM {vm} ({:.1}s)", started.elapsed().as_secs_f64());
+        if let Some(summary) = summary {
+            eprintln!("{summary}, cleanup {:.1}s", started.elapsed().as_secs_f64());
+        }
         match lifecycle::sweep(&tart, &settings, Some(&vm), false).await {
             Ok(swept) if !swept.is_empty() => {
                 eprintln!("Removed {} orphaned VM(s) of earlier jobs", swept.len())

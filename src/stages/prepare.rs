@@ -171,6 +171,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let t = Instant::now();
     if image::ensure(&tart, &request.image, policy, creds.as_ref(), job_limit).await? {
         super::phase_done(&format!("Pulled {}", request.image.name), t);
+        state.record_phase("pull", t.elapsed());
     }
 
     let t = Instant::now();
@@ -192,6 +193,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         ),
         t,
     );
+    state.record_phase("clone", t.elapsed());
 
     let shares = shares(settings, job, &vm.to_string())?;
     let mut run_args = Vec::new();
@@ -210,6 +212,11 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let slot_deadline = Instant::now() + job_limit;
     // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
     let slots = host::acquire(settings, info.os != "linux", slot_deadline)?;
+    if t.elapsed() > Duration::from_millis(500) {
+        super::phase_done("Got a VM slot", t);
+    }
+    state.record_phase("waiting for a slot", t.elapsed());
+    let t = Instant::now();
     let mut fds = slots.raw_fds();
     fds.push(std::os::unix::io::AsRawFd::as_raw_fd(&lock));
     supervisor::start(&state, tart.exe(), &run_args, fds)?;
@@ -222,6 +229,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         &format!("VM booted and reachable over {}", transport_name(&conn)),
         t,
     );
+    state.record_phase("boot and connect", t.elapsed());
 
     let t = Instant::now();
     let transport = Transport::from_connection(&conn, &state, &tart)?;
@@ -242,6 +250,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     }
     state.save_connection(&conn)?;
     super::phase_done("Guest ready", t);
+    state.record_phase("guest setup", t.elapsed());
     super::phase_done(&format!("VM {vm} prepared"), started);
     Ok(())
 }

@@ -24,10 +24,12 @@ pub fn run(args: &RunArgs) -> StageResult {
     let script = std::fs::File::open(&args.script)
         .with_context(|| format!("cannot open the script {}", args.script.display()))?;
     let tart = Tart::new(&settings.tart_executable);
+    let started = std::time::Instant::now();
     let exit = super::runtime().block_on(async {
         let transport = Transport::from_connection(&conn, &state, &tart)?;
         transport.run_stage(&conn.shell, script).await
     })?;
+    state.record_phase(&format!("stage {}", args.stage), started.elapsed());
     match exit {
         RemoteExit::Code(0) => Ok(()),
         RemoteExit::Code(code) => Err(Failure::Build(code)),
