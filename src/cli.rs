@@ -81,6 +81,9 @@ pub struct GcArgs {
     /// Only report what would be removed.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete cached OCI images not used for this many days (`tart prune`).
+    #[arg(long, value_name = "DAYS")]
+    pub prune_images_older_than: Option<u32>,
     #[command(flatten)]
     pub options: Options,
 }

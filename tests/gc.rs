@@ -1,0 +1,176 @@
+//! The orphan sweep: what `gc` (and every prepare and cleanup) removes, and what it leaves.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{skip_e2e, Bed, DRIVER, MACOS};
+use harness::{run_job, Job};
+
+fn gc(bed: &Bed, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["gc", "--state-dir", bed.state_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = bed.driver(&args);
+    assert!(
+        out.status.success(),
+        "gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Leaves a job's VM running with its connection, as if gitlab-runner died before cleanup.
+fn abandoned_job(bed: &Bed) -> String {
+    let out = run_job(
+        &bed.runner().cleanup_exec(None),
+        &Job::new().image(MACOS).script(["true"]),
+    );
+    out.assert_success();
+    bed.sim
+        .local_vms()
+        .into_iter()
+        .find(|v| v.name.starts_with("tartdrv-"))
+        .expect("the job's VM")
+        .name
+}
+
+fn kill_matching(needle: &str) {
+    let _ = Command::new("pkill").args(["-KILL", "-f", needle]).status();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn a_vm_whose_supervisor_died_is_removed() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed);
+    kill_matching(&format!("supervise --vm {vm}"));
+    kill_matching(&format!("tart run {vm}"));
+    let out = gc(&bed, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn a_vm_whose_state_was_lost_in_a_reboot_is_removed() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed);
+    // A reboot: every process gone, /tmp (the state directory) wiped.
+    kill_matching(&format!("supervise --vm {vm}"));
+    kill_matching(&format!("tart run {vm}"));
+    std::fs::remove_dir_all(&bed.state_dir).unwrap();
+    gc(&bed, &[]);
+    assert!(bed.sim.local_vms().is_empty(), "{:?}", bed.sim.local_vms());
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn state_left_without_a_vm_is_removed() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed);
+    kill_matching(&format!("supervise --vm {vm}"));
+    kill_matching(&format!("tart run {vm}"));
+    bed.sim.tart_ok(["delete", &vm]);
+    assert!(bed.state_dir.join("vms").join(&vm).exists());
+    gc(&bed, &[]);
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn a_live_jobs_vm_and_foreign_vms_are_left_alone() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed); // its supervisor still holds the VM: a live job
+    bed.sim.tart_ok(["clone", MACOS, "someone-elses-vm"]);
+    let out = gc(&bed, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no orphaned VMs"));
+    let names: Vec<_> = bed.sim.local_vms().into_iter().map(|v| v.name).collect();
+    assert!(
+        names.contains(&vm) && names.contains(&"someone-elses-vm".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn dry_run_reports_without_removing() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed);
+    kill_matching(&format!("supervise --vm {vm}"));
+    kill_matching(&format!("tart run {vm}"));
+    let out = gc(&bed, &["--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("would remove orphaned VM {vm}"))
+    );
+    assert!(bed.sim.local_vms().iter().any(|v| v.name == vm));
+    gc(&bed, &[]);
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn the_next_jobs_prepare_sweeps_orphans() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed);
+    kill_matching(&format!("supervise --vm {vm}"));
+    kill_matching(&format!("tart run {vm}"));
+    let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
+    out.assert_success().assert_log_contains(&format!(
+        "Removed 1 orphaned VM(s) left by earlier jobs: {vm}"
+    ));
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn old_cached_images_are_pruned_on_request() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    bed.sim.tart_ok(["pull", MACOS]);
+    // Last used ten days ago (Tart reads the access time).
+    let cache = bed.sim.tart_home().join("cache");
+    let touched = Command::new("find")
+        .arg(&cache)
+        .args([
+            "-exec",
+            "touch",
+            "-h",
+            "-a",
+            "-m",
+            "-d",
+            "10 days ago",
+            "{}",
+            "+",
+        ])
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    gc(&bed, &["--prune-images-older-than", "30"]);
+    assert_eq!(
+        bed.sim.list().iter().filter(|e| e.source == "OCI").count(),
+        2,
+        "pruned too early"
+    );
+    gc(&bed, &["--prune-images-older-than", "5"]);
+    assert!(
+        bed.sim.list().iter().all(|e| e.source != "OCI"),
+        "{:?}",
+        bed.sim.list()
+    );
+}
