@@ -43,7 +43,7 @@ fn main() {
         }
     };
     let (stage, result) = match &cli.command {
-        Command::Config(_) => ("config", stages::config::config()),
+        Command::Config(args) => ("config", stages::config::config(args)),
         Command::Prepare(args) => ("prepare", stages::prepare::prepare(args)),
         Command::Run(args) => ("run", stages::run::run(args)),
         Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(args)),

@@ -2,11 +2,16 @@
 
 use serde_json::json;
 
+use crate::cli::StageArgs;
 use crate::failure::StageResult;
 use crate::guest::{GUEST_BUILDS_DIR, GUEST_CACHE_DIR};
 use crate::job::JobContext;
+use crate::settings::Settings;
 
-pub fn config() -> StageResult {
+/// Validates the admin's settings first, so a broken configuration fails the job at its
+/// first stage with a message that names the option.
+pub fn config(args: &StageArgs) -> StageResult {
+    Settings::load(&args.options)?;
     let hostname = hostname();
     let mut value = json!({
         "builds_dir": GUEST_BUILDS_DIR,
