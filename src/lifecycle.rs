@@ -61,14 +61,20 @@ pub async fn teardown(tart: &Tart, state: &VmState) -> Result<()> {
         }
     }
     // The supervisor releases the lock once `tart run` has exited; delete after that.
-    if state.exists() {
-        let _ = state.lock(Duration::from_secs(15))?;
-    }
-    tart.delete(state.name.as_str()).await?;
-    if state.exists() {
+    let lock = if state.exists() {
+        state.lock(Duration::from_secs(15))?
+    } else {
+        None
+    };
+    let deleted = tart.delete(state.name.as_str()).await;
+    // Once no process of the VM holds its lock, the state is no longer needed even if Tart
+    // failed (say, its binary is gone): a later sweep finds the VM again by name in `tart
+    // list`. Keeping the directory would leave one behind for every job until Tart works.
+    if state.exists() && (deleted.is_ok() || lock.is_some()) {
         std::fs::remove_dir_all(&state.dir)?;
     }
-    Ok(())
+    drop(lock);
+    deleted
 }
 
 /// Removes VMs of ours that no live job owns: their lock is free, so neither a prepare, a
