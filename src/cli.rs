@@ -221,4 +221,63 @@ pub struct Options {
     /// Allow jobs to use local VM names as `image:` (not only OCI images)
     #[arg(long)]
     pub allow_local_images: bool,
+
+    /// Accept only images matching one of these globs, `*` within a path segment, `**` across (repeatable; gitlab-tart-executor's --allow-image)
+    #[arg(long = "allow-image", value_name = "GLOB")]
+    pub allow_image_globs: Vec<String>,
+
+    /// Guest path of the builds directory [default: /tmp/builds]
+    #[arg(long, value_name = "PATH")]
+    pub guest_builds_dir: Option<String>,
+
+    /// Guest path of the cache directory [default: /tmp/cache]
+    #[arg(long, value_name = "PATH")]
+    pub guest_cache_dir: Option<String>,
+
+    /// Job variables jobs may use, by setting name (repeatable, e.g. shell, pull_policy) [default: the original driver's set]
+    #[arg(long = "job-override", value_name = "SETTING")]
+    pub job_overrides: Vec<crate::request::Overridable>,
+
+    /// CIDRs the VM may reach with Softnet, e.g. 10.0.0.0/8 (repeatable; implies --softnet)
+    #[arg(long = "softnet-allow", value_name = "CIDR")]
+    pub softnet_allow: Vec<String>,
+
+    /// Bridge the VM onto this host interface (e.g. en0) instead of NAT
+    #[arg(long, value_name = "INTERFACE")]
+    pub bridged: Option<String>,
+
+    /// Give every VM a new random MAC address (job variable TART_EXECUTOR_RANDOM_MAC)
+    #[arg(long)]
+    pub random_mac: bool,
+
+    /// Nested virtualization for Linux guests (M3 or newer, macOS 15+)
+    #[arg(long)]
+    pub nested: bool,
+
+    /// Options for the VM's root disk, e.g. `sync=none` (tart run --root-disk-opts)
+    #[arg(long, value_name = "OPTS")]
+    pub root_disk_opts: Option<String>,
+
+    /// Time zone of the job's scripts, a name like Europe/Berlin or `auto` for the host's (job variable TART_EXECUTOR_TIMEZONE)
+    #[arg(long, value_name = "ZONE")]
+    pub timezone: Option<String>,
+
+    /// Pull over plain HTTP (a registry without TLS)
+    #[arg(long)]
+    pub insecure_pull: bool,
+
+    /// Parallel layer downloads for pull and clone [default: Tart's, 4]
+    #[arg(long, value_name = "N")]
+    pub pull_concurrency: Option<u32>,
+
+    /// Let Tart prune its image cache automatically when pulling and cloning [default: on]
+    #[arg(long, overrides_with = "auto_prune")]
+    pub no_auto_prune: bool,
+
+    #[arg(long, hide = true, overrides_with = "no_auto_prune")]
+    pub auto_prune: bool,
+
+    /// Install gitlab-runner into the VM by copying this host's binary when the guest has the host's OS (no network, same version as the runner)
+    #[arg(long)]
+    pub copy_gitlab_runner: bool,
 }

@@ -8,11 +8,15 @@ use std::path::PathBuf;
 /// Where Tart's macOS guests mount the default share tag.
 pub const MACOS_SHARES: &str = "/Volumes/My Shared Files";
 
-/// Guest paths of the builds and cache directories. Absolute, because jobs `cd
+/// Default guest paths of the builds and cache directories. Absolute, because jobs `cd
 /// "$CI_PROJECT_DIR"` from anywhere; under `/tmp`, because that exists and is writable for
 /// any user on macOS and Linux guests alike, and the VM is thrown away after the job.
 pub const GUEST_BUILDS_DIR: &str = "/tmp/builds";
 pub const GUEST_CACHE_DIR: &str = "/tmp/cache";
+
+/// Where the driver puts tools it installs (gitlab-runner), relative to the guest user's
+/// home: no sudo needed, and every stage puts it first on PATH.
+pub const GUEST_TOOLS_DIR: &str = ".gitlab-runner-tart-driver/bin";
 
 /// A host directory shared into the VM and where the guest should see it.
 #[derive(Debug, Clone)]
@@ -20,7 +24,7 @@ pub struct Share {
     /// Share name (macOS) and mount tag (Linux); unique within the VM.
     pub name: String,
     pub host: PathBuf,
-    /// Guest path: relative to the home directory, or absolute.
+    /// Absolute guest path.
     pub guest: String,
     pub read_only: bool,
 }
@@ -45,13 +49,15 @@ pub struct RunnerInstall {
     pub wanted: bool,
     pub force: bool,
     pub version: String,
+    /// Copy the host's own binary when the guest runs the host's OS.
+    pub copy_from_host: bool,
 }
 
 /// The setup script, for `sh -s` in the guest.
-pub fn setup_script(os: &str, shares: &[Share], install: &RunnerInstall) -> String {
+pub fn setup_script(os: &str, shares: &[Share], dirs: &[&str], install: &RunnerInstall) -> String {
     // Without sudo where the user may write, with it elsewhere (volumes under /opt, ...).
-    let mut s = String::from(
-        "set -e\ncd \"$HOME\"\nmay_sudo() { \"$@\" 2>/dev/null || sudo -n \"$@\"; }\n",
+    let mut s = format!(
+        "set -e\ncd \"$HOME\"\nPATH=\"$HOME/{GUEST_TOOLS_DIR}:$PATH\"\nmay_sudo() {{ \"$@\" 2>/dev/null || sudo -n \"$@\"; }}\n"
     );
     if os != "linux" && !shares.is_empty() {
         // The automount can lag the first login by a moment.
@@ -75,9 +81,12 @@ pub fn setup_script(os: &str, shares: &[Share], install: &RunnerInstall) -> Stri
             ));
         }
     }
-    for dir in [GUEST_BUILDS_DIR, GUEST_CACHE_DIR] {
-        if !shares.iter().any(|share| share.guest == dir) {
-            s.push_str(&format!("mkdir -p {}\n", quote(dir)));
+    for dir in dirs {
+        if !shares.iter().any(|share| share.guest == *dir) {
+            let dir = quote(dir);
+            s.push_str(&format!(
+                "may_sudo mkdir -p {dir}\nmay_sudo chown \"$(id -u):$(id -g)\" {dir}\n"
+            ));
         }
     }
     if install.wanted || install.force {
@@ -86,7 +95,8 @@ pub fn setup_script(os: &str, shares: &[Share], install: &RunnerInstall) -> Stri
     s
 }
 
-/// Downloads gitlab-runner over HTTPS and checks it against the release's SHA-256 list.
+/// Installs gitlab-runner into the tools directory: a download over HTTPS checked against
+/// the release's published SHA-256 list (curl, else wget), else Homebrew.
 fn install_runner_script(install: &RunnerInstall) -> String {
     let version = if install.version == "latest" || install.version.starts_with('v') {
         install.version.clone()
@@ -99,14 +109,22 @@ fn install_runner_script(install: &RunnerInstall) -> String {
   os=$(uname -s | tr 'A-Z' 'a-z'); arch=$(uname -m)
   case "$arch" in arm64|aarch64) arch=arm64 ;; x86_64|amd64) arch=amd64 ;; esac
   base="https://gitlab-runner-downloads.s3.amazonaws.com/{version}"
-  tmp=$(mktemp -d)
-  command -v curl >/dev/null 2>&1 || {{ echo "installing gitlab-runner needs curl in the VM" >&2; exit 1; }}
-  curl -fsSL --retry 2 -o "$tmp/gitlab-runner" "$base/binaries/gitlab-runner-$os-$arch" || {{ echo "cannot download gitlab-runner {version} for $os-$arch: does the VM reach the internet?" >&2; exit 1; }}
-  curl -fsSL --retry 2 -o "$tmp/release.sha256" "$base/release.sha256"
-  want=$(grep " \*\{{0,1\}}binaries/gitlab-runner-$os-$arch\$" "$tmp/release.sha256" | cut -d' ' -f1)
-  have=$( (shasum -a 256 "$tmp/gitlab-runner" 2>/dev/null || sha256sum "$tmp/gitlab-runner") | cut -d' ' -f1)
-  [ -n "$want" ] && [ "$want" = "$have" ] || {{ echo "gitlab-runner download does not match its published checksum" >&2; exit 1; }}
-  sudo -n install -m 0755 "$tmp/gitlab-runner" /usr/local/bin/gitlab-runner
+  dest="$HOME/{GUEST_TOOLS_DIR}"; mkdir -p "$dest"; tmp=$(mktemp -d)
+  if command -v curl >/dev/null 2>&1; then fetch() {{ curl -fsSL --retry 2 -o "$2" "$1"; }}
+  elif command -v wget >/dev/null 2>&1; then fetch() {{ wget -q -O "$2" "$1"; }}
+  else fetch() {{ return 1; }}; fi
+  if fetch "$base/binaries/gitlab-runner-$os-$arch" "$tmp/gitlab-runner" && fetch "$base/release.sha256" "$tmp/release.sha256"; then
+    want=$(grep " \*\{{0,1\}}binaries/gitlab-runner-$os-$arch\$" "$tmp/release.sha256" | cut -d' ' -f1)
+    have=$( (shasum -a 256 "$tmp/gitlab-runner" 2>/dev/null || sha256sum "$tmp/gitlab-runner") | cut -d' ' -f1)
+    [ -n "$want" ] && [ "$want" = "$have" ] || {{ echo "the gitlab-runner download does not match its published checksum" >&2; exit 1; }}
+    install -m 0755 "$tmp/gitlab-runner" "$dest/gitlab-runner"
+  elif command -v brew >/dev/null 2>&1; then
+    [ "{version}" = latest ] || echo "Homebrew installs the current gitlab-runner, not {version}" >&2
+    brew install gitlab-runner >/dev/null
+  else
+    echo "cannot install gitlab-runner {version}: no download with curl or wget, and no brew; bake it into the image or let the VM reach gitlab-runner-downloads.s3.amazonaws.com" >&2
+    exit 1
+  fi
   rm -rf "$tmp"
 fi
 echo "gitlab-runner in the VM: $(gitlab-runner --version 2>/dev/null | head -n 1)"
@@ -117,6 +135,20 @@ echo "gitlab-runner in the VM: $(gitlab-runner --version 2>/dev/null | head -n 1
 /// Single-quotes a value for sh.
 pub fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The host's gitlab-runner binary, to copy into a guest that runs the host's OS.
+pub fn host_gitlab_runner() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("gitlab-runner"))
+        .find(|p| p.is_file())
+}
+
+/// Whether a guest of `os` (Tart's `darwin`/`linux`) can run this host's binaries: Tart
+/// guests always have the host's architecture, so only the OS can differ.
+pub fn guest_runs_host_binaries(os: &str) -> bool {
+    (os == "darwin" && cfg!(target_os = "macos")) || (os == "linux" && cfg!(target_os = "linux"))
 }
 
 #[cfg(test)]
@@ -133,10 +165,34 @@ mod tests {
         let share = Share {
             name: "tartdrv-builds".into(),
             host: "/h/b".into(),
-            guest: GUEST_BUILDS_DIR.into(),
+            guest: "/tmp/builds".into(),
             read_only: true,
         };
         assert_eq!(share.dir_arg("linux"), "/h/b:ro,tag=tartdrv-builds");
         assert_eq!(share.dir_arg("darwin"), "tartdrv-builds:/h/b:ro");
+    }
+
+    #[test]
+    fn setup_script_parses_as_sh() {
+        let share = Share {
+            name: "v".into(),
+            host: "/h".into(),
+            guest: "/opt/x y".into(),
+            read_only: false,
+        };
+        let install = RunnerInstall {
+            wanted: true,
+            force: false,
+            version: "17.6.0".into(),
+            copy_from_host: false,
+        };
+        for os in ["darwin", "linux"] {
+            let script = setup_script(os, std::slice::from_ref(&share), &["/tmp/builds"], &install);
+            let status = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .status()
+                .unwrap();
+            assert!(status.success(), "{script}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use regex::Regex;
 use crate::failure::Failure;
 use crate::job::JobContext;
 use crate::settings::{PullPolicy, Settings};
-use crate::tart::{RegistryCredentials, Tart};
+use crate::tart::{Fetch, Tart};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -97,63 +97,13 @@ impl Image {
     }
 }
 
-/// The pull policy for this job: the job's TART_PULL_POLICY if the admin allows it.
-pub fn pull_policy(settings: &Settings) -> Result<PullPolicy, Failure> {
-    let Some(value) = JobContext::var("TART_PULL_POLICY") else {
-        return Ok(settings.pull_policy);
-    };
-    let policy: PullPolicy = value
-        .parse()
-        .map_err(|e: String| Failure::rejected(format!("TART_PULL_POLICY: {e}")))?;
-    if !settings.allowed_pull_policies.contains(&policy) {
-        return Err(Failure::rejected(format!(
-            "TART_PULL_POLICY={policy} is not allowed on this runner (allowed: {})",
-            settings
-                .allowed_pull_policies
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(policy)
-}
-
-/// Credentials for the image's registry: the job's TART_REGISTRY_* when they name this
-/// host, else GitLab's own registry credentials when the image lives there.
-pub fn credentials(image: &Image) -> Option<RegistryCredentials> {
-    let host = image.host.as_ref()?;
-    let v = JobContext::var;
-    let custom_host = v("TART_REGISTRY").or_else(|| v("TART_REGISTRY_HOSTNAME"));
-    if let (Some(user), Some(password)) = (v("TART_REGISTRY_USERNAME"), v("TART_REGISTRY_PASSWORD"))
-    {
-        if custom_host.as_deref().is_none_or(|h| h == host) {
-            return Some(RegistryCredentials {
-                host: host.clone(),
-                username: user,
-                password,
-            });
-        }
-    }
-    if v("CI_REGISTRY").as_deref() == Some(host.as_str()) {
-        if let (Some(user), Some(password)) = (v("CI_REGISTRY_USER"), v("CI_REGISTRY_PASSWORD")) {
-            return Some(RegistryCredentials {
-                host: host.clone(),
-                username: user,
-                password,
-            });
-        }
-    }
-    None
-}
-
 /// Makes sure the image is on this host as the policy says. `clone` pulls a missing OCI
 /// image by itself, so `never` has to be enforced here, before the clone.
 pub async fn ensure(
     tart: &Tart,
     image: &Image,
     policy: PullPolicy,
-    creds: Option<&RegistryCredentials>,
+    fetch: &Fetch,
     limit: Duration,
 ) -> Result<bool, Failure> {
     let cached = tart.list().await?.iter().any(|e| e.name == image.name);
@@ -173,7 +123,7 @@ pub async fn ensure(
         }
     };
     if must_pull {
-        tart.with_progress(&["pull", &image.name], creds, limit).await.map_err(|e| {
+        tart.pull(&image.name, fetch, limit).await.map_err(|e| {
             anyhow::anyhow!("{e:#}. Check the image name and the registry credentials (TART_REGISTRY_USERNAME/TART_REGISTRY_PASSWORD)")
         })?;
     }

@@ -68,18 +68,6 @@ impl JobContext {
             .filter(|v| !v.is_empty())
     }
 
-    /// A boolean job variable: true/1/yes and false/0/no, anything else is refused.
-    pub fn flag(name: &str) -> Result<Option<bool>, String> {
-        match Self::var(name) {
-            None => Ok(None),
-            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(Some(true)),
-                "false" | "0" | "no" | "off" => Ok(Some(false)),
-                _ => Err(format!("{name}=`{v}` is not a boolean: use true or false")),
-            },
-        }
-    }
-
     pub fn vm_name(&self) -> VmName {
         VmName::for_job(&self.runner_token, self.job_id)
     }

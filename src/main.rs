@@ -11,6 +11,7 @@ mod image;
 mod job;
 mod lifecycle;
 mod manuals;
+mod request;
 mod runner_config;
 mod settings;
 mod stages;

@@ -12,6 +12,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::cli::Options;
+use crate::request::Overridable;
 
 /// How many CPUs or how much memory a VM gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,22 @@ struct FileSettings {
     gitlab_runner_version: Option<String>,
     softnet: Option<bool>,
     allow_local_images: Option<bool>,
+    #[serde(default)]
+    allow_image_globs: Vec<String>,
+    guest_builds_dir: Option<String>,
+    guest_cache_dir: Option<String>,
+    job_overrides: Option<Vec<Overridable>>,
+    #[serde(default)]
+    softnet_allow: Vec<String>,
+    bridged: Option<String>,
+    random_mac: Option<bool>,
+    nested: Option<bool>,
+    root_disk_opts: Option<String>,
+    timezone: Option<String>,
+    insecure_pull: Option<bool>,
+    pull_concurrency: Option<u32>,
+    auto_prune: Option<bool>,
+    copy_gitlab_runner: Option<bool>,
 }
 
 /// A host directory shared into every VM.
@@ -234,6 +251,20 @@ pub struct Settings {
     pub gitlab_runner_version: String,
     pub softnet: bool,
     pub allow_local_images: bool,
+    pub guest_builds_dir: String,
+    pub guest_cache_dir: String,
+    /// What jobs may change through job variables.
+    pub job_overrides: Vec<Overridable>,
+    pub softnet_allow: Vec<String>,
+    pub bridged: Option<String>,
+    pub random_mac: bool,
+    pub nested: bool,
+    pub root_disk_opts: Option<String>,
+    pub timezone: Option<String>,
+    pub insecure_pull: bool,
+    pub pull_concurrency: Option<u32>,
+    pub auto_prune: bool,
+    pub copy_gitlab_runner: bool,
 }
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -242,8 +273,8 @@ impl Settings {
     /// Merges flags over the config file over defaults, and validates the result. Errors
     /// name the option and how to fix it; they are the admin's to fix (a system failure).
     pub fn load(options: &Options) -> Result<Settings> {
-        let file = match &options.config {
-            Some(path) => read_file_settings(path)?,
+        let file = match options.config.clone().or_else(default_config_file) {
+            Some(path) => read_file_settings(&path)?,
             None => FileSettings::default(),
         };
         let o = options;
@@ -271,14 +302,18 @@ impl Settings {
             .map(|v| v.parse::<Volume>().map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()
             .context("--volume")?;
+        let mut allow_globs = pick_vec(&o.allow_image_globs, file.allow_image_globs);
         let exclude_images = compile_all(
             &pick_vec(&o.exclude_images, file.exclude_images),
             "--exclude-image-expr",
         )?;
-        let allow_images = compile_all(
+        let mut allow_images = compile_all(
             &pick_vec(&o.allow_images, file.allow_images),
             "--allow-image-expr",
         )?;
+        for glob in allow_globs.drain(..) {
+            allow_images.push(glob_to_regex(&glob).context("--allow-image")?);
+        }
         let allowed_pull_policies = if !o.allowed_pull_policies.is_empty() {
             o.allowed_pull_policies.clone()
         } else if !file.allowed_pull_policies.is_empty() {
@@ -340,6 +375,58 @@ impl Settings {
                 );
             }
         }
+        let guest_builds_dir = o
+            .guest_builds_dir
+            .clone()
+            .or(file.guest_builds_dir)
+            .unwrap_or_else(|| crate::guest::GUEST_BUILDS_DIR.into());
+        validate_guest_path(&guest_builds_dir).context("--guest-builds-dir")?;
+        let guest_cache_dir = o
+            .guest_cache_dir
+            .clone()
+            .or(file.guest_cache_dir)
+            .unwrap_or_else(|| crate::guest::GUEST_CACHE_DIR.into());
+        validate_guest_path(&guest_cache_dir).context("--guest-cache-dir")?;
+        let job_overrides = if !o.job_overrides.is_empty() {
+            o.job_overrides.clone()
+        } else {
+            file.job_overrides
+                .unwrap_or_else(|| Overridable::DEFAULT.to_vec())
+        };
+        let softnet_allow = pick_vec(&o.softnet_allow, file.softnet_allow);
+        for cidr in &softnet_allow {
+            validate_cidr(cidr).context("--softnet-allow")?;
+        }
+        let bridged = o.bridged.clone().or(file.bridged);
+        if let Some(interface) = &bridged {
+            let ok = !interface.is_empty()
+                && !interface.starts_with('-')
+                && interface
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " ._-".contains(c));
+            if !ok {
+                bail!("--bridged `{interface}` is not an interface name such as en0");
+            }
+        }
+        let root_disk_opts = o.root_disk_opts.clone().or(file.root_disk_opts);
+        if let Some(opts) = &root_disk_opts {
+            validate_disk_opts(opts).context("--root-disk-opts")?;
+        }
+        let timezone = o.timezone.clone().or(file.timezone);
+        if let Some(zone) = &timezone {
+            validate_timezone(zone).context("--timezone")?;
+        }
+        let pull_concurrency = o.pull_concurrency.or(file.pull_concurrency);
+        if pull_concurrency == Some(0) {
+            bail!("--pull-concurrency must be at least 1");
+        }
+        let auto_prune = if o.no_auto_prune {
+            false
+        } else if o.auto_prune {
+            true
+        } else {
+            file.auto_prune.unwrap_or(true)
+        };
         Ok(Settings {
             tart_executable: o
                 .tart_executable
@@ -376,10 +463,33 @@ impl Settings {
             force_install_gitlab_runner: o.force_install_gitlab_runner
                 || file.force_install_gitlab_runner.unwrap_or(false),
             gitlab_runner_version,
-            softnet: o.softnet || file.softnet.unwrap_or(false),
             allow_local_images: o.allow_local_images || file.allow_local_images.unwrap_or(false),
+            guest_builds_dir,
+            guest_cache_dir,
+            job_overrides,
+            softnet: o.softnet || file.softnet.unwrap_or(false) || !softnet_allow.is_empty(),
+            softnet_allow,
+            bridged,
+            random_mac: o.random_mac || file.random_mac.unwrap_or(false),
+            nested: o.nested || file.nested.unwrap_or(false),
+            root_disk_opts,
+            timezone,
+            insecure_pull: o.insecure_pull || file.insecure_pull.unwrap_or(false),
+            pull_concurrency,
+            auto_prune,
+            copy_gitlab_runner: o.copy_gitlab_runner || file.copy_gitlab_runner.unwrap_or(false),
         })
     }
+}
+
+/// Where the driver looks for its config file when `--config` is not given:
+/// `~/.config/gitlab-runner-tart-driver/config.yaml`, then
+/// `/etc/gitlab-runner-tart-driver/config.yaml`.
+fn default_config_file() -> Option<PathBuf> {
+    let user = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".config/gitlab-runner-tart-driver/config.yaml"));
+    let system = Some(PathBuf::from("/etc/gitlab-runner-tart-driver/config.yaml"));
+    [user, system].into_iter().flatten().find(|p| p.is_file())
 }
 
 fn read_file_settings(path: &Path) -> Result<FileSettings> {
@@ -409,6 +519,83 @@ fn compile_all(patterns: &[String], option: &str) -> Result<Vec<Regex>> {
             })
         })
         .collect()
+}
+
+/// gitlab-tart-executor's image globs: `*` and `?` stay within a path segment, `**` crosses
+/// segments; the whole name must match.
+pub fn glob_to_regex(glob: &str) -> Result<Regex> {
+    let mut re = String::from("^");
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                re.push_str(".*");
+            }
+            '*' => re.push_str("[^/]*"),
+            '?' => re.push_str("[^/]"),
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    Regex::new(&re).with_context(|| format!("`{glob}` is not a valid image glob"))
+}
+
+/// Guest paths end up in shell commands and `tart run` arguments: plain characters only.
+pub fn validate_guest_path(path: &str) -> Result<()> {
+    let ok = path.starts_with('/')
+        && path.len() > 1
+        && !path.split('/').any(|c| c == "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if !ok {
+        bail!("guest path `{path}` must be absolute, without `..`, made of letters, digits and / . _ -");
+    }
+    Ok(())
+}
+
+pub fn validate_cidr(cidr: &str) -> Result<()> {
+    let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+    });
+    if !ok {
+        bail!("`{cidr}` is not an IPv4 network such as 10.0.0.0/8");
+    }
+    Ok(())
+}
+
+pub fn validate_disk_opts(opts: &str) -> Result<()> {
+    for opt in opts.split(',') {
+        let ok = matches!(
+            opt,
+            "ro" | "sync=none"
+                | "sync=fsync"
+                | "sync=full"
+                | "caching=automatic"
+                | "caching=cached"
+                | "caching=uncached"
+        );
+        if !ok {
+            bail!("unknown disk option `{opt}`: use ro, sync=none|fsync|full, caching=automatic|cached|uncached");
+        }
+    }
+    Ok(())
+}
+
+/// A time zone name as in the tz database (Europe/Berlin, UTC), or `auto`.
+pub fn validate_timezone(zone: &str) -> Result<()> {
+    let ok = !zone.is_empty()
+        && zone.len() < 64
+        && !zone.starts_with('/')
+        && !zone.split('/').any(|c| c == ".." || c.is_empty())
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+    if !ok {
+        bail!("`{zone}` is not a time zone name such as Europe/Berlin");
+    }
+    Ok(())
 }
 
 /// A shell is a path or a bare program name; anything else could inject commands.
@@ -528,6 +715,56 @@ mod tests {
         assert_eq!(s.concurrency, 3);
         assert_eq!(s.pull_policy, PullPolicy::Never);
         assert_eq!(s.cpu, Some(Resource::Auto));
+    }
+
+    #[test]
+    fn image_globs_follow_gitlab_tart_executors_rules() {
+        let re = glob_to_regex("ghcr.io/cirruslabs/macos-*").unwrap();
+        assert!(re.is_match("ghcr.io/cirruslabs/macos-sequoia-base:latest"));
+        assert!(!re.is_match("ghcr.io/cirruslabs/macos-x/evil:latest"));
+        assert!(!re.is_match("evil.io/ghcr.io/cirruslabs/macos-a"));
+        assert!(glob_to_regex("ghcr.io/**")
+            .unwrap()
+            .is_match("ghcr.io/a/b/c:1"));
+    }
+
+    #[test]
+    fn guest_paths_refuse_escapes_and_metacharacters() {
+        assert!(validate_guest_path("/Users/admin/builds").is_ok());
+        for bad in ["builds", "/a/../etc", "/a b", "/a;rm", "/", "/a'b"] {
+            assert!(validate_guest_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn time_zones_and_cidrs_are_validated() {
+        assert!(validate_timezone("America/Argentina/Buenos_Aires").is_ok());
+        assert!(validate_timezone("../../etc/passwd").is_err());
+        assert!(validate_timezone("UTC; reboot").is_err());
+        assert!(validate_cidr("10.0.0.0/8").is_ok());
+        assert!(validate_cidr("10.0.0.0/33").is_err());
+        assert!(validate_cidr("example.com").is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_in_the_config_file_are_an_error_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "concurrency: 2\nshell: bash\nconcurrency: 3\n").unwrap();
+        let err = read_file_settings(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("concurrency") && err.contains("line 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_in_the_config_file_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "concurrency: two\n").unwrap();
+        let err = read_file_settings(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]

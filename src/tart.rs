@@ -31,6 +31,28 @@ impl std::fmt::Debug for RegistryCredentials {
     }
 }
 
+/// How to download images: credentials and the admin's pull options, for `pull` and `clone`.
+#[derive(Debug, Clone, Default)]
+pub struct Fetch {
+    pub creds: Option<RegistryCredentials>,
+    pub insecure: bool,
+    pub concurrency: Option<u32>,
+    pub auto_prune: bool,
+}
+
+impl Fetch {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.insecure {
+            args.push("--insecure".to_string());
+        }
+        if let Some(n) = self.concurrency {
+            args.extend(["--concurrency".to_string(), n.to_string()]);
+        }
+        args
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ListEntry {
     #[serde(rename = "Name")]
@@ -113,18 +135,8 @@ impl Tart {
 
     /// Runs `tart <args>` to completion within `limit`, capturing its output.
     pub async fn capture(&self, args: &[&str], limit: Duration) -> Result<Finished> {
-        self.capture_with(args, limit, None).await
-    }
-
-    async fn capture_with(
-        &self,
-        args: &[&str],
-        limit: Duration,
-        creds: Option<&RegistryCredentials>,
-    ) -> Result<Finished> {
         let mut cmd = self.command();
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        apply_credentials(&mut cmd, creds);
         let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
         let output = tokio::time::timeout(limit, child.wait_with_output())
             .await
@@ -185,19 +197,37 @@ impl Tart {
         self.checked(&args, Duration::from_secs(60)).await.map(drop)
     }
 
-    /// `tart pull` or `tart clone` with Tart's progress relayed to the job log.
-    pub async fn with_progress(
+    pub async fn pull(&self, image: &str, fetch: &Fetch, limit: Duration) -> Result<()> {
+        let mut args = vec!["pull".to_string()];
+        args.extend(fetch.args());
+        args.push(image.to_string());
+        self.with_progress(&args, fetch, limit).await
+    }
+
+    pub async fn clone_vm(
         &self,
-        args: &[&str],
-        creds: Option<&RegistryCredentials>,
+        source: &str,
+        target: &str,
+        fetch: &Fetch,
         limit: Duration,
     ) -> Result<()> {
+        let mut args = vec!["clone".to_string()];
+        args.extend(fetch.args());
+        args.extend([source.to_string(), target.to_string()]);
+        self.with_progress(&args, fetch, limit).await
+    }
+
+    /// `tart pull` or `tart clone` with Tart's progress relayed to the job log.
+    async fn with_progress(&self, args: &[String], fetch: &Fetch, limit: Duration) -> Result<()> {
         let mut cmd = self.command();
         cmd.args(args)
             .env("CI", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        apply_credentials(&mut cmd, creds);
+        apply_credentials(&mut cmd, fetch.creds.as_ref());
+        if !fetch.auto_prune {
+            cmd.env("TART_NO_AUTO_PRUNE", "");
+        }
         let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -250,12 +280,7 @@ impl Tart {
                 stdout: String::new(),
                 stderr: err_text,
             };
-            bail!(
-                "`tart {} {}` failed: {}",
-                args[0],
-                args.get(1).unwrap_or(&""),
-                done.message()
-            );
+            bail!("`tart {}` failed: {}", args.join(" "), done.message());
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ pub struct Connection {
     pub ip: Option<String>,
     pub user: Option<String>,
     pub control_socket: Option<PathBuf>,
+    /// Environment for the job's scripts (TZ, ...).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// The host-side files of one VM.

@@ -4,18 +4,17 @@ use serde_json::json;
 
 use crate::cli::StageArgs;
 use crate::failure::StageResult;
-use crate::guest::{GUEST_BUILDS_DIR, GUEST_CACHE_DIR};
 use crate::job::JobContext;
 use crate::settings::Settings;
 
 /// Validates the admin's settings first, so a broken configuration fails the job at its
 /// first stage with a message that names the option.
 pub fn config(args: &StageArgs) -> StageResult {
-    Settings::load(&args.options)?;
+    let settings = Settings::load(&args.options)?;
     let hostname = hostname();
     let mut value = json!({
-        "builds_dir": GUEST_BUILDS_DIR,
-        "cache_dir": GUEST_CACHE_DIR,
+        "builds_dir": settings.guest_builds_dir,
+        "cache_dir": settings.guest_cache_dir,
         "builds_dir_is_shared": false,
         "hostname": hostname,
         "driver": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },

@@ -11,121 +11,19 @@ use anyhow::{anyhow, Context};
 
 use crate::cli::StageArgs;
 use crate::failure::{Failure, StageResult};
-use crate::guest::{self, RunnerInstall, Share, GUEST_BUILDS_DIR, GUEST_CACHE_DIR};
+use crate::guest::{self, Share};
 use crate::host;
-use crate::image::{self, Image};
+use crate::image;
 use crate::job::JobContext;
 use crate::lifecycle;
-use crate::settings::{validate_shell, validate_user, Display, Settings, TransportKind};
+use crate::request::Request;
+use crate::settings::{Settings, TransportKind};
 use crate::supervisor;
-use crate::tart::Tart;
+use crate::tart::{Fetch, Tart};
 use crate::transport::exec::ExecTransport;
-use crate::transport::ssh::{self, Auth, MasterError};
+use crate::transport::ssh::{self, MasterError};
 use crate::transport::{RemoteExit, Transport};
 use crate::vm::{Connection, VmState};
-
-/// What this job asks for, within what the admin allows.
-struct Request {
-    image: Image,
-    shell: String,
-    user: String,
-    auth: Auth,
-    display: Option<Display>,
-    boot_timeout: Duration,
-    softnet: bool,
-    headless: bool,
-    transport: TransportKind,
-    install: RunnerInstall,
-}
-
-impl Request {
-    fn resolve(settings: &Settings, job: &JobContext) -> Result<Request, Failure> {
-        let v = JobContext::var;
-        let reject = |name: &str, e: anyhow::Error| Failure::rejected(format!("{name}: {e:#}"));
-        let flag = |name: &str| JobContext::flag(name).map_err(Failure::rejected);
-
-        let image = Image::for_job(job, settings)?;
-        let shell = match v("TART_EXECUTOR_SHELL") {
-            Some(s) => {
-                validate_shell(&s).map_err(|e| reject("TART_EXECUTOR_SHELL", e))?;
-                s
-            }
-            None => settings.shell.clone(),
-        };
-        let shell_name = shell.rsplit('/').next().unwrap_or(&shell);
-        if !matches!(shell_name, "bash" | "zsh") {
-            eprintln!("WARNING: scripts will run in `{shell}`, but gitlab-runner generates bash scripts ($'...' quoting, pipefail): use bash or zsh");
-        }
-        let user = match v("TART_SSH_USERNAME") {
-            Some(u) => {
-                validate_user(&u).map_err(|e| reject("TART_SSH_USERNAME", e))?;
-                u
-            }
-            None => settings.ssh_username.clone(),
-        };
-        let auth = match (
-            v("TART_SSH_PASSWORD"),
-            &settings.ssh_key_file,
-            &settings.ssh_password_file,
-        ) {
-            (Some(p), _, _) => Auth::Password(p),
-            (None, Some(key), _) => Auth::Key(key.clone()),
-            (None, None, Some(file)) => Auth::Password(read_secret(file)?),
-            (None, None, None) => Auth::Password("admin".into()),
-        };
-        let display = match v("TART_EXECUTOR_DISPLAY") {
-            Some(d) => Some(
-                d.parse::<Display>()
-                    .map_err(|e| Failure::rejected(format!("TART_EXECUTOR_DISPLAY: {e}")))?,
-            ),
-            None => settings.display.clone(),
-        };
-        // A job may shorten the boot timeout, never lengthen it past the admin's.
-        let boot_secs = match v("TART_EXECUTOR_TIMEOUT") {
-            Some(t) => t
-                .parse::<u64>()
-                .ok()
-                .filter(|&t| t > 0)
-                .ok_or_else(|| {
-                    Failure::rejected(format!(
-                        "TART_EXECUTOR_TIMEOUT=`{t}` is not a positive number of seconds"
-                    ))
-                })?
-                .min(settings.timeout_secs),
-            None => settings.timeout_secs,
-        };
-        let transport = match v("TART_TRANSPORT") {
-            Some(t) => t
-                .parse()
-                .map_err(|e: String| Failure::rejected(format!("TART_TRANSPORT: {e}")))?,
-            None => settings.transport,
-        };
-        Ok(Request {
-            image,
-            shell,
-            user,
-            auth,
-            display,
-            boot_timeout: Duration::from_secs(boot_secs),
-            // A job may add isolation, not remove the admin's.
-            softnet: settings.softnet || flag("TART_EXECUTOR_SOFTNET_ENABLED")?.unwrap_or(false),
-            headless: flag("TART_EXECUTOR_HEADLESS")?.unwrap_or(true),
-            transport,
-            install: RunnerInstall {
-                wanted: settings.install_gitlab_runner
-                    || flag("TART_EXECUTOR_INSTALL_GITLAB_RUNNER")?.unwrap_or(false),
-                force: settings.force_install_gitlab_runner,
-                version: settings.gitlab_runner_version.clone(),
-            },
-        })
-    }
-}
-
-fn read_secret(path: &PathBuf) -> Result<String, Failure> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the SSH password file {}", path.display()))?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
-}
 
 pub fn prepare(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
@@ -166,24 +64,34 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let _ = std::fs::remove_file(state.connection_file());
 
     let job_limit = Duration::from_secs(job.job_timeout_secs.unwrap_or(3600));
-    let policy = image::pull_policy(settings)?;
-    let creds = image::credentials(&request.image);
+    let fetch = Fetch {
+        creds: request.registry.clone(),
+        insecure: settings.insecure_pull,
+        concurrency: settings.pull_concurrency,
+        auto_prune: settings.auto_prune,
+    };
     let t = Instant::now();
-    if image::ensure(&tart, &request.image, policy, creds.as_ref(), job_limit).await? {
+    if image::ensure(
+        &tart,
+        &request.image,
+        request.pull_policy,
+        &fetch,
+        job_limit,
+    )
+    .await?
+    {
         super::phase_done(&format!("Pulled {}", request.image.name), t);
         state.record_phase("pull", t.elapsed());
     }
 
     let t = Instant::now();
-    tart.with_progress(
-        &["clone", &request.image.name, vm.as_str()],
-        creds.as_ref(),
-        job_limit,
-    )
-    .await
-    .map_err(|e| {
-        anyhow!("{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc` and `tart prune`")
-    })?;
+    tart.clone_vm(&request.image.name, vm.as_str(), &fetch, job_limit)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc` and `tart prune`"
+            )
+        })?;
     configure(&tart, settings, request, &vm.to_string()).await?;
     let info = tart.get(vm.as_str()).await?;
     super::phase_done(
@@ -196,13 +104,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     state.record_phase("clone", t.elapsed());
 
     let shares = shares(settings, job, &vm.to_string())?;
-    let mut run_args = Vec::new();
-    if request.headless {
-        run_args.push("--no-graphics".to_string());
-    }
-    if request.softnet {
-        run_args.push("--net-softnet".to_string());
-    }
+    let mut run_args = request.run_args(settings);
     for share in &shares {
         run_args.push("--dir".into());
         run_args.push(share.dir_arg(&info.os));
@@ -233,7 +135,14 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
 
     let t = Instant::now();
     let transport = Transport::from_connection(&conn, &state, &tart)?;
-    let script = guest::setup_script(&info.os, &shares, &request.install);
+    if request.install.copy_from_host && (request.install.wanted || request.install.force) {
+        copy_gitlab_runner(&transport, &info.os).await?;
+    }
+    let dirs = [
+        settings.guest_builds_dir.as_str(),
+        settings.guest_cache_dir.as_str(),
+    ];
+    let script = guest::setup_script(&info.os, &shares, &dirs, &request.install);
     match transport
         .run_captured("sh -s", script.as_bytes(), Duration::from_secs(600))
         .await?
@@ -255,6 +164,45 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     Ok(())
 }
 
+/// Copies this host's gitlab-runner into the guest's tools directory, when the guest can run
+/// it: no network needed, and the same version as the runner that calls us.
+async fn copy_gitlab_runner(transport: &Transport, os: &str) -> anyhow::Result<()> {
+    if !guest::guest_runs_host_binaries(os) {
+        eprintln!(
+            "  gitlab-runner: this host's binary cannot run in a {os} guest; downloading instead"
+        );
+        return Ok(());
+    }
+    let Some(binary) = guest::host_gitlab_runner() else {
+        eprintln!("  gitlab-runner: not found on this host's PATH; downloading instead");
+        return Ok(());
+    };
+    let bytes =
+        std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let dir = guest::GUEST_TOOLS_DIR;
+    let command = format!(
+        "mkdir -p \"$HOME/{dir}\" && cat > \"$HOME/{dir}/gitlab-runner.part\" && chmod 0755 \"$HOME/{dir}/gitlab-runner.part\" && mv \"$HOME/{dir}/gitlab-runner.part\" \"$HOME/{dir}/gitlab-runner\""
+    );
+    match transport
+        .run_captured(&command, &bytes, Duration::from_secs(300))
+        .await?
+    {
+        (RemoteExit::Code(0), _) => {
+            eprintln!(
+                "  gitlab-runner: copied {} ({:.1} MB) into the VM",
+                binary.display(),
+                bytes.len() as f64 / 1e6
+            );
+            Ok(())
+        }
+        (RemoteExit::Code(code), out) => anyhow::bail!(
+            "copying gitlab-runner into the VM failed ({code}): {}",
+            out.trim()
+        ),
+        (RemoteExit::Lost(why), _) => anyhow::bail!("copying gitlab-runner into the VM: {why}"),
+    }
+}
+
 /// Applies CPU, memory and display in one `tart set`.
 async fn configure(
     tart: &Tart,
@@ -272,6 +220,9 @@ async fn configure(
     }
     if let Some(display) = &request.display {
         flags.extend(["--display".to_string(), display.0.clone()]);
+    }
+    if request.random_mac {
+        flags.push("--random-mac".to_string());
     }
     if !flags.is_empty() {
         tart.set(vm, &flags).await?;
@@ -311,7 +262,7 @@ fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec
         shares.push(Share {
             name: "tartdrv-builds".into(),
             host: dir,
-            guest: GUEST_BUILDS_DIR.into(),
+            guest: settings.guest_builds_dir.clone(),
             read_only: false,
         });
     }
@@ -341,7 +292,7 @@ fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec
         shares.push(Share {
             name: "tartdrv-cache".into(),
             host: dir,
-            guest: GUEST_CACHE_DIR.into(),
+            guest: settings.guest_cache_dir.clone(),
             read_only: false,
         });
     }
@@ -378,6 +329,7 @@ async fn connect(
         ip: None,
         user: None,
         control_socket: None,
+        env: request.guest_env(),
     };
     if request.transport == TransportKind::Exec {
         loop {
@@ -428,6 +380,7 @@ async fn connect(
         ip: Some(ip),
         user: Some(request.user.clone()),
         control_socket: Some(state.control_socket()),
+        env: request.guest_env(),
     })
 }
 

@@ -8,7 +8,7 @@ use crate::failure::{Failure, StageResult};
 use crate::job::JobContext;
 use crate::settings::Settings;
 use crate::tart::Tart;
-use crate::transport::{RemoteExit, Transport};
+use crate::transport::{RemoteExit, Stage, Transport};
 use crate::vm::VmState;
 
 pub fn run(args: &RunArgs) -> StageResult {
@@ -27,7 +27,15 @@ pub fn run(args: &RunArgs) -> StageResult {
     let started = std::time::Instant::now();
     let exit = super::runtime().block_on(async {
         let transport = Transport::from_connection(&conn, &state, &tart)?;
-        transport.run_stage(&conn.shell, script).await
+        transport
+            .run_stage(
+                &Stage {
+                    shell: &conn.shell,
+                    env: &conn.env,
+                },
+                script,
+            )
+            .await
     })?;
     state.record_phase(&format!("stage {}", args.stage), started.elapsed());
     match exit {

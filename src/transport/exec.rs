@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tokio::io::AsyncWriteExt;
 
-use super::{cancel_command, cancelled, pid_file_for_stage, stage_wrapper, RemoteExit};
+use super::{cancel_command, cancelled, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::tart::Tart;
 use crate::vm::VmName;
 
@@ -32,7 +32,7 @@ impl ExecTransport {
         matches!(done, Ok(done) if done.ok())
     }
 
-    pub async fn run_stage(&self, shell: &str, stdin: File) -> Result<RemoteExit> {
+    pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
         let pid_file = pid_file_for_stage();
         let mut child = self
             .tart
@@ -43,7 +43,7 @@ impl ExecTransport {
                 self.vm.as_str(),
                 "sh",
                 "-c",
-                &stage_wrapper(shell, &pid_file),
+                &stage_wrapper(stage, &pid_file),
             ])
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::inherit())

@@ -42,10 +42,10 @@ impl Transport {
     /// Runs a stage: `shell` as a login shell in the guest reading the script from `stdin`,
     /// its output on our stdout/stderr; on SIGTERM or SIGINT kills it in the guest and
     /// returns promptly.
-    pub async fn run_stage(&self, shell: &str, stdin: File) -> Result<RemoteExit> {
+    pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
         match self {
-            Transport::Ssh(t) => t.run_stage(shell, stdin).await,
-            Transport::Exec(t) => t.run_stage(shell, stdin).await,
+            Transport::Ssh(t) => t.run_stage(stage, stdin).await,
+            Transport::Exec(t) => t.run_stage(stage, stdin).await,
         }
     }
 
@@ -71,8 +71,23 @@ impl Transport {
 /// replaces itself with a plain shell: a login shell that reaches `exit` runs
 /// `~/.bash_logout`, whose last status (with the script's `errexit` still on) would replace
 /// the script's own exit code; Debian and Ubuntu guests ship such a file.
-pub fn stage_wrapper(shell: &str, pid_file: &str) -> String {
-    format!("echo $$ > {pid_file}; exec {shell} -l -c 'exec {shell}'")
+pub fn stage_wrapper(stage: &Stage<'_>, pid_file: &str) -> String {
+    let shell = stage.shell;
+    let mut setup = String::new();
+    for (key, value) in stage.env {
+        // Values are validated where they are parsed (plain characters only).
+        setup.push_str(&format!("export {key}={value}; "));
+    }
+    format!(
+        "echo $$ > {pid_file}; exec {shell} -l -c '{setup}PATH=\"$HOME/{}:$PATH\"; export PATH; exec {shell}'",
+        crate::guest::GUEST_TOOLS_DIR
+    )
+}
+
+/// How a stage's script is run in the guest: which shell, with which extra environment.
+pub struct Stage<'a> {
+    pub shell: &'a str,
+    pub env: &'a [(String, String)],
 }
 
 /// The command that stops a stage's remote processes: the group first, then the children of

@@ -12,7 +12,7 @@ use openssh::{Error as SshError, Session};
 use tokio::io::AsyncWriteExt;
 
 use super::askpass::{self, PasswordFile};
-use super::{cancel_command, cancelled, pid_file_for_stage, stage_wrapper, RemoteExit};
+use super::{cancel_command, cancelled, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::vm::VmState;
 
 /// How to log in to the guest.
@@ -160,11 +160,11 @@ impl SshTransport {
         Ok(SshTransport { session, socket })
     }
 
-    pub async fn run_stage(&self, shell: &str, stdin: File) -> Result<RemoteExit> {
+    pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
         let pid_file = pid_file_for_stage();
         let mut child = self
             .session
-            .raw_command(stage_wrapper(shell, &pid_file))
+            .raw_command(stage_wrapper(stage, &pid_file))
             .stdin(openssh::Stdio::from(stdin))
             .stdout(openssh::Stdio::inherit())
             .stderr(openssh::Stdio::inherit())
