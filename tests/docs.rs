@@ -1,0 +1,58 @@
+//! The documentation's examples work: the driver config in the README loads.
+
+use std::process::Command;
+
+const DRIVER: &str = env!("CARGO_BIN_EXE_gitlab-runner-tart-driver");
+
+/// Fenced ```yaml blocks of the README that are driver configs.
+fn readme_driver_configs() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.starts_with("# driver config"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_readme_driver_config_loads_and_sets_the_guest_paths() {
+    let configs = readme_driver_configs();
+    assert!(
+        !configs.is_empty(),
+        "no driver config example in the README"
+    );
+    for config in configs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, &config).unwrap();
+        let out = Command::new(DRIVER)
+            .args(["config", "--config"])
+            .arg(&path)
+            .env_remove("TART_DRIVER_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{config}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["builds_dir"], "/tmp/builds");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_that_names_its_options() {
+    for sub in ["config", "prepare", "run", "cleanup", "gc", "doctor"] {
+        let out = Command::new(DRIVER).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("--tart-executable"),
+            "{sub} --help lacks the admin options"
+        );
+    }
+}
