@@ -35,6 +35,15 @@ fn abandoned_job(bed: &Bed) -> String {
         .name
 }
 
+/// A job whose driver and VM processes all died (gitlab-runner killed, host crash): its VM
+/// is an orphan.
+fn orphaned_job(bed: &Bed) -> String {
+    let vm = abandoned_job(bed);
+    kill_matching(&format!("supervise --vm {vm}"));
+    kill_matching(&format!("tart run {vm}"));
+    vm
+}
+
 fn kill_matching(needle: &str) {
     let _ = Command::new("pkill").args(["-KILL", "-f", needle]).status();
     std::thread::sleep(Duration::from_millis(300));
@@ -46,9 +55,7 @@ fn a_vm_whose_supervisor_died_is_removed() {
         return;
     }
     let bed = Bed::new();
-    let vm = abandoned_job(&bed);
-    kill_matching(&format!("supervise --vm {vm}"));
-    kill_matching(&format!("tart run {vm}"));
+    let vm = orphaned_job(&bed);
     let out = gc(&bed, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
     bed.assert_nothing_left();
@@ -76,9 +83,7 @@ fn state_left_without_a_vm_is_removed() {
         return;
     }
     let bed = Bed::new();
-    let vm = abandoned_job(&bed);
-    kill_matching(&format!("supervise --vm {vm}"));
-    kill_matching(&format!("tart run {vm}"));
+    let vm = orphaned_job(&bed);
     bed.sim.tart_ok(["delete", &vm]);
     assert!(bed.state_dir.join("vms").join(&vm).exists());
     gc(&bed, &[]);
@@ -108,9 +113,7 @@ fn dry_run_reports_without_removing() {
         return;
     }
     let bed = Bed::new();
-    let vm = abandoned_job(&bed);
-    kill_matching(&format!("supervise --vm {vm}"));
-    kill_matching(&format!("tart run {vm}"));
+    let vm = orphaned_job(&bed);
     let out = gc(&bed, &["--dry-run"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("would remove orphaned VM {vm}"))
@@ -126,9 +129,7 @@ fn the_next_jobs_prepare_sweeps_orphans() {
         return;
     }
     let bed = Bed::new();
-    let vm = abandoned_job(&bed);
-    kill_matching(&format!("supervise --vm {vm}"));
-    kill_matching(&format!("tart run {vm}"));
+    let vm = orphaned_job(&bed);
     let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
     out.assert_success().assert_log_contains(&format!(
         "Removed 1 orphaned VM(s) left by earlier jobs: {vm}"
