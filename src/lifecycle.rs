@@ -99,8 +99,10 @@ pub async fn sweep(
             continue;
         }
         let Some(lock) = state.lock(Duration::ZERO)? else {
+            tracing::debug!("sweep: {name} belongs to a live job");
             continue;
         };
+        tracing::debug!("sweep: {name} has no live job");
         if dry_run {
             removed.push(name);
             drop(lock);

@@ -135,6 +135,7 @@ impl Tart {
 
     /// Runs `tart <args>` to completion within `limit`, capturing its output.
     pub async fn capture(&self, args: &[&str], limit: Duration) -> Result<Finished> {
+        tracing::debug!("running `{} {}`", self.exe, args.join(" "));
         let mut cmd = self.command();
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
@@ -219,6 +220,16 @@ impl Tart {
 
     /// `tart pull` or `tart clone` with Tart's progress relayed to the job log.
     async fn with_progress(&self, args: &[String], fetch: &Fetch, limit: Duration) -> Result<()> {
+        tracing::debug!(
+            "running `{} {}`{}",
+            self.exe,
+            args.join(" "),
+            if fetch.creds.is_some() {
+                " with registry credentials in its environment"
+            } else {
+                ""
+            }
+        );
         let mut cmd = self.command();
         cmd.args(args)
             .env("CI", "true")
