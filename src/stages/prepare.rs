@@ -123,7 +123,11 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     fds.push(std::os::unix::io::AsRawFd::as_raw_fd(&lock));
     supervisor::start(&state, tart.exe(), &run_args, fds)?;
     drop(slots);
-    drop(lock);
+    // Our own hold on the VM's lock lasts until prepare ends. When `tart run` dies at once,
+    // the supervisor lets go of it; a concurrent job's sweep would then take the VM for an
+    // orphan and delete it with its state, including how `tart run` ended, and this prepare
+    // would wait out the whole boot timeout instead of reporting Tart's message.
+    let _lock = lock;
 
     let deadline = Instant::now() + request.boot_timeout;
     let conn = connect(&tart, &state, request, &info.os, deadline).await?;
