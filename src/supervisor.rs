@@ -82,6 +82,10 @@ pub fn start(
         .stdout(log.try_clone()?)
         .stderr(log)
         .current_dir(Path::new("/"));
+    // The supervisor and `tart run` live as long as the VM: none of the job's secrets.
+    for name in crate::job::job_env_names() {
+        cmd.env_remove(name);
+    }
     // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

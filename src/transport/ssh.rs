@@ -76,6 +76,10 @@ pub async fn start_master(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .env_remove("SSH_AUTH_SOCK");
+    // The master lives as long as the job: none of the job's secrets in its environment.
+    for name in crate::job::job_env_names() {
+        cmd.env_remove(name);
+    }
     let _password_file;
     match auth {
         Auth::Password(password) => {
