@@ -7,6 +7,8 @@ mod doctor;
 mod failure;
 mod guest;
 mod host;
+#[cfg(test)]
+mod hostile_input_tests;
 mod image;
 mod job;
 mod lifecycle;
