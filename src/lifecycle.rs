@@ -98,9 +98,26 @@ pub async fn sweep(
         if state.create().is_err() {
             continue;
         }
-        let Some(lock) = state.lock(Duration::ZERO)? else {
-            tracing::debug!("sweep: {name} belongs to a live job");
-            continue;
+        let lock = match state.lock(Duration::ZERO)? {
+            Some(lock) => lock,
+            // Its supervisor lives, but its job ended long ago: gitlab-runner was killed
+            // before cleanup. Stop the supervisor so the VM becomes an ordinary orphan.
+            None if state.expired() => {
+                tracing::debug!("sweep: {name} outlived its job's timeout");
+                if dry_run {
+                    removed.push(name);
+                    continue;
+                }
+                supervisor::kill(&state);
+                match state.lock(Duration::from_secs(10))? {
+                    Some(lock) => lock,
+                    None => continue,
+                }
+            }
+            None => {
+                tracing::debug!("sweep: {name} belongs to a live job");
+                continue;
+            }
         };
         tracing::debug!("sweep: {name} has no live job");
         if dry_run {

@@ -190,6 +190,27 @@ impl VmState {
         (!parts.is_empty()).then(|| format!("Where the job's time went: {}", parts.join(", ")))
     }
 
+    /// Records when this VM's job must be over (its timeout, with a margin for cleanup).
+    /// A live supervisor past that moment belongs to a job gitlab-runner forgot.
+    pub fn set_expiry(&self, at: std::time::SystemTime) -> Result<()> {
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        std::fs::write(self.dir.join("expires"), secs.to_string())
+            .context("cannot write the VM's expiry")
+    }
+
+    pub fn expired(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.dir.join("expires")) else {
+            return false;
+        };
+        let Ok(secs) = text.trim().parse::<u64>() else {
+            return false;
+        };
+        std::time::SystemTime::now() > std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
     pub fn save_connection(&self, c: &Connection) -> Result<()> {
         let tmp = self.dir.join("connection.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(c)?)?;

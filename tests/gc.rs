@@ -175,3 +175,22 @@ fn old_cached_images_are_pruned_on_request() {
         bed.sim.list()
     );
 }
+
+#[test]
+fn a_vm_that_outlived_its_jobs_timeout_is_removed_though_its_supervisor_lives() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = abandoned_job(&bed); // gitlab-runner killed before cleanup; supervisor alive
+    gc(&bed, &[]);
+    assert!(
+        bed.sim.local_vms().iter().any(|v| v.name == vm),
+        "a live job's VM was removed"
+    );
+    // Its job's timeout (plus the margin) has passed.
+    std::fs::write(bed.state_dir.join("vms").join(&vm).join("expires"), "1").unwrap();
+    let out = gc(&bed, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
+    bed.assert_nothing_left();
+}

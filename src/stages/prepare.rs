@@ -64,6 +64,8 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let _ = std::fs::remove_file(state.connection_file());
 
     let job_limit = Duration::from_secs(job.job_timeout_secs.unwrap_or(3600));
+    // gitlab-runner ends every job by its timeout; an hour more covers cleanup's own.
+    state.set_expiry(std::time::SystemTime::now() + job_limit + Duration::from_secs(3600))?;
     let fetch = Fetch {
         creds: request.registry.clone(),
         insecure: settings.insecure_pull,
