@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{PermissionsExt, OpenOptionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -107,7 +107,9 @@ fn parse_dir(spec: &str) -> Result<(String, Share), Fail> {
         path
     };
     if path.starts_with("//") || spec.contains("://") {
-        return Err(Fail::Error("tart-sim: --dir with an archive URL is not simulated".into()));
+        return Err(Fail::Error(
+            "tart-sim: --dir with an archive URL is not simulated".into(),
+        ));
     }
     Ok((tag, Share { name, path, ro }))
 }
@@ -136,20 +138,73 @@ fn group_shares(cmd: &Cmd, specs: &[String]) -> R<BTreeMap<String, Vec<Share>>> 
 }
 
 fn ips_dir() -> PathBuf {
-    let p = std::env::var_os("TART_SIM_IPS_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/tart-sim-ips"));
+    let p = std::env::var_os("TART_SIM_IPS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/tart-sim-ips"));
     let _ = fs::create_dir_all(&p);
     p
 }
 
-/// Picks a free loopback address (machine-global) and holds its lock file.
+/// The simulated host's own /24 of loopback addresses, `127.A.B.0`: like a Mac's private
+/// NAT network, no other simulated host hands out its addresses, so a stale lease can only
+/// point at this host's own guests, as on a real Mac. Blocks are claimed machine-wide (a
+/// file per block naming its host) and reclaimed once their host directory is gone.
+fn host_block() -> Option<String> {
+    let host = sim_host();
+    let cached = host.join("subnet");
+    if let Ok(block) = fs::read_to_string(&cached) {
+        return Some(block.trim().to_string());
+    }
+    let blocks = ips_dir().join("blocks");
+    let _ = fs::create_dir_all(&blocks);
+    let me = host.canonicalize().unwrap_or(host.clone());
+    for a in 10..=250u32 {
+        for b in 0..=255u32 {
+            let block = format!("127.{a}.{b}");
+            let claim = blocks.join(&block);
+            let owner = fs::read_to_string(&claim).ok();
+            match &owner {
+                // A new block: exactly one host can create its claim.
+                None => {
+                    let created = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&claim);
+                    match created {
+                        Ok(mut f) => {
+                            let _ = f.write_all(me.to_string_lossy().as_bytes());
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                // A dead host's block: take it over.
+                Some(path) if !Path::new(path.trim()).exists() => {
+                    let _ = fs::write(&claim, me.to_string_lossy().as_bytes());
+                }
+                Some(_) => continue,
+            }
+            if fs::read_to_string(&claim).ok().as_deref().map(str::trim)
+                == Some(&*me.to_string_lossy())
+            {
+                let _ = fs::write(&cached, &block);
+                return Some(block);
+            }
+        }
+    }
+    None
+}
+
+/// Picks a free address of this simulated host's block and holds its lock file.
 fn allocate_ip(mac: &str) -> Option<(String, File)> {
     let prev = lease_for(mac).ok().flatten();
     let avoid = leased_ips_except(mac);
-    let mut cands: Vec<String> = prev.into_iter().collect();
-    for third in [0, 1] {
-        for n in 2..=250 {
-            cands.push(format!("127.0.{third}.{n}"));
-        }
+    let block = host_block()?;
+    let mut cands: Vec<String> = prev
+        .into_iter()
+        .filter(|ip| ip.starts_with(&format!("{block}.")))
+        .collect();
+    for n in 2..=250 {
+        cands.push(format!("{block}.{n}"));
     }
     let dir = ips_dir();
     for pass in 0..2 {
@@ -157,7 +212,9 @@ fn allocate_ip(mac: &str) -> Option<(String, File)> {
             if !ip.starts_with("127.") || (pass == 0 && avoid.contains(ip)) {
                 continue;
             }
-            let Some(lock) = try_flock(&dir.join(ip)) else { continue };
+            let Some(lock) = try_flock(&dir.join(ip)) else {
+                continue;
+            };
             let addr: SocketAddr = format!("{ip}:22").parse().ok()?;
             if TcpListener::bind(addr).is_err() {
                 continue;
@@ -179,7 +236,12 @@ fn take_macos_slot(name: &str) -> Result<File, Vec<String>> {
             let _ = f.write_all(name.as_bytes());
             return Ok(f);
         }
-        names.push(fs::read_to_string(&p).unwrap_or_default().trim().to_string());
+        names.push(
+            fs::read_to_string(&p)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        );
     }
     Err(names)
 }
@@ -196,7 +258,10 @@ fn sigset(sigs: &[i32]) -> libc::sigset_t {
 }
 
 fn sigwait_timeout(set: &libc::sigset_t, ms: u64) -> i32 {
-    let ts = libc::timespec { tv_sec: (ms / 1000) as _, tv_nsec: ((ms % 1000) * 1_000_000) as _ };
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as _,
+        tv_nsec: ((ms % 1000) * 1_000_000) as _,
+    };
     unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) }
 }
 
@@ -222,7 +287,13 @@ fn write_run_record(dir: &Path, v: serde_json::Value) {
 }
 
 fn prepare_guest_dir(gdir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    for (d, mode) in [("home", 0o750), ("tmp", 0o1777), ("var-tmp", 0o1777), ("Volumes", 0o755), ("run", 0o755)] {
+    for (d, mode) in [
+        ("home", 0o750),
+        ("tmp", 0o1777),
+        ("var-tmp", 0o1777),
+        ("Volumes", 0o755),
+        ("run", 0o755),
+    ] {
         let p = gdir.join(d);
         let fresh = !p.exists();
         fs::create_dir_all(&p)?;
@@ -230,15 +301,32 @@ fn prepare_guest_dir(gdir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
         }
         if d == "home" && fresh {
-            let _ = Command::new("cp").arg("-a").arg("/etc/skel/.").arg(&p).status();
-            let _ = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&p).status();
+            let _ = Command::new("cp")
+                .arg("-a")
+                .arg("/etc/skel/.")
+                .arg(&p)
+                .status();
+            let _ = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(&p)
+                .status();
         }
     }
     std::os::unix::fs::chown(gdir.join("home"), Some(uid), Some(gid))?;
     let key = gdir.join("ssh_host_ed25519_key");
     if !key.exists() {
         let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "tart-sim-guest", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "tart-sim-guest",
+                "-f",
+            ])
             .arg(&key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -254,15 +342,32 @@ pub fn run(args: &[String]) -> R<()> {
     let p = parse(&RUN, args)?;
     let name = p.pos[0].clone();
     // Validation (usage errors first, as swift-argument-parser's validate()).
-    let nets = [p.has("net-bridged"), p.has("net-softnet") || p.has("net-softnet-allow") || p.has("net-softnet-block") || p.has("net-softnet-expose") || p.has("net-softnet-control-fd"), p.has("net-host")];
+    let nets = [
+        p.has("net-bridged"),
+        p.has("net-softnet")
+            || p.has("net-softnet-allow")
+            || p.has("net-softnet-block")
+            || p.has("net-softnet-expose")
+            || p.has("net-softnet-control-fd"),
+        p.has("net-host"),
+    ];
     if nets.iter().filter(|x| **x).count() > 1 {
-        return Err(usage_error(&RUN, "--net-bridged, --net-softnet and --net-host are mutually exclusive"));
+        return Err(usage_error(
+            &RUN,
+            "--net-bridged, --net-softnet and --net-host are mutually exclusive",
+        ));
     }
     if p.has("graphics") && p.has("no-graphics") {
-        return Err(usage_error(&RUN, "--graphics and --no-graphics are mutually exclusive"));
+        return Err(usage_error(
+            &RUN,
+            "--graphics and --no-graphics are mutually exclusive",
+        ));
     }
     if p.has("vnc") && p.has("vnc-experimental") {
-        return Err(usage_error(&RUN, "--vnc and --vnc-experimental are mutually exclusive"));
+        return Err(usage_error(
+            &RUN,
+            "--vnc and --vnc-experimental are mutually exclusive",
+        ));
     }
     for d in p.all("disk") {
         if d.ends_with("-amd64.iso") {
@@ -272,13 +377,21 @@ pub fn run(args: &[String]) -> R<()> {
     let shares = group_shares(&RUN, &p.all("dir"))?;
     if p.has("net-bridged") {
         let v = p.all("net-bridged");
-        return Err(usage_error(&RUN, format!("no bridge interfaces matched \"{:?}\", available interfaces: []", v)));
+        return Err(usage_error(
+            &RUN,
+            format!(
+                "no bridge interfaces matched \"{:?}\", available interfaces: []",
+                v
+            ),
+        ));
     }
     let home = tart_home()?;
     // `run` opens the VM during validation: a missing VM is kind B here.
     let dir = vm_dir(&home, &name);
     if name.contains('/') || !dir.is_dir() {
-        return Err(Fail::Error(format!("the specified VM \"{name}\" does not exist")));
+        return Err(Fail::Error(format!(
+            "the specified VM \"{name}\" does not exist"
+        )));
     }
     let dir = match open_vm(&home, &name) {
         Ok(d) => d,
@@ -292,23 +405,37 @@ pub fn run(args: &[String]) -> R<()> {
         return Err(usage_error(&RUN, "You can only suspend macOS VMs"));
     }
     if cfg.get("diskFormat").and_then(|v| v.as_str()) == Some("asif") {
-        return Err(usage_error(&RUN, "Disk format 'asif' is not supported on this system."));
+        return Err(usage_error(
+            &RUN,
+            "Disk format 'asif' is not supported on this system.",
+        ));
     }
     if nets[1] && which("softnet").is_none() {
-        return Err(Fail::Error("InitializationFailed(why: \"softnet not found in PATH\")".into()));
+        return Err(Fail::Error(
+            "InitializationFailed(why: \"softnet not found in PATH\")".into(),
+        ));
     }
     if p.has("nested") && darwin {
-        return Err(Fail::Bare("macOS virtual machines do not support nested virtualization".into(), 1));
+        return Err(Fail::Bare(
+            "macOS virtual machines do not support nested virtualization".into(),
+            1,
+        ));
     }
     gc_tmp_run(&home);
     let sim = SimVm::load(&dir, &os);
 
     // MAC collision with another running VM.
     let mac = cmds::cfg_mac(&cfg);
-    let clash = cmds::local_vms(&home).into_iter().filter(|n| *n != name).any(|n| {
-        let d = vm_dir(&home, &n);
-        running_pid(&d).is_some() && read_config(&d).map(|c| cmds::cfg_mac(&c) == mac).unwrap_or(false)
-    });
+    let clash = cmds::local_vms(&home)
+        .into_iter()
+        .filter(|n| *n != name)
+        .any(|n| {
+            let d = vm_dir(&home, &n);
+            running_pid(&d).is_some()
+                && read_config(&d)
+                    .map(|c| cmds::cfg_mac(&c) == mac)
+                    .unwrap_or(false)
+        });
     if clash {
         println!("There is already a running VM with the same MAC address!");
         println!("Resetting VM to assign a new MAC address...");
@@ -342,7 +469,10 @@ pub fn run(args: &[String]) -> R<()> {
             Ok(f) => Some(f),
             Err(others) => {
                 return Err(Fail::Bare(
-                    format!("The number of VMs exceeds the system limit (other running VMs: {})", others.join(", ")),
+                    format!(
+                        "The number of VMs exceeds the system limit (other running VMs: {})",
+                        others.join(", ")
+                    ),
                     1,
                 ))
             }
@@ -358,10 +488,14 @@ pub fn run(args: &[String]) -> R<()> {
         )));
     };
     if !Path::new("/usr/sbin/sshd").exists() {
-        return Err(sim_err("/usr/sbin/sshd is missing; install openssh-server".into()));
+        return Err(sim_err(
+            "/usr/sbin/sshd is missing; install openssh-server".into(),
+        ));
     }
     if unsafe { libc::geteuid() } != 0 {
-        return Err(sim_err("tart run must run as root (guests are sshd processes in their own namespaces)".into()));
+        return Err(sim_err(
+            "tart run must run as root (guests are sshd processes in their own namespaces)".into(),
+        ));
     }
     let Some((ip, _ip_lock)) = allocate_ip(&mac) else {
         return Err(sim_err(
@@ -384,7 +518,8 @@ pub fn run(args: &[String]) -> R<()> {
         shares,
     };
     let plan_path = gdir.join("plan.json");
-    fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap()).map_err(|e| sim_err(e.to_string()))?;
+    fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap())
+        .map_err(|e| sim_err(e.to_string()))?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -399,7 +534,10 @@ pub fn run(args: &[String]) -> R<()> {
 
     // Every child from here on lands in a fresh PID namespace; the first one is its init.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-        return Err(sim_err(format!("unshare(CLONE_NEWPID): {}", std::io::Error::last_os_error())));
+        return Err(sim_err(format!(
+            "unshare(CLONE_NEWPID): {}",
+            std::io::Error::last_os_error()
+        )));
     }
     let exe = std::env::current_exe().map_err(|e| sim_err(e.to_string()))?;
     let mut cmd = Command::new(exe);
@@ -415,10 +553,15 @@ pub fn run(args: &[String]) -> R<()> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| sim_err(format!("starting the guest: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| sim_err(format!("starting the guest: {e}")))?;
     let init = child.id() as i32;
     let me = std::process::id();
-    write_run_record(&dir, json!({"pid": me, "init_pid": init, "ip": ip, "ready": false}));
+    write_run_record(
+        &dir,
+        json!({"pid": me, "init_pid": init, "ip": ip, "ready": false}),
+    );
 
     let start = Instant::now();
     let boot = Duration::from_millis(sim.faults.boot_delay_ms);
@@ -445,7 +588,10 @@ pub fn run(args: &[String]) -> R<()> {
                 shutdown_requested = true;
             }
             libc::SIGUSR1 => {
-                let _ = writeln!(out, "Failed to suspend the VM: the VM was not started with --suspendable");
+                let _ = writeln!(
+                    out,
+                    "Failed to suspend the VM: the VM was not started with --suspendable"
+                );
                 let _ = out.flush();
                 unsafe { libc::kill(init, libc::SIGKILL) };
                 reap(init);
@@ -458,21 +604,31 @@ pub fn run(args: &[String]) -> R<()> {
         let r = unsafe { libc::waitpid(init, &mut status, libc::WNOHANG) };
         if r == init {
             let _ = fs::remove_file(dir.join("sim-run.json"));
-            let unexpected = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3 && !shutdown_requested;
+            let unexpected =
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3 && !shutdown_requested;
             if unexpected || (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 4) {
-                eprintln!("tart-sim: the guest's sshd exited unexpectedly, see {}", gdir.join("console.log").display());
+                eprintln!(
+                    "tart-sim: the guest's sshd exited unexpectedly, see {}",
+                    gdir.join("console.log").display()
+                );
             }
             let _ = writeln!(out, "guest has stopped the virtual machine");
             let _ = out.flush();
             return Ok(());
         }
         let el = start.elapsed();
-        if !ready && el >= boot && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if !ready
+            && el >= boot
+            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
             ready = true;
             if !sim.faults.never_ip {
                 write_lease(&name, &mac, &ip);
             }
-            write_run_record(&dir, json!({"pid": me, "init_pid": init, "ip": ip, "ready": true}));
+            write_run_record(
+                &dir,
+                json!({"pid": me, "init_pid": init, "ip": ip, "ready": true}),
+            );
         }
         if let Some(d) = dies {
             if el >= d && !shutdown_requested {
@@ -500,12 +656,22 @@ fn gc_tmp_run(home: &Path) {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
 }
 
 // ---------- the guest's init (PID 1 of the guest's PID namespace) ----------
 
-fn mnt(src: Option<&str>, dst: &str, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> Result<(), String> {
+fn mnt(
+    src: Option<&str>,
+    dst: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
     let c = |s: &str| std::ffi::CString::new(s).unwrap();
     let (s, t, d) = (src.map(c), fstype.map(c), data.map(c));
     let dc = c(dst);
@@ -515,27 +681,44 @@ fn mnt(src: Option<&str>, dst: &str, fstype: Option<&str>, flags: libc::c_ulong,
             dc.as_ptr(),
             t.as_ref().map(|x| x.as_ptr()).unwrap_or(std::ptr::null()),
             flags,
-            d.as_ref().map(|x| x.as_ptr() as *const libc::c_void).unwrap_or(std::ptr::null()),
+            d.as_ref()
+                .map(|x| x.as_ptr() as *const libc::c_void)
+                .unwrap_or(std::ptr::null()),
         )
     };
     if r == 0 {
         Ok(())
     } else {
-        Err(format!("mount {:?} on {dst}: {}", src, std::io::Error::last_os_error()))
+        Err(format!(
+            "mount {:?} on {dst}: {}",
+            src,
+            std::io::Error::last_os_error()
+        ))
     }
 }
 
 fn bind(src: &str, dst: &str, ro: bool) -> Result<(), String> {
     mnt(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
     if ro {
-        mnt(None, dst, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?;
+        mnt(
+            None,
+            dst,
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        )?;
     }
     Ok(())
 }
 
 /// A user namespace whose uid/gid maps swap `host_*` and `guest_*` (identity otherwise),
 /// for an idmapped mount that shows the host owner's files as the guest user's.
-fn swap_userns(host_uid: u32, guest_uid: u32, host_gid: u32, guest_gid: u32) -> Result<File, String> {
+fn swap_userns(
+    host_uid: u32,
+    guest_uid: u32,
+    host_gid: u32,
+    guest_gid: u32,
+) -> Result<File, String> {
     fn map(a: u32, b: u32) -> String {
         if a == b {
             return "0 0 4294967295\n".into();
@@ -548,7 +731,12 @@ fn swap_userns(host_uid: u32, guest_uid: u32, host_gid: u32, guest_gid: u32) -> 
         if hi - lo > 1 {
             s.push_str(&format!("{} {} {}\n", lo + 1, lo + 1, hi - lo - 1));
         }
-        s.push_str(&format!("{} {} {}\n", hi + 1, hi + 1, 4294967295u64 - hi - 1));
+        s.push_str(&format!(
+            "{} {} {}\n",
+            hi + 1,
+            hi + 1,
+            4294967295u64 - hi - 1
+        ));
         s
     }
     let mut fds = [0i32; 2];
@@ -578,8 +766,10 @@ fn swap_userns(host_uid: u32, guest_uid: u32, host_gid: u32, guest_gid: u32) -> 
         std::thread::sleep(Duration::from_millis(1));
     }
     let r = (|| -> Result<File, String> {
-        fs::write(format!("/proc/{pid}/uid_map"), map(host_uid, guest_uid)).map_err(|e| format!("uid_map: {e}"))?;
-        fs::write(format!("/proc/{pid}/gid_map"), map(host_gid, guest_gid)).map_err(|e| format!("gid_map: {e}"))?;
+        fs::write(format!("/proc/{pid}/uid_map"), map(host_uid, guest_uid))
+            .map_err(|e| format!("uid_map: {e}"))?;
+        fs::write(format!("/proc/{pid}/gid_map"), map(host_gid, guest_gid))
+            .map_err(|e| format!("gid_map: {e}"))?;
         File::open(format!("/proc/{pid}/ns/user")).map_err(|e| e.to_string())
     })();
     unsafe {
@@ -598,7 +788,13 @@ struct MountAttr {
 }
 
 /// Bind-mounts `src` on `dst` with the host owner's ids shown as the guest user's.
-fn idmapped_bind(src: &str, dst: &str, ro: bool, guest_uid: u32, guest_gid: u32) -> Result<(), String> {
+fn idmapped_bind(
+    src: &str,
+    dst: &str,
+    ro: bool,
+    guest_uid: u32,
+    guest_gid: u32,
+) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
     let md = fs::metadata(src).map_err(|e| e.to_string())?;
@@ -611,7 +807,12 @@ fn idmapped_bind(src: &str, dst: &str, ro: bool, guest_uid: u32, guest_gid: u32)
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
     const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
     let tree = unsafe {
-        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            csrc.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
     };
     if tree < 0 {
         return Err(format!("open_tree: {}", std::io::Error::last_os_error()));
@@ -624,7 +825,14 @@ fn idmapped_bind(src: &str, dst: &str, ro: bool, guest_uid: u32, guest_gid: u32)
         userns_fd: userns.as_raw_fd() as u64,
     };
     let r = unsafe {
-        libc::syscall(libc::SYS_mount_setattr, tree, empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
     };
     if r != 0 {
         let e = std::io::Error::last_os_error();
@@ -632,7 +840,14 @@ fn idmapped_bind(src: &str, dst: &str, ro: bool, guest_uid: u32, guest_gid: u32)
         return Err(format!("mount_setattr: {e}"));
     }
     let r = unsafe {
-        libc::syscall(libc::SYS_move_mount, tree, empty.as_ptr(), libc::AT_FDCWD, cdst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            cdst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
     };
     let e = std::io::Error::last_os_error();
     unsafe { libc::close(tree) };
@@ -647,7 +862,9 @@ fn share_bind(src: &str, dst: &str, ro: bool, uid: u32, gid: u32) -> Result<(), 
     match idmapped_bind(src, dst, ro, uid, gid) {
         Ok(()) => Ok(()),
         Err(e) => {
-            eprintln!("tart-sim guest init: no idmapped mount for {src} ({e}); files keep host ownership");
+            eprintln!(
+                "tart-sim guest init: no idmapped mount for {src} ({e}); files keep host ownership"
+            );
             bind(src, dst, ro)
         }
     }
@@ -699,23 +916,47 @@ pub fn guest_init(args: &[String]) -> R<()> {
     let plan_path = args.first().ok_or_else(|| fail("no plan".into()))?;
     let plan: Plan = serde_json::from_slice(&fs::read(plan_path).map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?;
-    let set = sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCHLD]);
+    let set = sigset(&[
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGCHLD,
+    ]);
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
     let g = PathBuf::from(&plan.guest_dir);
     let gs = |s: &str| g.join(s).to_string_lossy().into_owned();
     mnt(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(fail)?;
-    let _ = mnt(Some("proc"), "/proc", Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None);
+    let _ = mnt(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    );
     let run = gs("run");
     mnt(Some("tmpfs"), &run, Some("tmpfs"), 0, Some("mode=755")).map_err(fail)?;
     let io = |e: std::io::Error| fail(e.to_string());
     for d in ["shares", "sbin-upper", "sbin-work"] {
         fs::create_dir_all(g.join("run").join(d)).map_err(io)?;
     }
-    fs::copy(g.join("ssh_host_ed25519_key"), g.join("run/ssh_host_ed25519_key")).map_err(io)?;
-    fs::set_permissions(g.join("run/ssh_host_ed25519_key"), fs::Permissions::from_mode(0o600)).map_err(io)?;
+    fs::copy(
+        g.join("ssh_host_ed25519_key"),
+        g.join("run/ssh_host_ed25519_key"),
+    )
+    .map_err(io)?;
+    fs::set_permissions(
+        g.join("run/ssh_host_ed25519_key"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .map_err(io)?;
     fs::write(g.join("run/sshd_config"), &plan.sshd_config).map_err(io)?;
-    for (f, body) in [("mount.virtiofs", MOUNT_VIRTIOFS_LINUX), ("mount_virtiofs", MOUNT_VIRTIOFS_DARWIN)] {
+    for (f, body) in [
+        ("mount.virtiofs", MOUNT_VIRTIOFS_LINUX),
+        ("mount_virtiofs", MOUNT_VIRTIOFS_DARWIN),
+    ] {
         let p = g.join("run/sbin-upper").join(f);
         fs::write(&p, body).map_err(io)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(io)?;
@@ -732,7 +973,8 @@ pub fn guest_init(args: &[String]) -> R<()> {
                 let n = s.name.clone().unwrap_or_default().replace('/', "_");
                 let t = base.join(&n);
                 fs::create_dir_all(&t).map_err(io)?;
-                share_bind(&s.path, &t.to_string_lossy(), s.ro, plan.uid, plan.gid).map_err(fail)?;
+                share_bind(&s.path, &t.to_string_lossy(), s.ro, plan.uid, plan.gid)
+                    .map_err(fail)?;
             }
         }
     }
@@ -742,7 +984,9 @@ pub fn guest_init(args: &[String]) -> R<()> {
         "/usr/sbin",
         Some("overlay"),
         0,
-        Some("lowerdir=/usr/sbin,upperdir=/run/tart-sim/sbin-upper,workdir=/run/tart-sim/sbin-work"),
+        Some(
+            "lowerdir=/usr/sbin,upperdir=/run/tart-sim/sbin-upper,workdir=/run/tart-sim/sbin-work",
+        ),
     ) {
         eprintln!("tart-sim guest init: no mount helpers in the guest: {e}");
     }
@@ -797,12 +1041,20 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
     };
     let open = |ns: &str| File::open(format!("/proc/{init}/ns/{ns}"));
     let (Ok(mntns), Ok(pidns)) = (open("mnt"), open("pid")) else {
-        return Err(Fail::Bare(format!("VM is not running (guest init {init} is gone)"), 2));
+        return Err(Fail::Bare(
+            format!("VM is not running (guest init {init} is gone)"),
+            2,
+        ));
     };
     use std::os::unix::io::AsRawFd;
     unsafe {
-        if libc::setns(pidns.as_raw_fd(), libc::CLONE_NEWPID) != 0 || libc::setns(mntns.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
-            return Err(Fail::Error(format!("tart-sim: entering the guest: {}", std::io::Error::last_os_error())));
+        if libc::setns(pidns.as_raw_fd(), libc::CLONE_NEWPID) != 0
+            || libc::setns(mntns.as_raw_fd(), libc::CLONE_NEWNS) != 0
+        {
+            return Err(Fail::Error(format!(
+                "tart-sim: entering the guest: {}",
+                std::io::Error::last_os_error()
+            )));
         }
     }
     let path = if sim.os == "darwin" {
@@ -821,10 +1073,17 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
         .env("SHELL", "/bin/bash")
         .env("LANG", "C.UTF-8")
         .current_dir(&home)
-        .stdin(if interactive { Stdio::inherit() } else { Stdio::null() });
+        .stdin(if interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     unsafe {
         c.pre_exec(move || {
-            if libc::initgroups(cuser.as_ptr(), gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            if libc::initgroups(cuser.as_ptr(), gid) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -833,7 +1092,10 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
     let mut child = match c.spawn() {
         Ok(ch) => ch,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Fail::Error(format!("exec: \"{}\": executable file not found in $PATH", cmd[0])))
+            return Err(Fail::Error(format!(
+                "exec: \"{}\": executable file not found in $PATH",
+                cmd[0]
+            )))
         }
         Err(e) => return Err(Fail::Error(format!("fork/exec {}: {}", cmd[0], e))),
     };

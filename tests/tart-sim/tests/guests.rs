@@ -24,7 +24,10 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn state(b: &Bed, vm: &str) -> String {
-    json(&b.ok(&["get", vm, "--format", "json"]).stdout)["State"].as_str().unwrap().to_string()
+    json(&b.ok(&["get", vm, "--format", "json"]).stdout)["State"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -34,18 +37,39 @@ fn done_when_ssh_login_list_running_and_stop_ends_sessions() {
     b.clone_vm(MAC_BASE, "a");
     let r = b.run_bg("a", &[]);
     let ip = b.ip("a");
-    assert!(ip.starts_with("127.0."), "{ip}");
+    assert!(
+        ip.starts_with("127.") && ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "{ip}"
+    );
     let o = b.ssh(&ip, "admin", "admin", "id -un; echo $HOME; pwd");
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(o.stdout, "admin\n/Users/admin\n/Users/admin\n");
     let l = json(&b.ok(&["list", "--format", "json"]).stdout);
-    let a = l.as_array().unwrap().iter().find(|e| e["Name"] == "a").unwrap().clone();
-    assert_eq!((a["State"].as_str(), a["Running"].as_bool()), (Some("running"), Some(true)));
+    let a = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (a["State"].as_str(), a["Running"].as_bool()),
+        (Some("running"), Some(true))
+    );
 
     // A long session is cut off when the VM stops.
     let askpass = b.root.join("askpass.sh");
     let session = std::process::Command::new("ssh")
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "LogLevel=ERROR",
+        ])
         .arg(format!("admin@{ip}"))
         .arg("sleep 60")
         .env("SSH_ASKPASS", &askpass)
@@ -56,7 +80,11 @@ fn done_when_ssh_login_list_running_and_stop_ends_sessions() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !procs_matching("sshd: admin@notty").is_empty() || !procs_matching("sleep 60").is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || !procs_matching(
+        "sshd: admin@notty"
+    )
+    .is_empty()
+        || !procs_matching("sleep 60").is_empty()));
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let o = b.tart(&["stop", "a"]);
@@ -67,7 +95,11 @@ fn done_when_ssh_login_list_running_and_stop_ends_sessions() {
     let o = wait_output(session, Duration::from_secs(10));
     assert_ne!(o.code, 0, "the session must end with the VM");
     assert_eq!(state(&b, "a"), "stopped");
-    assert!(procs_matching(&b.home.to_string_lossy()).is_empty(), "{:?}", procs_matching(&b.home.to_string_lossy()));
+    assert!(
+        procs_matching(&b.home.to_string_lossy()).is_empty(),
+        "{:?}",
+        procs_matching(&b.home.to_string_lossy())
+    );
     // The lease outlives the VM: a stopped VM still has its (stale) IP.
     assert_eq!(b.ok(&["ip", "a"]).stdout.trim(), ip);
 }
@@ -80,7 +112,11 @@ fn wrong_password_is_refused() {
     b.run_bg("vm", &[]);
     let ip = b.ip("vm");
     assert_ne!(b.ssh(&ip, "admin", "nope", "true").code, 0);
-    assert_ne!(b.ssh(&ip, "builder", "b-uild3r!pw", "true").code, 0, "only the image's user may log in");
+    assert_ne!(
+        b.ssh(&ip, "builder", "b-uild3r!pw", "true").code,
+        0,
+        "only the image's user may log in"
+    );
 }
 
 #[test]
@@ -106,11 +142,17 @@ fn third_macos_guest_hits_the_limit_but_linux_guests_do_not_count() {
     b.clone_vm(UBUNTU, "l2");
     b.run_bg("m1", &[]);
     b.run_bg("m2", &[]);
-    assert!(wait_until(Duration::from_secs(5), || state(&b, "m1") == "running" && state(&b, "m2") == "running"));
+    assert!(wait_until(Duration::from_secs(5), || state(&b, "m1")
+        == "running"
+        && state(&b, "m2") == "running"));
     let o = b.tart(&["run", "--no-graphics", "m3"]);
     assert_eq!(o.code, 1);
     let msg = o.stderr.trim_end();
-    assert!(msg == "The number of VMs exceeds the system limit (other running VMs: m1, m2)" || msg == "The number of VMs exceeds the system limit (other running VMs: m2, m1)", "{msg}");
+    assert!(
+        msg == "The number of VMs exceeds the system limit (other running VMs: m1, m2)"
+            || msg == "The number of VMs exceeds the system limit (other running VMs: m2, m1)",
+        "{msg}"
+    );
     assert_eq!(state(&b, "m3"), "stopped");
     let l1 = b.run_bg("l1", &[]);
     let l2 = b.run_bg("l2", &[]);
@@ -133,7 +175,10 @@ fn running_twice_says_already_running_with_exit_2() {
     b.run_bg("vm", &[]);
     assert!(wait_until(Duration::from_secs(5), || state(&b, "vm") == "running"));
     let o = b.tart(&["run", "vm"]);
-    assert_eq!((o.code, o.stderr.as_str()), (2, "VM \"vm\" is already running!\n"));
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "VM \"vm\" is already running!\n")
+    );
 }
 
 #[test]
@@ -174,7 +219,10 @@ fn never_ip_fault_gives_no_ip_within_the_wait() {
     let o = b.tart(&["ip", "vm", "--wait", "2"]);
     assert_eq!((o.code, o.stderr.as_str()), (1, "no IP address found\n"));
     let el = t.elapsed();
-    assert!(el >= Duration::from_secs(2) && el < Duration::from_millis(4500), "{el:?}");
+    assert!(
+        el >= Duration::from_secs(2) && el < Duration::from_millis(4500),
+        "{el:?}"
+    );
 }
 
 #[test]
@@ -183,7 +231,11 @@ fn run_dies_fault_exits_1_at_once_with_the_message() {
     let b = Bed::new();
     b.clone_vm(UBUNTU, "vm");
     b.set_fault("vm", "run_dies", serde_json::json!(true));
-    b.set_fault("vm", "run_dies_message", serde_json::json!("Failed to start: boom"));
+    b.set_fault(
+        "vm",
+        "run_dies_message",
+        serde_json::json!("Failed to start: boom"),
+    );
     let o = b.tart(&["run", "vm"]);
     assert_eq!((o.code, o.stderr.as_str()), (1, "Failed to start: boom\n"));
     assert_eq!(state(&b, "vm"), "stopped");
@@ -197,7 +249,10 @@ fn guest_dying_makes_run_say_guest_has_stopped_and_exit_0() {
     b.set_fault("vm", "guest_dies_after_ms", serde_json::json!(800));
     let r = b.run_bg("vm", &[]);
     assert_eq!(b.wait_run(r, Duration::from_secs(10)), Some(0));
-    assert_eq!(b.run_output("vm").0, "guest has stopped the virtual machine\n");
+    assert_eq!(
+        b.run_output("vm").0,
+        "guest has stopped the virtual machine\n"
+    );
     assert_eq!(state(&b, "vm"), "stopped");
 }
 
@@ -221,7 +276,10 @@ fn sigint_prints_stopping_vm_and_exits_0() {
     b.ip("vm");
     unsafe { libc::kill(b.run_pid(r), libc::SIGINT) };
     assert_eq!(b.wait_run(r, Duration::from_secs(5)), Some(0));
-    assert_eq!(b.run_output("vm"), ("Stopping VM...\n".to_string(), String::new()));
+    assert_eq!(
+        b.run_output("vm"),
+        ("Stopping VM...\n".to_string(), String::new())
+    );
 }
 
 #[test]
@@ -232,9 +290,18 @@ fn sigterm_kills_run_silently_and_the_guest_with_it() {
     let r = b.run_bg("vm", &[]);
     let ip = b.ip("vm");
     unsafe { libc::kill(b.run_pid(r), libc::SIGTERM) };
-    assert_eq!(b.wait_run(r, Duration::from_secs(5)), Some(128 + libc::SIGTERM));
+    assert_eq!(
+        b.wait_run(r, Duration::from_secs(5)),
+        Some(128 + libc::SIGTERM)
+    );
     assert_eq!(b.run_output("vm"), (String::new(), String::new()));
-    assert!(wait_until(Duration::from_secs(3), || std::net::TcpStream::connect_timeout(&format!("{ip}:22").parse().unwrap(), Duration::from_millis(200)).is_err()));
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::net::TcpStream::connect_timeout(
+            &format!("{ip}:22").parse().unwrap(),
+            Duration::from_millis(200),
+        )
+        .is_err()
+    }));
     assert_eq!(state(&b, "vm"), "stopped");
 }
 
@@ -248,7 +315,11 @@ fn sigkill_of_run_takes_the_guest_down() {
     unsafe { libc::kill(b.run_pid(r), libc::SIGKILL) };
     b.wait_run(r, Duration::from_secs(5));
     let home = b.home.to_string_lossy().into_owned();
-    assert!(wait_until(Duration::from_secs(3), || procs_matching(&home).is_empty()), "{:?}", procs_matching(&home));
+    assert!(
+        wait_until(Duration::from_secs(3), || procs_matching(&home).is_empty()),
+        "{:?}",
+        procs_matching(&home)
+    );
 }
 
 #[test]
@@ -260,7 +331,10 @@ fn sigusr2_requests_a_guest_shutdown() {
     b.ip("vm");
     unsafe { libc::kill(b.run_pid(r), libc::SIGUSR2) };
     assert_eq!(b.wait_run(r, Duration::from_secs(5)), Some(0));
-    assert_eq!(b.run_output("vm").0, "Requesting guest OS to stop...\nguest has stopped the virtual machine\n");
+    assert_eq!(
+        b.run_output("vm").0,
+        "Requesting guest OS to stop...\nguest has stopped the virtual machine\n"
+    );
 }
 
 #[test]
@@ -270,8 +344,17 @@ fn exec_passes_exit_status_and_output_through() {
     b.clone_vm(UBUNTU, "vm");
     b.run_bg("vm", &[]);
     b.ip("vm");
-    let o = b.tart(&["exec", "vm", "sh", "-c", "id -un; pwd; echo err >&2; exit 7"]);
-    assert_eq!((o.code, o.stdout.as_str(), o.stderr.as_str()), (7, "admin\n/Users/admin\n", "err\n"));
+    let o = b.tart(&[
+        "exec",
+        "vm",
+        "sh",
+        "-c",
+        "id -un; pwd; echo err >&2; exit 7",
+    ]);
+    assert_eq!(
+        (o.code, o.stdout.as_str(), o.stderr.as_str()),
+        (7, "admin\n/Users/admin\n", "err\n")
+    );
     let o = b.tart(&["exec", "vm", "sh", "-c", "kill -9 $$"]);
     assert_eq!(o.code, 255);
     let o = b.tart(&["exec", "vm", "no-such-command"]);
@@ -288,7 +371,13 @@ fn exec_forwards_stdin_only_with_i() {
     b.ip("vm");
     use std::io::Write;
     let run = |args: &[&str]| -> Out {
-        let mut ch = b.cmd(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut ch = b
+            .cmd(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         ch.stdin.take().unwrap().write_all(b"hello\n").unwrap();
         wait_output(ch, Duration::from_secs(10))
     };
@@ -306,8 +395,16 @@ fn exec_without_the_agent_fails_after_a_delay() {
     let t = Instant::now();
     let o = b.tart(&["exec", "vm", "true"]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("Failed to connect to the VM using its control socket: "), "{}", o.stderr);
-    assert!(o.stderr.trim_end().ends_with(", is the Tart Guest Agent running?"));
+    assert!(
+        o.stderr
+            .starts_with("Failed to connect to the VM using its control socket: "),
+        "{}",
+        o.stderr
+    );
+    assert!(o
+        .stderr
+        .trim_end()
+        .ends_with(", is the Tart Guest Agent running?"));
     assert!(t.elapsed() >= Duration::from_secs(1));
 }
 
@@ -322,10 +419,18 @@ fn guest_paths_are_private_per_vm() {
     b.ip("x");
     b.ip("y");
     for p in ["/tmp/f", "/var/tmp/f", "/Users/admin/f"] {
-        assert_eq!(b.tart(&["exec", "x", "sh", "-c", &format!("echo x > {p}")]).code, 0);
+        assert_eq!(
+            b.tart(&["exec", "x", "sh", "-c", &format!("echo x > {p}")])
+                .code,
+            0
+        );
         let o = b.tart(&["exec", "y", "cat", p]);
         assert_ne!(o.code, 0, "{p} leaked between guests");
-        assert!(!std::path::Path::new(p).exists() || std::fs::read_to_string(p).unwrap_or_default() != "x\n", "{p} leaked to the host");
+        assert!(
+            !std::path::Path::new(p).exists()
+                || std::fs::read_to_string(p).unwrap_or_default() != "x\n",
+            "{p} leaked to the host"
+        );
     }
 }
 
@@ -343,11 +448,24 @@ fn two_guests_sharing_at_the_same_guest_path_see_only_their_own_files() {
     b.run_bg("q", &["--dir", &format!("builds:{}", s2.display())]);
     b.ip("p");
     b.ip("q");
-    let ls = |vm: &str| b.tart(&["exec", vm, "ls", "/Volumes/My Shared Files/builds"]).stdout;
+    let ls = |vm: &str| {
+        b.tart(&["exec", vm, "ls", "/Volumes/My Shared Files/builds"])
+            .stdout
+    };
     assert_eq!(ls("p"), "only-one\n");
     assert_eq!(ls("q"), "only-two\n");
     // Writes go to the host directory.
-    assert_eq!(b.tart(&["exec", "p", "sudo", "touch", "/Volumes/My Shared Files/builds/from-guest"]).code, 0);
+    assert_eq!(
+        b.tart(&[
+            "exec",
+            "p",
+            "sudo",
+            "touch",
+            "/Volumes/My Shared Files/builds/from-guest"
+        ])
+        .code,
+        0
+    );
     assert!(s1.join("from-guest").exists());
 }
 
@@ -360,7 +478,11 @@ fn single_unnamed_share_is_my_shared_files_itself() {
     b.clone_vm(MAC_BASE, "vm");
     b.run_bg("vm", &["--dir", &s.to_string_lossy()]);
     b.ip("vm");
-    assert_eq!(b.tart(&["exec", "vm", "cat", "/Volumes/My Shared Files/hello"]).stdout, "hi");
+    assert_eq!(
+        b.tart(&["exec", "vm", "cat", "/Volumes/My Shared Files/hello"])
+            .stdout,
+        "hi"
+    );
 }
 
 #[test]
@@ -371,7 +493,13 @@ fn read_only_share_refuses_writes() {
     b.clone_vm(MAC_BASE, "vm");
     b.run_bg("vm", &["--dir", &format!("cache:{}:ro", s.display())]);
     b.ip("vm");
-    let o = b.tart(&["exec", "vm", "sudo", "touch", "/Volumes/My Shared Files/cache/x"]);
+    let o = b.tart(&[
+        "exec",
+        "vm",
+        "sudo",
+        "touch",
+        "/Volumes/My Shared Files/cache/x",
+    ]);
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("Read-only file system"), "{}", o.stderr);
     assert!(!s.join("x").exists());
@@ -384,12 +512,22 @@ fn linux_guest_mounts_a_tagged_share_with_mount_t_virtiofs() {
     let s = b.share_dir("builds");
     std::fs::write(s.join("f"), "linux").unwrap();
     b.clone_vm(UBUNTU, "vm");
-    b.run_bg("vm", &["--dir", &format!("{}:tag=tart.virtiofs.buildsdir.1", s.display())]);
+    b.run_bg(
+        "vm",
+        &[
+            "--dir",
+            &format!("{}:tag=tart.virtiofs.buildsdir.1", s.display()),
+        ],
+    );
     b.ip("vm");
     let o = b.tart(&["exec", "vm", "sh", "-c", "mkdir -p /tmp/b && sudo mount -t virtiofs tart.virtiofs.buildsdir.1 /tmp/b && cat /tmp/b/f"]);
     assert_eq!((o.code, o.stdout.as_str()), (0, "linux"), "{}", o.stderr);
     // Nothing is auto-mounted in Linux guests.
-    assert_ne!(b.tart(&["exec", "vm", "ls", "/Volumes/My Shared Files"]).code, 0);
+    assert_ne!(
+        b.tart(&["exec", "vm", "ls", "/Volumes/My Shared Files"])
+            .code,
+        0
+    );
 }
 
 #[test]
@@ -399,9 +537,21 @@ fn macos_guest_mount_virtiofs_mounts_a_custom_tag() {
     let s = b.share_dir("c");
     std::fs::write(s.join("f"), "mac").unwrap();
     b.clone_vm(MAC_BASE, "vm");
-    b.run_bg("vm", &["--dir", &format!("{}:tag=tart.virtiofs.cachedir.1", s.display())]);
+    b.run_bg(
+        "vm",
+        &[
+            "--dir",
+            &format!("{}:tag=tart.virtiofs.cachedir.1", s.display()),
+        ],
+    );
     b.ip("vm");
-    let o = b.tart(&["exec", "vm", "sh", "-c", "mkdir -p /tmp/c && mount_virtiofs tart.virtiofs.cachedir.1 /tmp/c && cat /tmp/c/f"]);
+    let o = b.tart(&[
+        "exec",
+        "vm",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/c && mount_virtiofs tart.virtiofs.cachedir.1 /tmp/c && cat /tmp/c/f",
+    ]);
     assert_eq!((o.code, o.stdout.as_str()), (0, "mac"), "{}", o.stderr);
 }
 
@@ -413,7 +563,11 @@ fn missing_guest_user_is_reported_with_the_setup_script() {
     b.clone_vm("r.io/a/ghost:latest", "vm");
     let o = b.tart(&["run", "vm"]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("tests/bed/setup-guest-users.sh"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("tests/bed/setup-guest-users.sh"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -447,5 +601,8 @@ fn shared_files_belong_to_the_guest_user_and_writes_keep_host_ownership() {
     let o = b.tart(&["exec", "vm", "sh", "-c", "stat -c %U '/Volumes/My Shared Files/builds/host-file' && echo g > '/Volumes/My Shared Files/builds/guest-file'"]);
     assert_eq!((o.code, o.stdout.as_str()), (0, "admin\n"), "{}", o.stderr);
     let host_owner = std::fs::metadata(&s).unwrap().uid();
-    assert_eq!(std::fs::metadata(s.join("guest-file")).unwrap().uid(), host_owner);
+    assert_eq!(
+        std::fs::metadata(s.join("guest-file")).unwrap().uid(),
+        host_owner
+    );
 }

@@ -26,7 +26,10 @@ impl From<Output> for Out {
     fn from(o: Output) -> Self {
         use std::os::unix::process::ExitStatusExt;
         Out {
-            code: o.status.code().unwrap_or(128 + o.status.signal().unwrap_or(0)),
+            code: o
+                .status
+                .code()
+                .unwrap_or(128 + o.status.signal().unwrap_or(0)),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
@@ -35,7 +38,10 @@ impl From<Output> for Out {
 
 fn uniq() -> String {
     let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -56,7 +62,12 @@ impl Bed {
         let host = root.join("host");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&host).unwrap();
-        let b = Bed { root, home, host, runs: vec![] };
+        let b = Bed {
+            root,
+            home,
+            host,
+            runs: vec![],
+        };
         b.catalogue(STD_CATALOGUE);
         b
     }
@@ -92,7 +103,11 @@ impl Bed {
 
     pub fn ok(&self, args: &[&str]) -> Out {
         let o = self.tart(args);
-        assert_eq!(o.code, 0, "tart {args:?} failed: stdout={:?} stderr={:?}", o.stdout, o.stderr);
+        assert_eq!(
+            o.code, 0,
+            "tart {args:?} failed: stdout={:?} stderr={:?}",
+            o.stdout, o.stderr
+        );
         o
     }
 
@@ -107,7 +122,13 @@ impl Bed {
         args.push(vm);
         let out = std::fs::File::create(self.root.join(format!("{vm}.run.out"))).unwrap();
         let err = std::fs::File::create(self.root.join(format!("{vm}.run.err"))).unwrap();
-        let child = self.cmd(&args).stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap();
+        let child = self
+            .cmd(&args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
         self.runs.push(child);
         self.runs.len() - 1
     }
@@ -138,7 +159,12 @@ impl Bed {
 
     pub fn ip(&self, vm: &str) -> String {
         let o = self.tart(&["ip", vm, "--wait", "20"]);
-        assert_eq!(o.code, 0, "no IP for {vm}: {o:?}", o = (o.stdout.clone(), o.stderr.clone()));
+        assert_eq!(
+            o.code,
+            0,
+            "no IP for {vm}: {o:?}",
+            o = (o.stdout.clone(), o.stderr.clone())
+        );
         o.stdout.trim().to_string()
     }
 
@@ -146,19 +172,30 @@ impl Bed {
     pub fn ssh(&self, ip: &str, user: &str, password: &str, command: &str) -> Out {
         let askpass = self.root.join("askpass.sh");
         if !askpass.exists() {
-            std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$SIM_SSH_PASSWORD\"\n").unwrap();
+            std::fs::write(
+                &askpass,
+                "#!/bin/sh\nprintf '%s\\n' \"$SIM_SSH_PASSWORD\"\n",
+            )
+            .unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let child = Command::new("ssh")
             .args([
-                "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "PubkeyAuthentication=no",
-                "-o", "PreferredAuthentications=password",
-                "-o", "NumberOfPasswordPrompts=1",
-                "-o", "ConnectTimeout=5",
-                "-o", "LogLevel=ERROR",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
             ])
             .arg(format!("{user}@{ip}"))
             .arg(command)
@@ -236,7 +273,15 @@ pub fn is_root() -> bool {
 
 /// Tests that boot guests need root, /usr/sbin/sshd and the guest users.
 pub fn can_boot() -> bool {
-    is_root() && Path::new("/usr/sbin/sshd").exists() && Command::new("id").arg("admin").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    is_root()
+        && Path::new("/usr/sbin/sshd").exists()
+        && Command::new("id")
+            .arg("admin")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
 }
 
 pub fn json(s: &str) -> serde_json::Value {
