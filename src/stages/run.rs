@@ -42,10 +42,19 @@ pub fn run(args: &RunArgs) -> StageResult {
         RemoteExit::Code(0) => Ok(()),
         RemoteExit::Code(code) => Err(Failure::Build(code)),
         RemoteExit::Lost(why) => {
-            let detail = state
-                .run_ending()
-                .map(|e| format!("; Tart: {e}"))
-                .unwrap_or_default();
+            // The connection often drops a moment before the supervisor has recorded how
+            // `tart run` ended; Tart's words are worth a short wait.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let ending = loop {
+                match state.run_ending() {
+                    Some(ending) => break Some(ending),
+                    None if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(100))
+                    }
+                    None => break None,
+                }
+            };
+            let detail = ending.map(|e| format!("; Tart: {e}")).unwrap_or_default();
             Err(Failure::System(anyhow!(
                 "stage {}: {why}{detail}. The VM is gone; retry the job (GitLab `retry: when: runner_system_failure`)",
                 args.stage
