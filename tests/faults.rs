@@ -196,7 +196,9 @@ fn a_guest_dying_during_a_run_stage_is_a_system_failure_not_the_users() {
     let started = Instant::now();
     let out = run_job(
         &bed.runner(),
-        &Job::new().image(FAULTY).script(["echo working", "sleep 120"]),
+        &Job::new()
+            .image(FAULTY)
+            .script(["echo working", "sleep 120"]),
     );
     assert_system_failure(&out, "The VM is gone");
     out.assert_log_contains("working");
@@ -271,7 +273,10 @@ fn a_registry_refusing_credentials_fails_without_showing_them() {
     assert_system_failure(&out, "AuthFailed");
     out.assert_log_contains("registry credentials");
     assert!(!out.log.contains(password), "password in the job log");
-    assert!(!out.runner_log.contains(password), "password in the runner log");
+    assert!(
+        !out.runner_log.contains(password),
+        "password in the runner log"
+    );
     assert_within(started, Duration::from_secs(40));
     bed.assert_nothing_left();
 }
@@ -332,7 +337,10 @@ fn prepare_failing_twice_then_succeeding_runs_the_job_on_the_third_attempt() {
     // The wrapper runs against this bed's TART_HOME (it inherits the stage's environment).
     let bed = Bed::new().option(["-x", wrapper.to_str().unwrap()]);
     let started = Instant::now();
-    let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["echo third-time"]));
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(MACOS).script(["echo third-time"]),
+    );
     out.assert_success().assert_log_contains("third-time");
     out.assert_log_contains("transient clone failure");
     assert_eq!(out.prepare_attempts, 3);
@@ -448,10 +456,7 @@ fn kill_prepare_at(bed: &Bed, job: &common::DirectJob, point: KillPoint) {
 
 fn slow_bed() -> Bed {
     // A slow pull and clone and a slow boot leave time to hit each point.
-    Bed::new().image(
-        FAULTY,
-        Image::darwin().pull_ms(1500).boot_delay_ms(1500),
-    )
+    Bed::new().image(FAULTY, Image::darwin().pull_ms(1500).boot_delay_ms(1500))
 }
 
 /// A bed whose `tart clone` lingers 5 s after the clone is on disk, through a wrapper in
@@ -500,7 +505,10 @@ fn kill_9_of_prepare_during_clone_is_swept_by_the_next_jobs_prepare() {
     let next = bed.direct_job(FAULTY);
     let (code, log) = bed.stage(&next, &["prepare"]);
     assert_eq!(code, 0, "{log}");
-    assert!(log.contains(&victim.vm_name()), "the sweep did not name the victim: {log}");
+    assert!(
+        log.contains(&victim.vm_name()),
+        "the sweep did not name the victim: {log}"
+    );
     let (code, log) = bed.stage(&next, &["cleanup"]);
     assert_eq!(code, 0, "{log}");
     bed.assert_nothing_left_within(Duration::from_secs(10));
@@ -553,12 +561,12 @@ fn kill_9_of_prepare_and_its_supervisor_is_swept_by_gc() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     assert!(state.exists());
-    let out = bed.driver(&[
-        "gc",
-        "--state-dir",
-        bed.state_dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bed.driver(&["gc", "--state-dir", bed.state_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&job.vm_name()),
         "{}",
@@ -645,7 +653,11 @@ fn kill_9_of_cleanup_midway_is_finished_by_the_next_cleanup_or_sweep() {
             assert_eq!(code, 0, "{log}");
         } else {
             let out = bed.driver(&["gc", "--state-dir", bed.state_dir.to_str().unwrap()]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         bed.assert_nothing_left_within(Duration::from_secs(15));
     }
@@ -699,7 +711,8 @@ fn sigterm_during_a_run_stage_stops_the_remote_command_within_two_seconds() {
             .cancel_after("build_script", Duration::from_secs(2)),
     );
     out.assert_verdict(Verdict::Canceled);
-    out.assert_log_contains("started").assert_log_contains("VICTIM-GONE");
+    out.assert_log_contains("started")
+        .assert_log_contains("VICTIM-GONE");
     assert!(
         !out.log.lines().any(|l| l.trim() == "VICTIM-ALIVE"),
         "{}",
@@ -741,10 +754,16 @@ fn after_a_host_reboot_the_sweep_removes_every_leftover_vm() {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
-    assert!(wait_until(Duration::from_secs(10), || pids_with_args(&[&state]).is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || pids_with_args(&[
+        &state
+    ])
+    .is_empty()));
     std::fs::remove_dir_all(&bed.state_dir).unwrap();
     // Sweep on the next job's prepare (and via gc): both VMs gone, the new job runs.
-    let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["echo after-reboot"]));
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(MACOS).script(["echo after-reboot"]),
+    );
     out.assert_success()
         .assert_log_contains("after-reboot")
         .assert_log_contains("Removed 2 orphaned VM(s)");
@@ -790,7 +809,8 @@ fn three_concurrent_macos_jobs_never_run_more_than_two_guests() {
         done.store(true, Ordering::Relaxed);
         sampler.join().unwrap();
         for (i, out) in outs.iter().enumerate() {
-            out.assert_success().assert_log_contains(&format!("job-{i}"));
+            out.assert_success()
+                .assert_log_contains(&format!("job-{i}"));
         }
         assert!(
             outs.iter()

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{skip_e2e, Bed, DRIVER, MACOS};
+use common::{skip_e2e, Bed, MACOS};
 use harness::{run_job, Job};
 
 fn gc(bed: &Bed, extra: &[&str]) -> std::process::Output {

@@ -74,7 +74,10 @@ fn newlines_and_shell_metacharacters_in_tart_variables_are_refused_by_name() {
     ] {
         let out = run_job(
             &bed.runner(),
-            &Job::new().image(MACOS).var(var, &value).script(["echo ran"]),
+            &Job::new()
+                .image(MACOS)
+                .var(var, &value)
+                .script(["echo ran"]),
         );
         assert_eq!(
             out.verdict,
@@ -83,7 +86,10 @@ fn newlines_and_shell_metacharacters_in_tart_variables_are_refused_by_name() {
             out.log
         );
         out.assert_log_contains(var);
-        assert!(!canary.exists(), "{var}={value:?} ran a command on the host");
+        assert!(
+            !canary.exists(),
+            "{var}={value:?} ran a command on the host"
+        );
         bed.assert_nothing_left();
     }
 }
@@ -102,10 +108,15 @@ fn a_jobs_tart_home_has_no_effect_on_where_tart_works() {
             .var("TART_HOME", elsewhere.to_str().unwrap())
             .script(["echo ran-in-the-right-home"]),
     );
-    out.assert_success().assert_log_contains("ran-in-the-right-home");
+    out.assert_success()
+        .assert_log_contains("ran-in-the-right-home");
     assert!(!elsewhere.exists(), "Tart worked in the job's TART_HOME");
     // The image was pulled into the admin's home.
-    assert!(bed.sim.list().iter().any(|v| v.name.starts_with("ghcr.io/")));
+    assert!(bed
+        .sim
+        .list()
+        .iter()
+        .any(|v| v.name.starts_with("ghcr.io/")));
     bed.assert_nothing_left();
 }
 
@@ -131,12 +142,16 @@ fn claiming_another_jobs_identity_does_not_reach_its_vm() {
     );
     out.assert_success().assert_log_contains("attacker-ran");
     assert!(
-        !out.log.contains(&format!("Preparing VM {}", victim.vm_name())),
+        !out.log
+            .contains(&format!("Preparing VM {}", victim.vm_name())),
         "{}",
         out.log
     );
     assert!(
-        bed.sim.local_vms().iter().any(|v| v.name == victim.vm_name()),
+        bed.sim
+            .local_vms()
+            .iter()
+            .any(|v| v.name == victim.vm_name()),
         "the victim's VM is gone"
     );
     let (code, log) = bed.run_script(&victim, "build_script", b"echo victim-still-runs\n");
@@ -160,7 +175,10 @@ fn scripts_and_output_of_every_byte_value_arrive_intact() {
     assert_eq!(code, 0, "{log}");
 
     // In: bytes 1..=255 except the quote, inside a single-quoted string, 64 times over.
-    let payload: Vec<u8> = (1u8..=255).filter(|&b| b != b'\'').collect::<Vec<_>>().repeat(64);
+    let payload: Vec<u8> = (1u8..=255)
+        .filter(|&b| b != b'\'')
+        .collect::<Vec<_>>()
+        .repeat(64);
     let mut script = b"export LC_ALL=C\nx='".to_vec();
     script.extend_from_slice(&payload);
     script.extend_from_slice(b"'\nprintf %s \"$x\" | sha256sum >&2\n");
@@ -175,9 +193,17 @@ fn scripts_and_output_of_every_byte_value_arrive_intact() {
         .stage_command(&job, &["run", path.to_str().unwrap(), "build_script"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&sha256(&payload)), "input bytes changed: {stderr}");
+    assert!(
+        stderr.contains(&sha256(&payload)),
+        "input bytes changed: {stderr}"
+    );
     let all: Vec<u8> = (0..=255u8).collect::<Vec<_>>().repeat(4096);
     assert_eq!(out.stdout.len(), all.len());
     assert_eq!(sha256(&out.stdout), sha256(&all), "output bytes changed");
@@ -195,7 +221,9 @@ fn a_one_megabyte_line_arrives_intact_both_ways() {
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);
     assert_eq!(code, 0, "{log}");
-    let line: String = (0..1024 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let line: String = (0..1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     let script = format!("x={line}\nprintf %s \"$x\" | sha256sum >&2\necho \"$x\"\n");
     let path = job.dir.path().join("long-line");
     std::fs::write(&path, &script).unwrap();
@@ -203,7 +231,12 @@ fn a_one_megabyte_line_arrives_intact_both_ways() {
         .stage_command(&job, &["run", path.to_str().unwrap(), "build_script"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&sha256(line.as_bytes())));
     assert_eq!(out.stdout, format!("{line}\n").into_bytes());
     let (code, _) = bed.stage(&job, &["cleanup"]);

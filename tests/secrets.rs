@@ -77,7 +77,9 @@ fn files_with(dir: &Path, secrets: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
@@ -169,20 +171,29 @@ fn no_secret_reaches_argv_long_lived_processes_logs_or_files() {
         done.store(true, Ordering::Relaxed);
         out
     });
-    out.assert_success().assert_log_contains("job-ran-as-builder");
+    out.assert_success()
+        .assert_log_contains("job-ran-as-builder");
     let seen = seen.into_inner().unwrap();
     let bad: Vec<_> = seen.iter().filter(|s| !allowed(s)).collect();
-    assert!(bad.is_empty(), "secrets seen where they must not be: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "secrets seen where they must not be: {bad:#?}"
+    );
     // The sampler did see the processes it had to: proof that it looked.
     assert!(
-        seen.iter().any(|s| s.comm == "tart" && s.secret == REGISTRY_PASSWORD),
+        seen.iter()
+            .any(|s| s.comm == "tart" && s.secret == REGISTRY_PASSWORD),
         "the sampler never saw the pull: {seen:#?}"
     );
     for s in secrets {
         assert!(!out.log.contains(s), "{s} in the job log");
         assert!(!out.runner_log.contains(s), "{s} in the runner log");
         for stage in out.stages.iter().chain(&out.cleanups) {
-            assert!(!stage.stdout.contains(s) && !stage.stderr.contains(s), "{s} in {}", stage.name);
+            assert!(
+                !stage.stdout.contains(s) && !stage.stderr.contains(s),
+                "{s} in {}",
+                stage.name
+            );
         }
     }
     let files: Vec<_> = [&bed.state_dir, &bed.sim.tart_home().to_path_buf()]
@@ -200,7 +211,10 @@ fn state_files_of_a_live_job_hold_no_secret() {
     if skip_e2e() {
         return;
     }
-    let bed = Bed::new().image(PRIVATE, Image::darwin().credentials("builder", SSH_PASSWORD));
+    let bed = Bed::new().image(
+        PRIVATE,
+        Image::darwin().credentials("builder", SSH_PASSWORD),
+    );
     let password_file = bed.sim.root().join("ssh-password");
     std::fs::write(&password_file, SSH_PASSWORD).unwrap();
     let bed = bed.option([
@@ -256,7 +270,11 @@ fn runner_config_keeps_the_runner_token_out_of_argv_and_output() {
         .arg(&output)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!contains(&out.stdout, token.as_bytes()));
     assert!(!contains(&out.stderr, token.as_bytes()));
     use std::os::unix::fs::PermissionsExt;
@@ -280,5 +298,9 @@ fn runner_config_keeps_the_runner_token_out_of_argv_and_output() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(!contains(&out.stderr, token.as_bytes()), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !contains(&out.stderr, token.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -86,13 +86,18 @@ fn pick(rng: &mut Rng) -> Kind {
     unreachable!()
 }
 
-/// The job for a kind, and a check of its outcome (Err says what was wrong).
-fn job_for(kind: Kind, n: usize, rng: &mut Rng) -> (Job, Box<dyn Fn(&JobOutcome) -> Result<(), String> + Send>) {
+/// A check of a job's outcome (Err says what was wrong).
+type Check = Box<dyn Fn(&JobOutcome) -> Result<(), String> + Send>;
+
+/// The job for a kind, and a check of its outcome.
+fn job_for(kind: Kind, n: usize, rng: &mut Rng) -> (Job, Check) {
     let marker = format!("soak-job-{n}-done");
-    let system = |needle: &'static str| -> Box<dyn Fn(&JobOutcome) -> Result<(), String> + Send> {
+    let system = |needle: &'static str| -> Check {
         Box::new(move |o: &JobOutcome| match &o.verdict {
             Verdict::SystemFailure { .. } if o.log.contains(needle) => Ok(()),
-            v => Err(format!("expected a system failure saying `{needle}`, got {v:?}")),
+            v => Err(format!(
+                "expected a system failure saying `{needle}`, got {v:?}"
+            )),
         })
     };
     match kind {
@@ -117,10 +122,22 @@ fn job_for(kind: Kind, n: usize, rng: &mut Rng) -> (Job, Box<dyn Fn(&JobOutcome)
                 }),
             )
         }
-        Kind::RunDies => (Job::new().image(RUN_DIES).script(["true"]), system("the VM stopped while booting")),
-        Kind::RejectsLogins => (Job::new().image(REJECTS).script(["true"]), system("refused SSH login")),
-        Kind::CloneDiskFull => (Job::new().image(DISK_FULL).script(["true"]), system("No space left on device")),
-        Kind::PullFails => (Job::new().image(PULL_FAILS).script(["true"]), system("NSURLErrorDomain")),
+        Kind::RunDies => (
+            Job::new().image(RUN_DIES).script(["true"]),
+            system("the VM stopped while booting"),
+        ),
+        Kind::RejectsLogins => (
+            Job::new().image(REJECTS).script(["true"]),
+            system("refused SSH login"),
+        ),
+        Kind::CloneDiskFull => (
+            Job::new().image(DISK_FULL).script(["true"]),
+            system("No space left on device"),
+        ),
+        Kind::PullFails => (
+            Job::new().image(PULL_FAILS).script(["true"]),
+            system("NSURLErrorDomain"),
+        ),
         // Dies in the run stage, or in prepare when the host is slow: the guest's own words
         // reach the job log either way, and it is never the user's failure.
         Kind::GuestDiesInRun => (
@@ -132,7 +149,9 @@ fn job_for(kind: Kind, n: usize, rng: &mut Rng) -> (Job, Box<dyn Fn(&JobOutcome)
                 {
                     Ok(())
                 }
-                v => Err(format!("expected a system failure for a lost VM, got {v:?}")),
+                v => Err(format!(
+                    "expected a system failure for a lost VM, got {v:?}"
+                )),
             }),
         ),
         Kind::NeverAnIp => (
@@ -153,12 +172,22 @@ fn job_for(kind: Kind, n: usize, rng: &mut Rng) -> (Job, Box<dyn Fn(&JobOutcome)
             }),
         ),
         Kind::HostileImage => {
-            let images = ["--dir=/:/x", "-x", "ghcr.io/a/b:1 --net-bridged", "ghcr.io/a/b:1;id", "../../etc"];
+            let images = [
+                "--dir=/:/x",
+                "-x",
+                "ghcr.io/a/b:1 --net-bridged",
+                "ghcr.io/a/b:1;id",
+                "../../etc",
+            ];
             let image = images[rng.below(images.len() as u64) as usize];
             (
                 Job::new().image(image).script(["true"]),
                 Box::new(|o| match o.verdict {
-                    Verdict::BuildFailure { exit_code: 1 } if o.log.contains("not a valid image reference") => Ok(()),
+                    Verdict::BuildFailure { exit_code: 1 }
+                        if o.log.contains("not a valid image reference") =>
+                    {
+                        Ok(())
+                    }
                     ref v => Err(format!("expected a rejected image, got {v:?}")),
                 }),
             )
@@ -227,15 +256,22 @@ fn jobs_two_at_a_time_with_random_faults_all_end_right_and_leave_nothing() {
                 let out = run_job(&runner, &job);
                 let verdict = check(&out);
                 let done = next.fetch_add(1, Ordering::Relaxed) + 1;
-                if done % 20 == 0 {
+                if done.is_multiple_of(20) {
                     eprintln!("soak: {done}/{total} jobs after {:.0?}", started.elapsed());
                 }
                 if let Err(why) = &verdict {
                     eprintln!("soak: job {n} ({kind:?}) WRONG: {why}\n{}", out.log);
                 } else if t.elapsed() > Duration::from_secs(30) {
-                    eprintln!("soak: job {n} ({kind:?}) SLOW: {:.1?}\n{}", t.elapsed(), out.log);
+                    eprintln!(
+                        "soak: job {n} ({kind:?}) SLOW: {:.1?}\n{}",
+                        t.elapsed(),
+                        out.log
+                    );
                 }
-                results.lock().unwrap().push((kind, verdict, t.elapsed(), out.verdict.clone()));
+                results
+                    .lock()
+                    .unwrap()
+                    .push((kind, verdict, t.elapsed(), out.verdict.clone()));
             });
         }
     });

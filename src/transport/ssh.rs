@@ -80,8 +80,8 @@ pub async fn start_master(
     for name in crate::job::job_env_names() {
         cmd.env_remove(name);
     }
-    let _password_file;
-    match auth {
+    // Held until ssh has logged in; dropping it deletes the file.
+    let _password_file = match auth {
         Auth::Password(password) => {
             let file = PasswordFile::write(&state.dir, password)
                 .map_err(|e| MasterError::NotYet(e.to_string()))?;
@@ -94,14 +94,14 @@ pub async fn start_master(
                 .env("SSH_ASKPASS_REQUIRE", "force")
                 .env(askpass::ENV, file.path());
             cmd.env_remove("DISPLAY");
-            _password_file = Some(file);
+            Some(file)
         }
         Auth::Key(key) => {
             cmd.arg("-o").arg("IdentitiesOnly=yes").arg("-i").arg(key);
             cmd.arg("-o").arg("PreferredAuthentications=publickey");
-            _password_file = None;
+            None
         }
-    }
+    };
     cmd.args(["-p", "22", "-l", user, ip]);
     let status = match tokio::time::timeout(Duration::from_secs(30), cmd.status()).await {
         Ok(Ok(status)) => status,
@@ -176,7 +176,7 @@ impl SshTransport {
             .await
             .map_err(|e| self.describe(e))?;
         // Inherited descriptors are passed to the master; the child handle holds no pipes.
-        let _ = (&mut child).stdin().take();
+        let _ = child.stdin().take();
         let wait = child.wait();
         tokio::pin!(wait);
         tokio::select! {

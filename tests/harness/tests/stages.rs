@@ -113,7 +113,12 @@ fn simple_job_stage_order_and_log() {
     let pg = std::fs::read_to_string(fx.dir().join("pgid.config")).unwrap();
     let (pid, pgid) = pg.trim().split_once(' ').unwrap();
     assert_eq!(pid, pgid, "driver must lead its own process group");
-    assert_eq!(std::fs::read_to_string(fx.dir().join("stdin.config")).unwrap().trim(), "/dev/null");
+    assert_eq!(
+        std::fs::read_to_string(fx.dir().join("stdin.config"))
+            .unwrap()
+            .trim(),
+        "/dev/null"
+    );
     // cwd = TMPDIR
     let cwd = std::fs::read_to_string(fx.dir().join("cwd.config")).unwrap();
     assert_eq!(cwd.trim(), out.tmpdirs[0].display().to_string());

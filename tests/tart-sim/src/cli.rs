@@ -11,16 +11,32 @@ pub struct Opt {
 }
 
 pub const fn flag(long: &'static str) -> Opt {
-    Opt { long, short: None, value: None }
+    Opt {
+        long,
+        short: None,
+        value: None,
+    }
 }
 pub const fn opt(long: &'static str, value: &'static str) -> Opt {
-    Opt { long, short: None, value: Some(value) }
+    Opt {
+        long,
+        short: None,
+        value: Some(value),
+    }
 }
 pub const fn sflag(long: &'static str, short: char) -> Opt {
-    Opt { long, short: Some(short), value: None }
+    Opt {
+        long,
+        short: Some(short),
+        value: None,
+    }
 }
 pub const fn sopt(long: &'static str, short: char, value: &'static str) -> Opt {
-    Opt { long, short: Some(short), value: Some(value) }
+    Opt {
+        long,
+        short: Some(short),
+        value: Some(value),
+    }
 }
 
 pub struct Cmd {
@@ -48,15 +64,28 @@ impl Parsed {
     }
     /// Last value given for an option (swift-argument-parser: last one wins).
     pub fn get(&self, long: &str) -> Option<&str> {
-        self.opts.iter().rev().find(|(l, _)| *l == long).and_then(|(_, v)| v.as_deref())
+        self.opts
+            .iter()
+            .rev()
+            .find(|(l, _)| *l == long)
+            .and_then(|(_, v)| v.as_deref())
     }
     pub fn all(&self, long: &str) -> Vec<String> {
-        self.opts.iter().filter(|(l, _)| *l == long).filter_map(|(_, v)| v.clone()).collect()
+        self.opts
+            .iter()
+            .filter(|(l, _)| *l == long)
+            .filter_map(|(_, v)| v.clone())
+            .collect()
     }
 }
 
 pub fn usage_error(cmd: &Cmd, msg: impl Into<String>) -> Fail {
-    Fail::Usage { msg: msg.into(), help: None, usage: cmd.usage.to_string(), cmd: cmd.name.to_string() }
+    Fail::Usage {
+        msg: msg.into(),
+        help: None,
+        usage: cmd.usage.to_string(),
+        cmd: cmd.name.to_string(),
+    }
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -147,7 +176,10 @@ pub fn parse(cmd: &Cmd, args: &[String]) -> Result<Parsed, Fail> {
                                 i += 1;
                                 args[i - 1].clone()
                             } else {
-                                return Err(usage_error(cmd, format!("Missing value for '--{} <{v}>'", o.long)));
+                                return Err(usage_error(
+                                    cmd,
+                                    format!("Missing value for '--{} <{v}>'", o.long),
+                                ));
                             }
                         }
                     };
@@ -184,7 +216,10 @@ pub fn parse(cmd: &Cmd, args: &[String]) -> Result<Parsed, Fail> {
                             i += 1;
                             args[i - 1].clone()
                         } else {
-                            return Err(usage_error(cmd, format!("Missing value for '-{c} <{v}>'")));
+                            return Err(usage_error(
+                                cmd,
+                                format!("Missing value for '-{c} <{v}>'"),
+                            ));
                         };
                         p.opts.push((o.long, Some(val)));
                     }
@@ -198,7 +233,10 @@ pub fn parse(cmd: &Cmd, args: &[String]) -> Result<Parsed, Fail> {
     if p.pos.len() < cmd.min {
         return Err(usage_error(
             cmd,
-            format!("Missing expected argument '<{}>'", cmd.positionals[p.pos.len()]),
+            format!(
+                "Missing expected argument '<{}>'",
+                cmd.positionals[p.pos.len()]
+            ),
         ));
     }
     if !cmd.passthrough && !cmd.repeating_last && p.pos.len() > cmd.positionals.len() {
@@ -206,7 +244,11 @@ pub fn parse(cmd: &Cmd, args: &[String]) -> Result<Parsed, Fail> {
         let msg = if extra.len() == 1 {
             format!("Unexpected argument '{}'", extra[0])
         } else {
-            format!("{} unexpected arguments: '{}'", extra.len(), extra.join("', '"))
+            format!(
+                "{} unexpected arguments: '{}'",
+                extra.len(),
+                extra.join("', '")
+            )
         };
         return Err(usage_error(cmd, msg));
     }
@@ -214,26 +256,55 @@ pub fn parse(cmd: &Cmd, args: &[String]) -> Result<Parsed, Fail> {
 }
 
 /// Parses an integer option the way swift-argument-parser does, with its error text.
-pub fn int_opt<T: std::str::FromStr>(cmd: &Cmd, p: &Parsed, long: &'static str) -> Result<Option<T>, Fail> {
-    let Some(v) = p.get(long) else { return Ok(None) };
-    let vn = cmd.opts.iter().find(|o| o.long == long).and_then(|o| o.value).unwrap_or("value");
-    v.parse::<T>()
-        .map(Some)
-        .map_err(|_| usage_error(cmd, format!("The value '{v}' is invalid for '--{long} <{vn}>'")))
+pub fn int_opt<T: std::str::FromStr>(
+    cmd: &Cmd,
+    p: &Parsed,
+    long: &'static str,
+) -> Result<Option<T>, Fail> {
+    let Some(v) = p.get(long) else {
+        return Ok(None);
+    };
+    let vn = cmd
+        .opts
+        .iter()
+        .find(|o| o.long == long)
+        .and_then(|o| o.value)
+        .unwrap_or("value");
+    v.parse::<T>().map(Some).map_err(|_| {
+        usage_error(
+            cmd,
+            format!("The value '{v}' is invalid for '--{long} <{vn}>'"),
+        )
+    })
 }
 
 /// Validates a value of an enum-like option (`--format text|json`).
-pub fn enum_opt<'a>(cmd: &Cmd, p: &'a Parsed, long: &'static str, allowed: &[&str]) -> Result<Option<&'a str>, Fail> {
-    let Some(v) = p.get(long) else { return Ok(None) };
+pub fn enum_opt<'a>(
+    cmd: &Cmd,
+    p: &'a Parsed,
+    long: &'static str,
+    allowed: &[&str],
+) -> Result<Option<&'a str>, Fail> {
+    let Some(v) = p.get(long) else {
+        return Ok(None);
+    };
     if allowed.contains(&v) {
         return Ok(Some(v));
     }
-    let vn = cmd.opts.iter().find(|o| o.long == long).and_then(|o| o.value).unwrap_or("value");
+    let vn = cmd
+        .opts
+        .iter()
+        .find(|o| o.long == long)
+        .and_then(|o| o.value)
+        .unwrap_or("value");
     let q: Vec<String> = allowed.iter().map(|a| format!("'{a}'")).collect();
     let list = if q.len() <= 2 {
         q.join(" and ")
     } else {
         format!("{} or {}", q[..q.len() - 1].join(", "), q[q.len() - 1])
     };
-    Err(usage_error(cmd, format!("The value '{v}' is invalid for '--{long} <{vn}>'. Please provide one of {list}.")))
+    Err(usage_error(
+        cmd,
+        format!("The value '{v}' is invalid for '--{long} <{vn}>'. Please provide one of {list}."),
+    ))
 }

@@ -30,8 +30,14 @@ pub fn open_vm(home: &Path, name: &str) -> R<PathBuf> {
     if !d.is_dir() {
         return Err(not_exist(name));
     }
-    if !["config.json", "disk.img", "nvram.bin"].iter().all(|f| d.join(f).exists()) {
-        return Err(Fail::Bare("VM is missing some of its files (config.json, disk.img or nvram.bin)".into(), 1));
+    if !["config.json", "disk.img", "nvram.bin"]
+        .iter()
+        .all(|f| d.join(f).exists())
+    {
+        return Err(Fail::Bare(
+            "VM is missing some of its files (config.json, disk.img or nvram.bin)".into(),
+            1,
+        ));
     }
     touch_atime(&d);
     Ok(d)
@@ -61,16 +67,25 @@ pub fn read_config(dir: &Path) -> R<Map<String, Value>> {
 }
 
 pub fn write_config(dir: &Path, cfg: &Map<String, Value>) -> R<()> {
-    write_in_place(&dir.join("config.json"), apple_json(&Value::Object(cfg.clone())).as_bytes())
-        .map_err(|e| Fail::Error(e.to_string()))
+    write_in_place(
+        &dir.join("config.json"),
+        apple_json(&Value::Object(cfg.clone())).as_bytes(),
+    )
+    .map_err(|e| Fail::Error(e.to_string()))
 }
 
 pub fn cfg_os(cfg: &Map<String, Value>) -> String {
-    cfg.get("os").and_then(|v| v.as_str()).unwrap_or("darwin").to_string()
+    cfg.get("os")
+        .and_then(|v| v.as_str())
+        .unwrap_or("darwin")
+        .to_string()
 }
 
 pub fn cfg_mac(cfg: &Map<String, Value>) -> String {
-    cfg.get("macAddress").and_then(|v| v.as_str()).unwrap_or("").to_ascii_lowercase()
+    cfg.get("macAddress")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 pub fn running_pid(dir: &Path) -> Option<i32> {
@@ -116,7 +131,9 @@ pub fn local_vms(home: &Path) -> Vec<String> {
 
 /// Garbage-collects unlocked entries of `$TART_HOME/tmp` (§1.5).
 pub fn gc_tmp(home: &Path) {
-    let Ok(rd) = fs::read_dir(home.join("tmp")) else { return };
+    let Ok(rd) = fs::read_dir(home.join("tmp")) else {
+        return;
+    };
     for e in rd.filter_map(|e| e.ok()) {
         let p = e.path();
         let Ok(f) = fs::File::open(&p) else { continue };
@@ -151,7 +168,10 @@ pub fn clone(args: &[String]) -> R<()> {
         return Err(usage_error(&CLONE, "<new-name> should be a local name"));
     }
     if conc < 1 {
-        return Err(usage_error(&CLONE, "network concurrency cannot be less than 1"));
+        return Err(usage_error(
+            &CLONE,
+            "network concurrency cannot be less than 1",
+        ));
     }
     let home = tart_home()?;
     let (src_dir, local) = match parse_remote(&src) {
@@ -188,15 +208,16 @@ pub fn clone(args: &[String]) -> R<()> {
     }
     let _ = fs::remove_file(tmp.join("guest/plan.json"));
     // A new MAC only if some local VM already has the source's MAC (§2.4).
-    let mut cfg = read_config(&tmp).map_err(|e| {
+    let mut cfg = read_config(&tmp).inspect_err(|_e| {
         rm_rf(&tmp);
-        e
     })?;
     let mac = cfg_mac(&cfg);
     let suspended = src_dir.join("state.vzvmsave").exists();
-    let collision = local_vms(&home)
-        .iter()
-        .any(|n| read_config(&vm_dir(&home, n)).map(|c| cfg_mac(&c) == mac).unwrap_or(false));
+    let collision = local_vms(&home).iter().any(|n| {
+        read_config(&vm_dir(&home, n))
+            .map(|c| cfg_mac(&c) == mac)
+            .unwrap_or(false)
+    });
     if collision && !suspended {
         cfg.insert("macAddress".into(), json!(random_mac()));
     }
@@ -213,7 +234,11 @@ pub fn clone(args: &[String]) -> R<()> {
 
 const PULL: Cmd = Cmd {
     name: "pull",
-    opts: &[flag("insecure"), opt("concurrency", "concurrency"), flag("deduplicate")],
+    opts: &[
+        flag("insecure"),
+        opt("concurrency", "concurrency"),
+        flag("deduplicate"),
+    ],
     positionals: &["remote-name"],
     min: 1,
     repeating_last: false,
@@ -225,7 +250,10 @@ pub fn pull(args: &[String]) -> R<()> {
     let p = parse(&PULL, args)?;
     let conc: u32 = int_opt(&PULL, &p, "concurrency")?.unwrap_or(4);
     if conc < 1 {
-        return Err(usage_error(&PULL, "network concurrency cannot be less than 1"));
+        return Err(usage_error(
+            &PULL,
+            "network concurrency cannot be less than 1",
+        ));
     }
     let home = tart_home()?;
     let name = &p.pos[0];
@@ -235,7 +263,10 @@ pub fn pull(args: &[String]) -> R<()> {
     }
     let Some(r) = parse_remote(name) else {
         return Err(Fail::Bare(
-            format!("failed to parse remote name: unexpected input (character {})", name.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(0) + 1),
+            format!(
+                "failed to parse remote name: unexpected input (character {})",
+                name.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(0) + 1
+            ),
             1,
         ));
     };
@@ -246,12 +277,18 @@ pub fn pull(args: &[String]) -> R<()> {
 
 const LOGIN: Cmd = Cmd {
     name: "login",
-    opts: &[opt("username", "username"), flag("password-stdin"), flag("insecure"), flag("no-validate")],
+    opts: &[
+        opt("username", "username"),
+        flag("password-stdin"),
+        flag("insecure"),
+        flag("no-validate"),
+    ],
     positionals: &["host"],
     min: 1,
     repeating_last: false,
     passthrough: false,
-    usage: "tart login <host> [--username <username>] [--password-stdin] [--insecure] [--no-validate]",
+    usage:
+        "tart login <host> [--username <username>] [--password-stdin] [--insecure] [--no-validate]",
 };
 
 pub fn login(args: &[String]) -> R<()> {
@@ -259,12 +296,17 @@ pub fn login(args: &[String]) -> R<()> {
     let user = p.get("username").map(|s| s.to_string());
     let stdin = p.has("password-stdin");
     if user.is_some() != stdin {
-        return Err(usage_error(&LOGIN, "both --username and --password-stdin are required"));
+        return Err(usage_error(
+            &LOGIN,
+            "both --username and --password-stdin are required",
+        ));
     }
     let home = tart_home()?;
     gc_tmp(&home);
     let Some(user) = user else {
-        return Err(Fail::Error("CredentialRequired(which: \"username\")".into()));
+        return Err(Fail::Error(
+            "CredentialRequired(which: \"username\")".into(),
+        ));
     };
     let mut pw = String::new();
     use std::io::Read;
@@ -295,7 +337,11 @@ pub fn logout(args: &[String]) -> R<()> {
 
 const LIST: Cmd = Cmd {
     name: "list",
-    opts: &[opt("source", "source"), opt("format", "format"), sflag("quiet", 'q')],
+    opts: &[
+        opt("source", "source"),
+        opt("format", "format"),
+        sflag("quiet", 'q'),
+    ],
     positionals: &[],
     min: 0,
     repeating_last: false,
@@ -334,7 +380,9 @@ fn oci_entries(home: &Path) -> Vec<(String, PathBuf, bool)> {
         }
     }
     let mut out = vec![];
-    let Ok(rd) = fs::read_dir(home.join("cache/OCIs")) else { return out };
+    let Ok(rd) = fs::read_dir(home.join("cache/OCIs")) else {
+        return out;
+    };
     for e in rd.filter_map(|e| e.ok()) {
         let host = e.file_name().to_string_lossy().replace("%3A", ":");
         if host.starts_with('.') || !e.path().is_dir() {
@@ -364,13 +412,27 @@ pub fn list(args: &[String]) -> R<()> {
         for n in local_vms(&home) {
             let d = vm_dir(&home, &n);
             let (l, a) = sizes(&d);
-            entries.push(Entry { source: "local", name: n, disk: l / 1_000_000_000, size: a / 1_000_000_000, accessed: atime(&d), state: state(&d) });
+            entries.push(Entry {
+                source: "local",
+                name: n,
+                disk: l / 1_000_000_000,
+                size: a / 1_000_000_000,
+                accessed: atime(&d),
+                state: state(&d),
+            });
         }
     }
     if source != Some("local") {
         for (n, d, _) in oci_entries(&home) {
             let (l, a) = sizes(&d);
-            entries.push(Entry { source: "OCI", name: n, disk: l / 1_000_000_000, size: a / 1_000_000_000, accessed: atime(&d), state: "stopped" });
+            entries.push(Entry {
+                source: "OCI",
+                name: n,
+                disk: l / 1_000_000_000,
+                size: a / 1_000_000_000,
+                accessed: atime(&d),
+                state: "stopped",
+            });
         }
     }
     if p.has("quiet") {
@@ -398,9 +460,24 @@ pub fn list(args: &[String]) -> R<()> {
     } else {
         let rows: Vec<Vec<String>> = entries
             .iter()
-            .map(|e| vec![e.source.into(), e.name.clone(), e.disk.to_string(), e.size.to_string(), relative(e.accessed), e.state.into()])
+            .map(|e| {
+                vec![
+                    e.source.into(),
+                    e.name.clone(),
+                    e.disk.to_string(),
+                    e.size.to_string(),
+                    relative(e.accessed),
+                    e.state.into(),
+                ]
+            })
             .collect();
-        println!("{}", table(&["Source", "Name", "Disk", "Size", "Accessed", "State"], &rows));
+        println!(
+            "{}",
+            table(
+                &["Source", "Name", "Disk", "Size", "Accessed", "State"],
+                &rows
+            )
+        );
     }
     Ok(())
 }
@@ -416,7 +493,10 @@ const GET: Cmd = Cmd {
 };
 
 fn display_string(cfg: &Map<String, Value>) -> String {
-    let d = cfg.get("display").cloned().unwrap_or(json!({"width": 1024, "height": 768}));
+    let d = cfg
+        .get("display")
+        .cloned()
+        .unwrap_or(json!({"width": 1024, "height": 768}));
     let w = d.get("width").and_then(|v| v.as_u64()).unwrap_or(1024);
     let h = d.get("height").and_then(|v| v.as_u64()).unwrap_or(768);
     let u = d.get("unit").and_then(|v| v.as_str()).unwrap_or("");
@@ -435,7 +515,11 @@ pub fn get(args: &[String]) -> R<()> {
     let os = cfg_os(&cfg);
     let cpu = cfg.get("cpuCount").and_then(|v| v.as_u64()).unwrap_or(0);
     let mem = cfg.get("memorySize").and_then(|v| v.as_u64()).unwrap_or(0) / 1024 / 1024;
-    let fmt = cfg.get("diskFormat").and_then(|v| v.as_str()).unwrap_or("raw").to_string();
+    let fmt = cfg
+        .get("diskFormat")
+        .and_then(|v| v.as_str())
+        .unwrap_or("raw")
+        .to_string();
     let size = format!("{:.3}", a as f64 / 1e9);
     if format == "json" {
         let mut m = Map::new();
@@ -450,8 +534,32 @@ pub fn get(args: &[String]) -> R<()> {
         m.insert("State".into(), json!(st));
         println!("{}", apple_json(&Value::Object(m)));
     } else {
-        let row = vec![os, cpu.to_string(), mem.to_string(), (l / 1_000_000_000).to_string(), fmt, size, display_string(&cfg), st.into()];
-        println!("{}", table(&["OS", "CPU", "Memory", "Disk", "DiskFormat", "Size", "Display", "State"], &[row]));
+        let row = vec![
+            os,
+            cpu.to_string(),
+            mem.to_string(),
+            (l / 1_000_000_000).to_string(),
+            fmt,
+            size,
+            display_string(&cfg),
+            st.into(),
+        ];
+        println!(
+            "{}",
+            table(
+                &[
+                    "OS",
+                    "CPU",
+                    "Memory",
+                    "Disk",
+                    "DiskFormat",
+                    "Size",
+                    "Display",
+                    "State"
+                ],
+                &[row]
+            )
+        );
     }
     Ok(())
 }
@@ -497,10 +605,17 @@ pub fn set(args: &[String]) -> R<()> {
             } else {
                 (v, None)
             };
-            let wh = body.split_once('x').and_then(|(w, h)| Some((w.parse::<u64>().ok()?, h.parse::<u64>().ok()?)));
+            let wh = body
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<u64>().ok()?, h.parse::<u64>().ok()?)));
             match wh {
                 Some((w, h)) => Some((w, h, unit)),
-                None => return Err(usage_error(&SET, format!("The value '{v}' is invalid for '--display <display>'"))),
+                None => {
+                    return Err(usage_error(
+                        &SET,
+                        format!("The value '{v}' is invalid for '--display <display>'"),
+                    ))
+                }
             }
         }
     };
@@ -518,7 +633,10 @@ pub fn set(args: &[String]) -> R<()> {
     }
     if let Some(m) = memory {
         let bytes = m * 1024 * 1024;
-        let min = cfg.get("memorySizeMin").and_then(|v| v.as_u64()).unwrap_or(0);
+        let min = cfg
+            .get("memorySizeMin")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         if darwin && bytes < min {
             return Err(Fail::Error(format!("LessThanMinimalResourcesError: VM should have {min} bytes of memory at minimum (requested {bytes})")));
         }
@@ -544,21 +662,35 @@ pub fn set(args: &[String]) -> R<()> {
         cfg.insert("macAddress".into(), json!(random_mac()));
     }
     if p.has("random-serial") && darwin {
-        cfg.insert("ecid".into(), json!(base64_encode(format!("bplist00-ecid-{}", random_hex(8)).as_bytes())));
+        cfg.insert(
+            "ecid".into(),
+            json!(base64_encode(
+                format!("bplist00-ecid-{}", random_hex(8)).as_bytes()
+            )),
+        );
     }
     if let Some(src) = p.get("disk") {
         fs::copy(src, d.join("disk.img")).map_err(|e| Fail::Error(e.to_string()))?;
     }
     if let Some(gb) = disk_size {
         let want = gb * 1_000_000_000;
-        let cur = fs::metadata(d.join("disk.img")).map(|m| m.len()).unwrap_or(0);
+        let cur = fs::metadata(d.join("disk.img"))
+            .map(|m| m.len())
+            .unwrap_or(0);
         if want < cur {
             return Err(Fail::Bare(
-                format!("new disk size of {} should be larger than the current disk size of {}", human_gb(want), human_gb(cur)),
+                format!(
+                    "new disk size of {} should be larger than the current disk size of {}",
+                    human_gb(want),
+                    human_gb(cur)
+                ),
                 1,
             ));
         }
-        let f = fs::OpenOptions::new().write(true).open(d.join("disk.img")).map_err(|e| Fail::Error(e.to_string()))?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("disk.img"))
+            .map_err(|e| Fail::Error(e.to_string()))?;
         f.set_len(want).map_err(|e| Fail::Error(e.to_string()))?;
     }
     write_config(&d, &cfg)
@@ -604,7 +736,10 @@ pub fn stop(args: &[String]) -> R<()> {
     };
     if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(Fail::Bare(format!("failed to forcefully terminate the VM \"{name}\": {e}"), 1));
+        return Err(Fail::Bare(
+            format!("failed to forcefully terminate the VM \"{name}\": {e}"),
+            1,
+        ));
     }
     // The lock goes away once the killed process is reaped.
     let start = Instant::now();
@@ -628,7 +763,11 @@ const DELETE: Cmd = Cmd {
 
 fn gc_digests(home: &Path) {
     let entries = oci_entries(home);
-    let referenced: Vec<PathBuf> = entries.iter().filter(|e| e.2).filter_map(|e| fs::canonicalize(&e.1).ok()).collect();
+    let referenced: Vec<PathBuf> = entries
+        .iter()
+        .filter(|e| e.2)
+        .filter_map(|e| fs::canonicalize(&e.1).ok())
+        .collect();
     for (_, p, is_tag) in &entries {
         if !is_tag {
             let c = fs::canonicalize(p).unwrap_or(p.clone());
@@ -673,7 +812,13 @@ pub fn delete(args: &[String]) -> R<()> {
 
 const PRUNE: Cmd = Cmd {
     name: "prune",
-    opts: &[opt("entries", "entries"), opt("older-than", "n"), opt("space-budget", "n"), opt("cache-budget", "n"), flag("gc")],
+    opts: &[
+        opt("entries", "entries"),
+        opt("older-than", "n"),
+        opt("space-budget", "n"),
+        opt("cache-budget", "n"),
+        flag("gc"),
+    ],
     positionals: &[],
     min: 0,
     repeating_last: false,
@@ -690,7 +835,10 @@ pub fn prune(args: &[String]) -> R<()> {
         None => int_opt(&PRUNE, &p, "cache-budget")?,
     };
     if older.is_none() && budget.is_none() && !p.has("gc") {
-        return Err(usage_error(&PRUNE, "at least one pruning criteria must be specified"));
+        return Err(usage_error(
+            &PRUNE,
+            "at least one pruning criteria must be specified",
+        ));
     }
     let home = tart_home()?;
     gc_tmp(&home);
@@ -842,9 +990,21 @@ pub fn exec(args: &[String]) -> R<()> {
         return Err(Fail::Bare(format!("VM \"{name}\" is not running"), 2));
     };
     let rec = run_record(&d);
-    let ready = rec.as_ref().and_then(|r| r.get("ready")).and_then(|v| v.as_bool()).unwrap_or(false);
-    let init = rec.as_ref().and_then(|r| r.get("init_pid")).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
-    let rec_pid = rec.as_ref().and_then(|r| r.get("pid")).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
+    let ready = rec
+        .as_ref()
+        .and_then(|r| r.get("ready"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let init = rec
+        .as_ref()
+        .and_then(|r| r.get("init_pid"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0) as i32;
+    let rec_pid = rec
+        .as_ref()
+        .and_then(|r| r.get("pid"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0) as i32;
     if !sim.agent || !ready || rec_pid != run_pid || init <= 0 {
         std::thread::sleep(Duration::from_millis(1500));
         return Err(Fail::Bare(
@@ -871,7 +1031,15 @@ pub fn exec(args: &[String]) -> R<()> {
 
 // ---------- fqn / rename ----------
 
-const FQN: Cmd = Cmd { name: "fqn", opts: &[], positionals: &["name"], min: 1, repeating_last: false, passthrough: false, usage: "tart fqn <name>" };
+const FQN: Cmd = Cmd {
+    name: "fqn",
+    opts: &[],
+    positionals: &["name"],
+    min: 1,
+    repeating_last: false,
+    passthrough: false,
+    usage: "tart fqn <name>",
+};
 
 pub fn fqn(args: &[String]) -> R<()> {
     let p = parse(&FQN, args)?;
@@ -881,7 +1049,13 @@ pub fn fqn(args: &[String]) -> R<()> {
         Some(r) => match oci::cached_digest(&home, &r) {
             Some(d) => println!("{}@sha256:{d}", r.repo()),
             None => {
-                return Err(Fail::Bare(format!("OCI storage error: {} is not a digest and doesn't point to a digest", r.full()), 1))
+                return Err(Fail::Bare(
+                    format!(
+                        "OCI storage error: {} is not a digest and doesn't point to a digest",
+                        r.full()
+                    ),
+                    1,
+                ))
             }
         },
         None => println!("{n}"),
@@ -907,10 +1081,16 @@ pub fn rename(args: &[String]) -> R<()> {
         return Err(usage_error(&RENAME, "<new-name> should be a local name"));
     }
     if !vm_dir(&home, old).is_dir() {
-        return Err(usage_error(&RENAME, format!("failed to rename a non-existent local VM: {old}")));
+        return Err(usage_error(
+            &RENAME,
+            format!("failed to rename a non-existent local VM: {old}"),
+        ));
     }
     if vm_dir(&home, new).exists() {
-        return Err(usage_error(&RENAME, format!("failed to rename VM {old}, target VM {new} already exists, delete it first!")));
+        return Err(usage_error(
+            &RENAME,
+            format!("failed to rename VM {old}, target VM {new} already exists, delete it first!"),
+        ));
     }
     gc_tmp(&home);
     fs::rename(vm_dir(&home, old), vm_dir(&home, new)).map_err(|e| Fail::Error(e.to_string()))

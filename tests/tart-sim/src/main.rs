@@ -18,7 +18,12 @@ pub enum Fail {
     /// Kind B: `Error: <message>`, exit 1.
     Error(String),
     /// Kind C: usage error, exit 64.
-    Usage { msg: String, help: Option<String>, usage: String, cmd: String },
+    Usage {
+        msg: String,
+        help: Option<String>,
+        usage: String,
+        cmd: String,
+    },
     /// `--help` / `--version` output on stdout, exit 0.
     Help(String),
     /// Exit silently with this code.
@@ -55,7 +60,12 @@ pub fn report(f: Fail) -> i32 {
             let _ = writeln!(e, "Error: {m}");
             1
         }
-        Fail::Usage { msg, help, usage, cmd } => {
+        Fail::Usage {
+            msg,
+            help,
+            usage,
+            cmd,
+        } => {
             let _ = writeln!(e, "Error: {msg}");
             if let Some(h) = help {
                 let _ = writeln!(e, "Help:  {h}");
@@ -112,7 +122,12 @@ fn dispatch(args: &[String]) -> R<()> {
             } else {
                 format!("Unexpected argument '{other}'")
             };
-            Err(Fail::Usage { msg, help: None, usage: TOP_USAGE.into(), cmd: String::new() })
+            Err(Fail::Usage {
+                msg,
+                help: None,
+                usage: TOP_USAGE.into(),
+                cmd: String::new(),
+            })
         }
     }
 }

@@ -76,7 +76,12 @@ pub fn parse_remote(s: &str) -> Option<Remote> {
         }
         (p, Reference::Digest(d.to_ascii_lowercase()))
     } else if let Some((p, t)) = rest.rsplit_once(':') {
-        if t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        if t.is_empty()
+            || t.len() > 128
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
             return None;
         }
         (p, Reference::Tag(t.to_string()))
@@ -86,7 +91,11 @@ pub fn parse_remote(s: &str) -> Option<Remote> {
     if !path.split('/').all(component_ok) {
         return None;
     }
-    Some(Remote { host: host.to_string(), ns: path.to_string(), reference })
+    Some(Remote {
+        host: host.to_string(),
+        ns: path.to_string(),
+        reference,
+    })
 }
 
 // ---------- catalogue ----------
@@ -202,7 +211,9 @@ impl SimVm {
 
 pub fn catalogue(home: &Path) -> Result<Vec<(Remote, Image)>, Fail> {
     let p = home.join("catalogue.json");
-    let Ok(b) = fs::read(&p) else { return Ok(vec![]) };
+    let Ok(b) = fs::read(&p) else {
+        return Ok(vec![]);
+    };
     #[derive(Deserialize)]
     struct Cat {
         #[serde(default)]
@@ -212,8 +223,9 @@ pub fn catalogue(home: &Path) -> Result<Vec<(Remote, Image)>, Fail> {
         .map_err(|e| Fail::Error(format!("tart-sim: invalid catalogue {}: {e}", p.display())))?;
     let mut out = vec![];
     for (k, v) in cat.images {
-        let r = parse_remote(&k)
-            .ok_or_else(|| Fail::Error(format!("tart-sim: catalogue key {k:?} is not an OCI name")))?;
+        let r = parse_remote(&k).ok_or_else(|| {
+            Fail::Error(format!("tart-sim: catalogue key {k:?} is not an OCI name"))
+        })?;
         let img: Image = serde_json::from_value(v)
             .map_err(|e| Fail::Error(format!("tart-sim: catalogue entry {k:?}: {e}")))?;
         out.push((r, img));
@@ -222,7 +234,13 @@ pub fn catalogue(home: &Path) -> Result<Vec<(Remote, Image)>, Fail> {
 }
 
 pub fn image_digest(r: &Remote, img: &Image) -> String {
-    img.digest.clone().unwrap_or_else(|| pseudo_digest(&format!("{}|{}", r.repo(), serde_json::to_string(img).unwrap())))
+    img.digest.clone().unwrap_or_else(|| {
+        pseudo_digest(&format!(
+            "{}|{}",
+            r.repo(),
+            serde_json::to_string(img).unwrap()
+        ))
+    })
 }
 
 fn find_image(home: &Path, r: &Remote) -> Result<Option<(Remote, Image, String)>, Fail> {
@@ -257,15 +275,25 @@ fn env_credentials(host: &str) -> Option<(String, String)> {
 
 fn docker_credentials(host: &str) -> Option<(String, String)> {
     let home = std::env::var_os("HOME")?;
-    let cfg: Value = serde_json::from_slice(&fs::read(Path::new(&home).join(".docker/config.json")).ok()?).ok()?;
-    if let Some(a) = cfg.get("auths").and_then(|a| a.get(host)).and_then(|a| a.get("auth")).and_then(|a| a.as_str()) {
+    let cfg: Value =
+        serde_json::from_slice(&fs::read(Path::new(&home).join(".docker/config.json")).ok()?)
+            .ok()?;
+    if let Some(a) = cfg
+        .get("auths")
+        .and_then(|a| a.get(host))
+        .and_then(|a| a.get("auth"))
+        .and_then(|a| a.as_str())
+    {
         let dec = String::from_utf8(base64_decode(a)?).ok()?;
         let (u, p) = dec.split_once(':')?;
         return Some((u.into(), p.into()));
     }
     let helpers = cfg.get("credHelpers")?.as_object()?;
     let helper = helpers.get(host).or_else(|| {
-        helpers.iter().find(|(k, _)| anchored_match(k, host)).map(|(_, v)| v)
+        helpers
+            .iter()
+            .find(|(k, _)| anchored_match(k, host))
+            .map(|(_, v)| v)
     })?;
     let out = std::process::Command::new(format!("docker-credential-{}", helper.as_str()?))
         .arg("get")
@@ -280,7 +308,10 @@ fn docker_credentials(host: &str) -> Option<(String, String)> {
         })
         .ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some((v.get("Username")?.as_str()?.into(), v.get("Secret")?.as_str()?.into()))
+    Some((
+        v.get("Username")?.as_str()?.into(),
+        v.get("Secret")?.as_str()?.into(),
+    ))
 }
 
 /// Minimal whole-string match for credHelpers keys: exact, or `.*` wildcards only.
@@ -332,7 +363,8 @@ fn keychain_credentials(home: &Path, host: &str, img_auth: &Auth) -> Option<(Str
     }
 }
 
-const UNAUTH: &str = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#;
+const UNAUTH: &str =
+    r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#;
 
 fn auth_failed(details: &str) -> Fail {
     Fail::Error(format!(
@@ -342,7 +374,9 @@ fn auth_failed(details: &str) -> Fail {
 }
 
 fn check_auth(home: &Path, r: &Remote, img: &Image) -> Result<(), Fail> {
-    let Some(need) = &img.registry_auth else { return Ok(()) };
+    let Some(need) = &img.registry_auth else {
+        return Ok(());
+    };
     let creds = env_credentials(&r.host)
         .or_else(|| docker_credentials(&r.host))
         .or_else(|| keychain_credentials(home, &r.host, need));
@@ -366,7 +400,12 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
-        Progress { ci: std::env::var_os("CI").is_some(), last_pct: -1, last_print: None, drawn: false }
+        Progress {
+            ci: std::env::var_os("CI").is_some(),
+            last_pct: -1,
+            last_print: None,
+            drawn: false,
+        }
     }
     fn update(&mut self, pct: i64, force: bool) {
         if pct == self.last_pct {
@@ -374,7 +413,10 @@ impl Progress {
         }
         let mut out = std::io::stdout();
         if self.ci {
-            let due = self.last_print.map(|t| t.elapsed() >= Duration::from_secs(1)).unwrap_or(true);
+            let due = self
+                .last_print
+                .map(|t| t.elapsed() >= Duration::from_secs(1))
+                .unwrap_or(true);
             if due || force {
                 let _ = writeln!(out, "{pct}%");
                 self.last_print = Some(Instant::now());
@@ -408,19 +450,47 @@ fn write_image_files(dir: &Path, r: &Remote, img: &Image, digest: &str) -> std::
     // The image's MAC is stable per digest, so the first clone keeps it.
     let hb = pseudo_digest(&format!("mac|{digest}"));
     let b = |i: usize| u8::from_str_radix(&hb[i * 2..i * 2 + 2], 16).unwrap();
-    let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", (b(0) & 0xfc) | 2, b(1), b(2), b(3), b(4), b(5));
+    let mac = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        (b(0) & 0xfc) | 2,
+        b(1),
+        b(2),
+        b(3),
+        b(4),
+        b(5)
+    );
     let mem = img.memory_mib * 1024 * 1024;
     let mut cfg = serde_json::Map::new();
     cfg.insert("version".into(), json!(1));
     if darwin {
-        cfg.insert("hardwareModel".into(), json!(base64_encode(format!("bplist00-hw-{}", &digest[..16]).as_bytes())));
-        cfg.insert("ecid".into(), json!(base64_encode(format!("bplist00-ecid-{}", &digest[16..32]).as_bytes())));
+        cfg.insert(
+            "hardwareModel".into(),
+            json!(base64_encode(
+                format!("bplist00-hw-{}", &digest[..16]).as_bytes()
+            )),
+        );
+        cfg.insert(
+            "ecid".into(),
+            json!(base64_encode(
+                format!("bplist00-ecid-{}", &digest[16..32]).as_bytes()
+            )),
+        );
     }
-    cfg.insert("cpuCountMin".into(), json!(if darwin { img.cpu.min(4) } else { 1 }));
+    cfg.insert(
+        "cpuCountMin".into(),
+        json!(if darwin { img.cpu.min(4) } else { 1 }),
+    );
     cfg.insert("arch".into(), json!("arm64"));
     cfg.insert("os".into(), json!(img.os));
     cfg.insert("cpuCount".into(), json!(img.cpu));
-    cfg.insert("memorySizeMin".into(), json!(if darwin { mem.min(4096 * 1024 * 1024) } else { 512 * 1024 * 1024 }));
+    cfg.insert(
+        "memorySizeMin".into(),
+        json!(if darwin {
+            mem.min(4096 * 1024 * 1024)
+        } else {
+            512 * 1024 * 1024
+        }),
+    );
     cfg.insert("memorySize".into(), json!(mem));
     cfg.insert("display".into(), json!({"width": 1024, "height": 768}));
     cfg.insert("diskFormat".into(), json!("raw"));
@@ -436,7 +506,10 @@ fn write_image_files(dir: &Path, r: &Remote, img: &Image, digest: &str) -> std::
         "layers": [{"mediaType": "application/vnd.cirruslabs.tart.disk.v2", "size": img.size_bytes}],
         "annotations": {"org.cirruslabs.tart.sim.name": r.full()}
     });
-    fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap())?;
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )?;
     let sim = SimVm {
         os: img.os.clone(),
         user: img.user.clone(),
@@ -445,7 +518,10 @@ fn write_image_files(dir: &Path, r: &Remote, img: &Image, digest: &str) -> std::
         faults: img.faults.clone(),
         image: Some(r.full()),
     };
-    fs::write(dir.join("sim.json"), serde_json::to_vec_pretty(&sim).unwrap())?;
+    fs::write(
+        dir.join("sim.json"),
+        serde_json::to_vec_pretty(&sim).unwrap(),
+    )?;
     Ok(())
 }
 
@@ -490,7 +566,9 @@ pub fn pull(home: &Path, r: &Remote, first_line: bool, explicit: bool) -> Result
         }
     };
     out("pulling manifest...".into());
-    let Some((cr, img, digest)) = find_image(home, r)? else { return Err(not_found(r)) };
+    let Some((cr, img, digest)) = find_image(home, r)? else {
+        return Err(not_found(r));
+    };
     check_auth(home, &cr, &img)?;
     let ddir = dir.join(format!("sha256:{digest}"));
     let link = match &r.reference {
@@ -498,21 +576,34 @@ pub fn pull(home: &Path, r: &Remote, first_line: bool, explicit: bool) -> Result
         Reference::Digest(_) => None,
     };
     if ddir.is_dir() {
-        let linked = link.as_ref().map(|l| fs::read_link(l).ok() == Some(PathBuf::from(format!("sha256:{digest}")))).unwrap_or(true);
+        let linked = link
+            .as_ref()
+            .map(|l| fs::read_link(l).ok() == Some(PathBuf::from(format!("sha256:{digest}"))))
+            .unwrap_or(true);
         if linked {
-            out(format!("{}@sha256:{digest} image is already cached and linked!", r.repo()));
+            out(format!(
+                "{}@sha256:{digest} image is already cached and linked!",
+                r.repo()
+            ));
         } else {
-            out(format!("{}@sha256:{digest} image is already cached! creating a symlink...", r.repo()));
+            out(format!(
+                "{}@sha256:{digest} image is already cached! creating a symlink...",
+                r.repo()
+            ));
             let l = link.unwrap();
             let _ = fs::remove_file(&l);
-            std::os::unix::fs::symlink(format!("sha256:{digest}"), &l).map_err(|e| Fail::Error(e.to_string()))?;
+            std::os::unix::fs::symlink(format!("sha256:{digest}"), &l)
+                .map_err(|e| Fail::Error(e.to_string()))?;
         }
         if explicit {
             let _ = fs::write(ddir.join(".explicitly-pulled"), b"");
         }
         return Ok(ddir);
     }
-    out(format!("pulling disk ({:.1} GB compressed)...", img.size_bytes as f64 / 1e9));
+    out(format!(
+        "pulling disk ({:.1} GB compressed)...",
+        img.size_bytes as f64 / 1e9
+    ));
     let mut prog = Progress::new();
     let start = Instant::now();
     let total = Duration::from_millis(img.pull_ms);
@@ -520,7 +611,11 @@ pub fn pull(home: &Path, r: &Remote, first_line: bool, explicit: bool) -> Result
     let fail_at = if img.faults.pull_fails { 37 } else { 101 };
     loop {
         let el = start.elapsed();
-        let pct = if total.is_zero() { 100 } else { ((el.as_secs_f64() / total.as_secs_f64()) * 100.0).min(100.0) as i64 };
+        let pct = if total.is_zero() {
+            100
+        } else {
+            ((el.as_secs_f64() / total.as_secs_f64()) * 100.0).min(100.0) as i64
+        };
         if pct >= fail_at {
             prog.update(pct.min(fail_at), true);
             for _ in 0..5 {
@@ -528,7 +623,8 @@ pub fn pull(home: &Path, r: &Remote, first_line: bool, explicit: bool) -> Result
                 std::thread::sleep(Duration::from_millis(20));
             }
             return Err(Fail::Error(
-                "Error Domain=NSURLErrorDomain Code=-1005 \"The network connection was lost.\"".into(),
+                "Error Domain=NSURLErrorDomain Code=-1005 \"The network connection was lost.\""
+                    .into(),
             ));
         }
         if pct >= 100 {
@@ -548,21 +644,38 @@ pub fn pull(home: &Path, r: &Remote, first_line: bool, explicit: bool) -> Result
     fs::rename(&tmp, &ddir).map_err(|e| Fail::Error(e.to_string()))?;
     if let Some(l) = link {
         let _ = fs::remove_file(&l);
-        std::os::unix::fs::symlink(format!("sha256:{digest}"), &l).map_err(|e| Fail::Error(e.to_string()))?;
+        std::os::unix::fs::symlink(format!("sha256:{digest}"), &l)
+            .map_err(|e| Fail::Error(e.to_string()))?;
     }
     Ok(ddir)
 }
 
 // ---------- login / logout ----------
 
-pub fn login(home: &Path, host: &str, user: &str, password: &str, validate: bool) -> Result<(), Fail> {
+pub fn login(
+    home: &Path,
+    host: &str,
+    user: &str,
+    password: &str,
+    validate: bool,
+) -> Result<(), Fail> {
     if validate {
         // The registry accepts the credentials when some catalogue image on this host
         // needs exactly them, or when no image on this host needs credentials at all.
-        let imgs: Vec<(Remote, Image)> = catalogue(home)?.into_iter().filter(|(r, _)| r.host == host).collect();
-        let needs: Vec<&Auth> = imgs.iter().filter_map(|(_, i)| i.registry_auth.as_ref()).collect();
+        let imgs: Vec<(Remote, Image)> = catalogue(home)?
+            .into_iter()
+            .filter(|(r, _)| r.host == host)
+            .collect();
+        let needs: Vec<&Auth> = imgs
+            .iter()
+            .filter_map(|(_, i)| i.registry_auth.as_ref())
+            .collect();
         let refuses = imgs.iter().any(|(_, i)| i.faults.pull_refuses_credentials);
-        let ok = !refuses && (needs.is_empty() || needs.iter().any(|a| a.username == user && a.password == password));
+        let ok = !refuses
+            && (needs.is_empty()
+                || needs
+                    .iter()
+                    .any(|a| a.username == user && a.password == password));
         if !ok {
             return Err(Fail::Bare(
                 format!(
@@ -579,13 +692,19 @@ pub fn login(home: &Path, host: &str, user: &str, password: &str, validate: bool
         json!({"username": user, "fingerprint": pseudo_digest(&format!("{host}|{user}|{password}"))}),
     );
     let _ = fs::create_dir_all(home.join("sim"));
-    fs::write(keychain_path(home), serde_json::to_vec_pretty(&Value::Object(k)).unwrap())
-        .map_err(|e| Fail::Error(format!("Keychain failed to update item: {e}")))
+    fs::write(
+        keychain_path(home),
+        serde_json::to_vec_pretty(&Value::Object(k)).unwrap(),
+    )
+    .map_err(|e| Fail::Error(format!("Keychain failed to update item: {e}")))
 }
 
 pub fn logout(home: &Path, host: &str) {
     let mut k = keychain(home);
     if k.remove(host).is_some() {
-        let _ = fs::write(keychain_path(home), serde_json::to_vec_pretty(&Value::Object(k)).unwrap());
+        let _ = fs::write(
+            keychain_path(home),
+            serde_json::to_vec_pretty(&Value::Object(k)).unwrap(),
+        );
     }
 }

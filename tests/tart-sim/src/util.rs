@@ -15,12 +15,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn tart_home() -> Result<PathBuf, Fail> {
     let home = match std::env::var_os("TART_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".tart"),
+        _ => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".tart")
+        }
     };
     if !home.is_dir() {
         if let Err(e) = fs::create_dir_all(&home) {
             return Err(Fail::Bare(
-                format!("TART_HOME is invalid: {} does not exist, yet we can't create it: {}", home.display(), e),
+                format!(
+                    "TART_HOME is invalid: {} does not exist, yet we can't create it: {}",
+                    home.display(),
+                    e
+                ),
                 1,
             ));
         }
@@ -41,7 +47,10 @@ pub fn sim_host() -> PathBuf {
 }
 
 pub fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub fn random_bytes(n: usize) -> Vec<u8> {
@@ -61,7 +70,10 @@ pub fn random_hex(n: usize) -> String {
 pub fn random_mac() -> String {
     let mut b = random_bytes(6);
     b[0] = (b[0] & 0xfc) | 0x02;
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A deterministic 64-hex "digest" (not SHA-256; only needs to be stable and unique).
@@ -161,7 +173,11 @@ pub fn apple_json(v: &Value) -> String {
 
 /// Writes a file in place (same inode: the fcntl lock of a running VM survives).
 pub fn write_in_place(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     f.write_all(data)
 }
 
@@ -201,7 +217,13 @@ pub fn cpath(p: &Path) -> CString {
 /// Opens (creating) a lock file and tries a non-blocking exclusive flock. Returns the
 /// file while the lock is held.
 pub fn try_flock(path: &Path) -> Option<File> {
-    let f = OpenOptions::new().read(true).write(true).create(true).custom_flags(libc::O_CLOEXEC).open(path).ok()?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {
         Some(f)
@@ -212,7 +234,13 @@ pub fn try_flock(path: &Path) -> Option<File> {
 
 /// Blocking exclusive flock (bounded by the caller's patience: these are short sections).
 pub fn flock_wait(path: &Path) -> Option<File> {
-    let f = OpenOptions::new().read(true).write(true).create(true).custom_flags(libc::O_CLOEXEC).open(path).ok()?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
     if r == 0 {
         Some(f)
@@ -230,7 +258,7 @@ pub fn lock_holder(path: &Path) -> Option<i32> {
     fl.l_start = 0;
     fl.l_len = 0;
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    if r != 0 || fl.l_type as i32 == libc::F_UNLCK as i32 {
+    if r != 0 || fl.l_type as i32 == libc::F_UNLCK {
         None
     } else {
         Some(fl.l_pid)
@@ -239,7 +267,12 @@ pub fn lock_holder(path: &Path) -> Option<i32> {
 
 /// Takes the fcntl write lock on a file (non-blocking). Returns the open file on success.
 pub fn fcntl_lock(path: &Path) -> Option<File> {
-    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(path).ok()?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as _;
     fl.l_whence = libc::SEEK_SET as _;
@@ -255,8 +288,14 @@ pub fn fcntl_lock(path: &Path) -> Option<File> {
 pub fn touch_atime(p: &Path) {
     let c = cpath(p);
     let ts = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     ];
     unsafe {
         libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0);
@@ -282,7 +321,12 @@ pub fn iso8601(t: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// `RelativeDateTimeFormatter` (full units) style: "3 minutes ago".
@@ -329,7 +373,11 @@ pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     if st.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("cp -a {} {} failed", src.display(), dst.display())))
+        Err(std::io::Error::other(format!(
+            "cp -a {} {} failed",
+            src.display(),
+            dst.display()
+        )))
     }
 }
 
@@ -355,7 +403,9 @@ fn norm_mac(m: &str) -> String {
 
 /// Parses the lease file; a malformed file is an error as in Tart.
 pub fn read_leases() -> Result<Vec<Lease>, Fail> {
-    let Ok(text) = fs::read_to_string(leases_path()) else { return Ok(vec![]) };
+    let Ok(text) = fs::read_to_string(leases_path()) else {
+        return Ok(vec![]);
+    };
     let mut out = vec![];
     let mut cur: Option<Vec<(String, String)>> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -375,17 +425,29 @@ pub fn read_leases() -> Result<Vec<Lease>, Fail> {
             }
             cur = Some(vec![]);
         } else if line == "}" {
-            let Some(kv) = cur.take() else { return Err(bad("unexpected end of lease entry")) };
+            let Some(kv) = cur.take() else {
+                return Err(bad("unexpected end of lease entry"));
+            };
             let g = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone());
-            let (Some(ip), Some(hw), Some(lease)) = (g("ip_address"), g("hw_address"), g("lease")) else {
+            let (Some(ip), Some(hw), Some(lease)) = (g("ip_address"), g("hw_address"), g("lease"))
+            else {
                 continue;
             };
             let mac = hw.split_once(',').map(|(_, m)| m.to_string()).unwrap_or(hw);
             let expiry = i64::from_str_radix(lease.trim_start_matches("0x"), 16).unwrap_or(0);
-            out.push(Lease { name: g("name").unwrap_or_default(), ip, mac: norm_mac(&mac), expiry });
+            out.push(Lease {
+                name: g("name").unwrap_or_default(),
+                ip,
+                mac: norm_mac(&mac),
+                expiry,
+            });
         } else {
-            let Some(kv) = cur.as_mut() else { return Err(bad("key-value pair outside of lease entry")) };
-            let Some((k, v)) = line.split_once('=') else { return Err(bad("expected key=value")) };
+            let Some(kv) = cur.as_mut() else {
+                return Err(bad("key-value pair outside of lease entry"));
+            };
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(bad("expected key=value"));
+            };
             kv.push((k.to_string(), v.to_string()));
         }
     }
@@ -410,7 +472,10 @@ pub fn lease_for(mac: &str) -> Result<Option<String>, Fail> {
 }
 
 pub fn lease_seconds() -> i64 {
-    std::env::var("TART_SIM_LEASE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(86400)
+    std::env::var("TART_SIM_LEASE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(86400)
 }
 
 /// Records a lease (replacing older leases of that MAC or that IP), as the macOS DHCP
@@ -421,11 +486,21 @@ pub fn write_lease(name: &str, mac: &str, ip: &str) {
     let mac = norm_mac(mac);
     let mut leases = read_leases().unwrap_or_default();
     leases.retain(|l| l.mac != mac && l.ip != ip);
-    leases.push(Lease { name: name.into(), ip: ip.into(), mac: mac.clone(), expiry: now_secs() + lease_seconds() });
+    leases.push(Lease {
+        name: name.into(),
+        ip: ip.into(),
+        mac: mac.clone(),
+        expiry: now_secs() + lease_seconds(),
+    });
     let mut s = String::new();
     for l in &leases {
         // macOS writes the hardware address without leading zeros in each octet.
-        let hw: Vec<String> = l.mac.split(':').map(|o| o.trim_start_matches('0').to_string()).map(|o| if o.is_empty() { "0".into() } else { o }).collect();
+        let hw: Vec<String> = l
+            .mac
+            .split(':')
+            .map(|o| o.trim_start_matches('0').to_string())
+            .map(|o| if o.is_empty() { "0".into() } else { o })
+            .collect();
         let hw = hw.join(":");
         s.push_str(&format!(
             "{{\n\tname={}\n\tip_address={}\n\thw_address=1,{}\n\tidentifier=1,{}\n\tlease=0x{:x}\n}}\n",
@@ -457,7 +532,9 @@ pub fn user_info(name: &str) -> Option<(u32, u32, String)> {
         if pw.is_null() {
             return None;
         }
-        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir).to_string_lossy().into_owned();
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned();
         Some(((*pw).pw_uid, (*pw).pw_gid, dir))
     }
 }

@@ -25,15 +25,29 @@ fn run_of_a_missing_vm_is_an_error_prefixed_message_with_exit_1() {
     let b = Bed::new();
     let o = b.tart(&["run", "missing"]);
     assert_eq!(o.code, 1);
-    assert_eq!(o.stderr, "Error: the specified VM \"missing\" does not exist\n");
+    assert_eq!(
+        o.stderr,
+        "Error: the specified VM \"missing\" does not exist\n"
+    );
 }
 
 #[test]
 fn ip_exec_stop_set_delete_of_a_missing_vm_exit_2() {
     let b = Bed::new();
-    for args in [vec!["ip", "nope"], vec!["exec", "nope", "true"], vec!["stop", "nope"], vec!["set", "nope", "--cpu", "4"], vec!["delete", "nope"], vec!["clone", "nope", "x"]] {
+    for args in [
+        vec!["ip", "nope"],
+        vec!["exec", "nope", "true"],
+        vec!["stop", "nope"],
+        vec!["set", "nope", "--cpu", "4"],
+        vec!["delete", "nope"],
+        vec!["clone", "nope", "x"],
+    ] {
         let o = b.tart(&args);
-        assert_eq!((o.code, o.stderr.as_str()), (2, "the specified VM \"nope\" does not exist\n"), "{args:?}");
+        assert_eq!(
+            (o.code, o.stderr.as_str()),
+            (2, "the specified VM \"nope\" does not exist\n"),
+            "{args:?}"
+        );
     }
 }
 
@@ -62,10 +76,20 @@ fn unknown_option_and_missing_argument_are_usage_errors() {
     let b = Bed::new();
     let o = b.tart(&["list", "--bogus"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: Unknown option '--bogus'\nUsage: tart list"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("Error: Unknown option '--bogus'\nUsage: tart list"),
+        "{}",
+        o.stderr
+    );
     let o = b.tart(&["get"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: Missing expected argument '<name>'\n"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("Error: Missing expected argument '<name>'\n"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -73,7 +97,12 @@ fn list_with_an_invalid_source_is_a_usage_error() {
     let b = Bed::new();
     let o = b.tart(&["list", "--source", "remote"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: 'remote' is not a valid <source>\n"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("Error: 'remote' is not a valid <source>\n"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -81,8 +110,15 @@ fn clone_to_a_remote_looking_name_is_a_usage_error() {
     let b = Bed::new();
     let o = b.tart(&["clone", UBUNTU, "ghcr.io/x/y"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: <new-name> should be a local name\n"), "{}", o.stderr);
-    assert!(o.stderr.ends_with("  See 'tart clone --help' for more information.\n"));
+    assert!(
+        o.stderr
+            .starts_with("Error: <new-name> should be a local name\n"),
+        "{}",
+        o.stderr
+    );
+    assert!(o
+        .stderr
+        .ends_with("  See 'tart clone --help' for more information.\n"));
 }
 
 #[test]
@@ -90,7 +126,9 @@ fn clone_with_zero_concurrency_is_a_usage_error() {
     let b = Bed::new();
     let o = b.tart(&["clone", "--concurrency", "0", UBUNTU, "x"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: network concurrency cannot be less than 1\n"));
+    assert!(o
+        .stderr
+        .starts_with("Error: network concurrency cannot be less than 1\n"));
 }
 
 #[test]
@@ -105,7 +143,10 @@ fn pull_prints_plain_percent_lines_with_ci() {
     assert_eq!(lines[lines.len() - 2], "100%");
     assert_eq!(lines[lines.len() - 1], "pulling NVRAM...");
     for l in &lines[3..lines.len() - 1] {
-        assert!(l.ends_with('%') && l[..l.len() - 1].parse::<u32>().is_ok(), "{l}");
+        assert!(
+            l.ends_with('%') && l[..l.len() - 1].parse::<u32>().is_ok(),
+            "{l}"
+        );
     }
 }
 
@@ -126,7 +167,11 @@ fn pull_of_a_cached_tag_says_already_cached_and_linked() {
     let o = b.ok(&["pull", UBUNTU]);
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines[1], "pulling manifest...");
-    assert!(lines[2].starts_with("ghcr.io/cirruslabs/ubuntu@sha256:"), "{}", lines[2]);
+    assert!(
+        lines[2].starts_with("ghcr.io/cirruslabs/ubuntu@sha256:"),
+        "{}",
+        lines[2]
+    );
     assert!(lines[2].ends_with(" image is already cached and linked!"));
 }
 
@@ -143,7 +188,13 @@ fn pull_of_an_unknown_image_is_a_registry_404() {
     let b = Bed::new();
     let o = b.tart(&["pull", "ghcr.io/nobody/nothing:latest"]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("Error: UnexpectedHTTPStatusCode(when: \"pulling manifest\", code: 404, details: "), "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with(
+            "Error: UnexpectedHTTPStatusCode(when: \"pulling manifest\", code: 404, details: "
+        ),
+        "{}",
+        o.stderr
+    );
 }
 
 const AUTH_CAT: &str = r#"{"images": {"registry.example.com:5000/team/private:1.0": {"os": "linux", "pull_ms": 10, "registry_auth": {"username": "u", "password": "p"}}}}"#;
@@ -155,19 +206,36 @@ fn pull_needing_credentials_fails_with_auth_failed_without_them() {
     b.catalogue(AUTH_CAT);
     let o = b.tart(&["pull", PRIVATE]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("Error: AuthFailed(why: \"received unexpected HTTP status code 401"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("Error: AuthFailed(why: \"received unexpected HTTP status code 401"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
 fn pull_uses_tart_registry_env_credentials() {
     let b = Bed::new();
     b.catalogue(AUTH_CAT);
-    let o = b.tart_env(&["pull", PRIVATE], &[("TART_REGISTRY_USERNAME", "u"), ("TART_REGISTRY_PASSWORD", "p")]);
+    let o = b.tart_env(
+        &["pull", PRIVATE],
+        &[
+            ("TART_REGISTRY_USERNAME", "u"),
+            ("TART_REGISTRY_PASSWORD", "p"),
+        ],
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     // Wrong password
     let b2 = Bed::new();
     b2.catalogue(AUTH_CAT);
-    let o = b2.tart_env(&["pull", PRIVATE], &[("TART_REGISTRY_USERNAME", "u"), ("TART_REGISTRY_PASSWORD", "x")]);
+    let o = b2.tart_env(
+        &["pull", PRIVATE],
+        &[
+            ("TART_REGISTRY_USERNAME", "u"),
+            ("TART_REGISTRY_PASSWORD", "x"),
+        ],
+    );
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("AuthFailed"));
 }
@@ -184,7 +252,10 @@ fn registry_env_credentials_need_both_variables() {
 fn registry_hostname_scopes_env_credentials_including_port() {
     let b = Bed::new();
     b.catalogue(AUTH_CAT);
-    let creds = [("TART_REGISTRY_USERNAME", "u"), ("TART_REGISTRY_PASSWORD", "p")];
+    let creds = [
+        ("TART_REGISTRY_USERNAME", "u"),
+        ("TART_REGISTRY_PASSWORD", "p"),
+    ];
     let mut env = creds.to_vec();
     env.push(("TART_REGISTRY_HOSTNAME", "registry.example.com"));
     assert_eq!(b.tart_env(&["pull", PRIVATE], &env).code, 1);
@@ -197,7 +268,13 @@ fn registry_hostname_scopes_env_credentials_including_port() {
 fn registry_refusing_credentials_fails_even_with_the_right_ones() {
     let b = Bed::new();
     b.catalogue(r#"{"images": {"r.io/a/b:latest": {"os": "linux", "registry_auth": {"username": "u", "password": "p"}, "faults": {"pull_refuses_credentials": true}}}}"#);
-    let o = b.tart_env(&["pull", "r.io/a/b:latest"], &[("TART_REGISTRY_USERNAME", "u"), ("TART_REGISTRY_PASSWORD", "p")]);
+    let o = b.tart_env(
+        &["pull", "r.io/a/b:latest"],
+        &[
+            ("TART_REGISTRY_USERNAME", "u"),
+            ("TART_REGISTRY_PASSWORD", "p"),
+        ],
+    );
     assert_eq!(o.code, 1);
     assert!(o.stderr.starts_with("Error: AuthFailed("), "{}", o.stderr);
 }
@@ -248,26 +325,55 @@ fn vm_layout_has_tart_files_and_config_keys() {
         assert!(d.join(f).exists(), "{f}");
     }
     let cfg = json(&std::fs::read_to_string(d.join("config.json")).unwrap());
-    for k in ["version", "os", "arch", "cpuCountMin", "cpuCount", "memorySizeMin", "memorySize", "macAddress", "display", "diskFormat", "ecid", "hardwareModel"] {
+    for k in [
+        "version",
+        "os",
+        "arch",
+        "cpuCountMin",
+        "cpuCount",
+        "memorySizeMin",
+        "memorySize",
+        "macAddress",
+        "display",
+        "diskFormat",
+        "ecid",
+        "hardwareModel",
+    ] {
         assert!(cfg.get(k).is_some(), "{k} missing in {cfg}");
     }
     assert_eq!(cfg["memorySize"], 8192u64 * 1024 * 1024);
-    let link = b.home.join("cache/OCIs/ghcr.io/cirruslabs/macos-tahoe-base/latest");
+    let link = b
+        .home
+        .join("cache/OCIs/ghcr.io/cirruslabs/macos-tahoe-base/latest");
     let target = std::fs::read_link(&link).unwrap();
     assert!(target.to_string_lossy().starts_with("sha256:"));
     let ddir = link.parent().unwrap().join(target);
     for f in ["config.json", "disk.img", "nvram.bin", "manifest.json"] {
         assert!(ddir.join(f).exists(), "{f}");
     }
-    let lcfg = json(&std::fs::read_to_string(b.home.join("cache/OCIs/ghcr.io/cirruslabs/ubuntu").join("latest/config.json")).unwrap_or_else(|_| {
-        b.ok(&["pull", UBUNTU]);
-        std::fs::read_to_string(b.home.join("cache/OCIs/ghcr.io/cirruslabs/ubuntu/latest/config.json")).unwrap()
-    }));
+    let lcfg = json(
+        &std::fs::read_to_string(
+            b.home
+                .join("cache/OCIs/ghcr.io/cirruslabs/ubuntu")
+                .join("latest/config.json"),
+        )
+        .unwrap_or_else(|_| {
+            b.ok(&["pull", UBUNTU]);
+            std::fs::read_to_string(
+                b.home
+                    .join("cache/OCIs/ghcr.io/cirruslabs/ubuntu/latest/config.json"),
+            )
+            .unwrap()
+        }),
+    );
     assert!(lcfg.get("ecid").is_none() && lcfg.get("hardwareModel").is_none());
 }
 
 fn mac_of(b: &Bed, vm: &str) -> String {
-    json(&std::fs::read_to_string(b.vm_dir(vm).join("config.json")).unwrap())["macAddress"].as_str().unwrap().to_string()
+    json(&std::fs::read_to_string(b.vm_dir(vm).join("config.json")).unwrap())["macAddress"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -276,7 +382,13 @@ fn clone_keeps_the_image_mac_first_and_remacs_on_collision() {
     b.clone_vm(UBUNTU, "one");
     b.clone_vm(UBUNTU, "two");
     assert_ne!(mac_of(&b, "one"), mac_of(&b, "two"));
-    let img = json(&std::fs::read_to_string(b.home.join("cache/OCIs/ghcr.io/cirruslabs/ubuntu/latest/config.json")).unwrap());
+    let img = json(
+        &std::fs::read_to_string(
+            b.home
+                .join("cache/OCIs/ghcr.io/cirruslabs/ubuntu/latest/config.json"),
+        )
+        .unwrap(),
+    );
     assert_eq!(img["macAddress"].as_str().unwrap(), mac_of(&b, "one"));
 }
 
@@ -298,7 +410,11 @@ fn clone_failing_for_lack_of_disk_leaves_nothing_behind() {
     b.catalogue(r#"{"images": {"r.io/a/b:latest": {"os": "darwin", "pull_ms": 10, "faults": {"clone_fails_disk": true}}}}"#);
     let o = b.tart(&["clone", "r.io/a/b:latest", "vm"]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("Error: ") && o.stderr.contains("No space left on device"), "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with("Error: ") && o.stderr.contains("No space left on device"),
+        "{}",
+        o.stderr
+    );
     assert!(!b.vm_dir("vm").exists());
     assert_eq!(std::fs::read_dir(b.home.join("tmp")).unwrap().count(), 0);
 }
@@ -311,7 +427,12 @@ fn list_json_is_pretty_with_space_before_colon_and_capitalised_keys() {
     assert!(o.stdout.starts_with("[\n  {\n    \""), "{}", o.stdout);
     assert!(o.stdout.contains("\"Name\" : \"vm\""));
     let v = json(&o.stdout);
-    let local: Vec<&serde_json::Value> = v.as_array().unwrap().iter().filter(|e| e["Source"] == "local").collect();
+    let local: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["Source"] == "local")
+        .collect();
     assert_eq!(local.len(), 1);
     let e = local[0];
     assert_eq!(e["State"], "stopped");
@@ -319,7 +440,12 @@ fn list_json_is_pretty_with_space_before_colon_and_capitalised_keys() {
     assert_eq!(e["Disk"], 20);
     assert!(e["Size"].is_u64());
     assert!(e["Accessed"].as_str().unwrap().ends_with('Z'));
-    let oci: Vec<&serde_json::Value> = v.as_array().unwrap().iter().filter(|e| e["Source"] == "OCI").collect();
+    let oci: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["Source"] == "OCI")
+        .collect();
     assert_eq!(oci.len(), 2, "tag and digest entries");
 }
 
@@ -364,12 +490,25 @@ fn get_json_has_size_as_a_string_and_memory_in_mib() {
 fn set_changes_config_and_clears_display_refit_without_its_flag() {
     let b = Bed::new();
     b.clone_vm(MAC_BASE, "vm");
-    b.ok(&["set", "vm", "--cpu", "6", "--memory", "16384", "--display", "1920x1080px", "--display-refit"]);
+    b.ok(&[
+        "set",
+        "vm",
+        "--cpu",
+        "6",
+        "--memory",
+        "16384",
+        "--display",
+        "1920x1080px",
+        "--display-refit",
+    ]);
     let cfg = json(&std::fs::read_to_string(b.vm_dir("vm").join("config.json")).unwrap());
     assert_eq!(cfg["cpuCount"], 6);
     assert_eq!(cfg["memorySize"], 16384u64 * 1024 * 1024);
     assert_eq!(cfg["displayRefit"], true);
-    assert_eq!(json(&b.ok(&["get", "vm", "--format", "json"]).stdout)["Display"], "1920x1080px");
+    assert_eq!(
+        json(&b.ok(&["get", "vm", "--format", "json"]).stdout)["Display"],
+        "1920x1080px"
+    );
     b.ok(&["set", "vm", "--cpu", "5"]);
     let cfg = json(&std::fs::read_to_string(b.vm_dir("vm").join("config.json")).unwrap());
     assert!(cfg.get("displayRefit").is_none());
@@ -389,10 +528,16 @@ fn set_disk_size_grows_only() {
     let b = Bed::new();
     b.clone_vm(MAC_BASE, "vm");
     b.ok(&["set", "vm", "--disk-size", "80"]);
-    assert_eq!(json(&b.ok(&["get", "vm", "--format", "json"]).stdout)["Disk"], 80);
+    assert_eq!(
+        json(&b.ok(&["get", "vm", "--format", "json"]).stdout)["Disk"],
+        80
+    );
     let o = b.tart(&["set", "vm", "--disk-size", "60"]);
     assert_eq!(o.code, 1);
-    assert_eq!(o.stderr, "new disk size of 60 GB should be larger than the current disk size of 80 GB\n");
+    assert_eq!(
+        o.stderr,
+        "new disk size of 60 GB should be larger than the current disk size of 80 GB\n"
+    );
 }
 
 #[test]
@@ -409,7 +554,10 @@ fn stop_of_a_stopped_vm_exits_2() {
     let b = Bed::new();
     b.clone_vm(UBUNTU, "vm");
     let o = b.tart(&["stop", "vm"]);
-    assert_eq!((o.code, o.stderr.as_str()), (2, "VM \"vm\" is not running\n"));
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "VM \"vm\" is not running\n")
+    );
 }
 
 #[test]
@@ -417,7 +565,10 @@ fn exec_on_a_stopped_vm_exits_2() {
     let b = Bed::new();
     b.clone_vm(UBUNTU, "vm");
     let o = b.tart(&["exec", "vm", "true"]);
-    assert_eq!((o.code, o.stderr.as_str()), (2, "VM \"vm\" is not running\n"));
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "VM \"vm\" is not running\n")
+    );
 }
 
 #[test]
@@ -445,8 +596,14 @@ fn ip_of_a_vm_that_never_ran_says_is_your_vm_running() {
     b.clone_vm(UBUNTU, "vm");
     let t = std::time::Instant::now();
     let o = b.tart(&["ip", "vm"]);
-    assert_eq!((o.code, o.stderr.as_str()), (1, "no IP address found, is your VM running?\n"));
-    assert!(t.elapsed() >= std::time::Duration::from_millis(900), "--wait 0 still sleeps 1 s");
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (1, "no IP address found, is your VM running?\n")
+    );
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(900),
+        "--wait 0 still sleeps 1 s"
+    );
     let o = b.tart(&["ip", "vm", "--resolver", "agent"]);
     assert_eq!(o.stderr, "no IP address found, is your VM running? (also make sure that Guest agent for Tart is running inside of a VM)\n");
     let o = b.tart(&["ip", "vm", "--resolver", "arp"]);
@@ -460,7 +617,12 @@ fn ip_reports_a_malformed_lease_file_as_unexpected_format() {
     std::fs::write(b.host.join("dhcpd_leases"), "garbage\n").unwrap();
     let o = b.tart(&["ip", "vm"]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("Error: UnexpectedFormat(name: \"unexpected DHCPD leases file format\""), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("Error: UnexpectedFormat(name: \"unexpected DHCPD leases file format\""),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -468,7 +630,9 @@ fn login_needs_username_and_password_stdin_together() {
     let b = Bed::new();
     let o = b.tart(&["login", "r.io", "--username", "u"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: both --username and --password-stdin are required\n"));
+    assert!(o
+        .stderr
+        .starts_with("Error: both --username and --password-stdin are required\n"));
     let o = b.tart(&["login", "r.io", "--password-stdin"]);
     assert_eq!(o.code, 64);
 }
@@ -481,13 +645,26 @@ fn login_validates_and_keeps_no_secret_and_logout_forgets() {
     let host = "registry.example.com:5000";
     let login = |pw: &str| -> Out {
         let mut c = b.cmd(&["login", host, "--username", "u", "--password-stdin"]);
-        let mut ch = c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        ch.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes()).unwrap();
+        let mut ch = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{pw}\n").as_bytes())
+            .unwrap();
         ch.wait_with_output().unwrap().into()
     };
     let o = login("wrong");
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("invalid credentials: AuthFailed("), "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with("invalid credentials: AuthFailed("),
+        "{}",
+        o.stderr
+    );
     let o = login("p");
     assert_eq!((o.code, o.stdout.as_str()), (0, ""));
     let kc = std::fs::read_to_string(b.home.join("sim/keychain.json")).unwrap();
@@ -495,7 +672,9 @@ fn login_validates_and_keeps_no_secret_and_logout_forgets() {
     // The stored login works for pulls.
     b.ok(&["pull", PRIVATE]);
     b.ok(&["logout", host]);
-    assert!(!std::fs::read_to_string(b.home.join("sim/keychain.json")).unwrap().contains(host));
+    assert!(!std::fs::read_to_string(b.home.join("sim/keychain.json"))
+        .unwrap()
+        .contains(host));
     b.ok(&["logout", host]);
 }
 
@@ -516,5 +695,7 @@ fn run_validates_dir_shares_and_network_flags_as_usage_errors() {
     assert!(o.stderr.starts_with("Error: invalid --dir syntax: for multiple directory shares each one of them should be named\n"), "{}", o.stderr);
     let o = b.tart(&["run", "vm", "--net-host", "--net-softnet"]);
     assert_eq!(o.code, 64);
-    assert!(o.stderr.starts_with("Error: --net-bridged, --net-softnet and --net-host are mutually exclusive\n"));
+    assert!(o.stderr.starts_with(
+        "Error: --net-bridged, --net-softnet and --net-host are mutually exclusive\n"
+    ));
 }
