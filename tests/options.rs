@@ -388,3 +388,37 @@ fn bad_job_values_are_the_jobs_failure_naming_the_variable() {
     }
     assert!(bed.sim.local_vms().is_empty());
 }
+
+#[test]
+fn ssh_keys_log_in_to_images_that_carry_the_public_key() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let key = bed.sim.root().join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let bed = bed
+        .image(
+            "ghcr.io/acme/keyed:1",
+            Image::darwin().authorized_key(public.trim()),
+        )
+        .option(["--ssh-key-file", key.to_str().unwrap()]);
+    run_job(
+        &bed.runner(),
+        &Job::new()
+            .image("ghcr.io/acme/keyed:1")
+            .script(["echo key-login-ok"]),
+    )
+    .assert_success()
+    .assert_log_contains("key-login-ok");
+    // An image without the key refuses at once; the password is not tried instead.
+    let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
+    assert!(system_failure(&out.verdict), "{:?}", out.verdict);
+    out.assert_log_contains("refused SSH login");
+}

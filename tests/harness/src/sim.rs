@@ -64,6 +64,9 @@ pub struct Image {
     pub disk_gb: u64,
     pub registry_auth: Option<RegistryAuth>,
     pub faults: Faults,
+    /// Public keys baked into the user's `~/.ssh/authorized_keys`.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
 }
 
 impl Image {
@@ -80,6 +83,7 @@ impl Image {
             disk_gb: 50,
             registry_auth: None,
             faults: Faults::default(),
+            authorized_keys: Vec::new(),
         }
     }
     /// A macOS image (counts toward Apple's 2-VM limit), `admin`/`admin`.
@@ -92,6 +96,11 @@ impl Image {
     pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = user.into();
         self.password = password.into();
+        self
+    }
+    /// Bakes a public key into the image user's `authorized_keys`.
+    pub fn authorized_key(mut self, key: impl Into<String>) -> Self {
+        self.authorized_keys.push(key.into());
         self
     }
     pub fn agent(mut self, on: bool) -> Self {

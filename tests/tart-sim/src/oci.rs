@@ -182,6 +182,9 @@ pub struct Image {
     /// Optional explicit digest (64 hex); otherwise derived from the entry.
     #[serde(default)]
     pub digest: Option<String>,
+    /// Public keys baked into the user's `~/.ssh/authorized_keys` (a key-only image).
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
 }
 
 /// What a VM knows about the image it came from (`vms/<name>/sim.json`).
@@ -198,6 +201,8 @@ pub struct SimVm {
     pub faults: Faults,
     #[serde(default)]
     pub image: Option<String>,
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
 }
 
 impl SimVm {
@@ -517,6 +522,7 @@ fn write_image_files(dir: &Path, r: &Remote, img: &Image, digest: &str) -> std::
         agent: img.agent,
         faults: img.faults.clone(),
         image: Some(r.full()),
+        authorized_keys: img.authorized_keys.clone(),
     };
     fs::write(
         dir.join("sim.json"),

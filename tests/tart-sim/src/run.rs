@@ -286,7 +286,12 @@ fn write_run_record(dir: &Path, v: serde_json::Value) {
     }
 }
 
-fn prepare_guest_dir(gdir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+fn prepare_guest_dir(
+    gdir: &Path,
+    uid: u32,
+    gid: u32,
+    authorized_keys: &[String],
+) -> std::io::Result<()> {
     for (d, mode) in [
         ("home", 0o750),
         ("tmp", 0o1777),
@@ -314,6 +319,16 @@ fn prepare_guest_dir(gdir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
         }
     }
     std::os::unix::fs::chown(gdir.join("home"), Some(uid), Some(gid))?;
+    if !authorized_keys.is_empty() {
+        let ssh = gdir.join("home/.ssh");
+        fs::create_dir_all(&ssh)?;
+        fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))?;
+        let keys = ssh.join("authorized_keys");
+        fs::write(&keys, authorized_keys.join("\n") + "\n")?;
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(&ssh, Some(uid), Some(gid))?;
+        std::os::unix::fs::chown(&keys, Some(uid), Some(gid))?;
+    }
     let key = gdir.join("ssh_host_ed25519_key");
     if !key.exists() {
         let st = Command::new("ssh-keygen")
@@ -503,7 +518,8 @@ pub fn run(args: &[String]) -> R<()> {
         ));
     };
     let gdir = dir.join("guest");
-    prepare_guest_dir(&gdir, uid, gid).map_err(|e| sim_err(format!("preparing the guest: {e}")))?;
+    prepare_guest_dir(&gdir, uid, gid, &sim.authorized_keys)
+        .map_err(|e| sim_err(format!("preparing the guest: {e}")))?;
     for d in ["/Volumes", "/run/sshd", "/run/tart-sim", &user_home] {
         let _ = fs::create_dir_all(d);
     }
