@@ -444,6 +444,15 @@ class Bench:
                     subprocess.run([self.tart, "delete", vm["Name"]], env=self.base_env, capture_output=True, timeout=30)
         except Exception as e:  # noqa: BLE001
             log(f"cleanup: {e}")
+        # Last resort: processes still running for this TART_HOME (a `tart run` that would not stop).
+        needle = f"TART_HOME={self.tart_home}".encode()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0") and int(pid) != os.getpid():
+                        os.kill(int(pid), 9)
+            except OSError:
+                pass
         for f in os.listdir(self.floor_dir):
             if f.endswith(".sock"):
                 subprocess.run(["ssh", "-S", os.path.join(self.floor_dir, f), "-O", "exit", "x"], capture_output=True)
