@@ -314,3 +314,37 @@ fn the_exec_transport_on_an_image_without_the_agent_says_so() {
     out.assert_log_contains("guest agent did not answer");
     bed.assert_nothing_left();
 }
+
+#[test]
+fn large_output_arrives_complete_to_the_last_byte() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(MACOS).script([
+            "head -c 30000000 /dev/zero | tr \"\\\\0\" x",
+            "echo; echo END-OF-OUTPUT",
+            "head -c 30000000 /dev/zero | tr \"\\\\0\" x",
+            "echo; echo END-AGAIN",
+        ]),
+    );
+    out.assert_success();
+    let build = out.stage("build_script").expect("build_script ran");
+    let body = build.stdout.as_bytes();
+    assert!(body.len() > 60_000_000, "got {} bytes", body.len());
+    assert!(
+        build.stdout.trim_end().ends_with("\nEND-AGAIN"),
+        "the end of the output is missing: ...{}",
+        &build.stdout[build.stdout.len().saturating_sub(200)..]
+    );
+    assert_eq!(
+        build
+            .stdout
+            .lines()
+            .filter(|l| *l == "END-OF-OUTPUT")
+            .count(),
+        1
+    );
+}

@@ -166,27 +166,39 @@ impl SshTransport {
 
     pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
         let pid_file = pid_file_for_stage();
-        let mut child = self
+        // The master writes the script's output into pipes we read to the end: the exit
+        // status can arrive before the master has written everything, and a mux client that
+        // leaves at the exit status makes the master drop what it has not yet written.
+        let (out_read, out_write) = pipe()?;
+        let (err_read, err_write) = pipe()?;
+        let child = self
             .session
             .raw_command(stage_wrapper(stage, &pid_file))
             .stdin(openssh::Stdio::from(stdin))
-            .stdout(openssh::Stdio::inherit())
-            .stderr(openssh::Stdio::inherit())
+            .stdout(openssh::Stdio::from(out_write))
+            .stderr(openssh::Stdio::from(err_write))
             .spawn()
             .await
             .map_err(|e| self.describe(e))?;
-        // Inherited descriptors are passed to the master; the child handle holds no pipes.
-        let _ = child.stdin().take();
-        let wait = child.wait();
-        tokio::pin!(wait);
+        // Copies go straight to descriptors 1 and 2 (splice, no buffering), not through
+        // std's locked stdout/stderr, which our own messages still need meanwhile.
+        let (our_out, our_err) = (dup_stdio(1)?, dup_stdio(2)?);
+        let relay = tokio::task::spawn_blocking(move || {
+            let out = std::thread::spawn(move || {
+                std::io::copy(&mut File::from(out_read), &mut File::from(our_out))
+            });
+            let _ = std::io::copy(&mut File::from(err_read), &mut File::from(our_err));
+            let _ = out.join();
+        });
+        tokio::pin!(relay);
         tokio::select! {
-            r = &mut wait => return self.exit(r).await,
+            _ = &mut relay => return self.exit(child.wait().await).await,
             _ = cancelled() => {}
         }
         eprintln!("Stage cancelled: stopping the script in the VM...");
         let _ = self.quick(&cancel_command(&pid_file, "TERM")).await;
-        match tokio::time::timeout(Duration::from_millis(1500), &mut wait).await {
-            Ok(r) => self.exit(r).await,
+        match tokio::time::timeout(Duration::from_millis(1500), &mut relay).await {
+            Ok(_) => self.exit(child.wait().await).await,
             Err(_) => {
                 let _ = self.quick(&cancel_command(&pid_file, "KILL")).await;
                 Ok(RemoteExit::Code(143))
@@ -281,6 +293,39 @@ pub async fn close_master(socket: &Path) -> Result<()> {
         let _ = std::fs::remove_file(socket);
     }
     Ok(())
+}
+
+/// A second descriptor for our stdout or stderr.
+fn dup_stdio(fd: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `new` is fresh and owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+/// A pipe whose ends close on exec.
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two descriptors that we then own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    for fd in fds {
+        // SAFETY: fcntl on descriptors we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 pub fn describe_refusal(user: &str, ip: &str, reason: &str) -> String {
