@@ -105,8 +105,8 @@ pub async fn ensure(
     policy: PullPolicy,
     fetch: &Fetch,
     limit: Duration,
+    cached: bool,
 ) -> Result<bool, Failure> {
-    let cached = tart.list().await?.iter().any(|e| e.name == image.name);
     let must_pull = match (policy, &image.host, cached) {
         (_, None, true) => false,
         (_, None, false) => {

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::settings::Settings;
 use crate::supervisor;
-use crate::tart::Tart;
+use crate::tart::{ListEntry, Tart};
 use crate::vm::{open_lock, try_flock, VmName, VmState};
 
 /// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
@@ -85,8 +85,19 @@ pub async fn sweep(
     keep: Option<&VmName>,
     dry_run: bool,
 ) -> Result<Vec<VmName>> {
-    let mut removed = Vec::new();
     let list = tart.list().await?;
+    sweep_listed(tart, settings, keep, dry_run, &list).await
+}
+
+/// [`sweep`] with the `tart list` the caller already has.
+pub async fn sweep_listed(
+    tart: &Tart,
+    settings: &Settings,
+    keep: Option<&VmName>,
+    dry_run: bool,
+    list: &[ListEntry],
+) -> Result<Vec<VmName>> {
+    let mut removed = Vec::new();
     for entry in list.iter().filter(|e| e.is_local()) {
         let Some(name) = VmName::parse_ours(&entry.name) else {
             continue;

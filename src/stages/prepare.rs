@@ -39,7 +39,9 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let state = VmState::new(&settings.state_dir, &vm);
     eprintln!("Preparing VM {vm} from {}", request.image.name);
 
-    match lifecycle::sweep(&tart, settings, Some(&vm), false).await {
+    // One `tart list` serves the sweep, the leftover check and the pull policy.
+    let list = tart.list().await?;
+    match lifecycle::sweep_listed(&tart, settings, Some(&vm), false, &list).await {
         Ok(swept) if !swept.is_empty() => {
             eprintln!(
                 "Removed {} orphaned VM(s) left by earlier jobs: {}",
@@ -60,7 +62,9 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         anyhow!("VM {vm} is still held by an earlier attempt of this job; retry in a minute")
     })?;
     // A leftover of an earlier attempt: its processes are gone (we hold the lock).
-    tart.delete(vm.as_str()).await?;
+    if list.iter().any(|e| e.name == vm.as_str()) {
+        tart.delete(vm.as_str()).await?;
+    }
     let _ = std::fs::remove_file(state.connection_file());
 
     let job_limit = Duration::from_secs(job.job_timeout_secs.unwrap_or(3600));
@@ -79,6 +83,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         request.pull_policy,
         &fetch,
         job_limit,
+        list.iter().any(|e| e.name == request.image.name),
     )
     .await?
     {
