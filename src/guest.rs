@@ -91,6 +91,10 @@ pub fn setup_script(os: &str, shares: &[Share], dirs: &[&str], install: &RunnerI
     }
     if install.wanted || install.force {
         s.push_str(&install_runner_script(install));
+    } else {
+        s.push_str(
+            "command -v gitlab-runner >/dev/null 2>&1 || echo 'WARNING: no gitlab-runner in the VM: artifacts and cache will be skipped (bake it into the image, or --install-gitlab-runner)'\n",
+        );
     }
     s
 }
