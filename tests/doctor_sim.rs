@@ -1,0 +1,95 @@
+//! `doctor` against the Tart simulator: what it says about Tart and about this driver's VMs
+//! on a host with real (simulated) VMs, live and orphaned.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{skip_e2e, Bed, MACOS};
+use harness::{run_job, Job};
+
+/// doctor's JSON report: (check, status, detail).
+fn doctor(bed: &Bed) -> Vec<(String, String, String)> {
+    let out = bed.driver(&[
+        "doctor",
+        "--format",
+        "json",
+        "--state-dir",
+        bed.state_dir.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (field("check"), field("status"), field("detail"))
+        })
+        .collect()
+}
+
+fn check<'a>(report: &'a [(String, String, String)], name: &str) -> &'a (String, String, String) {
+    report
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no `{name}` check in {report:?}"))
+}
+
+#[test]
+fn doctor_reads_tarts_version_from_the_host() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let report = doctor(&bed);
+    let tart = check(&report, "tart");
+    assert_eq!(tart.1, "pass", "{tart:?}");
+    assert!(tart.2.contains("2.35.0"), "{tart:?}");
+}
+
+#[test]
+fn doctor_tells_a_live_jobs_vm_from_an_orphan_and_names_the_fix() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    run_job(
+        &bed.runner().cleanup_exec(None),
+        &Job::new().image(MACOS).script(["true"]),
+    )
+    .assert_success();
+    let vm = bed.sim.local_vms().into_iter().next().unwrap().name;
+
+    let report = doctor(&bed);
+    assert!(check(&report, "VMs").2.contains("1 running"), "{report:?}");
+    assert_eq!(
+        check(&report, "orphaned VMs").1,
+        "pass",
+        "a live job's VM reported as an orphan: {report:?}"
+    );
+
+    // The job's supervisor dies (gitlab-runner killed): now it is an orphan.
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", &format!("supervise --vm {vm}")])
+        .status();
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", &format!("tart run {vm}")])
+        .status();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = doctor(&bed);
+    let orphans = check(&report, "orphaned VMs");
+    assert_eq!(orphans.1, "warn", "{orphans:?}");
+    assert!(orphans.2.contains(&vm), "{orphans:?}");
+
+    let gc = bed.driver(&["gc", "--state-dir", bed.state_dir.to_str().unwrap()]);
+    assert!(gc.status.success());
+    assert_eq!(check(&doctor(&bed), "orphaned VMs").1, "pass");
+    bed.assert_nothing_left();
+}
