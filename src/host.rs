@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::settings::{Resource, Settings};
-use crate::vm::{open_lock, private_dir, try_flock};
+use crate::vm::{private_dir, try_lock_path};
 
 /// Held slot locks. Dropping this in prepare does not free them once the supervisor has
 /// inherited the descriptors.
@@ -75,8 +75,7 @@ pub fn acquire(settings: &Settings, macos: bool, deadline: Instant) -> Result<Sl
 
 fn take_any(paths: &[std::path::PathBuf]) -> Result<Option<File>> {
     for path in paths {
-        let file = open_lock(path)?;
-        if try_flock(&file)? {
+        if let Some(file) = try_lock_path(path)? {
             return Ok(Some(file));
         }
     }

@@ -35,12 +35,25 @@ impl Image {
                     "image `{name}` is not a valid OCI reference"
                 )));
             }
+            // Tart caches `name:latest` for an untagged name; match the cache by that name.
+            let tagged = caps.get(6).is_some();
+            let name = if tagged {
+                name.to_string()
+            } else {
+                format!("{name}:latest")
+            };
             return Ok(Image {
-                name: name.to_string(),
+                name,
                 host: Some(caps[1].to_string()),
             });
         }
         if local.is_match(name) {
+            // Another job's VM is no image: Tart would copy its disk while it runs.
+            if name.starts_with(crate::vm::PREFIX) {
+                return Err(Failure::rejected(format!(
+                    "image `{name}` is a job VM of this driver, not an image"
+                )));
+            }
             if !settings.allow_local_images {
                 return Err(Failure::rejected(format!(
                     "image `{name}` is not an OCI image reference (host/repository:tag); local VM names as images are off on this runner (--allow-local-images)"
@@ -124,7 +137,14 @@ pub async fn ensure(
     };
     if must_pull {
         tart.pull(&image.name, fetch, limit).await.map_err(|e| {
-            anyhow::anyhow!("{e:#}. Check the image name and the registry credentials (TART_REGISTRY_USERNAME/TART_REGISTRY_PASSWORD)")
+            // A registry that does not know the image: the job named something that is not there.
+            if format!("{e:#}").contains("code: 404") {
+                return Failure::rejected(format!(
+                    "image `{}` does not exist in its registry: check the name and tag ({e:#})",
+                    image.name
+                ));
+            }
+            Failure::System(anyhow::anyhow!("{e:#}. Check the image name and the registry credentials (TART_REGISTRY_USERNAME/TART_REGISTRY_PASSWORD)"))
         })?;
     }
     Ok(must_pull)
@@ -166,6 +186,21 @@ mod tests {
         ] {
             assert!(Image::parse(bad, &settings()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn untagged_images_mean_latest_as_tart_caches_them() {
+        let i = Image::parse("ghcr.io/cirruslabs/ubuntu", &settings()).unwrap();
+        assert_eq!(i.name, "ghcr.io/cirruslabs/ubuntu:latest");
+        let i = Image::parse("ghcr.io/cirruslabs/ubuntu:22.04", &settings()).unwrap();
+        assert_eq!(i.name, "ghcr.io/cirruslabs/ubuntu:22.04");
+    }
+
+    #[test]
+    fn another_jobs_vm_is_not_an_image() {
+        let mut s = settings();
+        s.allow_local_images = true;
+        assert!(Image::parse("tartdrv-abc-42", &s).is_err());
     }
 
     #[test]

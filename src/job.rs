@@ -18,31 +18,74 @@ pub struct JobContext {
     pub job_id: u64,
     pub runner_token: String,
     pub image: Option<String>,
-    pub project_path: Option<String>,
-    /// Seconds the job may run, from CI_JOB_TIMEOUT.
+    /// The GitLab project, as the payload names it (a job cannot change it, unlike the
+    /// `CI_PROJECT_*` variables); keys the project's host cache directory.
+    pub project_id: Option<u64>,
+    /// Seconds the job may run: the payload's `runner_info.timeout`, clamped to a week.
     pub job_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct Payload {
     id: u64,
+    #[serde(default)]
+    job_info: Option<JobInfo>,
+    #[serde(default)]
+    runner_info: Option<RunnerInfo>,
 }
+
+#[derive(Deserialize)]
+struct JobInfo {
+    #[serde(default)]
+    project_id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RunnerInfo {
+    #[serde(default)]
+    timeout: Option<i64>,
+}
+
+const A_WEEK: u64 = 7 * 24 * 3600;
 
 impl JobContext {
     pub fn from_env() -> Result<JobContext> {
-        let job_id = match std::env::var_os("JOB_RESPONSE_FILE") {
+        // The payload gitlab-runner received from GitLab is the trusted source; the
+        // variables are only a fallback for runners older than 14.1, which lack the file.
+        let payload = match std::env::var_os("JOB_RESPONSE_FILE") {
             Some(path) if !path.is_empty() => {
                 let text = std::fs::read(&path).with_context(|| {
-                    format!("cannot read JOB_RESPONSE_FILE {}", PathBuf::from(&path).display())
+                    format!(
+                        "cannot read JOB_RESPONSE_FILE {}",
+                        PathBuf::from(&path).display()
+                    )
                 })?;
                 let payload: Payload = serde_json::from_slice(&text)
                     .context("JOB_RESPONSE_FILE does not hold a job payload with an `id`")?;
-                payload.id
+                Some(payload)
             }
-            _ => Self::var("CI_JOB_ID")
+            _ => None,
+        };
+        let job_id = match &payload {
+            Some(p) => p.id,
+            None => Self::var("CI_JOB_ID")
                 .and_then(|v| v.parse().ok())
                 .context("neither JOB_RESPONSE_FILE nor CUSTOM_ENV_CI_JOB_ID names the job: is gitlab-runner calling this driver?")?,
         };
+        let project_id = match &payload {
+            Some(p) => p.job_info.as_ref().and_then(|i| i.project_id),
+            None => Self::var("CI_PROJECT_ID").and_then(|v| v.parse().ok()),
+        };
+        let job_timeout_secs = match &payload {
+            Some(p) => p
+                .runner_info
+                .as_ref()
+                .and_then(|r| r.timeout)
+                .and_then(|t| u64::try_from(t).ok()),
+            None => Self::var("CI_JOB_TIMEOUT").and_then(|v| v.parse().ok()),
+        }
+        .filter(|&t| t > 0)
+        .map(|t| t.min(A_WEEK));
         let runner_token = Self::var("CI_RUNNER_SHORT_TOKEN")
             .map(|t| {
                 t.chars()
@@ -56,8 +99,8 @@ impl JobContext {
             job_id,
             runner_token,
             image: Self::var("CI_JOB_IMAGE").filter(|i| !i.trim().is_empty()),
-            project_path: Self::var("CI_PROJECT_PATH"),
-            job_timeout_secs: Self::var("CI_JOB_TIMEOUT").and_then(|v| v.parse().ok()),
+            project_id,
+            job_timeout_secs,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::settings::Settings;
 use crate::supervisor;
@@ -11,7 +11,14 @@ use crate::tart::{ListEntry, Tart};
 use crate::vm::{open_lock, try_flock, VmName, VmState};
 
 /// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
-pub async fn wait_for_ip(tart: &Tart, state: &VmState, deadline: Instant) -> Result<String> {
+/// `resolver` is Tart's: `dhcp` for NAT, `arp` for bridged networking, where DHCP leases
+/// are not the host's to read.
+pub async fn wait_for_ip(
+    tart: &Tart,
+    state: &VmState,
+    resolver: &str,
+    deadline: Instant,
+) -> Result<String> {
     let watch_run = async {
         loop {
             if let Some(ending) = state.run_ending() {
@@ -26,7 +33,7 @@ pub async fn wait_for_ip(tart: &Tart, state: &VmState, deadline: Instant) -> Res
             if left == 0 {
                 return Ok(None);
             }
-            match tart.ip(state.name.as_str(), left.min(60), "dhcp").await {
+            match tart.ip(state.name.as_str(), left.min(60), resolver).await {
                 Ok(Some(ip)) => return Ok(Some(ip)),
                 Ok(None) => continue,
                 Err(e) => return Err(e),
@@ -44,7 +51,7 @@ pub async fn wait_for_ip(tart: &Tart, state: &VmState, deadline: Instant) -> Res
 
 /// Stops and deletes the VM and removes its host-side state. Every step is bounded, and a
 /// VM that is already gone is fine.
-pub async fn teardown(tart: &Tart, state: &VmState) -> Result<()> {
+pub async fn teardown(tart: &Tart, settings: &Settings, state: &VmState) -> Result<()> {
     if let Ok(Some(conn)) = state.load_connection() {
         if let Some(socket) = &conn.control_socket {
             crate::transport::ssh::close_master(socket).await?;
@@ -74,6 +81,15 @@ pub async fn teardown(tart: &Tart, state: &VmState) -> Result<()> {
         std::fs::remove_dir_all(&state.dir)?;
     }
     drop(lock);
+    // The job's host builds directory (its checkout) goes with the VM.
+    if let Some(builds) = &settings.builds_dir {
+        let dir = builds.join(state.name.as_str());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| {
+                format!("cannot remove the job's builds directory {}", dir.display())
+            })?;
+        }
+    }
     deleted
 }
 
@@ -137,7 +153,7 @@ pub async fn sweep_listed(
             continue;
         }
         drop(lock);
-        match teardown(tart, &state).await {
+        match teardown(tart, settings, &state).await {
             Ok(()) => removed.push(name),
             Err(e) => eprintln!("WARNING: could not remove orphaned VM {name}: {e:#}"),
         }

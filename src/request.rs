@@ -49,7 +49,8 @@ use Overridable as O;
 impl Overridable {
     /// What jobs may change unless the admin says otherwise: everything the original driver
     /// let jobs set, and gitlab-tart-executor's per-VM options, but nothing that widens the
-    /// VM's network access or changes its disk semantics.
+    /// VM's network access, changes its disk semantics, or spends the host's DHCP pool
+    /// (a random MAC takes a new 24-hour lease from about 253).
     pub const DEFAULT: &'static [Overridable] = &[
         O::SshCredentials,
         O::Shell,
@@ -63,7 +64,6 @@ impl Overridable {
         O::Transport,
         O::RegistryCredentials,
         O::Timezone,
-        O::RandomMac,
         O::Nested,
     ];
 

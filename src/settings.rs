@@ -286,6 +286,9 @@ impl Settings {
             bail!("--concurrency must be at least 1");
         }
         let macos_vm_limit = o.macos_vm_limit.or(file.macos_vm_limit).unwrap_or(2);
+        if macos_vm_limit > 2 {
+            bail!("--macos-vm-limit {macos_vm_limit}: Apple's Virtualization framework runs at most 2 macOS guests per host");
+        }
         if macos_vm_limit == 0 {
             bail!("--macos-vm-limit must be at least 1 (Apple allows 2 macOS guests per host)");
         }

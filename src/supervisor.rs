@@ -103,16 +103,15 @@ pub fn start(
     Ok(())
 }
 
-/// Kills the supervisor and `tart run` of a VM if they are still alive (used when
-/// `tart stop` could not stop it).
+/// Kills the supervisor and `tart run` of a VM, which share the process group the supervisor
+/// created with `setsid`. Callers only do this while the VM's lock is held, i.e. while some
+/// process of that group is alive, so the recorded id cannot have been reused.
 pub fn kill(state: &VmState) {
-    for file in ["tart-run.pid", "supervisor.pid"] {
-        if let Ok(text) = std::fs::read_to_string(state.dir.join(file)) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                if pid > 1 {
-                    // SAFETY: plain kill(2).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+    if let Ok(text) = std::fs::read_to_string(state.dir.join("supervisor.pid")) {
+        if let Ok(pid) = text.trim().parse::<i32>() {
+            if pid > 1 {
+                // SAFETY: plain kill(2) of a process group.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
             }
         }
     }

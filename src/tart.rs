@@ -317,8 +317,10 @@ impl Tart {
             }
             return Ok(Some(ip));
         }
-        if done.code == Some(2) {
-            bail!("{}", done.message());
+        // "no IP address found" means not yet; anything else (a missing VM, an unreadable
+        // leases file) will not get better by waiting.
+        if done.code == Some(2) || !done.message().contains("no IP address found") {
+            bail!("`tart ip` failed: {}", done.message());
         }
         Ok(None)
     }

@@ -128,10 +128,9 @@ impl VmState {
     /// Takes the VM's lock, waiting while another process (an earlier attempt's
     /// supervisor being stopped, a sweep) holds it.
     pub fn lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
-        let file = open_lock(&self.lock_path())?;
         let deadline = std::time::Instant::now() + wait;
         loop {
-            if try_flock(&file)? {
+            if let Some(file) = try_lock_path(&self.lock_path())? {
                 return Ok(Some(file));
             }
             if std::time::Instant::now() >= deadline {
@@ -251,6 +250,25 @@ pub fn open_lock(path: &Path) -> Result<File> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot open lock file {}", path.display()))
+}
+
+/// Takes the lock of the file at `path`, if free. A lock belongs to an inode, not to a path,
+/// so a lock taken on a file that was meanwhile deleted (a sweep, macOS's periodic cleanup of
+/// /tmp) and replaced would guard nothing: such a lock is let go and the new file tried.
+pub fn try_lock_path(path: &Path) -> Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..3 {
+        let file = open_lock(path)?;
+        if !try_flock(&file)? {
+            return Ok(None);
+        }
+        let held = file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+            _ => continue,
+        }
+    }
+    Ok(None)
 }
 
 /// Non-blocking exclusive flock. The kernel drops it when every process holding the open

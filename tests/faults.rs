@@ -506,8 +506,15 @@ fn kill_9_of_prepare_during_clone_is_swept_by_the_next_jobs_prepare() {
     let (code, log) = bed.stage(&next, &["prepare"]);
     assert_eq!(code, 0, "{log}");
     assert!(
-        log.contains(&victim.vm_name()),
-        "the sweep did not name the victim: {log}"
+        log.contains("Removed 1 orphaned VM(s)"),
+        "the sweep did not report the victim: {log}"
+    );
+    assert!(
+        bed.sim
+            .local_vms()
+            .iter()
+            .all(|v| v.name != victim.vm_name()),
+        "the victim's VM survived the sweep"
     );
     let (code, log) = bed.stage(&next, &["cleanup"]);
     assert_eq!(code, 0, "{log}");

@@ -131,9 +131,13 @@ fn the_next_jobs_prepare_sweeps_orphans() {
     let bed = Bed::new();
     let vm = orphaned_job(&bed);
     let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
-    out.assert_success().assert_log_contains(&format!(
-        "Removed 1 orphaned VM(s) left by earlier jobs: {vm}"
-    ));
+    out.assert_success()
+        .assert_log_contains("Removed 1 orphaned VM(s) left by earlier jobs");
+    assert!(
+        !out.log.contains(&vm),
+        "another job's VM named in this job's log"
+    );
+    assert!(bed.sim.local_vms().iter().all(|v| v.name != vm));
     bed.assert_nothing_left();
 }
 

@@ -117,26 +117,24 @@ fn gitlab_tart_executor_network_and_disk_options_reach_tart_run() {
 }
 
 #[test]
-fn random_mac_is_applied_with_tart_set() {
+fn random_mac_is_applied_with_tart_set_and_jobs_need_the_admins_leave() {
     if skip_e2e() {
         return;
     }
-    let (bed, log) = record_tart(Bed::new());
-    run_job(
-        &bed.runner(),
+    let (bed, log) = record_tart(Bed::new().option(["--random-mac"]));
+    run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"])).assert_success();
+    let set = calls(&log, "set");
+    assert!(set.iter().any(|c| c.contains("--random-mac")), "{set:?}");
+    // Each random MAC takes a DHCP lease for a day: jobs may not ask by default.
+    let out = run_job(
+        &Bed::new().runner(),
         &Job::new()
             .image(MACOS)
             .var("TART_EXECUTOR_RANDOM_MAC", "true")
             .script(["true"]),
-    )
-    .assert_success();
-    assert!(
-        calls(&log, "set")
-            .iter()
-            .any(|c| c.contains("--random-mac")),
-        "{:?}",
-        calls(&log, "set")
     );
+    assert!(build_failure(&out.verdict), "{:?}", out.verdict);
+    out.assert_log_contains("does not let jobs change `random_mac`");
 }
 
 #[test]

@@ -19,18 +19,7 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
     super::runtime().block_on(async {
         let started = std::time::Instant::now();
         let summary = state.timing_summary();
-        lifecycle::teardown(&tart, &state).await?;
-        if let Some(builds) = &settings.builds_dir {
-            let dir = builds.join(vm.as_str());
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot remove the job's builds directory {}: {e}",
-                        dir.display()
-                    )
-                })?;
-            }
-        }
+        lifecycle::teardown(&tart, &settings, &state).await?;
         eprintln!("Removed VM {vm} ({:.1}s)", started.elapsed().as_secs_f64());
         if let Some(summary) = summary {
             eprintln!("{summary}, cleanup {:.1}s", started.elapsed().as_secs_f64());

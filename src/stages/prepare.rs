@@ -43,15 +43,12 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let list = tart.list().await?;
     match lifecycle::sweep_listed(&tart, settings, Some(&vm), false, &list).await {
         Ok(swept) if !swept.is_empty() => {
+            // Other jobs' names stay out of this job's log (they name other projects' jobs).
             eprintln!(
-                "Removed {} orphaned VM(s) left by earlier jobs: {}",
-                swept.len(),
-                swept
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+                "Removed {} orphaned VM(s) left by earlier jobs",
+                swept.len()
+            );
+            tracing::debug!("swept: {swept:?}");
         }
         Ok(_) => {}
         Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
@@ -137,7 +134,12 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let _lock = lock;
 
     let deadline = Instant::now() + request.boot_timeout;
-    let conn = connect(&tart, &state, request, &info.os, deadline).await?;
+    let resolver = if settings.bridged.is_some() {
+        "arp"
+    } else {
+        "dhcp"
+    };
+    let conn = connect(&tart, &state, request, &info.os, resolver, deadline).await?;
     super::phase_done(
         &format!("VM booted and reachable over {}", transport_name(&conn)),
         t,
@@ -278,24 +280,11 @@ fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec
         });
     }
     if let Some(cache) = &settings.cache_dir {
-        // One cache per project: a job cannot read or poison another project's cache.
-        let project: String = job
-            .project_path
-            .as_deref()
-            .unwrap_or("default")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let project = if project.chars().all(|c| c == '.') {
-            "default".to_string()
-        } else {
-            project
+        // One cache per project, keyed by the id in GitLab's payload (not by a variable the
+        // job could set): a job cannot read or poison another project's cache.
+        let project = match job.project_id {
+            Some(id) => format!("project-{id}"),
+            None => "project-unknown".to_string(),
         };
         let dir = cache.join(project);
         std::fs::create_dir_all(&dir)
@@ -330,6 +319,7 @@ async fn connect(
     state: &VmState,
     request: &Request,
     os: &str,
+    resolver: &str,
     deadline: Instant,
 ) -> Result<Connection, Failure> {
     let exec = ExecTransport::new(tart.clone(), state.name.clone());
@@ -356,7 +346,7 @@ async fn connect(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    let ip = lifecycle::wait_for_ip(tart, state, deadline).await?;
+    let ip = lifecycle::wait_for_ip(tart, state, resolver, deadline).await?;
     if request.transport == TransportKind::Auto && exec.agent_answers(Duration::from_secs(5)).await
     {
         return Ok(exec_connection());
@@ -370,6 +360,7 @@ async fn connect(
         }
         match ssh::start_master(state, &ip, &request.user, &request.auth).await {
             Ok(()) => break,
+            Err(MasterError::Broken(reason)) => return Err(anyhow!(reason).into()),
             Err(MasterError::Refused(reason)) => {
                 return Err(anyhow!(ssh::describe_refusal(&request.user, &ip, &reason)).into());
             }

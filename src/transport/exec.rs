@@ -48,6 +48,9 @@ impl ExecTransport {
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
+            // Out of the runner's process group: a cancel's SIGTERM is ours to handle, by
+            // killing the script in the guest; `tart exec` itself must not die of it first.
+            .process_group(0)
             .spawn()?;
         let status = tokio::select! {
             s = child.wait() => s?,

@@ -36,6 +36,8 @@ pub enum MasterError {
     Refused(String),
     /// Not reachable yet (booting, sshd not up): worth another try.
     NotYet(String),
+    /// Something on this host is wrong (no `ssh`, no askpass file): say so, do not retry.
+    Broken(String),
 }
 
 /// Starts the job's ControlMaster: `ssh -M -f -N` forks into the background once logged in.
@@ -72,6 +74,8 @@ pub async fn start_master(
     }
     // Keep the master's hands off our stdio: gitlab-runner reads the stage's output until
     // every holder has closed it, and the master outlives this process.
+    // A login that outlives our patience must not stay behind holding the ControlPath.
+    cmd.kill_on_drop(true);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -84,8 +88,8 @@ pub async fn start_master(
     let _password_file = match auth {
         Auth::Password(password) => {
             let file = PasswordFile::write(&state.dir, password)
-                .map_err(|e| MasterError::NotYet(e.to_string()))?;
-            let exe = std::env::current_exe().map_err(|e| MasterError::NotYet(e.to_string()))?;
+                .map_err(|e| MasterError::Broken(e.to_string()))?;
+            let exe = std::env::current_exe().map_err(|e| MasterError::Broken(e.to_string()))?;
             cmd.arg("-o")
                 .arg("PubkeyAuthentication=no")
                 .arg("-o")
@@ -105,7 +109,11 @@ pub async fn start_master(
     cmd.args(["-p", "22", "-l", user, ip]);
     let status = match tokio::time::timeout(Duration::from_secs(30), cmd.status()).await {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(MasterError::Refused(format!("cannot run ssh: {e}"))),
+        Ok(Err(e)) => {
+            return Err(MasterError::Broken(format!(
+                "cannot run `ssh` ({e}): install OpenSSH's client on this host"
+            )))
+        }
         Err(_) => return Err(MasterError::NotYet("ssh did not log in within 30s".into())),
     };
     if status.success() {
@@ -183,12 +191,16 @@ impl SshTransport {
         // Copies go straight to descriptors 1 and 2 (splice, no buffering), not through
         // std's locked stdout/stderr, which our own messages still need meanwhile.
         let (our_out, our_err) = (dup_stdio(1)?, dup_stdio(2)?);
-        let relay = tokio::task::spawn_blocking(move || {
+        // Plain threads, not the runtime's blocking pool: after a cancel the process must be
+        // free to exit even if a guest process still holds the output open.
+        let (done_tx, relay) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
             let out = std::thread::spawn(move || {
                 std::io::copy(&mut File::from(out_read), &mut File::from(our_out))
             });
             let _ = std::io::copy(&mut File::from(err_read), &mut File::from(our_err));
             let _ = out.join();
+            let _ = done_tx.send(());
         });
         tokio::pin!(relay);
         tokio::select! {

@@ -157,8 +157,14 @@ impl Job {
         self.name = n.into();
         self
     }
+    /// The project's path; its id (as GitLab would assign one) follows from it.
     pub fn project(mut self, slug: impl Into<String>) -> Self {
         self.project = slug.into();
+        // FNV-1a: a stable id per path, so different projects get different ids.
+        let hash = self.project.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        self.project_id = 1000 + hash % 1_000_000;
         self
     }
     pub fn image(mut self, i: impl Into<String>) -> Self {
