@@ -52,11 +52,6 @@ pub async fn wait_for_ip(
 /// Stops and deletes the VM and removes its host-side state. Every step is bounded, and a
 /// VM that is already gone is fine.
 pub async fn teardown(tart: &Tart, settings: &Settings, state: &VmState) -> Result<()> {
-    if let Ok(Some(conn)) = state.load_connection() {
-        if let Some(socket) = &conn.control_socket {
-            crate::transport::ssh::close_master(socket).await?;
-        }
-    }
     crate::transport::ssh::close_master(&state.control_socket()).await?;
     let stopped = tart.stop(state.name.as_str(), 10).await;
     // If Tart could not stop it, the processes that hold the VM's lock go the hard way.

@@ -76,7 +76,6 @@ pub struct Connection {
     pub shell: String,
     pub ip: Option<String>,
     pub user: Option<String>,
-    pub control_socket: Option<PathBuf>,
     /// Environment for the job's scripts (TZ, ...).
     #[serde(default)]
     pub env: Vec<(String, String)>,

@@ -329,7 +329,6 @@ async fn connect(
         shell: request.shell.clone(),
         ip: None,
         user: None,
-        control_socket: None,
         env: request.guest_env(),
     };
     if request.transport == TransportKind::Exec {
@@ -381,7 +380,6 @@ async fn connect(
         shell: request.shell.clone(),
         ip: Some(ip),
         user: Some(request.user.clone()),
-        control_socket: Some(state.control_socket()),
         env: request.guest_env(),
     })
 }
