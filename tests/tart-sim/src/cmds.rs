@@ -136,6 +136,17 @@ pub fn gc_tmp(home: &Path) {
     };
     for e in rd.filter_map(|e| e.ok()) {
         let p = e.path();
+        // A clone creates its work directory and then locks it; an entry younger than a
+        // minute may be in that instant, so it is left for a later collection.
+        let fresh = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < std::time::Duration::from_secs(60));
+        if fresh {
+            continue;
+        }
         let Ok(f) = fs::File::open(&p) else { continue };
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             rm_rf(&p);

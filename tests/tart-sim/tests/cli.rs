@@ -681,9 +681,18 @@ fn login_validates_and_keeps_no_secret_and_logout_forgets() {
 #[test]
 fn tmp_entries_are_garbage_collected_by_most_commands() {
     let b = Bed::new();
-    std::fs::create_dir_all(b.home.join("tmp/stale")).unwrap();
+    let stale = b.home.join("tmp/stale");
+    std::fs::create_dir_all(&stale).unwrap();
+    // A fresh entry may be a clone's work directory between creation and locking.
     b.ok(&["list"]);
-    assert!(!b.home.join("tmp/stale").exists());
+    assert!(stale.exists(), "a fresh entry was collected");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    b.ok(&["list"]);
+    assert!(!stale.exists());
 }
 
 #[test]
