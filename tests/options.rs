@@ -268,7 +268,7 @@ fn guest_builds_and_cache_paths_are_configurable() {
     }
     let bed = Bed::new().option([
         "--guest-builds-dir",
-        "/Users/admin/work",
+        "/Users/admin/jobs",
         "--guest-cache-dir",
         "/Users/admin/cache",
     ]);
@@ -279,7 +279,7 @@ fn guest_builds_and_cache_paths_are_configurable() {
             .script(["echo \"dir: $CI_PROJECT_DIR\"", "pwd"]),
     );
     out.assert_success()
-        .assert_log_contains("dir: /Users/admin/work/");
+        .assert_log_contains("dir: /Users/admin/jobs/");
     assert_eq!(
         out.config.as_ref().unwrap().cache_dir.as_deref(),
         Some("/Users/admin/cache")
