@@ -129,8 +129,21 @@ pub fn local_vms(home: &Path) -> Vec<String> {
     v
 }
 
-/// Garbage-collects unlocked entries of `$TART_HOME/tmp` (§1.5).
+/// Garbage-collects unlocked entries of `$TART_HOME/tmp` (§1.5). When an entry vanishes
+/// under it (another Tart process collected it first), Tart's `FileLock` opens nothing,
+/// `flock` fails with EBADF, and the warning goes to stderr before the command's own
+/// output; `TART_SIM_GC_WARNING=1` makes every collection lose that race.
 pub fn gc_tmp(home: &Path) {
+    let warn = |entry: &Path| {
+        eprintln!(
+            "Failed to perform garbage collection: Failed(\"failed to lock file://{}/: Bad file descriptor\")",
+            entry.display()
+        );
+    };
+    if std::env::var_os("TART_SIM_GC_WARNING").is_some_and(|v| v == "1") {
+        warn(&home.join("tmp").join(random_hex(16).to_ascii_uppercase()));
+        return;
+    }
     let Ok(rd) = fs::read_dir(home.join("tmp")) else {
         return;
     };
@@ -138,16 +151,28 @@ pub fn gc_tmp(home: &Path) {
         let p = e.path();
         // A clone creates its work directory and then locks it; an entry younger than a
         // minute may be in that instant, so it is left for a later collection.
-        let fresh = e
-            .metadata()
-            .and_then(|m| m.modified())
+        let meta = match e.metadata() {
+            Ok(m) => m,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // Tart gives up the whole collection at the first vanished entry.
+                warn(&p);
+                return;
+            }
+            Err(_) => continue,
+        };
+        let fresh = meta
+            .modified()
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_none_or(|age| age < std::time::Duration::from_secs(60));
         if fresh {
             continue;
         }
-        let Ok(f) = fs::File::open(&p) else { continue };
+        let Ok(f) = fs::File::open(&p) else {
+            // Tart gives up the whole collection at the first such entry.
+            warn(&p);
+            return;
+        };
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             rm_rf(&p);
         }
