@@ -19,6 +19,7 @@ mod settings;
 mod stages;
 mod supervisor;
 mod tart;
+mod tart_message;
 mod transport;
 mod vm;
 

@@ -100,19 +100,13 @@ impl Finished {
     pub fn ok(&self) -> bool {
         self.code == Some(0)
     }
-    /// Tart's message, without its `Error: ` prefix.
+    /// Tart's message, without its `Error: ` prefix, wherever it is in stderr (after a
+    /// housekeeping warning, before a usage block).
     pub fn message(&self) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
-        let line = text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
-        line.strip_prefix("Error: ").unwrap_or(line).to_string()
+        match crate::tart_message::error_line(&self.stderr) {
+            line if line.is_empty() => crate::tart_message::error_line(&self.stdout),
+            line => line,
+        }
     }
 }
 

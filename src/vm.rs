@@ -230,8 +230,13 @@ impl VmState {
     pub fn run_ending(&self) -> Option<String> {
         let exit = std::fs::read_to_string(self.run_exit()).ok()?;
         let log = std::fs::read_to_string(self.run_log()).unwrap_or_default();
-        let last: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = last[last.len().saturating_sub(3)..].join(" | ");
+        let last = crate::tart_message::meaningful_lines(&log);
+        // A usage error ends with its usage block: its message is the `Error: ` line.
+        let tail = if last.iter().any(|l| l.starts_with("Error: ")) {
+            crate::tart_message::error_line(&log)
+        } else {
+            last[last.len().saturating_sub(3)..].join(" | ")
+        };
         Some(if tail.is_empty() {
             exit.trim().to_string()
         } else {
