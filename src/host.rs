@@ -93,16 +93,20 @@ pub struct Minimum {
     pub memory_mib: u64,
 }
 
-/// What the VM should get: explicit values as given (Tart reports a value below the image's
-/// minimum), automatic shares never below the image's minimum.
+/// What the VM should get: explicit values as given, automatic shares of the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizing {
     pub cpu: Option<u64>,
     pub memory_mib: Option<u64>,
 }
 
+/// An image that needs more than this runner gives a VM. The job chose the image, so this
+/// is the job's to fix: a build failure, not a VM that takes the host from its neighbours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooBig(pub String);
+
 /// The CPU count and memory (MiB) to give a VM, or None to keep the image's.
-pub fn vm_resources(settings: &Settings, minimum: Minimum) -> Sizing {
+pub fn vm_resources(settings: &Settings, minimum: Minimum) -> Result<Sizing, TooBig> {
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
@@ -119,25 +123,38 @@ fn size(
     minimum: Minimum,
     host_cpus: u64,
     host_mib: impl Fn() -> u64,
-) -> Sizing {
+) -> Result<Sizing, TooBig> {
     let share = |total: u64| (total / u64::from(settings.concurrency)).max(1);
-    let wants_auto = |explicit: Option<Resource>| match explicit {
-        Some(Resource::Fixed(n)) => Some(Err(n)),
-        Some(Resource::Auto) => Some(Ok(())),
-        None if settings.auto_resources => Some(Ok(())),
-        None => None,
-    };
-    let cpu = wants_auto(settings.cpu).map(|r| match r {
-        Err(n) => n,
-        Ok(()) => share(host_cpus).max(minimum.cpu),
-    });
-    let memory_mib = wants_auto(settings.memory).map(|r| match r {
-        Err(n) => n,
-        Ok(()) => {
-            share(host_mib().saturating_sub(HOST_RESERVE_MIB).max(1024)).max(minimum.memory_mib)
+    // The image's minimum raises nothing: a job picks the image, and a minimum of the whole
+    // host would starve the other VMs this host runs.
+    let pick = |explicit: Option<Resource>,
+                what: &str,
+                unit: &str,
+                min: u64,
+                auto: &dyn Fn() -> u64| {
+        let (value, source) = match explicit {
+            Some(Resource::Fixed(n)) => (n, "the runner's setting"),
+            Some(Resource::Auto) => (auto(), "this host's share per VM"),
+            None if settings.auto_resources => (auto(), "this host's share per VM"),
+            None => return Ok(None),
+        };
+        if min > value {
+            return Err(TooBig(format!(
+                "the image needs at least {min}{unit} {what}, more than the {value}{unit} each VM gets here ({source}, with --concurrency {}): use a smaller image, or ask the admin to give VMs more",
+                settings.concurrency
+            )));
         }
-    });
-    Sizing { cpu, memory_mib }
+        Ok(Some(value))
+    };
+    let cpu = pick(settings.cpu, "CPUs", "", minimum.cpu, &|| share(host_cpus))?;
+    let memory_mib = pick(
+        settings.memory,
+        "of memory",
+        " MiB",
+        minimum.memory_mib,
+        &|| share(host_mib().saturating_sub(HOST_RESERVE_MIB).max(1024)),
+    )?;
+    Ok(Sizing { cpu, memory_mib })
 }
 
 #[cfg(test)]
@@ -155,7 +172,7 @@ mod tests {
 
     #[test]
     fn auto_resources_split_the_host_evenly_and_keep_a_reserve() {
-        let s = size(&settings(2), Minimum::default(), 12, || 32 * 1024);
+        let s = size(&settings(2), Minimum::default(), 12, || 32 * 1024).unwrap();
         assert_eq!(
             s,
             Sizing {
@@ -166,43 +183,66 @@ mod tests {
     }
 
     #[test]
-    fn auto_resources_never_go_below_the_image_minimum() {
-        let s = size(
+    fn an_image_minimum_above_the_per_vm_share_is_refused_not_granted() {
+        let err = size(
             &settings(2),
             Minimum {
                 cpu: 4,
                 memory_mib: 8192,
             },
-            2,
+            4,
             || 24 * 1024,
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("at least 4 CPUs") && err.0.contains("2 each VM gets"),
+            "{}",
+            err.0
         );
-        assert_eq!(
-            s,
-            Sizing {
-                cpu: Some(4),
-                memory_mib: Some(11 * 1024)
-            }
-        );
+        let err = size(
+            &settings(2),
+            Minimum {
+                cpu: 1,
+                memory_mib: 16 * 1024,
+            },
+            4,
+            || 24 * 1024,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("16384 MiB of memory"), "{}", err.0);
     }
 
     #[test]
-    fn explicit_values_win_over_auto() {
+    fn an_image_minimum_within_the_share_is_fine() {
+        let s = size(
+            &settings(2),
+            Minimum {
+                cpu: 2,
+                memory_mib: 4096,
+            },
+            4,
+            || 24 * 1024,
+        )
+        .unwrap();
+        assert_eq!(s.cpu, Some(2));
+        assert_eq!(s.memory_mib, Some(11 * 1024));
+    }
+
+    #[test]
+    fn explicit_values_win_over_auto_but_not_over_the_image_minimum() {
         let mut st = settings(2);
         st.cpu = Some(Resource::Fixed(3));
         st.auto_resources = true;
         assert_eq!(
-            size(
-                &st,
-                Minimum {
-                    cpu: 4,
-                    memory_mib: 0
-                },
-                16,
-                || 1024
-            )
-            .cpu,
+            size(&st, Minimum::default(), 16, || 1024).unwrap().cpu,
             Some(3)
         );
+        let min = Minimum {
+            cpu: 4,
+            memory_mib: 0,
+        };
+        let err = size(&st, min, 16, || 1024).unwrap_err();
+        assert!(err.0.contains("the runner's setting"), "{}", err.0);
     }
 
     #[test]
@@ -210,7 +250,7 @@ mod tests {
         let mut st = settings(1);
         st.auto_resources = false;
         assert_eq!(
-            size(&st, Minimum::default(), 16, || 1024),
+            size(&st, Minimum::default(), 16, || 1024).unwrap(),
             Sizing {
                 cpu: None,
                 memory_mib: None

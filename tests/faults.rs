@@ -745,7 +745,8 @@ fn after_a_host_reboot_the_sweep_removes_every_leftover_vm() {
     if skip_e2e() {
         return;
     }
-    let bed = Bed::new().option(["--concurrency", "2"]);
+    // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
+    let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let jobs = [bed.direct_job(MACOS), bed.direct_job(common::LINUX)];
     for job in &jobs {
         let (code, log) = bed.stage(job, &["prepare"]);
@@ -784,7 +785,8 @@ fn three_concurrent_macos_jobs_never_run_more_than_two_guests() {
     if skip_e2e() {
         return;
     }
-    let bed = Bed::new().option(["--concurrency", "3"]);
+    // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
+    let bed = Bed::new().option(["--concurrency", "3", "--cpu", "2"]);
     let runner = bed.runner();
     let done = Arc::new(AtomicBool::new(false));
     let most = Arc::new(AtomicUsize::new(0));

@@ -128,7 +128,8 @@ fn claiming_another_jobs_identity_does_not_reach_its_vm() {
     if skip_e2e() {
         return;
     }
-    let bed = Bed::new().option(["--concurrency", "2"]);
+    // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
+    let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let victim = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&victim, &["prepare"]);
     assert_eq!(code, 0, "{log}");

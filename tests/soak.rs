@@ -223,7 +223,8 @@ fn jobs_two_at_a_time_with_random_faults_all_end_right_and_leave_nothing() {
         .image(PULL_FAILS, Image::linux().pull_fails())
         .image(GUEST_DIES, Image::linux().guest_dies_after_ms(5000))
         .image(NEVER_IP, Image::linux().never_ip())
-        .option(["--concurrency", "2", "--timeout", "60"]);
+        // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
+        .option(["--concurrency", "2", "--cpu", "2", "--timeout", "60"]);
     let runner = bed.runner();
 
     // Every kind once (in a seeded order), then weighted random picks.

@@ -217,13 +217,10 @@ async fn copy_gitlab_runner(transport: &Transport, os: &str) -> anyhow::Result<(
 }
 
 /// Applies CPU, memory and display in one `tart set`.
-async fn configure(
-    tart: &Tart,
-    settings: &Settings,
-    request: &Request,
-    vm: &str,
-) -> anyhow::Result<()> {
-    let sizing = host::vm_resources(settings, image_minimum(vm));
+async fn configure(tart: &Tart, settings: &Settings, request: &Request, vm: &str) -> StageResult {
+    let sizing = host::vm_resources(settings, image_minimum(vm)).map_err(|too_big| {
+        Failure::rejected(format!("image `{}`: {}", request.image.name, too_big.0))
+    })?;
     let mut flags = Vec::new();
     if let Some(cpu) = sizing.cpu {
         flags.extend(["--cpu".to_string(), cpu.to_string()]);

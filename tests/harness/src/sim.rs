@@ -67,6 +67,11 @@ pub struct Image {
     /// Public keys baked into the user's `~/.ssh/authorized_keys`.
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// The image's own minimum (`cpuCountMin`, `memorySizeMin`); None: the simulator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_min_mib: Option<u64>,
 }
 
 impl Image {
@@ -84,6 +89,8 @@ impl Image {
             registry_auth: None,
             faults: Faults::default(),
             authorized_keys: Vec::new(),
+            cpu_min: None,
+            memory_min_mib: None,
         }
     }
     /// A macOS image (counts toward Apple's 2-VM limit), `admin`/`admin`.
@@ -101,6 +108,12 @@ impl Image {
     /// Bakes a public key into the image user's `authorized_keys`.
     pub fn authorized_key(mut self, key: impl Into<String>) -> Self {
         self.authorized_keys.push(key.into());
+        self
+    }
+    /// The image's minimum CPU count and memory, as its `config.json` declares them.
+    pub fn minimum(mut self, cpu: u32, memory_mib: u64) -> Self {
+        self.cpu_min = Some(cpu);
+        self.memory_min_mib = Some(memory_mib);
         self
     }
     pub fn agent(mut self, on: bool) -> Self {

@@ -185,6 +185,12 @@ pub struct Image {
     /// Public keys baked into the user's `~/.ssh/authorized_keys` (a key-only image).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// The image's `cpuCountMin` (default: 2 for macOS, as Cirrus images have, 1 for Linux).
+    #[serde(default)]
+    pub cpu_min: Option<u32>,
+    /// The image's `memorySizeMin` in MiB (default: 4096 for macOS, 512 for Linux).
+    #[serde(default)]
+    pub memory_min_mib: Option<u64>,
 }
 
 /// What a VM knows about the image it came from (`vms/<name>/sim.json`).
@@ -483,17 +489,19 @@ fn write_image_files(dir: &Path, r: &Remote, img: &Image, digest: &str) -> std::
     }
     cfg.insert(
         "cpuCountMin".into(),
-        json!(if darwin { img.cpu.min(4) } else { 1 }),
+        json!(img
+            .cpu_min
+            .unwrap_or(if darwin { img.cpu.min(2) } else { 1 })),
     );
     cfg.insert("arch".into(), json!("arm64"));
     cfg.insert("os".into(), json!(img.os));
     cfg.insert("cpuCount".into(), json!(img.cpu));
     cfg.insert(
         "memorySizeMin".into(),
-        json!(if darwin {
-            mem.min(4096 * 1024 * 1024)
-        } else {
-            512 * 1024 * 1024
+        json!(match img.memory_min_mib {
+            Some(mib) => mib * 1024 * 1024,
+            None if darwin => mem.min(4096 * 1024 * 1024),
+            None => 512 * 1024 * 1024,
         }),
     );
     cfg.insert("memorySize".into(), json!(mem));

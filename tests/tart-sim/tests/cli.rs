@@ -518,9 +518,9 @@ fn set_changes_config_and_clears_display_refit_without_its_flag() {
 fn set_below_the_macos_minimum_fails_with_exit_1() {
     let b = Bed::new();
     b.clone_vm(MAC_BASE, "vm");
-    let o = b.tart(&["set", "vm", "--cpu", "2"]);
+    let o = b.tart(&["set", "vm", "--cpu", "1"]);
     assert_eq!(o.code, 1);
-    assert_eq!(o.stderr, "Error: LessThanMinimalResourcesError: VM should have 4 CPU cores at minimum (requested 2)\n");
+    assert_eq!(o.stderr, "Error: LessThanMinimalResourcesError: VM should have 2 CPU cores at minimum (requested 1)\n");
 }
 
 #[test]
