@@ -33,9 +33,15 @@ pub async fn wait_for_ip(
             if left == 0 {
                 return Ok(None);
             }
+            let asked = Instant::now();
             match tart.ip(state.name.as_str(), left.min(60), resolver).await {
                 Ok(Some(ip)) => return Ok(Some(ip)),
-                Ok(None) => continue,
+                // `--wait` makes Tart poll once a second; an answer that came sooner (a VM
+                // Tart does not see running, another resolver) must not turn into a spin.
+                Ok(None) => {
+                    let pause = Duration::from_secs(1).saturating_sub(asked.elapsed());
+                    tokio::time::sleep(pause).await;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -3,6 +3,7 @@
 //! the stage's outcome into the exit code gitlab-runner expects.
 
 mod cli;
+mod clock;
 mod doctor;
 mod failure;
 mod guest;

@@ -301,7 +301,7 @@ impl Tart {
         let done = self
             .capture(
                 &["ip", vm, "--wait", &wait, "--resolver", resolver],
-                Duration::from_secs(wait_secs + 15),
+                Duration::from_secs(wait_secs.saturating_add(15)),
             )
             .await?;
         if done.ok() {
@@ -325,7 +325,7 @@ impl Tart {
         let done = self
             .capture(
                 &["stop", vm, "--timeout", &t],
-                Duration::from_secs(timeout_secs + 15),
+                Duration::from_secs(timeout_secs.saturating_add(15)),
             )
             .await?;
         if done.ok()

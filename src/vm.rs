@@ -188,14 +188,12 @@ impl VmState {
         (!parts.is_empty()).then(|| format!("Where the job's time went: {}", parts.join(", ")))
     }
 
-    /// Records when this VM's job must be over (its timeout, with a margin for cleanup).
-    /// A live supervisor past that moment belongs to a job gitlab-runner forgot.
-    pub fn set_expiry(&self, at: std::time::SystemTime) -> Result<()> {
-        let secs = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        std::fs::write(self.dir.join("expires"), secs.to_string())
+    /// Records when this VM's job must be over (its timeout, with a margin for cleanup),
+    /// on the boot clock: a wall-clock jump must not make a live job look forgotten. A
+    /// live supervisor past that moment belongs to a job gitlab-runner forgot.
+    pub fn set_expiry(&self, after: std::time::Duration) -> Result<()> {
+        let at = crate::clock::boot_secs().saturating_add(after.as_secs());
+        std::fs::write(self.dir.join("expires"), format!("boot {at}"))
             .context("cannot write the VM's expiry")
     }
 
@@ -203,10 +201,11 @@ impl VmState {
         let Ok(text) = std::fs::read_to_string(self.dir.join("expires")) else {
             return false;
         };
-        let Ok(secs) = text.trim().parse::<u64>() else {
+        // An expiry in any other form (an older driver's wall-clock time) proves nothing.
+        let Some(Ok(at)) = text.trim().strip_prefix("boot ").map(str::parse::<u64>) else {
             return false;
         };
-        std::time::SystemTime::now() > std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+        crate::clock::boot_secs() > at
     }
 
     pub fn save_connection(&self, c: &Connection) -> Result<()> {

@@ -193,7 +193,11 @@ fn a_vm_that_outlived_its_jobs_timeout_is_removed_though_its_supervisor_lives() 
         "a live job's VM was removed"
     );
     // Its job's timeout (plus the margin) has passed.
-    std::fs::write(bed.state_dir.join("vms").join(&vm).join("expires"), "1").unwrap();
+    std::fs::write(
+        bed.state_dir.join("vms").join(&vm).join("expires"),
+        "boot 1",
+    )
+    .unwrap();
     let out = gc(&bed, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
     bed.assert_nothing_left();

@@ -66,7 +66,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
 
     let job_limit = Duration::from_secs(job.job_timeout_secs.unwrap_or(3600));
     // gitlab-runner ends every job by its timeout; an hour more covers cleanup's own.
-    state.set_expiry(std::time::SystemTime::now() + job_limit + Duration::from_secs(3600))?;
+    state.set_expiry(job_limit + Duration::from_secs(3600))?;
     let fetch = Fetch {
         creds: request.registry.clone(),
         insecure: settings.insecure_pull,
@@ -115,7 +115,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     }
 
     let t = Instant::now();
-    let slot_deadline = Instant::now() + job_limit;
+    let slot_deadline = crate::clock::deadline_after(job_limit);
     // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
     let slots = host::acquire(settings, info.os != "linux", slot_deadline)?;
     if t.elapsed() > Duration::from_millis(500) {
@@ -133,7 +133,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     // would wait out the whole boot timeout instead of reporting Tart's message.
     let _lock = lock;
 
-    let deadline = Instant::now() + request.boot_timeout;
+    let deadline = crate::clock::deadline_after(request.boot_timeout);
     let resolver = if settings.bridged.is_some() {
         "arp"
     } else {

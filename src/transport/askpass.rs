@@ -36,16 +36,25 @@ pub struct PasswordFile {
 }
 
 impl PasswordFile {
+    /// Writes the password to a temporary name and renames it into place: the file ssh
+    /// reads is complete or absent, and a failed write (a full disk) leaves no fragment
+    /// of a password behind.
     pub fn write(dir: &Path, password: &str) -> Result<PasswordFile> {
         let path = dir.join("askpass");
+        let partial = dir.join("askpass.partial");
         let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
+        let _ = std::fs::remove_file(&partial);
+        let written = std::fs::OpenOptions::new()
             .create_new(true)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .context("cannot write the askpass file")?;
-        f.write_all(password.as_bytes())?;
+            .open(&partial)
+            .and_then(|mut f| f.write_all(password.as_bytes()))
+            .and_then(|()| std::fs::rename(&partial, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e).context("cannot write the askpass file");
+        }
         Ok(PasswordFile { path })
     }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tokio::io::AsyncWriteExt;
 
-use super::{cancel_command, cancelled, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
+use super::relay::{Cancel, Output};
+use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::tart::Tart;
 use crate::vm::VmName;
 
@@ -32,11 +33,16 @@ impl ExecTransport {
         matches!(done, Ok(done) if done.ok())
     }
 
-    pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
+    pub async fn run_stage(
+        &self,
+        stage: &Stage<'_>,
+        stdin: File,
+        cancel: &mut Cancel,
+    ) -> Result<RemoteExit> {
         let pid_file = pid_file_for_stage();
-        let mut child = self
-            .tart
-            .command()
+        let (output, out_write, err_write) = Output::pipes()?;
+        let mut command = self.tart.command();
+        command
             .args([
                 "exec",
                 "-i",
@@ -46,28 +52,39 @@ impl ExecTransport {
                 &stage_wrapper(stage, &pid_file),
             ])
             .stdin(Stdio::from(stdin))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::from(out_write))
+            .stderr(Stdio::from(err_write))
             // Out of the runner's process group: a cancel's SIGTERM is ours to handle, by
             // killing the script in the guest; `tart exec` itself must not die of it first.
-            .process_group(0)
-            .spawn()?;
-        let status = tokio::select! {
-            s = child.wait() => s?,
-            _ = cancelled() => {
-                eprintln!("Stage cancelled: stopping the script in the VM...");
-                self.quick(&cancel_command(&pid_file, "TERM")).await;
-                match tokio::time::timeout(Duration::from_millis(1500), child.wait()).await {
-                    Ok(s) => s?,
-                    Err(_) => {
-                        self.quick(&cancel_command(&pid_file, "KILL")).await;
-                        let _ = child.kill().await;
-                        return Ok(RemoteExit::Code(143));
-                    }
-                }
-            }
-        };
-        self.classify(status.code().unwrap_or(255)).await
+            .process_group(0);
+        die_with_parent(&mut command);
+        let mut child = command.spawn()?;
+        // `command` holds the pipes' write ends: the relay ends only once they are closed.
+        drop(command);
+        let mut relay = output.relay()?;
+        tokio::select! {
+            _ = &mut relay => {}
+            _ = cancel.recv() => return Ok(self.stop_remote(&pid_file, &mut child).await),
+        }
+        tokio::select! {
+            status = child.wait() => self.classify(status?.code().unwrap_or(255)).await,
+            _ = cancel.recv() => Ok(self.stop_remote(&pid_file, &mut child).await),
+        }
+    }
+
+    /// Ends a cancelled stage's script in the guest: SIGTERM, then SIGKILL and `tart exec`
+    /// itself if it has not ended within 1.5 s. Bounded throughout.
+    async fn stop_remote(&self, pid_file: &str, child: &mut tokio::process::Child) -> RemoteExit {
+        eprintln!("Stage cancelled: stopping the script in the VM...");
+        self.quick(&cancel_command(pid_file, "TERM")).await;
+        if tokio::time::timeout(Duration::from_millis(1500), child.wait())
+            .await
+            .is_err()
+        {
+            self.quick(&cancel_command(pid_file, "KILL")).await;
+            let _ = child.kill().await;
+        }
+        RemoteExit::Code(143)
     }
 
     pub async fn run_captured(
@@ -84,18 +101,34 @@ impl ExecTransport {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input).await?;
-            stdin.shutdown().await?;
-        }
-        let out = tokio::time::timeout(limit, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "command in the VM did not finish within {}s",
-                    limit.as_secs()
-                )
-            })??;
+        let mut stdin = child.stdin.take();
+        // The input (a setup script, a 70 MB gitlab-runner) goes in while the output comes
+        // out, both under the limit: a guest that stops reading must not hang prepare.
+        let feed = async {
+            if let Some(stdin) = stdin.as_mut() {
+                stdin.write_all(input).await?;
+                stdin.shutdown().await?;
+            }
+            drop(stdin);
+            Ok::<(), std::io::Error>(())
+        };
+        let work = async {
+            let (fed, out) = tokio::join!(feed, child.wait_with_output());
+            let out = out?;
+            // A command that exits without reading all of its input is not a failure to feed.
+            if let Err(e) = fed {
+                if out.status.success() {
+                    return Err(e);
+                }
+            }
+            Ok::<_, std::io::Error>(out)
+        };
+        let out = tokio::time::timeout(limit, work).await.map_err(|_| {
+            anyhow!(
+                "command in the VM did not finish within {}s",
+                limit.as_secs()
+            )
+        })??;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         let exit = self.classify(out.status.code().unwrap_or(255)).await?;
@@ -132,5 +165,59 @@ impl ExecTransport {
                 self.vm
             )))
         }
+    }
+}
+
+/// `tart exec` lives in a process group of its own (see `run_stage`), so the runner's
+/// SIGKILL of ours does not reach it. Where the platform allows, it dies with us instead of
+/// running on unwatched; elsewhere it only holds our pipes, never the runner's.
+fn die_with_parent(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest command that never reads its input (a hung agent, a stopped guest) must not
+    /// hold prepare: the 8 MB stays unwritten, and the limit still ends the wait.
+    #[test]
+    fn input_a_guest_does_not_read_is_bounded_by_the_limit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tart = dir.path().join("tart");
+        std::fs::write(&tart, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&tart, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = ExecTransport::new(
+            Tart::new(tart.to_str().unwrap()),
+            VmName::for_job("test", 1),
+        );
+        let started = std::time::Instant::now();
+        let result = crate::stages::runtime().block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                exec.run_captured(
+                    "cat > /dev/null",
+                    &vec![0u8; 8 << 20],
+                    Duration::from_secs(1),
+                ),
+            )
+            .await
+        });
+        let outcome = result.expect("the limit did not bound the input");
+        assert!(
+            outcome.is_err(),
+            "a command that never read its input succeeded"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

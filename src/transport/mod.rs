@@ -4,6 +4,7 @@
 
 pub mod askpass;
 pub mod exec;
+pub mod relay;
 pub mod ssh;
 
 use std::fs::File;
@@ -43,9 +44,10 @@ impl Transport {
     /// its output on our stdout/stderr; on SIGTERM or SIGINT kills it in the guest and
     /// returns promptly.
     pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
+        let mut cancel = relay::Cancel::listen()?;
         match self {
-            Transport::Ssh(t) => t.run_stage(stage, stdin).await,
-            Transport::Exec(t) => t.run_stage(stage, stdin).await,
+            Transport::Ssh(t) => t.run_stage(stage, stdin, &mut cancel).await,
+            Transport::Exec(t) => t.run_stage(stage, stdin, &mut cancel).await,
         }
     }
 
@@ -105,15 +107,4 @@ pub fn pid_file_for_stage() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("/tmp/.tartdrv-{}-{nanos}.pid", std::process::id())
-}
-
-/// Resolves when the stage process receives SIGTERM or SIGINT (the runner's cancel).
-pub async fn cancelled() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
 }

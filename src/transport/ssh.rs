@@ -12,7 +12,8 @@ use openssh::{Error as SshError, Session};
 use tokio::io::AsyncWriteExt;
 
 use super::askpass::{self, PasswordFile};
-use super::{cancel_command, cancelled, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
+use super::relay::{Cancel, Output};
+use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::vm::VmState;
 
 /// How to log in to the guest.
@@ -172,50 +173,56 @@ impl SshTransport {
         Ok(SshTransport { session, socket })
     }
 
-    pub async fn run_stage(&self, stage: &Stage<'_>, stdin: File) -> Result<RemoteExit> {
+    pub async fn run_stage(
+        &self,
+        stage: &Stage<'_>,
+        stdin: File,
+        cancel: &mut Cancel,
+    ) -> Result<RemoteExit> {
         let pid_file = pid_file_for_stage();
         // The master writes the script's output into pipes we read to the end: the exit
         // status can arrive before the master has written everything, and a mux client that
         // leaves at the exit status makes the master drop what it has not yet written.
-        let (out_read, out_write) = pipe()?;
-        let (err_read, err_write) = pipe()?;
-        let child = self
-            .session
-            .raw_command(stage_wrapper(stage, &pid_file))
+        let (output, out_write, err_write) = Output::pipes()?;
+        let mut command = self.session.raw_command(stage_wrapper(stage, &pid_file));
+        let spawn = command
             .stdin(openssh::Stdio::from(stdin))
             .stdout(openssh::Stdio::from(out_write))
             .stderr(openssh::Stdio::from(err_write))
-            .spawn()
-            .await
-            .map_err(|e| self.describe(e))?;
-        // Copies go straight to descriptors 1 and 2 (splice, no buffering), not through
-        // std's locked stdout/stderr, which our own messages still need meanwhile.
-        let (our_out, our_err) = (dup_stdio(1)?, dup_stdio(2)?);
-        // Plain threads, not the runtime's blocking pool: after a cancel the process must be
-        // free to exit even if a guest process still holds the output open.
-        let (done_tx, relay) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let out = std::thread::spawn(move || {
-                std::io::copy(&mut File::from(out_read), &mut File::from(our_out))
-            });
-            let _ = std::io::copy(&mut File::from(err_read), &mut File::from(our_err));
-            let _ = out.join();
-            let _ = done_tx.send(());
-        });
-        tokio::pin!(relay);
+            .spawn();
+        let child = tokio::select! {
+            child = spawn => child.map_err(|e| self.describe(e))?,
+            _ = cancel.recv() => return Ok(self.stop_remote(&pid_file, std::future::pending::<()>()).await),
+        };
+        // `command` holds the pipes' write ends: the relay ends only once they are closed.
+        drop(command);
+        let mut relay = output.relay()?;
         tokio::select! {
-            _ = &mut relay => return self.exit(child.wait().await).await,
-            _ = cancelled() => {}
+            _ = &mut relay => {}
+            _ = cancel.recv() => return Ok(self.stop_remote(&pid_file, relay).await),
         }
+        // The script closed its output (`exec >log 2>&1`, or it is done): its exit status is
+        // still to come, and a cancel must still reach it.
+        let wait = child.wait();
+        tokio::pin!(wait);
+        tokio::select! {
+            status = &mut wait => self.exit(status).await,
+            _ = cancel.recv() => Ok(self.stop_remote(&pid_file, wait).await),
+        }
+    }
+
+    /// Ends a cancelled stage's remote process group: SIGTERM, then SIGKILL if `ended` (the
+    /// output closing, or the exit status) does not come within 1.5 s. Bounded throughout.
+    async fn stop_remote(&self, pid_file: &str, ended: impl std::future::Future) -> RemoteExit {
         eprintln!("Stage cancelled: stopping the script in the VM...");
-        let _ = self.quick(&cancel_command(&pid_file, "TERM")).await;
-        match tokio::time::timeout(Duration::from_millis(1500), &mut relay).await {
-            Ok(_) => self.exit(child.wait().await).await,
-            Err(_) => {
-                let _ = self.quick(&cancel_command(&pid_file, "KILL")).await;
-                Ok(RemoteExit::Code(143))
-            }
+        self.quick(&cancel_command(pid_file, "TERM")).await;
+        if tokio::time::timeout(Duration::from_millis(1500), ended)
+            .await
+            .is_err()
+        {
+            self.quick(&cancel_command(pid_file, "KILL")).await;
         }
+        RemoteExit::Code(143)
     }
 
     pub async fn run_captured(
@@ -256,13 +263,12 @@ impl SshTransport {
         })?
     }
 
-    async fn quick(&self, command: &str) -> Result<()> {
+    async fn quick(&self, command: &str) {
         let _ = tokio::time::timeout(
             Duration::from_secs(3),
             self.session.raw_command(command).status(),
         )
         .await;
-        Ok(())
     }
 
     async fn exit(&self, result: Result<std::process::ExitStatus, SshError>) -> Result<RemoteExit> {
@@ -272,8 +278,10 @@ impl SshTransport {
                 Ok(RemoteExit::Code(127))
             }
             Err(SshError::RemoteProcessTerminated) => {
-                // Killed by a signal, or the connection died: only the master can tell.
-                if self.session.check().await.is_ok() {
+                // Killed by a signal, or the connection died: only the master can tell, and
+                // a master that does not answer (stopped, or its host asleep) counts as lost.
+                let check = tokio::time::timeout(Duration::from_secs(5), self.session.check());
+                if matches!(check.await, Ok(Ok(()))) {
                     Ok(RemoteExit::Code(255))
                 } else {
                     Ok(RemoteExit::Lost(
@@ -305,39 +313,6 @@ pub async fn close_master(socket: &Path) -> Result<()> {
         let _ = std::fs::remove_file(socket);
     }
     Ok(())
-}
-
-/// A second descriptor for our stdout or stderr.
-fn dup_stdio(fd: i32) -> Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that we own.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: `new` is fresh and owned by nobody else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
-}
-
-/// A pipe whose ends close on exec.
-fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe(2) fills two descriptors that we then own.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    for fd in fds {
-        // SAFETY: fcntl on descriptors we own.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
 }
 
 pub fn describe_refusal(user: &str, ip: &str, reason: &str) -> String {
