@@ -72,6 +72,10 @@ pub struct Image {
     pub cpu_min: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_min_mib: Option<u64>,
+    /// The image's digest (64 hex); by default derived from the entry, so two entries
+    /// that differ only in a fault knob are different images with different MACs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl Image {
@@ -91,6 +95,7 @@ impl Image {
             authorized_keys: Vec::new(),
             cpu_min: None,
             memory_min_mib: None,
+            digest: None,
         }
     }
     /// A macOS image (counts toward Apple's 2-VM limit), `admin`/`admin`.
@@ -114,6 +119,12 @@ impl Image {
     pub fn minimum(mut self, cpu: u32, memory_mib: u64) -> Self {
         self.cpu_min = Some(cpu);
         self.memory_min_mib = Some(memory_mib);
+        self
+    }
+    /// Fixes the image's digest, so that entries in different catalogues (or with
+    /// different fault knobs) are the same image, with the same MAC address.
+    pub fn digest(mut self, hex64: impl Into<String>) -> Self {
+        self.digest = Some(hex64.into());
         self
     }
     pub fn agent(mut self, on: bool) -> Self {
@@ -291,6 +302,33 @@ impl SimHost {
         };
         h.write_catalogue();
         Ok(h)
+    }
+
+    /// Another user of the same simulated Mac: a TART_HOME of its own, starting with a copy
+    /// of this catalogue (the same images, digests and MAC addresses), and the same
+    /// TART_SIM_HOST (one NAT network and DHCP lease table, one macOS-VM limit). Keep `self`
+    /// alive for as long as the returned host.
+    pub fn another_user(&self) -> SimHost {
+        let root = tempfile::Builder::new()
+            .prefix("tart-sim-test")
+            .tempdir()
+            .expect("temp dir");
+        let tart_home = root.path().join("tart-home");
+        let bin_dir = root.path().join("bin");
+        for d in [&tart_home, &bin_dir] {
+            std::fs::create_dir_all(d).expect("create dir");
+        }
+        let sim = std::fs::read_link(self.tart_path()).expect("the tart symlink");
+        std::os::unix::fs::symlink(sim, bin_dir.join("tart")).expect("symlink tart");
+        let other = SimHost {
+            root,
+            tart_home,
+            sim_host: self.sim_host.clone(),
+            bin_dir,
+            catalogue: self.catalogue.clone(),
+        };
+        other.write_catalogue();
+        other
     }
 
     /// Add or replace a catalogue image (written at once).

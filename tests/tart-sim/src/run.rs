@@ -225,25 +225,37 @@ fn allocate_ip(mac: &str) -> Option<(String, File)> {
     None
 }
 
-/// Takes one of the host's two macOS-guest slots, or returns the names holding them.
-fn take_macos_slot(name: &str) -> Result<File, Vec<String>> {
+/// Takes one of the host's two macOS-guest slots. They count every macOS guest of the
+/// simulated Mac, whatever its TART_HOME, as Apple's quota counts every user's VMs.
+fn take_macos_slot(name: &str) -> Option<File> {
     let dir = sim_host().join("macos-slots");
-    let mut names = vec![];
     for i in 0..2 {
         let p = dir.join(format!("slot{i}"));
         if let Some(mut f) = try_flock(&p) {
             let _ = f.set_len(0);
             let _ = f.write_all(name.as_bytes());
-            return Ok(f);
+            return Some(f);
         }
-        names.push(
-            fs::read_to_string(&p)
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        );
     }
-    Err(names)
+    None
+}
+
+/// Tart's hint on the VM limit names only the running VMs it can see: those of its own
+/// TART_HOME (and any kind, Linux guests included).
+fn limit_error(home: &Path, name: &str) -> Fail {
+    let others: Vec<String> = cmds::local_vms(home)
+        .into_iter()
+        .filter(|n| n != name && running_pid(&vm_dir(home, n)).is_some())
+        .collect();
+    let hint = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (other running VMs: {})", others.join(", "))
+    };
+    Fail::Bare(
+        format!("The number of VMs exceeds the system limit{hint}"),
+        1,
+    )
 }
 
 fn sigset(sigs: &[i32]) -> libc::sigset_t {
@@ -480,18 +492,7 @@ pub fn run(args: &[String]) -> R<()> {
         }
     }
     let _slot = if darwin {
-        match take_macos_slot(&name) {
-            Ok(f) => Some(f),
-            Err(others) => {
-                return Err(Fail::Bare(
-                    format!(
-                        "The number of VMs exceeds the system limit (other running VMs: {})",
-                        others.join(", ")
-                    ),
-                    1,
-                ))
-            }
-        }
+        Some(take_macos_slot(&name).ok_or_else(|| limit_error(&home, &name))?)
     } else {
         None
     };
