@@ -35,6 +35,11 @@ pub async fn wait_for_ip(
             }
             let asked = Instant::now();
             match tart.ip(state.name.as_str(), left.min(60), resolver).await {
+                // `tart ip` reads leases and never checks that the VM runs: an address
+                // that arrives after `tart run` ended is a stale lease, never ours.
+                Ok(Some(_)) if state.run_ending().is_some() => {
+                    std::future::pending::<()>().await;
+                }
                 Ok(Some(ip)) => return Ok(Some(ip)),
                 // `--wait` makes Tart poll once a second; an answer that came sooner (a VM
                 // Tart does not see running, another resolver) must not turn into a spin.

@@ -10,6 +10,7 @@ mod guest;
 mod host;
 #[cfg(test)]
 mod hostile_input_tests;
+mod identity;
 mod image;
 mod job;
 mod lifecycle;

@@ -72,3 +72,117 @@ fn a_vm_without_ip_is_reported_as_such_after_a_garbage_collection_warning() {
     assert!(started.elapsed() < Duration::from_secs(60));
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
+
+// --- Other users' VMs answering for this job's MAC (point 5) --------------------------------
+
+/// One image, as two users of the same Mac pull it: the same digest, so the same MAC.
+const SHARED_DIGEST: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+
+/// Another user of the bed's Mac, running a clone of IMAGE (the same MAC as the job's first
+/// clone) that holds the MAC's DHCP lease.
+struct ForeignVm {
+    host: harness::sim::SimHost,
+    run: std::process::Child,
+    /// The guest's private /tmp.
+    tmp: std::path::PathBuf,
+}
+
+impl ForeignVm {
+    fn start(bed: &Bed, image: Image) -> ForeignVm {
+        let mut host = bed.sim.another_user();
+        host.add_image(IMAGE, image.digest(SHARED_DIGEST));
+        host.tart_ok(["clone", IMAGE, "someone-elses-vm"]);
+        let run = host
+            .command(["run", "someone-elses-vm", "--no-graphics"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tart run");
+        assert!(
+            common::wait_until(Duration::from_secs(20), || host
+                .tart(["ip", "someone-elses-vm"])
+                .status
+                .success()),
+            "the other user's VM got no lease"
+        );
+        let tmp = host.tart_home().join("vms/someone-elses-vm/guest/tmp");
+        ForeignVm { host, run, tmp }
+    }
+
+    #[track_caller]
+    fn assert_untouched(&self) {
+        let entries: Vec<_> = std::fs::read_dir(&self.tmp)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            entries.is_empty(),
+            "the other user's VM received the job (its /tmp holds {entries:?})"
+        );
+    }
+}
+
+impl Drop for ForeignVm {
+    fn drop(&mut self) {
+        self.host.stop_and_delete_all();
+        let _ = self.run.wait();
+    }
+}
+
+/// A job whose script would leave its token and a marker in whatever guest runs it.
+fn leaky_job() -> Job {
+    Job::new().image(IMAGE).script([
+        "echo \"$CI_JOB_TOKEN\" > /tmp/job-token",
+        "touch /tmp/job-was-here",
+    ])
+}
+
+#[test]
+fn a_stale_lease_of_another_users_vm_never_receives_the_job() {
+    if skip_e2e() {
+        return;
+    }
+    // The job's own VM never gets a lease of its own: `tart ip` answers with the other
+    // user's lease for the same MAC, and the login there succeeds (same image, same password).
+    let bed = Bed::new()
+        .image(IMAGE, Image::darwin().digest(SHARED_DIGEST).never_ip())
+        .option(["--transport", "ssh", "--timeout", "20"]);
+    let foreign = ForeignVm::start(&bed, Image::darwin());
+    let out = run_job(&bed.runner(), &leaky_job());
+    assert_system_failure(&out, "is not this job's VM");
+    out.assert_log_contains("--random-mac");
+    foreign.assert_untouched();
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+#[test]
+fn a_failed_tart_run_never_sends_the_job_to_the_vm_its_stale_lease_names() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new()
+        .image(IMAGE, Image::linux().digest(SHARED_DIGEST).run_dies(None))
+        .option(["--transport", "ssh"]);
+    let foreign = ForeignVm::start(&bed, Image::linux());
+    let out = run_job(&bed.runner(), &leaky_job());
+    assert_system_failure(&out, "VZErrorDomain");
+    foreign.assert_untouched();
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+#[test]
+fn with_random_macs_a_job_runs_in_its_own_vm_next_to_another_users_clone() {
+    if skip_e2e() {
+        return;
+    }
+    // The fix the refusal names: the job's clone gets a MAC of its own, and the identity
+    // proof passes through a Linux guest's virtiofs mount.
+    let bed = Bed::new()
+        .image(IMAGE, Image::linux().digest(SHARED_DIGEST))
+        .option(["--transport", "ssh", "--random-mac"]);
+    let foreign = ForeignVm::start(&bed, Image::linux());
+    let out = run_job(&bed.runner(), &leaky_job());
+    out.assert_success();
+    assert_eq!(out.prepare_attempts, 1);
+    foreign.assert_untouched();
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}

@@ -13,6 +13,7 @@ use crate::cli::StageArgs;
 use crate::failure::{Failure, StageResult};
 use crate::guest::{self, Share};
 use crate::host;
+use crate::identity::{self, Identity};
 use crate::image;
 use crate::job::JobContext;
 use crate::lifecycle;
@@ -113,6 +114,9 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         run_args.push("--dir".into());
         run_args.push(share.dir_arg(&info.os));
     }
+    let identity = Identity::create(&state)?;
+    run_args.push("--dir".into());
+    run_args.push(identity.dir_arg(&info.os));
 
     let t = Instant::now();
     let slot_deadline = crate::clock::deadline_after(job_limit);
@@ -139,7 +143,10 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     } else {
         "dhcp"
     };
-    let conn = connect(&tart, &state, request, &info.os, resolver, deadline).await?;
+    let conn = connect(
+        &tart, &state, request, &identity, &info.os, resolver, deadline,
+    )
+    .await?;
     super::phase_done(
         &format!("VM booted and reachable over {}", transport_name(&conn)),
         t,
@@ -315,6 +322,7 @@ async fn connect(
     tart: &Tart,
     state: &VmState,
     request: &Request,
+    identity: &Identity,
     os: &str,
     resolver: &str,
     deadline: Instant,
@@ -371,6 +379,9 @@ async fn connect(
             }
         }
     }
+    // The lease may be another VM's: nothing of the job goes out before this proof. (Over
+    // `tart exec`, Tart itself reaches this VM through its own control socket.)
+    identity::prove(identity, state, os, &ip).await?;
     Ok(Connection {
         transport: TransportKind::Ssh,
         os: os.to_string(),
