@@ -331,6 +331,16 @@ impl SimHost {
         other
     }
 
+    /// The simulated Mac's macOS major version and Apple chip generation (M1 = 1); a
+    /// macOS 26 M4 until set. Nested virtualization needs macOS 15 and an M3.
+    pub fn set_hardware(&self, macos: u32, chip: u32) {
+        std::fs::write(
+            self.sim_host.join("hardware.json"),
+            format!("{{\"macos\": {macos}, \"chip\": {chip}}}"),
+        )
+        .expect("write hardware.json");
+    }
+
     /// Add or replace a catalogue image (written at once).
     pub fn add_image(&mut self, oci_name: impl Into<String>, image: Image) -> &mut Self {
         self.catalogue.images.insert(oci_name.into(), image);

@@ -258,6 +258,19 @@ fn limit_error(home: &Path, name: &str) -> Fail {
     )
 }
 
+/// The simulated Mac's macOS major version and Apple chip generation (M1 = 1), from
+/// `$TART_SIM_HOST/hardware.json` (`{"macos": 14, "chip": 2}`); a macOS 26 M4 by default.
+fn host_hardware() -> (u64, u64) {
+    let v: serde_json::Value = fs::read(sim_host().join("hardware.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    (
+        v["macos"].as_u64().unwrap_or(26),
+        v["chip"].as_u64().unwrap_or(4),
+    )
+}
+
 fn sigset(sigs: &[i32]) -> libc::sigset_t {
     unsafe {
         let mut s: libc::sigset_t = std::mem::zeroed();
@@ -395,6 +408,21 @@ pub fn run(args: &[String]) -> R<()> {
             &RUN,
             "--vnc and --vnc-experimental are mutually exclusive",
         ));
+    }
+    if p.has("nested") {
+        let (macos, chip) = host_hardware();
+        if macos < 15 {
+            return Err(usage_error(
+                &RUN,
+                "Nested virtualization is supported on hosts starting with macOS 15 (Sequoia), and later.",
+            ));
+        }
+        if chip < 3 {
+            return Err(usage_error(
+                &RUN,
+                "Nested virtualization is available for Mac with the M3 chip, and later.",
+            ));
+        }
     }
     for d in p.all("disk") {
         if d.ends_with("-amd64.iso") {
