@@ -318,8 +318,9 @@ impl Request {
         })
     }
 
-    /// The arguments of `tart run` after the VM name.
-    pub fn run_args(&self, settings: &Settings) -> Vec<String> {
+    /// The arguments of `tart run` after the VM name, for a guest of `guest_os` (Tart's
+    /// `darwin`/`linux`).
+    pub fn run_args(&self, settings: &Settings, guest_os: &str) -> Vec<String> {
         let mut args = Vec::new();
         if self.headless {
             args.push("--no-graphics".to_string());
@@ -337,7 +338,8 @@ impl Request {
         } else if self.softnet {
             args.push("--net-softnet".into());
         }
-        if self.nested {
+        // Tart refuses to start a macOS guest with --nested.
+        if self.nested && guest_os == "linux" {
             args.push("--nested".into());
         }
         if let Some(opts) = &self.root_disk_opts {

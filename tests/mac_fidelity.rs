@@ -186,3 +186,47 @@ fn with_random_macs_a_job_runs_in_its_own_vm_next_to_another_users_clone() {
     foreign.assert_untouched();
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
+
+// --- Nested virtualization (point 2) ---------------------------------------------------------
+
+#[test]
+fn nested_virtualization_is_ignored_for_a_macos_guest_and_the_log_says_why() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new().image(IMAGE, Image::darwin());
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(IMAGE)
+            .var("TART_EXECUTOR_NESTED", "true")
+            .script(["echo ran-without-nested"]),
+    );
+    out.assert_success()
+        .assert_log_contains("ran-without-nested")
+        .assert_log_contains("Nested virtualization (--nested, TART_EXECUTOR_NESTED) ignored");
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn nested_virtualization_on_a_mac_before_the_m3_fails_with_tarts_reason() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new().image(IMAGE, Image::linux());
+    bed.sim.set_hardware(15, 2);
+    let started = Instant::now();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(IMAGE)
+            .var("TART_EXECUTOR_NESTED", "true")
+            .script(["true"]),
+    );
+    assert_system_failure(
+        &out,
+        "Nested virtualization is available for Mac with the M3 chip, and later.",
+    );
+    assert!(started.elapsed() < Duration::from_secs(40));
+    bed.assert_nothing_left();
+}

@@ -109,7 +109,13 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     state.record_phase("clone", t.elapsed());
 
     let shares = shares(settings, job, &vm.to_string())?;
-    let mut run_args = request.run_args(settings);
+    if request.nested && info.os != "linux" {
+        eprintln!(
+            "Nested virtualization (--nested, TART_EXECUTOR_NESTED) ignored: Tart offers it to Linux guests only, and refuses to start a {} guest with it",
+            info.os
+        );
+    }
+    let mut run_args = request.run_args(settings, &info.os);
     for share in &shares {
         run_args.push("--dir".into());
         run_args.push(share.dir_arg(&info.os));
