@@ -6,6 +6,7 @@ mod cli;
 mod clock;
 mod doctor;
 mod failure;
+mod foreign;
 mod guest;
 mod host;
 #[cfg(test)]

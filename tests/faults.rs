@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{kill_group, pids_with_args, skip_e2e, wait_until, Bed, MACOS, MACOS_VANILLA};
+use common::{kill_group, pids_with_args, skip_e2e, wait_until, Bed, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, JobOutcome, Verdict};
 
@@ -135,42 +135,6 @@ fn a_concurrent_sweep_does_not_hide_tart_runs_death_from_prepare() {
 /// Two macOS guests started behind the driver's back (another tool, a human with `tart
 /// run`) take Apple's two slots; the driver's own slots are free, so it starts `tart run`,
 /// which fails, and the job says why in Tart's words instead of waiting for an IP.
-#[test]
-fn the_two_macos_vm_system_limit_fails_prepare_with_tarts_message() {
-    if skip_e2e() {
-        return;
-    }
-    let bed = Bed::new();
-    let mut outsiders: Vec<Child> = Vec::new();
-    for name in ["outside-1", "outside-2"] {
-        bed.sim.tart_ok(["clone", MACOS_VANILLA, name]);
-        outsiders.push(
-            bed.sim
-                .command(["run", name, "--no-graphics"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("tart run"),
-        );
-    }
-    assert!(
-        wait_until(Duration::from_secs(20), || bed.sim.running_count() == 2),
-        "outside VMs did not start"
-    );
-    let started = Instant::now();
-    let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
-    assert_system_failure(&out, "The number of VMs exceeds the system limit");
-    assert_within(started, Duration::from_secs(40));
-    for name in ["outside-1", "outside-2"] {
-        bed.sim.tart_ok(["stop", name]);
-        bed.sim.tart_ok(["delete", name]);
-    }
-    for mut c in outsiders {
-        let _ = c.wait();
-    }
-    bed.assert_nothing_left_within(Duration::from_secs(10));
-}
-
 // --- The guest dies ------------------------------------------------------------------------
 
 #[test]

@@ -230,3 +230,46 @@ fn nested_virtualization_on_a_mac_before_the_m3_fails_with_tarts_reason() {
     assert!(started.elapsed() < Duration::from_secs(40));
     bed.assert_nothing_left();
 }
+
+// --- macOS VMs this driver did not start (point 4) -------------------------------------------
+
+#[test]
+fn a_job_waits_while_another_users_macos_vms_fill_apples_limit_then_runs() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new().image(IMAGE, Image::darwin());
+    // A developer on the same Mac, in a TART_HOME of their own, runs two macOS VMs.
+    let developer = bed.sim.another_user();
+    let mut runs = Vec::new();
+    for name in ["dev-1", "dev-2"] {
+        developer.tart_ok(["clone", common::MACOS_VANILLA, name]);
+        runs.push(
+            developer
+                .command(["run", name, "--no-graphics"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("tart run"),
+        );
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(20), || developer.running_count() == 2),
+        "the developer's VMs did not start"
+    );
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| run_job(&bed.runner(), &Job::new().image(IMAGE).script(["echo ran"])));
+        std::thread::sleep(Duration::from_secs(5));
+        developer.tart_ok(["stop", "dev-1"]);
+        job.join().expect("job thread")
+    });
+    out.assert_success()
+        .assert_log_contains("ran")
+        .assert_log_contains("macOS VMs not started by this driver");
+    assert_eq!(out.prepare_attempts, 1, "{}", out.log);
+    developer.stop_and_delete_all();
+    for mut run in runs {
+        let _ = run.wait();
+    }
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}

@@ -11,6 +11,7 @@ use anyhow::{anyhow, Context};
 
 use crate::cli::StageArgs;
 use crate::failure::{Failure, StageResult};
+use crate::foreign;
 use crate::guest::{self, Share};
 use crate::host;
 use crate::identity::{self, Identity};
@@ -124,35 +125,53 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     run_args.push("--dir".into());
     run_args.push(identity.dir_arg(&info.os));
 
-    let t = Instant::now();
-    let slot_deadline = crate::clock::deadline_after(job_limit);
-    // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
-    let slots = host::acquire(settings, info.os != "linux", slot_deadline)?;
-    if t.elapsed() > Duration::from_millis(500) {
-        super::phase_done("Got a VM slot", t);
-    }
-    state.record_phase("waiting for a slot", t.elapsed());
-    let t = Instant::now();
-    let mut fds = slots.raw_fds();
-    fds.push(std::os::unix::io::AsRawFd::as_raw_fd(&lock));
-    supervisor::start(&state, tart.exe(), &run_args, fds)?;
-    drop(slots);
     // Our own hold on the VM's lock lasts until prepare ends. When `tart run` dies at once,
     // the supervisor lets go of it; a concurrent job's sweep would then take the VM for an
     // orphan and delete it with its state, including how `tart run` ended, and this prepare
     // would wait out the whole boot timeout instead of reporting Tart's message.
+    let lock_fd = std::os::unix::io::AsRawFd::as_raw_fd(&lock);
     let _lock = lock;
-
-    let deadline = crate::clock::deadline_after(request.boot_timeout);
     let resolver = if settings.bridged.is_some() {
         "arp"
     } else {
         "dhcp"
     };
-    let conn = connect(
-        &tart, &state, request, &identity, &info.os, resolver, deadline,
-    )
-    .await?;
+    let macos = info.os != "linux";
+    let slot_deadline = crate::clock::deadline_after(job_limit);
+    let mut at_limit = foreign::LimitWait::new();
+    let (conn, t) = loop {
+        let t = Instant::now();
+        // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
+        let slots = host::acquire(settings, macos, slot_deadline)?;
+        if t.elapsed() > Duration::from_millis(500) {
+            super::phase_done("Got a VM slot", t);
+        }
+        state.record_phase("waiting for a slot", t.elapsed());
+        let t = Instant::now();
+        let mut fds = slots.raw_fds();
+        fds.push(lock_fd);
+        supervisor::start(&state, tart.exe(), &run_args, fds)?;
+        drop(slots);
+        let deadline = crate::clock::deadline_after(request.boot_timeout);
+        match connect(
+            &tart, &state, request, &identity, &info.os, resolver, deadline,
+        )
+        .await
+        {
+            Ok(conn) => break (conn, t),
+            // Apple's limit is full of macOS VMs this driver did not start: wait for them
+            // as for a slot, then start the same VM again.
+            Err(_) if macos && foreign::hit_the_limit(&state) => {
+                if Instant::now() + foreign::RETRY_PAUSE >= slot_deadline {
+                    return Err(at_limit.gave_up(&state).into());
+                }
+                at_limit.notice(&state);
+                tokio::time::sleep(foreign::RETRY_PAUSE).await;
+                let _ = std::fs::remove_file(state.run_log());
+            }
+            Err(e) => return Err(e),
+        }
+    };
     super::phase_done(
         &format!("VM booted and reachable over {}", transport_name(&conn)),
         t,
