@@ -214,9 +214,21 @@ pub struct Options {
     #[arg(long, value_name = "VERSION")]
     pub gitlab_runner_version: Option<String>,
 
-    /// Isolate each VM's network with Softnet (job variable TART_EXECUTOR_SOFTNET_ENABLED)
-    #[arg(long)]
+    /// Isolate each VM's network with Softnet [default: on when --concurrency > 1] (job variable TART_EXECUTOR_SOFTNET_ENABLED may only turn it on)
+    #[arg(long, overrides_with = "no_softnet")]
     pub softnet: bool,
+
+    /// Turn Softnet off even when VMs run side by side: each job's guest can then reach the others' VMs
+    #[arg(long, overrides_with = "softnet")]
+    pub no_softnet: bool,
+
+    /// Cached images any job may clone without registry credentials, by regex (repeatable) [default: none; images pulled with credentials need the job's own]
+    #[arg(long = "public-image", value_name = "REGEX")]
+    pub public_images: Vec<String>,
+
+    /// Let Tart use the runner user's registry logins (~/.docker/config.json, keychain, TART_REGISTRY_*) for jobs without credentials [default: off]
+    #[arg(long)]
+    pub host_registry_credentials: bool,
 
     /// Allow jobs to use local VM names as `image:` (not only OCI images)
     #[arg(long)]
@@ -280,4 +292,9 @@ pub struct Options {
     /// Install gitlab-runner into the VM by copying this host's binary when the guest has the host's OS (no network, same version as the runner)
     #[arg(long)]
     pub copy_gitlab_runner: bool,
+}
+
+/// An on/off setting: `--x` or `--no-x` (the last given wins), else the file, else `default`.
+pub fn switch(on: bool, off: bool, file: Option<bool>, default: bool) -> bool {
+    (on || off).then_some(on).or(file).unwrap_or(default)
 }

@@ -110,8 +110,25 @@ impl Image {
     }
 }
 
-/// Makes sure the image is on this host as the policy says. `clone` pulls a missing OCI
-/// image by itself, so `never` has to be enforced here, before the clone.
+/// Whether the policy wants `image` pulled now. `clone` pulls a missing OCI image by
+/// itself, so `never` has to be enforced here, before the clone.
+pub fn must_pull(image: &Image, policy: PullPolicy, cached: bool) -> Result<bool, Failure> {
+    match (policy, &image.host, cached) {
+        (_, None, true) => Ok(false),
+        (_, None, false) => {
+            Err(Failure::rejected(format!("local VM `{}` does not exist on this host", image.name)))
+        }
+        (PullPolicy::Always, Some(_), _) => Ok(true),
+        (PullPolicy::IfNotPresent, Some(_), cached) => Ok(!cached),
+        (PullPolicy::Never, Some(_), true) => Ok(false),
+        (PullPolicy::Never, Some(_), false) => Err(Failure::rejected(format!(
+            "image `{}` is not on this host and the pull policy is `never`: ask the admin to run `tart pull {}`, or use another pull policy",
+            image.name, image.name
+        ))),
+    }
+}
+
+/// Makes sure the image is on this host as the policy says; returns whether it pulled.
 pub async fn ensure(
     tart: &Tart,
     image: &Image,
@@ -120,21 +137,7 @@ pub async fn ensure(
     limit: Duration,
     cached: bool,
 ) -> Result<bool, Failure> {
-    let must_pull = match (policy, &image.host, cached) {
-        (_, None, true) => false,
-        (_, None, false) => {
-            return Err(Failure::rejected(format!("local VM `{}` does not exist on this host", image.name)))
-        }
-        (PullPolicy::Always, Some(_), _) => true,
-        (PullPolicy::IfNotPresent, Some(_), cached) => !cached,
-        (PullPolicy::Never, Some(_), true) => false,
-        (PullPolicy::Never, Some(_), false) => {
-            return Err(Failure::rejected(format!(
-                "image `{}` is not on this host and the pull policy is `never`: ask the admin to run `tart pull {}`, or use another pull policy",
-                image.name, image.name
-            )))
-        }
-    };
+    let must_pull = must_pull(image, policy, cached)?;
     if must_pull {
         tart.pull(&image.name, fetch, limit).await.map_err(|e| {
             // A registry that does not know the image: the job named something that is not there.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::cli::Options;
+use crate::cli::{switch, Options};
 use crate::request::Overridable;
 
 /// How many CPUs or how much memory a VM gets.
@@ -139,6 +139,10 @@ struct FileSettings {
     force_install_gitlab_runner: Option<bool>,
     gitlab_runner_version: Option<String>,
     softnet: Option<bool>,
+    #[serde(default)]
+    public_images: Vec<String>,
+    #[serde(rename = "host_registry_credentials")]
+    host_creds: Option<bool>,
     allow_local_images: Option<bool>,
     #[serde(default)]
     allow_image_globs: Vec<String>,
@@ -250,6 +254,7 @@ pub struct Settings {
     pub force_install_gitlab_runner: bool,
     pub gitlab_runner_version: String,
     pub softnet: bool,
+    pub registry: crate::registry_access::Policy,
     pub allow_local_images: bool,
     pub guest_builds_dir: String,
     pub guest_cache_dir: String,
@@ -354,13 +359,6 @@ impl Settings {
         if timeout_secs == 0 {
             bail!("--timeout must be at least 1 second");
         }
-        let auto_resources = if o.no_auto_resources {
-            false
-        } else if o.auto_resources {
-            true
-        } else {
-            file.auto_resources.unwrap_or(true)
-        };
         let default_image = o.default_image.clone().or(file.default_image);
         for dir in [
             &o.builds_dir,
@@ -423,13 +421,6 @@ impl Settings {
         if pull_concurrency == Some(0) {
             bail!("--pull-concurrency must be at least 1");
         }
-        let auto_prune = if o.no_auto_prune {
-            false
-        } else if o.auto_prune {
-            true
-        } else {
-            file.auto_prune.unwrap_or(true)
-        };
         Ok(Settings {
             tart_executable: o
                 .tart_executable
@@ -445,7 +436,12 @@ impl Settings {
             macos_vm_limit,
             cpu: o.cpu.or(file.cpu),
             memory: o.memory.or(file.memory),
-            auto_resources,
+            auto_resources: switch(
+                o.auto_resources,
+                o.no_auto_resources,
+                file.auto_resources,
+                true,
+            ),
             display,
             timeout_secs,
             builds_dir: o.builds_dir.clone().or(file.builds_dir),
@@ -470,7 +466,8 @@ impl Settings {
             guest_builds_dir,
             guest_cache_dir,
             job_overrides,
-            softnet: o.softnet || file.softnet.unwrap_or(false) || !softnet_allow.is_empty(),
+            softnet: crate::isolation::softnet_wanted(o, file.softnet, concurrency, &softnet_allow),
+            registry: crate::registry_access::Policy::load(o, file.public_images, file.host_creds)?,
             softnet_allow,
             bridged,
             random_mac: o.random_mac || file.random_mac.unwrap_or(false),
@@ -479,7 +476,7 @@ impl Settings {
             timezone,
             insecure_pull: o.insecure_pull || file.insecure_pull.unwrap_or(false),
             pull_concurrency,
-            auto_prune,
+            auto_prune: switch(o.auto_prune, o.no_auto_prune, file.auto_prune, true),
             copy_gitlab_runner: o.copy_gitlab_runner || file.copy_gitlab_runner.unwrap_or(false),
         })
     }
@@ -513,7 +510,7 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/tartdrv-{uid}"))
 }
 
-fn compile_all(patterns: &[String], option: &str) -> Result<Vec<Regex>> {
+pub fn compile_all(patterns: &[String], option: &str) -> Result<Vec<Regex>> {
     patterns
         .iter()
         .map(|p| {

@@ -35,6 +35,8 @@ impl std::fmt::Debug for RegistryCredentials {
 #[derive(Debug, Clone, Default)]
 pub struct Fetch {
     pub creds: Option<RegistryCredentials>,
+    /// Instead of the runner user's home, unless the admin lets jobs use its logins.
+    pub home: Option<crate::registry_access::CredentialFreeHome>,
     pub insecure: bool,
     pub concurrency: Option<u32>,
     pub auto_prune: bool,
@@ -234,6 +236,17 @@ impl Tart {
             .env("CI", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(home) = &fetch.home {
+            home.apply(&mut cmd);
+            // The runner's own TART_REGISTRY_* are the runner user's logins too.
+            for name in [
+                "TART_REGISTRY_USERNAME",
+                "TART_REGISTRY_PASSWORD",
+                "TART_REGISTRY_HOSTNAME",
+            ] {
+                cmd.env_remove(name);
+            }
+        }
         apply_credentials(&mut cmd, fetch.creds.as_ref());
         if !fetch.auto_prune {
             cmd.env("TART_NO_AUTO_PRUNE", "");
@@ -293,6 +306,14 @@ impl Tart {
             bail!("`tart {}` failed: {}", args.join(" "), done.message());
         }
         Ok(())
+    }
+
+    /// The digest name (`host/namespace@sha256:…`) of a cached OCI image.
+    pub async fn fqn(&self, image: &str) -> Result<String> {
+        let out = self
+            .checked(&["fqn", image], Duration::from_secs(30))
+            .await?;
+        Ok(out.trim().to_string())
     }
 
     /// The VM's IP, waiting up to `wait` seconds as `tart ip --wait` does.

@@ -212,3 +212,201 @@ fn a_wall_clock_jump_does_not_make_gc_sweep_a_live_jobs_vm() {
     assert_eq!(code, 0, "{log}");
     bed.assert_nothing_left();
 }
+
+// --- Private images -----------------------------------------------------------------------
+
+const PRIVATE: &str = "registry.example.com/team/secret-sauce:1";
+const ROBOT: (&str, &str) = ("robot", "pa55-w0rd-xyz");
+
+fn private_bed() -> Bed {
+    Bed::new().image(PRIVATE, Image::linux().registry_auth(ROBOT.0, ROBOT.1))
+}
+
+fn with_credentials(job: Job, user: &str, password: &str) -> Job {
+    job.var("TART_REGISTRY_USERNAME", user)
+        .masked_var("TART_REGISTRY_PASSWORD", password)
+}
+
+/// Project A pulls its private image with its credentials; project B names the same image
+/// without any, and must not get a VM from A's download (pull policy `if-not-present`).
+#[test]
+fn a_private_image_pulled_by_one_project_is_not_cloned_by_another_without_credentials() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = private_bed();
+    let a = with_credentials(Job::new().project("a/app"), ROBOT.0, ROBOT.1);
+    run_job(&bed.runner(), &a.image(PRIVATE).script(["echo A-ran"]))
+        .assert_success()
+        .assert_log_contains("A-ran");
+    let b = Job::new()
+        .project("b/other")
+        .image(PRIVATE)
+        .script(["echo B-RAN"]);
+    let out = run_job(&bed.runner(), &b);
+    assert_eq!(
+        out.verdict,
+        Verdict::BuildFailure { exit_code: 1 },
+        "{}",
+        out.log
+    );
+    out.assert_log_contains("from a pull with registry credentials, and this job has none");
+    assert!(!out.log.lines().any(|l| l.trim() == "B-RAN"), "{}", out.log);
+    // By digest, the same image is refused too.
+    let digest = bed.sim.tart_ok(["fqn", PRIVATE]).trim().to_string();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(&digest).script(["echo B-RAN"]),
+    );
+    assert_eq!(
+        out.verdict,
+        Verdict::BuildFailure { exit_code: 1 },
+        "{}",
+        out.log
+    );
+    bed.assert_nothing_left();
+}
+
+/// A later job with credentials the registry accepts clones the cached image; one whose
+/// credentials the registry refuses does not.
+#[test]
+fn a_cached_private_image_is_cloned_only_after_the_registry_accepts_the_jobs_credentials() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = private_bed();
+    let job = |user: &str, password: &str| {
+        with_credentials(Job::new(), user, password)
+            .image(PRIVATE)
+            .script(["echo ran"])
+    };
+    run_job(&bed.runner(), &job(ROBOT.0, ROBOT.1)).assert_success();
+    run_job(&bed.runner(), &job(ROBOT.0, ROBOT.1)).assert_success();
+    let out = run_job(&bed.runner(), &job(ROBOT.0, "guessed"));
+    assert_eq!(
+        out.verdict,
+        Verdict::BuildFailure { exit_code: 1 },
+        "{}",
+        out.log
+    );
+    out.assert_log_contains("did not accept this job's credentials");
+    assert!(!out.log.contains("guessed"), "the password reached the log");
+    bed.assert_nothing_left();
+}
+
+/// The admin may declare an image public: then any job clones it from the cache.
+#[test]
+fn an_image_the_admin_marks_public_is_cloned_without_credentials() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = private_bed().option(["--public-image", r"^registry\.example\.com/team/"]);
+    let a = with_credentials(Job::new(), ROBOT.0, ROBOT.1);
+    run_job(&bed.runner(), &a.image(PRIVATE).script(["true"])).assert_success();
+    run_job(
+        &bed.runner(),
+        &Job::new().image(PRIVATE).script(["echo B-ran"]),
+    )
+    .assert_success()
+    .assert_log_contains("B-ran");
+    bed.assert_nothing_left();
+}
+
+fn docker_login(bed: &Bed) {
+    let auth = harness_base64(&format!("{}:{}", ROBOT.0, ROBOT.1));
+    let dir = bed.sim.home_dir().join(".docker");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"auths": {{"registry.example.com": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+}
+
+fn keychain_login(bed: &Bed) {
+    use std::io::Write;
+    let mut login = bed
+        .sim
+        .command([
+            "login",
+            "registry.example.com",
+            "--username",
+            ROBOT.0,
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ROBOT.1.as_bytes())
+        .unwrap();
+    assert!(login.wait().unwrap().success());
+}
+
+fn harness_base64(text: &str) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The runner user's own registry logins (a `~/.docker/config.json`, a `tart login` in its
+/// keychain) are the admin's, not every job's: a job without credentials cannot pull with
+/// them.
+#[test]
+fn the_runner_users_docker_login_and_keychain_do_not_serve_jobs_without_credentials() {
+    if skip_e2e() {
+        return;
+    }
+    for login in [docker_login as fn(&Bed), keychain_login] {
+        let bed = private_bed();
+        login(&bed);
+        let out = run_job(
+            &bed.runner(),
+            &Job::new().image(PRIVATE).script(["echo RAN"]),
+        );
+        assert!(
+            matches!(out.verdict, Verdict::SystemFailure { .. }),
+            "{:?}: {}",
+            out.verdict,
+            out.log
+        );
+        out.assert_log_contains("AuthFailed");
+        assert!(bed.sim.local_vms().is_empty());
+        bed.assert_nothing_left();
+    }
+}
+
+/// `--host-registry-credentials` is the admin's explicit loan of those logins to jobs.
+#[test]
+fn with_host_registry_credentials_jobs_use_the_runner_users_logins() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = private_bed().option(["--host-registry-credentials"]);
+    keychain_login(&bed);
+    run_job(
+        &bed.runner(),
+        &Job::new().image(PRIVATE).script(["echo ran"]),
+    )
+    .assert_success()
+    .assert_log_contains("ran");
+    bed.assert_nothing_left();
+}

@@ -279,7 +279,7 @@ fn private_registry_credentials_from_job_variables_reach_tart_and_nowhere_else()
     out.assert_success();
     assert!(!out.log.contains("pa55-w0rd-xyz") && !out.runner_log.contains("pa55-w0rd-xyz"));
     // Nothing was stored in the (simulated) keychain.
-    let keychain = bed.sim.tart_home().join("sim/keychain.json");
+    let keychain = bed.sim.keychain_path();
     let stored = std::fs::read_to_string(&keychain).unwrap_or_default();
     assert!(
         !stored.contains("registry.example.com"),

@@ -15,9 +15,9 @@ use crate::foreign;
 use crate::guest::{self, Share};
 use crate::host;
 use crate::identity::{self, Identity};
-use crate::image;
 use crate::job::JobContext;
 use crate::lifecycle;
+use crate::registry_access::{self, CredentialFreeHome};
 use crate::request::Request;
 use crate::settings::{Settings, TransportKind};
 use crate::supervisor;
@@ -71,13 +71,15 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     state.set_expiry(job_limit + Duration::from_secs(3600))?;
     let fetch = Fetch {
         creds: request.registry.clone(),
+        home: CredentialFreeHome::for_host(&settings.registry, &settings.state_dir)?,
         insecure: settings.insecure_pull,
         concurrency: settings.pull_concurrency,
         auto_prune: settings.auto_prune,
     };
     let t = Instant::now();
-    if image::ensure(
+    if registry_access::fetch_image(
         &tart,
+        settings,
         &request.image,
         request.pull_policy,
         &fetch,

@@ -289,7 +289,7 @@ impl SimHost {
         let tart_home = root.path().join("tart-home");
         let sim_host = root.path().join("sim-host");
         let bin_dir = root.path().join("bin");
-        for d in [&tart_home, &sim_host, &bin_dir] {
+        for d in [&tart_home, &sim_host, &bin_dir, &root.path().join("home")] {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         std::os::unix::fs::symlink(&sim, bin_dir.join("tart")).map_err(|e| e.to_string())?;
@@ -388,11 +388,24 @@ impl SimHost {
         self.bin_dir.join("tart")
     }
 
-    /// Environment for `Runner::envs`: PATH with the simulator first, TART_HOME, TART_SIM_HOST.
+    /// The runner user's home on this simulated Mac (its `~/.docker/config.json`).
+    pub fn home_dir(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
+    /// The runner user's (simulated) login keychain, where `tart login` stores credentials.
+    pub fn keychain_path(&self) -> PathBuf {
+        self.home_dir()
+            .join("Library/Keychains/tart-sim-login-keychain.json")
+    }
+
+    /// Environment for `Runner::envs`: PATH with the simulator first, HOME (the runner user's
+    /// own), TART_HOME, TART_SIM_HOST.
     pub fn env(&self) -> Vec<(String, String)> {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         vec![
             ("PATH".into(), format!("{}:{path}", self.bin_dir.display())),
+            ("HOME".into(), self.home_dir().display().to_string()),
             ("TART_HOME".into(), self.tart_home.display().to_string()),
             ("TART_SIM_HOST".into(), self.sim_host.display().to_string()),
         ]

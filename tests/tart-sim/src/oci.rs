@@ -285,7 +285,9 @@ fn env_credentials(host: &str) -> Option<(String, String)> {
 }
 
 fn docker_credentials(host: &str) -> Option<(String, String)> {
-    let home = std::env::var_os("HOME")?;
+    // Foundation's home directory: CFFIXED_USER_HOME first (the user database after it on
+    // a Mac; HOME stands in for that here).
+    let home = std::env::var_os("CFFIXED_USER_HOME").or_else(|| std::env::var_os("HOME"))?;
     let cfg: Value =
         serde_json::from_slice(&fs::read(Path::new(&home).join(".docker/config.json")).ok()?)
             .ok()?;
@@ -350,8 +352,13 @@ fn anchored_match(pat: &str, s: &str) -> bool {
     true
 }
 
-fn keychain_path(home: &Path) -> PathBuf {
-    home.join("sim/keychain.json")
+/// The runner user's login keychain: per user, not per TART_HOME. The Security framework
+/// finds the user's keychain search list and login keychain under HOME.
+pub const KEYCHAIN: &str = "Library/Keychains/tart-sim-login-keychain.json";
+
+fn keychain_path(_tart_home: &Path) -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    Path::new(&home).join(KEYCHAIN)
 }
 
 fn keychain(home: &Path) -> serde_json::Map<String, Value> {
@@ -705,7 +712,9 @@ pub fn login(
         host.to_string(),
         json!({"username": user, "fingerprint": pseudo_digest(&format!("{host}|{user}|{password}"))}),
     );
-    let _ = fs::create_dir_all(home.join("sim"));
+    if let Some(dir) = keychain_path(home).parent() {
+        let _ = fs::create_dir_all(dir);
+    }
     fs::write(
         keychain_path(home),
         serde_json::to_vec_pretty(&Value::Object(k)).unwrap(),

@@ -667,14 +667,21 @@ fn login_validates_and_keeps_no_secret_and_logout_forgets() {
     );
     let o = login("p");
     assert_eq!((o.code, o.stdout.as_str()), (0, ""));
-    let kc = std::fs::read_to_string(b.home.join("sim/keychain.json")).unwrap();
+    let kc = std::fs::read_to_string(
+        b.root
+            .join("Library/Keychains/tart-sim-login-keychain.json"),
+    )
+    .unwrap();
     assert!(kc.contains(host) && !kc.contains("\"p\""), "{kc}");
     // The stored login works for pulls.
     b.ok(&["pull", PRIVATE]);
     b.ok(&["logout", host]);
-    assert!(!std::fs::read_to_string(b.home.join("sim/keychain.json"))
-        .unwrap()
-        .contains(host));
+    assert!(!std::fs::read_to_string(
+        b.root
+            .join("Library/Keychains/tart-sim-login-keychain.json")
+    )
+    .unwrap()
+    .contains(host));
     b.ok(&["logout", host]);
 }
 
