@@ -1,0 +1,235 @@
+//! The port-forward WebSocket and every fault knob, against synthetic workers (their ports
+//! echo, as Orchard's synthetic workers' do).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+use tungstenite::Message;
+
+const UA: Option<&str> = Some("orchard-sim-tests/1");
+
+fn running(sim: &orchard_sim::Sim, name: &str) {
+    assert_eq!(create(sim, json!({"name": name, "image": "i"})).status, 200);
+    wait_status(sim, name, "running", Duration::from_secs(10));
+}
+
+#[test]
+fn port_forward_carries_binary_bytes_both_ways() {
+    let sim = sim();
+    running(&sim, "pf");
+    let mut ws = port_forward(&sim, "pf", "port=22&wait=5", ADMIN, UA).expect("101");
+    ws.send(Message::Binary(b"hello \x00\xff".to_vec().into()))
+        .unwrap();
+    let (bytes, binary) = read_bytes(&mut ws, 8);
+    assert_eq!(bytes, b"hello \x00\xff");
+    assert!(binary);
+    assert_eq!(sim.port_forwards_served(), 1);
+}
+
+#[test]
+fn without_a_user_agent_port_forward_speaks_text_messages() {
+    let sim = sim();
+    running(&sim, "old");
+    let mut ws = port_forward(&sim, "old", "port=22", ADMIN, None).expect("101");
+    ws.send(Message::Text("hi".into())).unwrap();
+    let (bytes, binary) = read_bytes(&mut ws, 2);
+    assert_eq!(bytes, b"hi");
+    assert!(
+        !binary,
+        "an old client without User-Agent gets text messages"
+    );
+}
+
+#[test]
+fn port_forward_answers_404_408_417_and_400_before_the_upgrade() {
+    let sim = sim_with(|c| c.faults.pending_forever = true);
+    assert_eq!(
+        port_forward(&sim, "nope", "port=22&wait=1", ADMIN, UA).unwrap_err(),
+        (404, String::new())
+    );
+    create(&sim, json!({"name": "p", "image": "i"}));
+    let started = Instant::now();
+    let (code, body) = port_forward(&sim, "p", "port=22&wait=1", ADMIN, UA).unwrap_err();
+    assert_eq!(code, 408);
+    assert!(body.contains("VM is not running on"), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        port_forward(&sim, "p", "port=x", ADMIN, UA).unwrap_err().0,
+        400
+    );
+    assert_eq!(
+        port_forward(&sim, "p", "port=22&wait=99999", ADMIN, UA)
+            .unwrap_err()
+            .0,
+        400
+    );
+    sim.faults(|f| {
+        f.pending_forever = false;
+        f.fail_vms_with = Some("failed to clone the VM: tart command failed: \"disk full\"".into());
+    });
+    let failed = wait_status(&sim, "p", "failed", Duration::from_secs(10));
+    assert!(failed["status_message"]
+        .as_str()
+        .unwrap()
+        .contains("disk full"));
+    let (code, body) = port_forward(&sim, "p", "port=22&wait=1", ADMIN, UA).unwrap_err();
+    assert_eq!(code, 417);
+    assert!(
+        body.contains("VM is in a terminal state 'failed'"),
+        "{body}"
+    );
+}
+
+#[test]
+fn pending_forever_keeps_every_vm_pending() {
+    let sim = sim_with(|c| c.faults.pending_forever = true);
+    create(&sim, json!({"name": "q", "image": "i"}));
+    std::thread::sleep(Duration::from_millis(500));
+    let v = vm(&sim, "q");
+    assert_eq!(
+        (v["status"].as_str(), v["worker"].as_str()),
+        (Some("pending"), Some(""))
+    );
+}
+
+#[test]
+fn injected_port_forward_errors_come_in_order_then_it_works() {
+    let sim = sim();
+    running(&sim, "e");
+    sim.faults(|f| f.port_forward_errors = vec![503, 500, 408]);
+    assert_eq!(
+        port_forward(&sim, "e", "port=22", ADMIN, UA).unwrap_err(),
+        (503, String::new())
+    );
+    assert_eq!(
+        port_forward(&sim, "e", "port=22", ADMIN, UA).unwrap_err(),
+        (500, String::new())
+    );
+    let (code, body) = port_forward(&sim, "e", "port=22", ADMIN, UA).unwrap_err();
+    assert_eq!(code, 408);
+    assert!(body.contains("\"message\""), "{body}");
+    assert!(port_forward(&sim, "e", "port=22", ADMIN, UA).is_ok());
+}
+
+fn assert_cut(ws: &mut Ws) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => panic!("a cut WebSocket must end without a close frame"),
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+#[test]
+fn cut_after_bytes_drops_the_websocket_mid_stream() {
+    let sim = sim_with(|c| c.faults.cut_after_bytes = Some(4));
+    running(&sim, "c");
+    let mut ws = port_forward(&sim, "c", "port=22", ADMIN, UA).unwrap();
+    ws.send(Message::Binary(b"abcdefgh".to_vec().into()))
+        .unwrap();
+    let (bytes, _) = read_bytes(&mut ws, 4);
+    assert_eq!(bytes, b"abcd");
+    assert_cut(&mut ws);
+}
+
+#[test]
+fn cutting_port_forwards_ends_open_websockets_but_not_the_controller() {
+    let sim = sim();
+    running(&sim, "k");
+    let mut ws = port_forward(&sim, "k", "port=22", ADMIN, UA).unwrap();
+    ws.send(Message::Binary(b"x".to_vec().into())).unwrap();
+    read_bytes(&mut ws, 1);
+    sim.cut_port_forwards();
+    assert_cut(&mut ws);
+    assert!(port_forward(&sim, "k", "port=22", ADMIN, UA).is_ok());
+}
+
+#[test]
+fn a_restart_drops_every_websocket_refuses_connections_for_a_while_and_keeps_the_vms() {
+    let sim = sim();
+    running(&sim, "r");
+    let mut ws = port_forward(&sim, "r", "port=22", ADMIN, UA).unwrap();
+    sim.restart(Duration::from_millis(800));
+    assert_cut(&mut ws);
+    let host = sim.url.trim_start_matches("http://").to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        std::net::TcpStream::connect(&host).is_err(),
+        "the port is closed while down"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(vm(&sim, "r")["status"], "running");
+    assert!(port_forward(&sim, "r", "port=22", ADMIN, UA).is_ok());
+}
+
+#[test]
+fn slow_sshd_answers_500_when_wait_runs_out_and_connects_with_a_longer_wait() {
+    let sim = sim_with(|c| c.faults.slow_sshd_ms = 2500);
+    running(&sim, "s");
+    assert_eq!(
+        port_forward(&sim, "s", "port=22&wait=1", ADMIN, UA).unwrap_err(),
+        (500, String::new())
+    );
+    assert!(port_forward(&sim, "s", "port=22&wait=5", ADMIN, UA).is_ok());
+}
+
+#[test]
+fn a_vanished_worker_answers_503_and_its_vms_fail_after_the_offline_timeout() {
+    let sim = sim_with(|c| c.worker_offline_timeout_ms = 1000);
+    running(&sim, "v");
+    sim.vanish_worker("worker-1");
+    assert_eq!(
+        port_forward(&sim, "v", "port=22&wait=1", ADMIN, UA).unwrap_err(),
+        (503, String::new())
+    );
+    let failed = wait_status(&sim, "v", "failed", Duration::from_secs(10));
+    assert_eq!(
+        failed["status_message"],
+        "VM is assigned to a worker that lost connection with the controller"
+    );
+}
+
+#[test]
+fn the_control_endpoints_steer_the_binary_too() {
+    let sim = sim();
+    running(&sim, "b");
+    let r = request(
+        &sim,
+        "POST",
+        "/_sim/faults",
+        None,
+        Some(r#"{"port_forward_errors":[503]}"#),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        port_forward(&sim, "b", "port=22", ADMIN, UA).unwrap_err().0,
+        503
+    );
+    let mut ws = port_forward(&sim, "b", "port=22", ADMIN, UA).unwrap();
+    assert_eq!(request(&sim, "POST", "/_sim/cut", None, None).status, 200);
+    assert_cut(&mut ws);
+    assert_eq!(
+        request(&sim, "POST", "/_sim/workers/worker-1/vanish", None, None).status,
+        200
+    );
+    assert_eq!(
+        port_forward(&sim, "b", "port=22&wait=1", ADMIN, UA)
+            .unwrap_err()
+            .0,
+        503
+    );
+}
+
+#[test]
+fn the_ip_endpoint_waits_and_answers_like_port_forward() {
+    let sim = sim();
+    create(&sim, json!({"name": "i", "image": "i"}));
+    let r = admin(&sim, "GET", "/v1/vms/i/ip?wait=10", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["ip"].is_string());
+    assert_eq!(admin(&sim, "GET", "/v1/vms/nope/ip", None).status, 404);
+}
