@@ -14,6 +14,8 @@ command -v ssh >/dev/null || missing+=(openssh-client)
 command -v sudo >/dev/null || missing+=(sudo)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v pkill >/dev/null || missing+=(procps)
+# macOS guests log in with zsh, as on a Mac.
+[ -x /bin/zsh ] || missing+=(zsh)
 # Wall-clock jumps in tests (the driver must not trust the wall clock).
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(libfaketime)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -72,6 +72,10 @@ pub struct Image {
     pub cpu_min: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_min_mib: Option<u64>,
+    /// Homebrew in /opt/homebrew with a gitlab-runner, on PATH only through the user's
+    /// ~/.zprofile (macOS images).
+    #[serde(default)]
+    pub homebrew: bool,
     /// The image's digest (64 hex); by default derived from the entry, so two entries
     /// that differ only in a fault knob are different images with different MACs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +100,7 @@ impl Image {
             cpu_min: None,
             memory_min_mib: None,
             digest: None,
+            homebrew: false,
         }
     }
     /// A macOS image (counts toward Apple's 2-VM limit), `admin`/`admin`.
@@ -119,6 +124,12 @@ impl Image {
     pub fn minimum(mut self, cpu: u32, memory_mib: u64) -> Self {
         self.cpu_min = Some(cpu);
         self.memory_min_mib = Some(memory_mib);
+        self
+    }
+    /// Homebrew (and a gitlab-runner in it) whose PATH only `~/.zprofile` adds, as
+    /// Homebrew's installer leaves a macOS user.
+    pub fn homebrew(mut self) -> Self {
+        self.homebrew = true;
         self
     }
     /// Fixes the image's digest, so that entries in different catalogues (or with

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmds;
+mod macos_guest;
 mod oci;
 mod run;
 mod util;

@@ -182,6 +182,10 @@ pub struct Image {
     /// Optional explicit digest (64 hex); otherwise derived from the entry.
     #[serde(default)]
     pub digest: Option<String>,
+    /// Homebrew in /opt/homebrew (with gitlab-runner), on PATH only through ~/.zprofile
+    /// (macOS images).
+    #[serde(default)]
+    pub homebrew: bool,
     /// Public keys baked into the user's `~/.ssh/authorized_keys` (a key-only image).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
@@ -209,6 +213,8 @@ pub struct SimVm {
     pub image: Option<String>,
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    #[serde(default)]
+    pub homebrew: bool,
 }
 
 impl SimVm {
@@ -538,6 +544,7 @@ fn write_image_files(dir: &Path, r: &Remote, img: &Image, digest: &str) -> std::
         faults: img.faults.clone(),
         image: Some(r.full()),
         authorized_keys: img.authorized_keys.clone(),
+        homebrew: img.homebrew,
     };
     fs::write(
         dir.join("sim.json"),

@@ -4,6 +4,7 @@
 
 use crate::cli::*;
 use crate::cmds::{self, open_vm, read_config, running_pid, vm_dir, write_config};
+use crate::macos_guest;
 use crate::oci::SimVm;
 use crate::util::*;
 use crate::{Fail, R};
@@ -76,6 +77,8 @@ struct Plan {
     guest_dir: String,
     sshd_config: String,
     shares: BTreeMap<String, Vec<Share>>,
+    #[serde(default)]
+    homebrew: bool,
 }
 
 fn parse_dir(spec: &str) -> Result<(String, Share), Fail> {
@@ -299,7 +302,7 @@ fn sshd_config(ip: &str, user: &str, reject: bool, darwin: bool) -> String {
          LoginGraceTime 30\nAcceptEnv LANG LC_*\nSubsystem sftp internal-sftp\n"
     );
     if darwin {
-        s.push_str("SetEnv PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:/opt/homebrew/bin\n");
+        s.push_str(&format!("SetEnv PATH={}\n", macos_guest::SSHD_PATH));
     }
     s
 }
@@ -311,12 +314,8 @@ fn write_run_record(dir: &Path, v: serde_json::Value) {
     }
 }
 
-fn prepare_guest_dir(
-    gdir: &Path,
-    uid: u32,
-    gid: u32,
-    authorized_keys: &[String],
-) -> std::io::Result<()> {
+fn prepare_guest_dir(gdir: &Path, uid: u32, gid: u32, sim: &SimVm) -> std::io::Result<()> {
+    let authorized_keys = &sim.authorized_keys;
     for (d, mode) in [
         ("home", 0o750),
         ("tmp", 0o1777),
@@ -330,7 +329,9 @@ fn prepare_guest_dir(
         if fresh || d != "home" {
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
         }
-        if d == "home" && fresh {
+        if d == "home" && fresh && sim.os == "darwin" {
+            macos_guest::populate_home(&p, uid, gid, sim.homebrew)?;
+        } else if d == "home" && fresh {
             let _ = Command::new("cp")
                 .arg("-a")
                 .arg("/etc/skel/.")
@@ -547,7 +548,10 @@ pub fn run(args: &[String]) -> R<()> {
         ));
     };
     let gdir = dir.join("guest");
-    prepare_guest_dir(&gdir, uid, gid, &sim.authorized_keys)
+    if darwin {
+        macos_guest::check_host().map_err(sim_err)?;
+    }
+    prepare_guest_dir(&gdir, uid, gid, &sim)
         .map_err(|e| sim_err(format!("preparing the guest: {e}")))?;
     for d in ["/Volumes", "/run/sshd", "/run/tart-sim", &user_home] {
         let _ = fs::create_dir_all(d);
@@ -561,6 +565,7 @@ pub fn run(args: &[String]) -> R<()> {
         guest_dir: gdir.to_string_lossy().into_owned(),
         sshd_config: sshd_config(&ip, &sim.user, sim.faults.reject_logins, darwin),
         shares,
+        homebrew: sim.homebrew,
     };
     let plan_path = gdir.join("plan.json");
     fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap())
@@ -1036,6 +1041,21 @@ pub fn guest_init(args: &[String]) -> R<()> {
         eprintln!("tart-sim guest init: no mount helpers in the guest: {e}");
     }
     bind(&gs("home"), &plan.user_home, false).map_err(fail)?;
+    if plan.darwin {
+        macos_guest::Mounts {
+            run: &g.join("run"),
+            user: &plan.user,
+            homebrew: plan.homebrew,
+        }
+        .apply(
+            |src, dst| bind(src, dst, false),
+            |lower, upper, work| {
+                let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+                mnt(Some("overlay"), lower, Some("overlay"), 0, Some(&opts))
+            },
+        )
+        .map_err(fail)?;
+    }
     bind(&gs("var-tmp"), "/var/tmp", false).map_err(fail)?;
     bind(&gs("Volumes"), "/Volumes", false).map_err(fail)?;
     bind(&gs("tmp"), "/tmp", false).map_err(fail)?;
@@ -1115,7 +1135,6 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
         .env("HOME", &home)
         .env("USER", &sim.user)
         .env("LOGNAME", &sim.user)
-        .env("SHELL", "/bin/bash")
         .env("LANG", "C.UTF-8")
         .current_dir(&home)
         .stdin(if interactive {
@@ -1123,6 +1142,11 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
         } else {
             Stdio::null()
         });
+    // A launchd agent's environment need not name the user's shell: callers must not rely
+    // on SHELL in macOS guests.
+    if sim.os != "darwin" {
+        c.env("SHELL", "/bin/bash");
+    }
     unsafe {
         c.pre_exec(move || {
             if libc::initgroups(cuser.as_ptr(), gid) != 0
