@@ -16,6 +16,7 @@ mod image;
 mod isolation;
 mod job;
 mod lifecycle;
+mod login;
 mod manuals;
 mod registry_access;
 mod request;

@@ -273,3 +273,52 @@ fn a_job_waits_while_another_users_macos_vms_fill_apples_limit_then_runs() {
     }
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
+
+// --- The guest user's login environment (point 3) --------------------------------------------
+
+/// A script that shows which gitlab-runner and PATH the job sees.
+fn login_env_job() -> Job {
+    Job::new().image(IMAGE).script([
+        "echo \"runner at $(command -v gitlab-runner)\"",
+        "echo \"PATH=$PATH\"",
+        "echo \"HOMEBREW_PREFIX is ${HOMEBREW_PREFIX:-unset}\"",
+    ])
+}
+
+#[test]
+fn a_macos_job_over_ssh_sees_homebrew_from_the_users_zprofile() {
+    if skip_e2e() {
+        return;
+    }
+    // zsh is the login shell; Homebrew's PATH is only in ~/.zprofile; sshd's PATH has no
+    // /opt/homebrew/bin.
+    let bed = Bed::new()
+        .image(IMAGE, Image::darwin().homebrew())
+        .option(["--transport", "ssh"]);
+    let out = run_job(&bed.runner(), &login_env_job());
+    out.assert_success()
+        .assert_log_contains("runner at /opt/homebrew/bin/gitlab-runner")
+        // path_helper of /etc/zprofile ran too.
+        .assert_log_contains("/usr/local/bin");
+    assert!(
+        !out.log.contains("no gitlab-runner in the VM"),
+        "guest setup ran without the login environment:\n{}",
+        out.log
+    );
+    bed.assert_nothing_left();
+}
+
+#[test]
+fn a_macos_job_over_tart_exec_gets_the_same_login_environment() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new()
+        .image(IMAGE, Image::darwin().homebrew().agent(true))
+        .option(["--transport", "exec"]);
+    let out = run_job(&bed.runner(), &login_env_job());
+    out.assert_success()
+        .assert_log_contains("runner at /opt/homebrew/bin/gitlab-runner")
+        .assert_log_contains("HOMEBREW_PREFIX is /opt/homebrew");
+    bed.assert_nothing_left();
+}

@@ -191,7 +191,11 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     ];
     let script = guest::setup_script(&info.os, &shares, &dirs, &request.install);
     match transport
-        .run_captured("sh -s", script.as_bytes(), Duration::from_secs(600))
+        .run_captured(
+            &crate::login::in_login_env("exec sh -s"),
+            script.as_bytes(),
+            Duration::from_secs(600),
+        )
         .await?
     {
         (RemoteExit::Code(0), out) => {

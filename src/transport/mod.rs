@@ -66,13 +66,10 @@ impl Transport {
 }
 
 /// The remote side of a stage: records the shell's PID (the leader of its process group
-/// under sshd) so that a cancel can kill the whole group, then becomes the shell that reads
-/// the script on stdin.
-///
-/// The login shell only loads the user's profile (Homebrew's PATH and the like) and then
-/// replaces itself with a plain shell: a login shell that reaches `exit` runs
-/// `~/.bash_logout`, whose last status (with the script's `errexit` still on) would replace
-/// the script's own exit code; Debian and Ubuntu guests ship such a file.
+/// under sshd) so that a cancel can kill the whole group, loads the guest user's login
+/// environment through their own login shell (see `crate::login`), then becomes the shell
+/// that reads the script on stdin. Every step `exec`s, so the recorded PID stays the
+/// script shell's.
 pub fn stage_wrapper(stage: &Stage<'_>, pid_file: &str) -> String {
     let shell = stage.shell;
     let mut setup = String::new();
@@ -80,10 +77,11 @@ pub fn stage_wrapper(stage: &Stage<'_>, pid_file: &str) -> String {
         // Values are validated where they are parsed (plain characters only).
         setup.push_str(&format!("export {key}={value}; "));
     }
-    format!(
-        "echo $$ > {pid_file}; exec {shell} -l -c '{setup}PATH=\"$HOME/{}:$PATH\"; export PATH; exec {shell}'",
+    let then = format!(
+        "{setup}PATH=\"$HOME/{}:$PATH\"; export PATH; exec {shell}",
         crate::guest::GUEST_TOOLS_DIR
-    )
+    );
+    format!("echo $$ > {pid_file}; {}", crate::login::in_login_env(&then))
 }
 
 /// How a stage's script is run in the guest: which shell, with which extra environment.
