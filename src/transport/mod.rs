@@ -81,7 +81,10 @@ pub fn stage_wrapper(stage: &Stage<'_>, pid_file: &str) -> String {
         "{setup}PATH=\"$HOME/{}:$PATH\"; export PATH; exec {shell}",
         crate::guest::GUEST_TOOLS_DIR
     );
-    format!("echo $$ > {pid_file}; {}", crate::login::in_login_env(&then))
+    format!(
+        "echo $$ > {pid_file}; {}",
+        crate::login::in_login_env(&then)
+    )
 }
 
 /// How a stage's script is run in the guest: which shell, with which extra environment.
