@@ -150,6 +150,14 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     }
     let list = tart.as_deref().map(tart_list);
     check_macos_limit(&settings, list.as_ref(), &mut r);
+    let seen = crate::foreign::survey(tart_home().as_deref());
+    let status = [Status::Pass, Status::Warn][usize::from(seen.fix.is_some())];
+    r.add(
+        "VMs not started by this driver",
+        status,
+        seen.detail,
+        seen.fix,
+    );
     check_directories(&settings, &mut r);
     check_tart_home(list.as_ref(), &mut r);
     check_vms(&settings, list.as_ref(), &mut r);

@@ -60,3 +60,124 @@ impl LimitWait {
         )
     }
 }
+
+/// What `doctor` can see of the VMs on this Mac, whoever started them.
+pub struct Survey {
+    pub detail: String,
+    /// Set when VMs that this driver did not start are in sight.
+    pub fix: Option<String>,
+}
+
+/// Looks for VMs this driver did not start: `tart run` processes and the Virtualization
+/// framework's per-VM processes in `ps` (every user's; macOS may show another user's
+/// `tart run` only as `(tart)`, without its arguments), and VMs of other users' default
+/// TART_HOMEs under `/Users/*/.tart` that this user may read.
+pub fn survey(own_tart_home: Option<&std::path::Path>) -> Survey {
+    let ps = std::process::Command::new("ps")
+        .args(["-axww", "-o", "user=,pid=,args="])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut runs = Vec::new();
+    let mut vz = 0;
+    for line in ps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(user), Some(pid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let args: Vec<&str> = fields.collect();
+        if args
+            .iter()
+            .any(|a| a.contains("com.apple.Virtualization.VirtualMachine"))
+        {
+            vz += 1;
+        }
+        let tart_run = args
+            .windows(2)
+            .position(|w| w[0].rsplit('/').next() == Some("tart") && w[1] == "run");
+        match tart_run {
+            Some(i) => {
+                let vm = args.get(i + 2).copied().unwrap_or("?");
+                if !vm.starts_with(crate::vm::PREFIX) {
+                    runs.push(format!("`tart run {vm}` (user {user}, pid {pid})"));
+                }
+            }
+            None if args.first() == Some(&"(tart)") => {
+                runs.push(format!(
+                    "a tart process of user {user} (pid {pid}, arguments hidden)"
+                ));
+            }
+            None => {}
+        }
+    }
+    let mut homes = Vec::new();
+    for home in other_tart_homes(own_tart_home) {
+        let Ok(entries) = std::fs::read_dir(home.join("vms")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let config = entry.path().join("config.json");
+            let Ok(text) = std::fs::read(&config) else {
+                continue;
+            };
+            let os = serde_json::from_slice::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|c| c["os"].as_str().map(String::from))
+                .unwrap_or_else(|| "darwin".into());
+            if os == "darwin" && locked(&config) {
+                homes.push(format!(
+                    "running macOS VM {} in {}",
+                    entry.file_name().to_string_lossy(),
+                    home.display()
+                ));
+            }
+        }
+    }
+    let mut seen = runs;
+    seen.extend(homes);
+    let vz_note = format!(
+        "{vz} Virtualization framework VM process(es) on this Mac (all users, macOS and Linux guests alike)"
+    );
+    if seen.is_empty() {
+        Survey {
+            detail: format!("no VM started outside this driver in sight; {vz_note}"),
+            fix: None,
+        }
+    } else {
+        Survey {
+            detail: format!(
+                "VMs not started by this driver: {}; {vz_note}. Apple's limit of two macOS VMs counts them all: macOS jobs wait while they fill it",
+                seen.join(", ")
+            ),
+            fix: Some("stop the macOS VMs this runner does not need (`tart stop <name>` as their user), or run macOS jobs on a Mac of their own".into()),
+        }
+    }
+}
+
+/// Default TART_HOMEs of other users (`/Users/<user>/.tart`), except our own.
+fn other_tart_homes(own: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+    let Ok(users) = std::fs::read_dir("/Users") else {
+        return Vec::new();
+    };
+    let own = own.and_then(|p| p.canonicalize().ok());
+    users
+        .flatten()
+        .map(|u| u.path().join(".tart"))
+        .filter(|home| home.is_dir() && home.canonicalize().ok() != own)
+        .collect()
+}
+
+/// Whether some process holds Tart's lock on a VM's `config.json` (a running VM).
+fn locked(config: &std::path::Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(file) = std::fs::File::open(config) else {
+        return false;
+    };
+    // SAFETY: F_GETLK on a descriptor we own, with a zeroed struct it fills in.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    rc == 0 && i32::from(lock.l_type) != libc::F_UNLCK
+}

@@ -322,3 +322,47 @@ fn a_macos_job_over_tart_exec_gets_the_same_login_environment() {
         .assert_log_contains("HOMEBREW_PREFIX is /opt/homebrew");
     bed.assert_nothing_left();
 }
+
+#[test]
+fn doctor_names_the_vms_another_user_runs_on_the_mac() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let developer = bed.sim.another_user();
+    developer.tart_ok(["clone", common::MACOS_VANILLA, "developers-vm"]);
+    let mut run = developer
+        .command(["run", "developers-vm", "--no-graphics"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tart run");
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        developer.running_count() == 1
+    }));
+    let out = bed.driver(&[
+        "doctor",
+        "--format",
+        "json",
+        "--state-dir",
+        bed.state_dir.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let check = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "VMs not started by this driver")
+        .unwrap_or_else(|| panic!("no such check: {report:#}"))
+        .clone();
+    assert_eq!(check["status"], "warn", "{check:#}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`tart run developers-vm`"),
+        "{check:#}"
+    );
+    developer.stop_and_delete_all();
+    let _ = run.wait();
+}
