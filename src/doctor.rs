@@ -274,16 +274,12 @@ impl Output {
     fn ok(&self) -> bool {
         self.code == Some(0)
     }
-    /// The first non-empty line of stderr, else of stdout.
+    /// The error line of stderr (past Tart's housekeeping warning), else of stdout.
     fn message(&self) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
-        let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        let line = line.trim();
-        line.strip_prefix("Error: ").unwrap_or(line).to_string()
+        match crate::tart_message::error_line(&self.stderr) {
+            line if line.is_empty() => crate::tart_message::error_line(&self.stdout),
+            line => line,
+        }
     }
 }
 
