@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 tests/bed/prepare-host.sh
-cargo build --workspace --all-targets
-cargo test --workspace "$@"
+cargo build --workspace --all-targets --features e2e
+cargo test --workspace --features e2e "$@"

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{kill_group, skip_e2e, Bed, LINUX, MACOS};
+use common::{kill_group, Bed, LINUX, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, Verdict};
 
@@ -18,9 +18,6 @@ const GREEDY: &str = "ghcr.io/hostile/greedy:latest";
 
 #[test]
 fn an_image_whose_minimum_exceeds_the_per_vm_share_fails_the_job_instead_of_taking_the_host() {
-    if skip_e2e() {
-        return;
-    }
     // 4096 CPUs and 4 TiB: more than any host's share per VM.
     let bed = Bed::new().image(GREEDY, Image::linux().minimum(4096, 4 << 20));
     let out = run_job(&bed.runner(), &Job::new().image(GREEDY).script(["true"]));
@@ -42,9 +39,6 @@ fn an_image_whose_minimum_exceeds_the_per_vm_share_fails_the_job_instead_of_taki
 /// runner's SIGKILL.
 #[test]
 fn a_cancel_after_the_script_closed_its_output_stops_the_remote_script_within_seconds() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -78,9 +72,6 @@ fn a_cancel_after_the_script_closed_its_output_stops_the_remote_script_within_se
 /// deadline that panics the driver.
 #[test]
 fn a_huge_admin_timeout_is_no_limit_not_a_panic() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--timeout", &u64::MAX.to_string()]);
     let out = run_job(&bed.runner(), &Job::new().image(LINUX).script(["echo ran"]));
     out.assert_success().assert_log_contains("ran");
@@ -92,9 +83,6 @@ fn a_huge_admin_timeout_is_no_limit_not_a_panic() {
 /// `--wait` seconds) must not make prepare spin: attempts are paced.
 #[test]
 fn an_immediate_no_ip_answer_is_retried_with_a_pause_not_in_a_busy_loop() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--timeout", "5"]);
     let calls = bed.sim.root().join("ip-calls");
     let wrapper = bed.sim.root().join("impatient-tart");
@@ -131,9 +119,6 @@ fn an_immediate_no_ip_answer_is_retried_with_a_pause_not_in_a_busy_loop() {
 /// for as long as the script runs.
 #[test]
 fn a_sigkilled_exec_stage_releases_the_runners_output_at_once() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--transport", "exec"]);
     let job = bed.direct_job(LINUX);
     let (code, log) = bed.stage(&job, &["prepare"]);
@@ -169,9 +154,6 @@ fn a_sigkilled_exec_stage_releases_the_runners_output_at_once() {
 /// like one gitlab-runner forgot, so `gc` with the clock two years ahead leaves it alone.
 #[test]
 fn a_wall_clock_jump_does_not_make_gc_sweep_a_live_jobs_vm() {
-    if skip_e2e() {
-        return;
-    }
     let faketime = std::fs::read_dir("/usr/lib")
         .unwrap()
         .flatten()
@@ -231,9 +213,6 @@ fn with_credentials(job: Job, user: &str, password: &str) -> Job {
 /// without any, and must not get a VM from A's download (pull policy `if-not-present`).
 #[test]
 fn a_private_image_pulled_by_one_project_is_not_cloned_by_another_without_credentials() {
-    if skip_e2e() {
-        return;
-    }
     let bed = private_bed();
     let a = with_credentials(Job::new().project("a/app"), ROBOT.0, ROBOT.1);
     run_job(&bed.runner(), &a.image(PRIVATE).script(["echo A-ran"]))
@@ -271,9 +250,6 @@ fn a_private_image_pulled_by_one_project_is_not_cloned_by_another_without_creden
 /// credentials the registry refuses does not.
 #[test]
 fn a_cached_private_image_is_cloned_only_after_the_registry_accepts_the_jobs_credentials() {
-    if skip_e2e() {
-        return;
-    }
     let bed = private_bed();
     let job = |user: &str, password: &str| {
         with_credentials(Job::new(), user, password)
@@ -297,9 +273,6 @@ fn a_cached_private_image_is_cloned_only_after_the_registry_accepts_the_jobs_cre
 /// The admin may declare an image public: then any job clones it from the cache.
 #[test]
 fn an_image_the_admin_marks_public_is_cloned_without_credentials() {
-    if skip_e2e() {
-        return;
-    }
     let bed = private_bed().option(["--public-image", r"^registry\.example\.com/team/"]);
     let a = with_credentials(Job::new(), ROBOT.0, ROBOT.1);
     run_job(&bed.runner(), &a.image(PRIVATE).script(["true"])).assert_success();
@@ -372,9 +345,6 @@ fn harness_base64(text: &str) -> String {
 /// them.
 #[test]
 fn the_runner_users_docker_login_and_keychain_do_not_serve_jobs_without_credentials() {
-    if skip_e2e() {
-        return;
-    }
     for login in [docker_login as fn(&Bed), keychain_login] {
         let bed = private_bed();
         login(&bed);
@@ -397,9 +367,6 @@ fn the_runner_users_docker_login_and_keychain_do_not_serve_jobs_without_credenti
 /// `--host-registry-credentials` is the admin's explicit loan of those logins to jobs.
 #[test]
 fn with_host_registry_credentials_jobs_use_the_runner_users_logins() {
-    if skip_e2e() {
-        return;
-    }
     let bed = private_bed().option(["--host-registry-credentials"]);
     keychain_login(&bed);
     run_job(

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{skip_e2e, Bed, MACOS};
+use common::{Bed, MACOS};
 use harness::{run_job, Job};
 
 /// doctor's JSON report: (check, status, detail).
@@ -44,9 +44,6 @@ fn check<'a>(report: &'a [(String, String, String)], name: &str) -> &'a (String,
 
 #[test]
 fn doctor_reads_tarts_version_from_the_host() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let report = doctor(&bed);
     let tart = check(&report, "tart");
@@ -56,9 +53,6 @@ fn doctor_reads_tarts_version_from_the_host() {
 
 #[test]
 fn doctor_tells_a_live_jobs_vm_from_an_orphan_and_names_the_fix() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     run_job(
         &bed.runner().cleanup_exec(None),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{kill_group, pids_with_args, skip_e2e, wait_until, Bed, MACOS};
+use common::{kill_group, pids_with_args, wait_until, Bed, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, JobOutcome, Verdict};
 
@@ -45,9 +45,6 @@ fn assert_within(started: Instant, limit: Duration) {
 
 #[test]
 fn a_slow_boot_succeeds_within_the_boot_timeout() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().boot_delay_ms(4000));
     let started = Instant::now();
     let out = run_job(
@@ -64,9 +61,6 @@ fn a_slow_boot_succeeds_within_the_boot_timeout() {
 
 #[test]
 fn a_vm_that_never_gets_an_ip_fails_prepare_at_the_boot_timeout() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().never_ip()).option(["--timeout", "4"]);
     let started = Instant::now();
     let out = run_job(&bed.runner(), &Job::new().image(FAULTY).script(["true"]));
@@ -79,9 +73,6 @@ fn a_vm_that_never_gets_an_ip_fails_prepare_at_the_boot_timeout() {
 
 #[test]
 fn tart_run_dying_at_once_fails_every_attempt_at_once() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().run_dies(None));
     let started = Instant::now();
     let out = run_job(&bed.runner(), &Job::new().image(FAULTY).script(["true"]));
@@ -103,9 +94,6 @@ fn tart_run_dying_at_once_fails_every_attempt_at_once() {
 /// whole boot timeout. A `gc` loop stands in for the other job.
 #[test]
 fn a_concurrent_sweep_does_not_hide_tart_runs_death_from_prepare() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().run_dies(None)).option(["--timeout", "60"]);
     let done = AtomicBool::new(false);
     let started = Instant::now();
@@ -139,9 +127,6 @@ fn a_concurrent_sweep_does_not_hide_tart_runs_death_from_prepare() {
 
 #[test]
 fn a_guest_dying_during_prepare_is_a_system_failure_naming_tart() {
-    if skip_e2e() {
-        return;
-    }
     // Powers off before sshd is up (boot takes 1.5 s).
     let bed = bed_with(Image::darwin().boot_delay_ms(1500).guest_dies_after_ms(200));
     let started = Instant::now();
@@ -153,9 +138,6 @@ fn a_guest_dying_during_prepare_is_a_system_failure_naming_tart() {
 
 #[test]
 fn a_guest_dying_during_a_run_stage_is_a_system_failure_not_the_users() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().guest_dies_after_ms(6000));
     let started = Instant::now();
     let out = run_job(
@@ -174,9 +156,6 @@ fn a_guest_dying_during_a_run_stage_is_a_system_failure_not_the_users() {
 
 #[test]
 fn ssh_refusing_every_login_fails_prepare_at_once() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().reject_logins());
     let started = Instant::now();
     let out = run_job(&bed.runner(), &Job::new().image(FAULTY).script(["true"]));
@@ -189,9 +168,6 @@ fn ssh_refusing_every_login_fails_prepare_at_once() {
 
 #[test]
 fn a_clone_failing_for_disk_space_says_so_and_how_to_free_space() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().clone_fails_disk());
     let started = Instant::now();
     let out = run_job(&bed.runner(), &Job::new().image(FAULTY).script(["true"]));
@@ -203,9 +179,6 @@ fn a_clone_failing_for_disk_space_says_so_and_how_to_free_space() {
 
 #[test]
 fn a_failing_pull_is_a_system_failure_with_tarts_network_error() {
-    if skip_e2e() {
-        return;
-    }
     let bed = bed_with(Image::darwin().pull_fails());
     let started = Instant::now();
     let out = run_job(&bed.runner(), &Job::new().image(FAULTY).script(["true"]));
@@ -216,9 +189,6 @@ fn a_failing_pull_is_a_system_failure_with_tarts_network_error() {
 
 #[test]
 fn a_registry_refusing_credentials_fails_without_showing_them() {
-    if skip_e2e() {
-        return;
-    }
     let password = "reg-pw-5c1f9e";
     let bed = bed_with(
         Image::darwin()
@@ -249,9 +219,6 @@ fn a_registry_refusing_credentials_fails_without_showing_them() {
 
 #[test]
 fn a_missing_tart_binary_is_named_in_the_error() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["-x", "/nonexistent/tart"]);
     let started = Instant::now();
     let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
@@ -262,9 +229,6 @@ fn a_missing_tart_binary_is_named_in_the_error() {
 
 #[test]
 fn a_tart_binary_that_is_not_executable_is_named_in_the_error() {
-    if skip_e2e() {
-        return;
-    }
     let probe = Bed::new();
     let fake = probe.sim.root().join("not-executable-tart");
     std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
@@ -281,9 +245,6 @@ fn a_tart_binary_that_is_not_executable_is_named_in_the_error() {
 /// retries prepare; the third attempt succeeds and the job runs.
 #[test]
 fn prepare_failing_twice_then_succeeding_runs_the_job_on_the_third_attempt() {
-    if skip_e2e() {
-        return;
-    }
     let probe = Bed::new();
     let wrapper = probe.sim.root().join("flaky-tart");
     let counter = probe.sim.root().join("clone-count");
@@ -317,9 +278,6 @@ fn prepare_failing_twice_then_succeeding_runs_the_job_on_the_third_attempt() {
 
 #[test]
 fn cleanup_twice_and_cleanup_without_prepare_both_succeed() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let never_prepared = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&never_prepared, &["cleanup"]);
@@ -340,9 +298,6 @@ fn cleanup_twice_and_cleanup_without_prepare_both_succeed() {
 /// gitlab-runner may start cleanup while an aborted run stage is still alive (§6.3).
 #[test]
 fn cleanup_while_a_run_stage_is_alive_removes_everything_and_the_stage_ends() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);
@@ -442,9 +397,6 @@ fn slow_clone_bed() -> Bed {
 
 #[test]
 fn kill_9_of_prepare_during_pull_is_swept_by_the_next_jobs_prepare() {
-    if skip_e2e() {
-        return;
-    }
     let bed = slow_bed();
     let victim = bed.direct_job(FAULTY);
     kill_prepare_at(&bed, &victim, KillPoint::DuringPull);
@@ -459,9 +411,6 @@ fn kill_9_of_prepare_during_pull_is_swept_by_the_next_jobs_prepare() {
 
 #[test]
 fn kill_9_of_prepare_during_clone_is_swept_by_the_next_jobs_prepare() {
-    if skip_e2e() {
-        return;
-    }
     let bed = slow_clone_bed();
     let victim = bed.direct_job(FAULTY);
     kill_prepare_at(&bed, &victim, KillPoint::DuringClone);
@@ -487,9 +436,6 @@ fn kill_9_of_prepare_during_clone_is_swept_by_the_next_jobs_prepare() {
 
 #[test]
 fn kill_9_of_prepare_during_the_boot_wait_is_removed_by_cleanup() {
-    if skip_e2e() {
-        return;
-    }
     let bed = slow_bed();
     let job = bed.direct_job(FAULTY);
     kill_prepare_at(&bed, &job, KillPoint::DuringBootWait);
@@ -501,9 +447,6 @@ fn kill_9_of_prepare_during_the_boot_wait_is_removed_by_cleanup() {
 
 #[test]
 fn kill_9_of_prepare_after_the_master_started_is_removed_by_cleanup() {
-    if skip_e2e() {
-        return;
-    }
     let bed = slow_bed();
     let job = bed.direct_job(FAULTY);
     kill_prepare_at(&bed, &job, KillPoint::AfterMasterStart);
@@ -517,9 +460,6 @@ fn kill_9_of_prepare_after_the_master_started_is_removed_by_cleanup() {
 /// is gone, and must not touch it before.
 #[test]
 fn kill_9_of_prepare_and_its_supervisor_is_swept_by_gc() {
-    if skip_e2e() {
-        return;
-    }
     let bed = slow_bed();
     let job = bed.direct_job(FAULTY);
     kill_prepare_at(&bed, &job, KillPoint::AfterMasterStart);
@@ -550,9 +490,6 @@ fn kill_9_of_prepare_and_its_supervisor_is_swept_by_gc() {
 /// when the job's prepare is long gone, and `gc` leaves it alone.
 #[test]
 fn gc_leaves_a_live_jobs_vm_alone() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);
@@ -569,9 +506,6 @@ fn gc_leaves_a_live_jobs_vm_alone() {
 
 #[test]
 fn kill_9_of_a_run_stage_leaves_a_vm_that_cleanup_removes() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);
@@ -599,9 +533,6 @@ fn kill_9_of_a_run_stage_leaves_a_vm_that_cleanup_removes() {
 
 #[test]
 fn kill_9_of_cleanup_midway_is_finished_by_the_next_cleanup_or_sweep() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     for repeat_cleanup in [true, false] {
         let job = bed.direct_job(MACOS);
@@ -638,9 +569,6 @@ fn kill_9_of_cleanup_midway_is_finished_by_the_next_cleanup_or_sweep() {
 
 #[test]
 fn sigterm_during_prepare_cancels_the_job_and_cleanup_removes_the_vm() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(FAULTY, Image::darwin().boot_delay_ms(5000));
     let started = Instant::now();
     let out = run_job(
@@ -667,9 +595,6 @@ fn sigterm_during_prepare_cancels_the_job_and_cleanup_removes_the_vm() {
 /// (which the runner still calls after a cancel) looks for that pid in the same guest.
 #[test]
 fn sigterm_during_a_run_stage_stops_the_remote_command_within_two_seconds() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -706,9 +631,6 @@ fn sigterm_during_a_run_stage_stops_the_remote_command_within_two_seconds() {
 /// gone, as after a reboot; Tart's VMs stay on disk. The sweep recovers, and new jobs run.
 #[test]
 fn after_a_host_reboot_the_sweep_removes_every_leftover_vm() {
-    if skip_e2e() {
-        return;
-    }
     // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
     let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let jobs = [bed.direct_job(MACOS), bed.direct_job(common::LINUX)];
@@ -746,9 +668,6 @@ fn after_a_host_reboot_the_sweep_removes_every_leftover_vm() {
 
 #[test]
 fn three_concurrent_macos_jobs_never_run_more_than_two_guests() {
-    if skip_e2e() {
-        return;
-    }
     // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
     let bed = Bed::new().option(["--concurrency", "3", "--cpu", "2"]);
     let runner = bed.runner();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{skip_e2e, Bed, LINUX, MACOS};
+use common::{Bed, LINUX, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, Verdict};
 
@@ -13,9 +13,6 @@ fn is_build_failure(v: &Verdict) -> bool {
 
 #[test]
 fn host_builds_dir_is_shared_per_job_and_removed_at_cleanup() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let builds = bed.sim.root().join("host-builds");
     std::fs::create_dir_all(&builds).unwrap();
@@ -68,9 +65,6 @@ fn host_builds_dir_is_shared_per_job_and_removed_at_cleanup() {
 
 #[test]
 fn host_cache_dir_survives_jobs_and_is_private_to_the_project() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let cache = bed.sim.root().join("host-cache");
     let bed = bed.option(["--cache-dir", cache.to_str().unwrap()]);
@@ -98,9 +92,6 @@ fn host_cache_dir_survives_jobs_and_is_private_to_the_project() {
 
 #[test]
 fn read_only_volumes_can_be_read_but_not_written() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let data = bed.sim.root().join("models");
     std::fs::create_dir_all(&data).unwrap();
@@ -124,9 +115,6 @@ fn read_only_volumes_can_be_read_but_not_written() {
 
 #[test]
 fn volumes_work_in_linux_guests_through_virtiofs_mounts() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let data = bed.sim.root().join("shared");
     std::fs::create_dir_all(&data).unwrap();
@@ -148,9 +136,6 @@ fn volumes_work_in_linux_guests_through_virtiofs_mounts() {
 
 #[test]
 fn pull_policy_never_refuses_an_image_that_is_not_cached_before_cloning() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--pull-policy", "never"]);
     let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
     assert!(is_build_failure(&out.verdict), "{:?}", out.verdict);
@@ -166,9 +151,6 @@ fn pull_policy_never_refuses_an_image_that_is_not_cached_before_cloning() {
 
 #[test]
 fn pull_policy_always_pulls_again_and_if_not_present_does_not() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let first = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
     first.assert_success().assert_log_contains("Pulled ");
@@ -190,9 +172,6 @@ fn pull_policy_always_pulls_again_and_if_not_present_does_not() {
 
 #[test]
 fn a_job_cannot_ask_for_a_pull_policy_the_admin_did_not_allow() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--allowed-pull-policy", "if-not-present"]);
     let out = run_job(
         &bed.runner(),
@@ -215,9 +194,6 @@ fn a_job_cannot_ask_for_a_pull_policy_the_admin_did_not_allow() {
 
 #[test]
 fn excluded_and_unlisted_images_are_refused_with_the_rule_named() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option([
         "--exclude-image-expr",
         "vanilla",
@@ -243,9 +219,6 @@ fn excluded_and_unlisted_images_are_refused_with_the_rule_named() {
 
 #[test]
 fn jobs_without_an_image_get_the_default_image() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--default-image", LINUX]);
     run_job(&bed.runner(), &Job::new().script(["uname -s"]))
         .assert_success()
@@ -254,9 +227,6 @@ fn jobs_without_an_image_get_the_default_image() {
 
 #[test]
 fn private_registry_credentials_from_job_variables_reach_tart_and_nowhere_else() {
-    if skip_e2e() {
-        return;
-    }
     let image = "registry.example.com/team/xcode:16";
     let bed = Bed::new().image(
         image,
@@ -289,9 +259,6 @@ fn private_registry_credentials_from_job_variables_reach_tart_and_nowhere_else()
 
 #[test]
 fn explicit_cpu_memory_and_display_are_applied_to_the_vm() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--cpu", "5", "--memory", "9000", "--display", "1280x800"]);
     let out = run_job(
         &bed.runner().cleanup_exec(None),
@@ -305,9 +272,6 @@ fn explicit_cpu_memory_and_display_are_applied_to_the_vm() {
 
 #[test]
 fn the_job_may_choose_its_shell() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),

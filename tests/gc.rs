@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{skip_e2e, Bed, MACOS};
+use common::{Bed, MACOS};
 use harness::{run_job, Job};
 
 fn gc(bed: &Bed, extra: &[&str]) -> std::process::Output {
@@ -51,9 +51,6 @@ fn kill_matching(needle: &str) {
 
 #[test]
 fn a_vm_whose_supervisor_died_is_removed() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = orphaned_job(&bed);
     let out = gc(&bed, &[]);
@@ -63,9 +60,6 @@ fn a_vm_whose_supervisor_died_is_removed() {
 
 #[test]
 fn a_vm_whose_state_was_lost_in_a_reboot_is_removed() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = abandoned_job(&bed);
     // A reboot: every process gone, /tmp (the state directory) wiped.
@@ -79,9 +73,6 @@ fn a_vm_whose_state_was_lost_in_a_reboot_is_removed() {
 
 #[test]
 fn state_left_without_a_vm_is_removed() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = orphaned_job(&bed);
     bed.sim.tart_ok(["delete", &vm]);
@@ -92,9 +83,6 @@ fn state_left_without_a_vm_is_removed() {
 
 #[test]
 fn a_live_jobs_vm_and_foreign_vms_are_left_alone() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = abandoned_job(&bed); // its supervisor still holds the VM: a live job
     bed.sim.tart_ok(["clone", MACOS, "someone-elses-vm"]);
@@ -109,9 +97,6 @@ fn a_live_jobs_vm_and_foreign_vms_are_left_alone() {
 
 #[test]
 fn dry_run_reports_without_removing() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = orphaned_job(&bed);
     let out = gc(&bed, &["--dry-run"]);
@@ -125,9 +110,6 @@ fn dry_run_reports_without_removing() {
 
 #[test]
 fn the_next_jobs_prepare_sweeps_orphans() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = orphaned_job(&bed);
     let out = run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"]));
@@ -143,9 +125,6 @@ fn the_next_jobs_prepare_sweeps_orphans() {
 
 #[test]
 fn old_cached_images_are_pruned_on_request() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     bed.sim.tart_ok(["pull", MACOS]);
     // Last used ten days ago (Tart reads the access time).
@@ -182,9 +161,6 @@ fn old_cached_images_are_pruned_on_request() {
 
 #[test]
 fn a_vm_that_outlived_its_jobs_timeout_is_removed_though_its_supervisor_lives() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = abandoned_job(&bed); // gitlab-runner killed before cleanup; supervisor alive
     gc(&bed, &[]);

@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{skip_e2e, Bed, MACOS};
+use common::{Bed, MACOS};
 use harness::{run_job, Job, Verdict};
 
 fn sha256(bytes: &[u8]) -> String {
@@ -28,9 +28,6 @@ fn sha256(bytes: &[u8]) -> String {
 
 #[test]
 fn tart_options_smuggled_through_image_are_refused_before_any_tart_command() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     for image in [
         "--dir=/:/x",
@@ -56,9 +53,6 @@ fn tart_options_smuggled_through_image_are_refused_before_any_tart_command() {
 
 #[test]
 fn newlines_and_shell_metacharacters_in_tart_variables_are_refused_by_name() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let canary = bed.sim.root().join("pwned");
     let touch = format!("touch {}", canary.display());
@@ -96,9 +90,6 @@ fn newlines_and_shell_metacharacters_in_tart_variables_are_refused_by_name() {
 
 #[test]
 fn a_jobs_tart_home_has_no_effect_on_where_tart_works() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let elsewhere = bed.sim.root().join("job-chosen-home");
     let out = run_job(
@@ -125,9 +116,6 @@ fn a_jobs_tart_home_has_no_effect_on_where_tart_works() {
 /// cleanup.
 #[test]
 fn claiming_another_jobs_identity_does_not_reach_its_vm() {
-    if skip_e2e() {
-        return;
-    }
     // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
     let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let victim = bed.direct_job(MACOS);
@@ -167,9 +155,6 @@ fn claiming_another_jobs_identity_does_not_reach_its_vm() {
 /// every byte value including NUL comes back on stdout, both ways compared by hash.
 #[test]
 fn scripts_and_output_of_every_byte_value_arrive_intact() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);
@@ -215,9 +200,6 @@ fn scripts_and_output_of_every_byte_value_arrive_intact() {
 
 #[test]
 fn a_one_megabyte_line_arrives_intact_both_ways() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);

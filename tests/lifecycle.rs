@@ -5,14 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{skip_e2e, Bed, LINUX, MACOS};
+use common::{Bed, LINUX, MACOS};
 use harness::{run_job, Job, Verdict};
 
 #[test]
 fn a_job_of_all_stages_succeeds_and_leaves_nothing_behind() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = Job::new()
         .image(MACOS)
@@ -33,9 +30,6 @@ fn a_job_of_all_stages_succeeds_and_leaves_nothing_behind() {
 
 #[test]
 fn a_failing_script_is_a_build_failure_with_its_exit_code() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -49,9 +43,6 @@ fn a_failing_script_is_a_build_failure_with_its_exit_code() {
 
 #[test]
 fn bash_only_syntax_works_in_scripts() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -71,9 +62,6 @@ fn bash_only_syntax_works_in_scripts() {
 
 #[test]
 fn stdout_and_stderr_arrive_separately_and_in_order() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -102,9 +90,6 @@ fn stdout_and_stderr_arrive_separately_and_in_order() {
 
 #[test]
 fn a_linux_guest_runs_the_same_job() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -118,9 +103,6 @@ fn a_linux_guest_runs_the_same_job() {
 
 #[test]
 fn a_dead_tart_run_fails_prepare_within_seconds_with_tarts_message() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(
         "ghcr.io/acme/broken:latest",
         harness::sim::Image::darwin().run_dies(Some(
@@ -152,9 +134,6 @@ fn a_dead_tart_run_fails_prepare_within_seconds_with_tarts_message() {
 
 #[test]
 fn a_wrong_password_fails_prepare_at_once_with_a_clear_message() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let started = Instant::now();
     let out = run_job(
@@ -185,9 +164,6 @@ fn a_wrong_password_fails_prepare_at_once_with_a_clear_message() {
 
 #[test]
 fn cleanup_with_nothing_created_succeeds() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(&bed.runner(), &Job::new().script(["true"]));
     // No image and no default: a build failure that names the fix...
@@ -208,9 +184,6 @@ fn cleanup_with_nothing_created_succeeds() {
 
 #[test]
 fn run_stages_reuse_the_prepare_connection_without_new_ssh_logins() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     // No cleanup, so the VM and its console log survive the job for inspection; the
     // simulated host removes them when the test ends.
@@ -256,9 +229,6 @@ fn run_stages_reuse_the_prepare_connection_without_new_ssh_logins() {
 
 #[test]
 fn the_exec_transport_runs_the_same_job_through_the_guest_agent() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -275,9 +245,6 @@ fn the_exec_transport_runs_the_same_job_through_the_guest_agent() {
 
 #[test]
 fn auto_transport_falls_back_to_ssh_for_images_without_the_agent() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--transport", "auto"]);
     let out = run_job(
         &bed.runner(),
@@ -297,9 +264,6 @@ fn auto_transport_falls_back_to_ssh_for_images_without_the_agent() {
 
 #[test]
 fn the_exec_transport_on_an_image_without_the_agent_says_so() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--timeout", "8"]);
     let out = run_job(
         &bed.runner(),
@@ -319,9 +283,6 @@ fn the_exec_transport_on_an_image_without_the_agent_says_so() {
 
 #[test]
 fn large_output_arrives_complete_to_the_last_byte() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),

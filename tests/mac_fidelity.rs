@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{skip_e2e, Bed};
+use common::Bed;
 use harness::sim::Image;
 use harness::{run_job, Job, JobOutcome, Verdict};
 
@@ -28,9 +28,6 @@ fn assert_system_failure(out: &JobOutcome, message: &str) {
 
 #[test]
 fn cleanup_reads_tarts_message_after_a_garbage_collection_warning() {
-    if skip_e2e() {
-        return;
-    }
     // Another Tart process collected an entry of $TART_HOME/tmp first: every command but
     // pull and clone starts its stderr with Tart's warning.
     let bed = Bed::new();
@@ -52,9 +49,6 @@ fn cleanup_reads_tarts_message_after_a_garbage_collection_warning() {
 
 #[test]
 fn a_vm_without_ip_is_reported_as_such_after_a_garbage_collection_warning() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new()
         .image(IMAGE, Image::darwin().never_ip())
         .option(["--timeout", "2"]);
@@ -138,9 +132,6 @@ fn leaky_job() -> Job {
 
 #[test]
 fn a_stale_lease_of_another_users_vm_never_receives_the_job() {
-    if skip_e2e() {
-        return;
-    }
     // The job's own VM never gets a lease of its own: `tart ip` answers with the other
     // user's lease for the same MAC, and the login there succeeds (same image, same password).
     let bed = Bed::new()
@@ -156,9 +147,6 @@ fn a_stale_lease_of_another_users_vm_never_receives_the_job() {
 
 #[test]
 fn a_failed_tart_run_never_sends_the_job_to_the_vm_its_stale_lease_names() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new()
         .image(IMAGE, Image::linux().digest(SHARED_DIGEST).run_dies(None))
         .option(["--transport", "ssh"]);
@@ -171,9 +159,6 @@ fn a_failed_tart_run_never_sends_the_job_to_the_vm_its_stale_lease_names() {
 
 #[test]
 fn with_random_macs_a_job_runs_in_its_own_vm_next_to_another_users_clone() {
-    if skip_e2e() {
-        return;
-    }
     // The fix the refusal names: the job's clone gets a MAC of its own, and the identity
     // proof passes through a Linux guest's virtiofs mount.
     let bed = Bed::new()
@@ -191,9 +176,6 @@ fn with_random_macs_a_job_runs_in_its_own_vm_next_to_another_users_clone() {
 
 #[test]
 fn nested_virtualization_is_ignored_for_a_macos_guest_and_the_log_says_why() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(IMAGE, Image::darwin());
     let out = run_job(
         &bed.runner(),
@@ -210,9 +192,6 @@ fn nested_virtualization_is_ignored_for_a_macos_guest_and_the_log_says_why() {
 
 #[test]
 fn nested_virtualization_on_a_mac_before_the_m3_fails_with_tarts_reason() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(IMAGE, Image::linux());
     bed.sim.set_hardware(15, 2);
     let started = Instant::now();
@@ -235,9 +214,6 @@ fn nested_virtualization_on_a_mac_before_the_m3_fails_with_tarts_reason() {
 
 #[test]
 fn a_job_waits_while_another_users_macos_vms_fill_apples_limit_then_runs() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(IMAGE, Image::darwin());
     // A developer on the same Mac, in a TART_HOME of their own, runs two macOS VMs.
     let developer = bed.sim.another_user();

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{skip_e2e, Bed, LINUX, MACOS};
+use common::{Bed, LINUX, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, Verdict};
 
@@ -53,9 +53,6 @@ fn build_failure(v: &Verdict) -> bool {
 
 #[test]
 fn softnet_from_the_admin_or_the_job_reaches_tart_run() {
-    if skip_e2e() {
-        return;
-    }
     let (bed, log) = record_tart(Bed::new());
     let out = run_job(
         &bed.runner(),
@@ -86,9 +83,6 @@ fn softnet_from_the_admin_or_the_job_reaches_tart_run() {
 
 #[test]
 fn gitlab_tart_executor_network_and_disk_options_reach_tart_run() {
-    if skip_e2e() {
-        return;
-    }
     let (bed, log) =
         record_tart(Bed::new().option(["--bridged", "en0", "--root-disk-opts", "sync=none"]));
     run_job(
@@ -118,9 +112,6 @@ fn gitlab_tart_executor_network_and_disk_options_reach_tart_run() {
 
 #[test]
 fn random_mac_is_applied_with_tart_set_and_jobs_need_the_admins_leave() {
-    if skip_e2e() {
-        return;
-    }
     let (bed, log) = record_tart(Bed::new().option(["--random-mac"]));
     run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"])).assert_success();
     let set = calls(&log, "set");
@@ -139,9 +130,6 @@ fn random_mac_is_applied_with_tart_set_and_jobs_need_the_admins_leave() {
 
 #[test]
 fn pull_options_reach_pull_and_clone() {
-    if skip_e2e() {
-        return;
-    }
     let (bed, log) = record_tart(Bed::new().option([
         "--insecure-pull",
         "--pull-concurrency",
@@ -163,9 +151,6 @@ fn pull_options_reach_pull_and_clone() {
 
 #[test]
 fn the_time_zone_applies_to_the_jobs_scripts() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -188,9 +173,6 @@ fn the_time_zone_applies_to_the_jobs_scripts() {
 
 #[test]
 fn gitlab_tart_executor_ssh_variable_names_work() {
-    if skip_e2e() {
-        return;
-    }
     let image = "ghcr.io/acme/custom-user:1";
     let bed = Bed::new().image(image, Image::darwin().credentials("builder", "b-uild3r!pw"));
     let out = run_job(
@@ -206,9 +188,6 @@ fn gitlab_tart_executor_ssh_variable_names_work() {
 
 #[test]
 fn the_admin_decides_which_settings_jobs_may_change() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--job-override", "shell"]);
     let out = run_job(
         &bed.runner(),
@@ -232,9 +211,6 @@ fn the_admin_decides_which_settings_jobs_may_change() {
 
 #[test]
 fn a_job_cannot_move_tarts_home_and_is_told_so() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let elsewhere = bed.sim.root().join("elsewhere");
     let out = run_job(
@@ -251,9 +227,6 @@ fn a_job_cannot_move_tarts_home_and_is_told_so() {
 
 #[test]
 fn image_globs_allow_matching_images_only() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--allow-image", "ghcr.io/cirruslabs/macos-*"]);
     run_job(&bed.runner(), &Job::new().image(MACOS).script(["true"])).assert_success();
     let out = run_job(&bed.runner(), &Job::new().image(LINUX).script(["true"]));
@@ -263,9 +236,6 @@ fn image_globs_allow_matching_images_only() {
 
 #[test]
 fn guest_builds_and_cache_paths_are_configurable() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option([
         "--guest-builds-dir",
         "/Users/admin/jobs",
@@ -288,9 +258,6 @@ fn guest_builds_and_cache_paths_are_configurable() {
 
 #[test]
 fn gitlab_runner_is_copied_from_the_host_into_a_guest_of_the_same_os() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--install-gitlab-runner", "--copy-gitlab-runner"]);
     let host_bin = bed.sim.root().join("host-bin");
     std::fs::create_dir_all(&host_bin).unwrap();
@@ -324,9 +291,6 @@ fn gitlab_runner_is_copied_from_the_host_into_a_guest_of_the_same_os() {
 
 #[test]
 fn bad_admin_values_fail_the_config_stage_naming_the_option() {
-    if skip_e2e() {
-        return;
-    }
     for (args, expected) in [
         (vec!["--softnet-allow", "everything"], "--softnet-allow"),
         (
@@ -357,9 +321,6 @@ fn bad_admin_values_fail_the_config_stage_naming_the_option() {
 
 #[test]
 fn bad_job_values_are_the_jobs_failure_naming_the_variable() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     for (var, value, expected) in [
         ("TART_EXECUTOR_DISPLAY", "huge", "TART_EXECUTOR_DISPLAY"),
@@ -389,9 +350,6 @@ fn bad_job_values_are_the_jobs_failure_naming_the_variable() {
 
 #[test]
 fn ssh_keys_log_in_to_images_that_carry_the_public_key() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let key = bed.sim.root().join("id_ed25519");
     let made = std::process::Command::new("ssh-keygen")

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{skip_e2e, Bed};
+use common::Bed;
 use harness::sim::Image;
 use harness::{run_job, Job};
 
@@ -129,9 +129,6 @@ fn allowed(s: &Sighting) -> bool {
 
 #[test]
 fn no_secret_reaches_argv_long_lived_processes_logs_or_files() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(
         PRIVATE,
         Image::darwin()
@@ -208,9 +205,6 @@ fn no_secret_reaches_argv_long_lived_processes_logs_or_files() {
 /// searched too, not only what is left at the end.
 #[test]
 fn state_files_of_a_live_job_hold_no_secret() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(
         PRIVATE,
         Image::darwin().credentials("builder", SSH_PASSWORD),
@@ -240,9 +234,6 @@ fn state_files_of_a_live_job_hold_no_secret() {
 /// never appears in its argv, its output or its errors.
 #[test]
 fn runner_config_keeps_the_runner_token_out_of_argv_and_output() {
-    if skip_e2e() {
-        return;
-    }
     let token = "glrt-SeCrEtToKeN0123456789";
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("mac-1.token");

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{skip_e2e, Bed, LINUX, MACOS};
+use common::{Bed, LINUX, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, JobOutcome, Verdict};
 
@@ -197,9 +197,6 @@ fn job_for(kind: Kind, n: usize, rng: &mut Rng) -> (Job, Check) {
 
 #[test]
 fn jobs_two_at_a_time_with_random_faults_all_end_right_and_leave_nothing() {
-    if skip_e2e() {
-        return;
-    }
     let total: usize = std::env::var("TART_DRIVER_SOAK_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -14,15 +14,6 @@ pub const LINUX: &str = "ghcr.io/cirruslabs/ubuntu:latest";
 
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_gitlab-runner-tart-driver");
 
-/// End-to-end tests need root, sshd and namespaces; the Nix build sandbox has none.
-pub fn skip_e2e() -> bool {
-    if std::env::var_os("TART_DRIVER_SKIP_E2E").is_some() {
-        eprintln!("skipped: TART_DRIVER_SKIP_E2E is set");
-        return true;
-    }
-    false
-}
-
 pub struct Bed {
     pub sim: SimHost,
     pub state_dir: PathBuf,
