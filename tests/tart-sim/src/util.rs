@@ -258,7 +258,7 @@ pub fn lock_holder(path: &Path) -> Option<i32> {
     fl.l_start = 0;
     fl.l_len = 0;
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    if r != 0 || fl.l_type as i32 == libc::F_UNLCK {
+    if r != 0 || i64::from(fl.l_type) == i64::from(libc::F_UNLCK) {
         None
     } else {
         Some(fl.l_pid)
