@@ -356,7 +356,7 @@ fn check_tart(settings: &Settings, r: &mut Report) -> Option<PathBuf> {
         r.fail(
             NAME,
             format!("`{exe}` not found (PATH={})", std::env::var("PATH").unwrap_or_default()),
-            "install Tart (`brew install cirruslabs/cli/tart`) or give its absolute path with --tart-executable: gitlab-runner started by launchd has a minimal PATH",
+            "install Tart (`brew install openai/tools/tart`; formerly cirruslabs/cli/tart) or give its absolute path with --tart-executable: gitlab-runner started by launchd has a minimal PATH",
         );
         return None;
     };
@@ -1627,7 +1627,9 @@ mod tests {
     #[test]
     fn bounded_command_is_killed_at_its_limit() {
         let started = Instant::now();
-        let err = run_bounded(Path::new("/bin/sleep"), &["10"], Duration::from_millis(300))
+        // From PATH: the Nix build sandbox has no /bin/sleep.
+        let sleep = resolve("sleep").expect("`sleep` on PATH");
+        let err = run_bounded(&sleep, &["10"], Duration::from_millis(300))
             .err()
             .unwrap();
         assert!(err.contains("did not finish"), "{err}");
