@@ -1,8 +1,10 @@
 # nix-darwin module: a Mac becomes a GitLab Runner whose jobs run in fresh Tart VMs.
 #
-# A user launch agent (Tart needs the GUI session of a logged-in user) renders config.toml
-# with `gitlab-runner-tart-driver runner-config` from a token-free spec in the store plus the
-# token files, then runs `gitlab-runner run`. Documentation: docs/nix-darwin.md.
+# User launch agents (Tart needs the GUI session of a logged-in user): one renders
+# config.toml with `gitlab-runner-tart-driver runner-config` from a token-free spec in the
+# store plus the token files, whenever the spec or a token file changes; one runs
+# `gitlab-runner run`, which reloads config.toml by itself, so a switch that changes only
+# runner settings never restarts it. Documentation: docs/nix-darwin.md.
 {
   config,
   lib,
@@ -21,11 +23,17 @@ let
   cfg = config.services.gitlab-runner-tart;
   render = import ./render.nix;
 
+  # `users.users.<name>.home` is null unless declared, as is the whole entry.
   home =
+    let
+      declared = if cfg.user == null then null else config.users.users.${cfg.user}.home or null;
+    in
     if cfg.user == null then
       "/var/empty"
+    else if declared == null then
+      "/Users/${cfg.user}"
     else
-      config.users.users.${cfg.user}.home or "/Users/${cfg.user}";
+      toString declared;
 
   pathOrStr = types.either types.path types.str;
   autoOr = t: types.nullOr (types.either t (types.enum [ "auto" ]));
@@ -214,7 +222,21 @@ let
 
   specFile = pkgs.writeText "gitlab-runner-tart-spec.json" (builtins.toJSON spec);
 
-  agentPath = [
+  # Where the runner's agent reads the spec: a path that stays the same across switches
+  # (nix-darwin points it at the current spec), so that the agent's plist does not change
+  # with runner settings and a switch does not restart gitlab-runner.
+  stableSpec = "/etc/gitlab-runner-tart/spec.json";
+
+  tokenFiles = map (r: render.pathString r.authenticationTokenFile) (lib.attrValues cfg.runners);
+
+  # Every agent of the module runs in the user's GUI (Aqua) session only, where Tart works.
+  agentDefaults = {
+    LimitLoadToSessionType = "Aqua";
+  };
+
+  agentPath =
+    lib.optional cfg.softnet.enable render.softnetDir
+    ++ [
     cfg.package
     cfg.tartPackage
     cfg.gitlabRunnerPackage
@@ -230,6 +252,12 @@ let
   renderCfg = cfg // {
     inherit (config.system) primaryUser;
   };
+
+  logFiles = [
+    "${cfg.logDir}/gitlab-runner.log"
+    "${cfg.logDir}/config.log"
+    "${cfg.logDir}/gc.log"
+  ];
 in
 {
   options.services.gitlab-runner-tart = {
@@ -329,6 +357,50 @@ in
       description = "Directory of the agents' logs: `gitlab-runner.log` and `gc.log`.";
     };
 
+    drainTimeout = mkOption {
+      type = types.ints.positive;
+      default = 3600;
+      description = ''
+        Seconds that running jobs get to finish when the runner's agent stops: at logout, or
+        when a switch upgrades the driver, gitlab-runner or Tart. gitlab-runner takes no new
+        job meanwhile; jobs still running after this are aborted (and their VMs deleted).
+        A switch that changes only runner settings does not stop the agent at all.
+      '';
+    };
+
+    logs = {
+      maxSize = mkOption {
+        type = types.ints.positive;
+        default = 10 * 1024 * 1024;
+        description = "Bytes after which a log is rotated (checked hourly).";
+      };
+      keep = mkOption {
+        type = types.ints.positive;
+        default = 5;
+        description = "Rotated copies kept of each log (`<log>.1` is the newest).";
+      };
+    };
+
+    softnet = {
+      enable = mkOption {
+        type = types.bool;
+        default = cfg.concurrency > 1;
+        defaultText = literalExpression "config.services.gitlab-runner-tart.concurrency > 1";
+        description = ''
+          Provision Softnet, which isolates each VM's network from the host's other VMs (the
+          driver uses it when more than one VM can run): installs a setuid-root copy of
+          `softnet.package` in ${render.softnetDir}, first on the agents' PATH, where Tart
+          finds it. When false, that copy is removed.
+        '';
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.softnet;
+        defaultText = literalExpression "pkgs.softnet";
+        description = "Softnet.";
+      };
+    };
+
     extraConfig = mkOption {
       type = types.attrsOf types.anything;
       default = { };
@@ -391,27 +463,80 @@ in
       cfg.gitlabRunnerPackage
     ];
 
+    environment.etc."gitlab-runner-tart/spec.json".source = specFile;
+
     # After users are created and before launch agents are (re)loaded; custom activation
     # script names are never run by nix-darwin.
-    system.activationScripts.launchd.text = lib.mkBefore (render.activationScript (cfg // { inherit home; }));
+    system.activationScripts.launchd.text = lib.mkBefore (
+      render.activationScript (
+        cfg
+        // {
+          inherit home;
+          softnetSource =
+            if cfg.softnet.enable then "${cfg.softnet.package}/bin/softnet" else null;
+        }
+      )
+    );
 
+    # The runner. Its plist names no runner setting: see stableSpec.
     launchd.user.agents.gitlab-runner-tart = {
       path = agentPath;
       environment.HOME = home;
       script = render.agentScript {
         driver = driverExe;
         gitlabRunner = "${cfg.gitlabRunnerPackage}/bin/gitlab-runner";
-        specFile = "${specFile}";
-        inherit (cfg) configFile stateDir;
+        specFile = stableSpec;
+        inherit (cfg) configFile stateDir drainTimeout;
       };
-      serviceConfig = {
+      serviceConfig = agentDefaults // {
         KeepAlive = true;
         RunAtLoad = true;
         ProcessType = "Interactive";
         ThrottleInterval = 30;
+        # launchd's SIGKILL comes after the drain and gitlab-runner's own shutdown.
+        ExitTimeOut = cfg.drainTimeout + (if cfg.shutdownTimeout == null then 30 else cfg.shutdownTimeout) + 30;
         WorkingDirectory = cfg.stateDir;
         StandardOutPath = "${cfg.logDir}/gitlab-runner.log";
         StandardErrorPath = "${cfg.logDir}/gitlab-runner.log";
+      };
+    };
+
+    # Renders config.toml again whenever the spec changes (its plist names the spec, so a
+    # switch reloads it) or a token file changes; gitlab-runner then reloads config.toml.
+    launchd.user.agents.gitlab-runner-tart-config = {
+      path = agentPath;
+      environment.HOME = home;
+      script = ''
+        set -eu
+        umask 077
+        ${render.renderCommand {
+          driver = driverExe;
+          specFile = "${specFile}";
+          inherit (cfg) configFile;
+        }}
+      '';
+      serviceConfig = agentDefaults // {
+        RunAtLoad = true;
+        WatchPaths = tokenFiles;
+        ProcessType = "Background";
+        WorkingDirectory = cfg.stateDir;
+        StandardOutPath = "${cfg.logDir}/config.log";
+        StandardErrorPath = "${cfg.logDir}/config.log";
+      };
+    };
+
+    launchd.user.agents.gitlab-runner-tart-logs = {
+      path = agentPath;
+      script = render.logRotateScript {
+        logs = logFiles;
+        maxBytes = cfg.logs.maxSize;
+        inherit (cfg.logs) keep;
+      };
+      serviceConfig = agentDefaults // {
+        StartInterval = 3600;
+        RunAtLoad = true;
+        ProcessType = "Background";
+        WorkingDirectory = cfg.stateDir;
       };
     };
 
@@ -423,7 +548,7 @@ in
         configFiles = map (f: "${f}") (lib.attrValues driverConfigFiles);
         inherit (cfg.gc) extraArgs;
       };
-      serviceConfig = {
+      serviceConfig = agentDefaults // {
         StartInterval = cfg.gc.interval;
         RunAtLoad = false;
         ProcessType = "Background";

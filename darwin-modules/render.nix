@@ -174,24 +174,28 @@ rec {
     in
     dedup;
 
-  # Activation snippet (runs as root): creates the host directories. Shellcheck-clean.
-  # `cfg.home` is the user's home directory.
+  # Activation snippet (runs as root): creates the host directories and, with Softnet,
+  # installs its setuid copy. nix-darwin shellchecks the whole `activate` script, so this
+  # defines only what it uses. `cfg.home` is the user's home directory; `cfg.softnetSource`
+  # is the softnet executable to install, or null to remove an earlier copy.
   activationScript =
     cfg:
     let
+      dirs = hostDirs cfg;
       line =
         d:
         if d.own then
           "gitlab_runner_tart_dir ${d.mode} ${escapeShellArg d.path}"
         else
-          "gitlab_runner_tart_dir_if_missing ${d.mode} ${escapeShellArg d.path}";
+          "[ -e ${escapeShellArg d.path} ] || gitlab_runner_tart_dir ${d.mode} ${escapeShellArg d.path}";
+      softnet = cfg.softnetSource or null;
     in
     ''
       # gitlab-runner-tart: host directories for ${cfg.user}
       echo "setting up gitlab-runner-tart directories..." >&2
       (
         owner=${escapeShellArg cfg.user}
-        home=${escapeShellArg (cfg.home or "/Users/${cfg.user}")}
+        home=${escapeShellArg cfg.home}
         group=$(id -gn -- "$owner")
         gitlab_runner_tart_dir() {
           # Below the home directory, missing parents are created by (and for) the user.
@@ -202,17 +206,41 @@ rec {
           chown -- "$owner:$group" "$2"
           chmod -- "$1" "$2"
         }
-        gitlab_runner_tart_dir_if_missing() {
-          if [ ! -e "$2" ]; then
-            gitlab_runner_tart_dir "$1" "$2"
-          fi
-        }
-        ${concatStringsSep "\n  " (map line (hostDirs cfg))}
+        ${concatStringsSep "\n  " (map line dirs)}
       )
-    '';
+    ''
+    + (
+      if softnet == null then
+        ''
+          rm -rf ${escapeShellArg softnetDir}
+        ''
+      else
+        ''
+          # Softnet runs as root: Tart uses a setuid-root softnet found on PATH (a store path
+          # cannot be setuid, so a copy outside the store).
+          install -d -m 0755 -o root -g wheel ${escapeShellArg softnetDir}
+          install -m 4755 -o root -g wheel ${escapeShellArg softnet} ${escapeShellArg "${softnetDir}/softnet"}
+        ''
+    );
 
-  # Body of the launch agent: render config.toml from the store spec and the token files,
-  # then become gitlab-runner.
+  # Where the setuid copy of softnet lives; first on the agents' PATH when Softnet is on.
+  softnetDir = "/usr/local/libexec/gitlab-runner-tart";
+
+  # The command that renders config.toml from a spec and the token files.
+  renderCommand =
+    {
+      driver,
+      specFile,
+      configFile,
+    }:
+    "${escapeShellArg driver} runner-config --spec ${escapeShellArg specFile} --output ${escapeShellArg configFile}";
+
+  # Body of the runner's launch agent. It renders config.toml from the spec at a stable path
+  # (so that the plist, and the running gitlab-runner, outlive switches that change only
+  # runner settings: gitlab-runner reloads config.toml by itself), then runs gitlab-runner.
+  # launchd stops an agent with SIGTERM, which gitlab-runner takes as "abort every job";
+  # the script turns it into SIGQUIT ("take no new jobs, let the running ones finish") and
+  # only after `drainTimeout` seconds passes SIGTERM on. The plist's ExitTimeOut is longer.
   agentScript =
     {
       driver,
@@ -220,14 +248,69 @@ rec {
       specFile,
       configFile,
       stateDir,
+      drainTimeout,
     }:
     ''
       set -eu
       umask 077
       mkdir -p ${escapeShellArg stateDir}
-      ${escapeShellArg driver} runner-config --spec ${escapeShellArg specFile} --output ${escapeShellArg configFile}
+      ${renderCommand { inherit driver specFile configFile; }}
       cd ${escapeShellArg stateDir}
-      exec ${escapeShellArg gitlabRunner} run --config ${escapeShellArg configFile} --working-directory ${escapeShellArg stateDir}
+      # A script's background command starts with SIGQUIT ignored; gitlab-runner needs it.
+      (
+        trap - QUIT INT
+        exec ${escapeShellArg gitlabRunner} run --config ${escapeShellArg configFile} --working-directory ${escapeShellArg stateDir}
+      ) &
+      runner=$!
+      timer=
+      drain() {
+        trap "" TERM INT
+        echo "gitlab-runner-tart: stopping: no new jobs; running jobs have ${toString drainTimeout} s to finish" >&2
+        kill -QUIT "$runner" 2>/dev/null || true
+        (
+          sleep ${toString drainTimeout}
+          echo "gitlab-runner-tart: jobs still running after ${toString drainTimeout} s; aborting them" >&2
+          kill -TERM "$runner" 2>/dev/null || true
+        ) &
+        timer=$!
+      }
+      trap drain TERM INT
+      # `wait` returns early when a trapped signal arrives: wait until gitlab-runner is gone.
+      status=0
+      while :; do
+        wait "$runner" && status=0 || status=$?
+        kill -0 "$runner" 2>/dev/null || break
+      done
+      # gitlab-runner is gone: the timer must not signal a process that reuses its pid.
+      if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
+      exit "$status"
+    '';
+
+  # Body of the periodic log agent: a log over `maxBytes` is copied to <log>.1 (older copies
+  # shift up to <log>.<keep>) and truncated in place, because launchd keeps the file open.
+  logRotateScript =
+    {
+      logs,
+      maxBytes,
+      keep,
+    }:
+    ''
+      set -eu
+      for log in ${concatStringsSep " " (map escapeShellArg logs)}; do
+        [ -f "$log" ] || continue
+        size=$(wc -c <"$log")
+        [ "$size" -gt ${toString maxBytes} ] || continue
+        i=${toString keep}
+        rm -f "$log.$i"
+        while [ "$i" -gt 1 ]; do
+          prev=$((i - 1))
+          if [ -f "$log.$prev" ]; then mv -f "$log.$prev" "$log.$i"; fi
+          i=$prev
+        done
+        cp -p "$log" "$log.1"
+        : >"$log"
+        echo "gitlab-runner-tart: rotated $log ($size bytes)" >&2
+      done
     '';
 
   # Body of the periodic agent: the driver's orphan sweep, once per driver config.
@@ -250,6 +333,50 @@ rec {
       exit "$status"
     '';
 
+  # Paths (`a.b.c`) of the null values in a nested attrset or list: TOML has no null.
+  nullPaths =
+    prefix: v:
+    if v == null then
+      [ prefix ]
+    else if isAttrs v then
+      builtins.concatMap (n: nullPaths "${prefix}.${n}" v.${n}) (attrNames v)
+    else if builtins.isList v then
+      builtins.concatMap (i: nullPaths "${prefix}[${toString i}]" (builtins.elemAt v i)) (
+        builtins.genList (i: i) (length v)
+      )
+    else
+      [ ];
+
+  # Free-form keys the module refuses, with why and what to use instead. runner-config
+  # refuses some at start (the agent would crash-loop); the others would let `concurrent`
+  # and the driver's `--concurrency` drift apart, or bypass the driver.
+  refusedGlobalKeys = {
+    concurrent = "it is set from concurrency";
+    check_interval = "use checkInterval";
+    runners = "declare runners under runners";
+  };
+  refusedRunnerKeys = {
+    token = "the token is read from authenticationTokenFile";
+    limit = "use the runner's limit option (at most concurrency)";
+    executor = "this module's runners use the custom executor";
+  };
+  # In `[runners.custom]`: the stages must run the driver with `--concurrency = concurrent`.
+  refusedCustomKeys = builtins.concatMap (
+    stage: [
+      "${stage}_exec"
+      "${stage}_args"
+    ]
+  ) [
+    "config"
+    "prepare"
+    "run"
+    "cleanup"
+  ];
+  refusedSettings = {
+    concurrency = "it is set from services.gitlab-runner-tart.concurrency";
+    state_dir = "the driver counts running VMs in its state directory, so every runner of the host must share the default one";
+  };
+
   # Assertions: [{ assertion; message; }], in nix-darwin's shape.
   assertions =
     cfg:
@@ -260,8 +387,50 @@ rec {
       badVolumes = filter (v: volumeHostPath v == null) (builtins.concatMap (r: r.volumes or [ ]) rs);
       overLimit = filter (r: (r.limit or null) != null && r.limit > cfg.concurrency) rs;
       prefix = "services.gitlab-runner-tart";
+      refused =
+        what: table: attrs:
+        map (k: {
+          assertion = false;
+          message = "${what}.${k} is not allowed: ${table.${k}}.";
+        }) (filter (k: hasAttr k attrs) (attrNames table));
+      perRunner =
+        r:
+        let
+          at = "${prefix}.runners.${r._attr}";
+          extra = r.extraConfig or { };
+          custom = if isAttrs (extra.custom or null) then extra.custom else { };
+          nulls = nullPaths "${at}.extraConfig" extra;
+          token = pathString r.authenticationTokenFile;
+        in
+        refused "${at}.extraConfig" refusedRunnerKeys extra
+        ++ refused "${at}.settings" refusedSettings (r.settings or { })
+        ++ map (k: {
+          assertion = false;
+          message = "${at}.extraConfig.custom.${k} is not allowed: every stage runs the driver, and prepare passes --concurrency equal to `concurrent`; set the driver's options with the runner's typed options or settings.";
+        }) (filter (k: hasAttr k custom) refusedCustomKeys)
+        ++ [
+          {
+            assertion = nulls == [ ];
+            message = "${concatStringsSep ", " nulls}: null cannot be written to config.toml; remove the key.";
+          }
+          {
+            assertion = match "[[:space:]]*" (runnerName r) == null;
+            message = "${at}.name is empty; give the runner a name.";
+          }
+          {
+            assertion = substring 0 1 token == "/";
+            message = "${at}.authenticationTokenFile (${token}) is not an absolute path; give the quoted absolute path of the token file.";
+          }
+        ];
+      globalNulls = nullPaths "${prefix}.extraConfig" (cfg.extraConfig or { });
     in
-    [
+    refused "${prefix}.extraConfig" refusedGlobalKeys (cfg.extraConfig or { })
+    ++ builtins.concatMap perRunner rs
+    ++ [
+      {
+        assertion = globalNulls == [ ];
+        message = "${concatStringsSep ", " globalNulls}: null cannot be written to config.toml; remove the key.";
+      }
       {
         assertion = cfg.concurrency <= 2 || (cfg.linuxGuestsOnly or false);
         message = "${prefix}.concurrency is ${toString cfg.concurrency}, but Apple's virtualization framework runs at most 2 macOS VMs per host; lower it to 2, or set ${prefix}.linuxGuestsOnly = true if every job uses a Linux image.";

@@ -8,17 +8,21 @@
   tokenDir ? "/tmp/gitlab-runner-tart-test",
   # A token value written into those files, to prove it reaches no store text.
   token ? "glrt-TEST-never-in-the-store",
+  # The nix-darwin module of the README's quick start, as the README shows it.
+  readmeQuickStart ? null,
 }:
 let
   fakeHash = name: builtins.substring 0 32 (builtins.hashString "sha256" name);
-  fakeDrv =
-    name:
+  # A placeholder derivation whose store path depends on `name` and `contents`, as a real
+  # one's depends on its inputs (so that plists naming it change when its contents do).
+  fakeDrvOf =
+    name: contents:
     let
       self = {
         type = "derivation";
         inherit name;
-        outPath = "/nix/store/${fakeHash name}-${name}";
-        drvPath = "/nix/store/${fakeHash "${name}.drv"}-${name}.drv";
+        outPath = "/nix/store/${fakeHash (name + contents)}-${name}";
+        drvPath = "/nix/store/${fakeHash "${name}${contents}.drv"}-${name}.drv";
         meta.mainProgram = name;
         outputs = [ "out" ];
         outputName = "out";
@@ -26,8 +30,9 @@ let
       };
     in
     self;
+  fakeDrv = name: fakeDrvOf name "";
   # Texts of every file "written to the store", to search them for the token.
-  textDrv = name: text: fakeDrv name // { inherit text; };
+  textDrv = name: text: fakeDrvOf name text // { inherit text; };
   stub = {
     inherit lib;
     stdenv = {
@@ -61,6 +66,7 @@ let
     "gnugrep"
     "tart"
     "gitlab-runner"
+    "softnet"
     # Only for the full activate script:
     "jq"
     "openssh"
@@ -70,8 +76,9 @@ let
 
   driver = fakeDrv "gitlab-runner-tart-driver";
 
-  evalHost =
-    extra:
+  # A whole nix-darwin system: our module, `host` (the host's own configuration) and `extra`.
+  evalSystem =
+    host: extra:
     import "${nix-darwin}/eval-config.nix" {
       inherit lib;
       # nix-darwin-26.05 checks for a 26.05 lib; the nixpkgs.lib checkout is 26.11pre.
@@ -85,20 +92,98 @@ let
           }
         )
         ../../darwin-modules
-        ./example-host.nix
+        { services.gitlab-runner-tart.package = driver; }
+        host
+      ]
+      ++ extra;
+    };
+
+  evalHost =
+    extra:
+    evalSystem ./example-host.nix (
+      [
         {
           services.gitlab-runner-tart = {
-            package = driver;
             runners.macos.authenticationTokenFile = lib.mkForce "${tokenDir}/macos.token";
             runners.linux.authenticationTokenFile = lib.mkForce "${tokenDir}/linux.token";
           };
         }
       ]
-      ++ extra;
+      ++ extra
+    );
+
+  # The configurations every change must build: nix-darwin shellchecks each one's whole
+  # `activate` script (see activateScripts).
+  oneRunner = extra: {
+    system.primaryUser = "ci";
+    system.stateVersion = 6;
+    nixpkgs.config.allowUnfreePackages = [ "tart" ];
+    services.gitlab-runner-tart = {
+      enable = true;
+      runners.macos = {
+        url = "https://gitlab.example.com";
+        authenticationTokenFile = "/Users/ci/.config/gitlab-runner/macos.token";
+      }
+      // extra;
     };
+  };
+  systems = {
+    readme-quick-start = evalSystem (
+      if readmeQuickStart == null then throw "pass readmeQuickStart" else readmeQuickStart
+    ) [ ];
+    no-builds-or-cache-dirs = evalSystem (oneRunner { }) [ ];
+    volumes = evalSystem (oneRunner {
+      volumes = [
+        "/Users/ci/tart/shared:/Volumes/shared:ro"
+        "/opt/data:/Volumes/data"
+      ];
+    }) [ ];
+    two-runners = good;
+    linux-guests-only = evalSystem (oneRunner { defaultImage = "ghcr.io/cirruslabs/ubuntu:latest"; }) [
+      {
+        services.gitlab-runner-tart = {
+          concurrency = 6;
+          linuxGuestsOnly = true;
+        };
+      }
+    ];
+    user-without-home = evalSystem (oneRunner { }) [ { users.users.ci = { }; } ];
+  };
+  # Each system's `activate` as nix-darwin writes it (with @out@ substituted).
+  activateScripts = lib.mapAttrs (
+    _: e:
+    builtins.replaceStrings [ "@out@" ] [ "/nix/store/00000000000000000000000000000000-darwin-system" ]
+      e.config.system.activationScripts.script.text
+  ) systems;
 
   good = evalHost [ ];
   cfgOf = e: e.config.services.gitlab-runner-tart;
+  agentNames = [
+    "gitlab-runner-tart"
+    "gitlab-runner-tart-config"
+    "gitlab-runner-tart-logs"
+    "gitlab-runner-tart-gc"
+  ];
+  plistOf = name: e: untab e.config.environment.userLaunchAgents."org.nixos.${name}.plist".text;
+  agentPlistOf = plistOf "gitlab-runner-tart";
+  configPlistOf = plistOf "gitlab-runner-tart-config";
+  agentScriptOf = e: e.config.launchd.user.agents.gitlab-runner-tart.command.text;
+  settingsChanged = evalHost [
+    {
+      services.gitlab-runner-tart.runners.macos = {
+        limit = lib.mkForce 1;
+        defaultImage = lib.mkForce "ghcr.io/cirruslabs/macos-tahoe-base:latest";
+        extraConfig.output_limit = 8192;
+      };
+    }
+  ];
+  driverUpgraded = evalHost [
+    { services.gitlab-runner-tart.package = lib.mkForce (fakeDrv "gitlab-runner-tart-driver-next"); }
+  ];
+  runnerUpgraded = evalHost [
+    { services.gitlab-runner-tart.gitlabRunnerPackage = fakeDrv "gitlab-runner-next"; }
+  ];
+  shortDrain = evalHost [ { services.gitlab-runner-tart.drainTimeout = 600; } ];
   c = good.config;
   r = (cfgOf good).rendered;
 
@@ -108,6 +193,10 @@ let
   gcPlist = untab c.environment.userLaunchAgents."org.nixos.gitlab-runner-tart-gc.plist".text;
   agentScript = c.launchd.user.agents.gitlab-runner-tart.command.text;
   gcScript = c.launchd.user.agents.gitlab-runner-tart-gc.command.text;
+  configPlist = configPlistOf good;
+  configScript = c.launchd.user.agents.gitlab-runner-tart-config.command.text;
+  logsPlist = plistOf "gitlab-runner-tart-logs" good;
+  logsScript = c.launchd.user.agents.gitlab-runner-tart-logs.command.text;
   activation = c.system.activationScripts.launchd.text;
   specText = r.specFile.text;
   spec = builtins.fromJSON specText;
@@ -118,6 +207,10 @@ let
     gcPlist
     agentScript
     gcScript
+    configPlist
+    configScript
+    logsPlist
+    logsScript
     activation
   ]
   ++ map (f: f.text) (lib.attrValues r.driverConfigFiles);
@@ -126,6 +219,62 @@ let
   # Our assertions must also reach nix-darwin's `assertions` (forcing only ours).
   inDarwinAssertions =
     e: msg: lib.any (a: (builtins.tryEval (a.message == msg)).value or false) e.config.assertions;
+
+  # A setting refused at evaluation: exactly one of our assertions fails, its message starts
+  # with the option's name, and it reaches nix-darwin's assertions.
+  refusedAt =
+    option: settings:
+    let
+      msgs = failedMessages (evalHost [ { services.gitlab-runner-tart = settings; } ]);
+    in
+    builtins.length msgs == 1 && lib.hasPrefix option (builtins.head msgs);
+  runnerAt = "services.gitlab-runner-tart.runners.macos";
+  refusals = {
+    "extraConfig.concurrent" = refusedAt "services.gitlab-runner-tart.extraConfig.concurrent" {
+      extraConfig.concurrent = 4;
+    };
+    "extraConfig.check_interval" = refusedAt "services.gitlab-runner-tart.extraConfig.check_interval" {
+      extraConfig.check_interval = 10;
+    };
+    "extraConfig.runners" = refusedAt "services.gitlab-runner-tart.extraConfig.runners" {
+      extraConfig.runners = [ ];
+    };
+    "a null in extraConfig" = refusedAt "services.gitlab-runner-tart.extraConfig.session_server.listen_address" {
+      extraConfig.session_server.listen_address = null;
+    };
+    "runner extraConfig.token" = refusedAt "${runnerAt}.extraConfig.token" {
+      runners.macos.extraConfig.token = "glrt-x";
+    };
+    "runner extraConfig.limit" = refusedAt "${runnerAt}.extraConfig.limit" {
+      runners.macos.extraConfig.limit = 5;
+    };
+    "runner extraConfig.executor" = refusedAt "${runnerAt}.extraConfig.executor" {
+      runners.macos.extraConfig.executor = "shell";
+    };
+    "runner extraConfig.custom.prepare_args" = refusedAt "${runnerAt}.extraConfig.custom.prepare_args" {
+      runners.macos.extraConfig.custom.prepare_args = [ "prepare" ];
+    };
+    "runner extraConfig.custom.run_exec" = refusedAt "${runnerAt}.extraConfig.custom.run_exec" {
+      runners.macos.extraConfig.custom.run_exec = "/bin/sh";
+    };
+    "a null in runner extraConfig" = refusedAt "${runnerAt}.extraConfig.cache" {
+      runners.macos.extraConfig.cache = null;
+    };
+    "settings.concurrency" = refusedAt "${runnerAt}.settings.concurrency" {
+      runners.macos.settings.concurrency = 4;
+    };
+    "settings.state_dir" = refusedAt "${runnerAt}.settings.state_dir" {
+      runners.macos.settings.state_dir = "/tmp/other";
+    };
+    "an empty name" = refusedAt "${runnerAt}.name" { runners.macos.name = lib.mkForce " "; };
+    "a relative token file" = refusedAt "${runnerAt}.authenticationTokenFile" {
+      runners.macos.authenticationTokenFile = lib.mkOverride 10 "macos.token";
+    };
+  };
+  # Timeouts stay the admin's to set.
+  allowedCustom = failedMessages (evalHost [
+    { services.gitlab-runner-tart.runners.macos.extraConfig.custom.prepare_exec_timeout = 1800; }
+  ]);
 
   tooMany = evalHost [ { services.gitlab-runner-tart.concurrency = lib.mkForce 3; } ];
   tooManyLinux = evalHost [
@@ -144,6 +293,7 @@ let
 
   has = s: text: lib.hasInfix s text;
   toolPath = lib.concatStringsSep ":" [
+    "/usr/local/libexec/gitlab-runner-tart"
     "${driver}/bin"
     "${stub.tart}/bin"
     "${stub.gitlab-runner}/bin"
@@ -153,7 +303,7 @@ let
     "/sbin"
   ];
 
-  checks = {
+  checks = lib.mapAttrs' (n: v: lib.nameValuePair "refused at evaluation: ${n}" v) refusals // {
     "agent plist: label" = has "<string>org.nixos.gitlab-runner-tart</string>" agentPlist;
     "agent plist: KeepAlive" = has "<key>KeepAlive</key>\n<true/>" agentPlist;
     "agent plist: RunAtLoad" = has "<key>RunAtLoad</key>\n<true/>" agentPlist;
@@ -162,8 +312,59 @@ let
     "agent plist: working directory" = has "<key>WorkingDirectory</key>\n<string>/Users/ci/.gitlab-runner</string>" agentPlist;
     "agent plist: PATH has driver, tart, gitlab-runner, system dirs" = has "<string>${toolPath}</string>" agentPlist;
     "agent plist: Interactive" = has "<string>Interactive</string>" agentPlist;
-    "agent script: renders config.toml from the spec" = has "'${driver}/bin/gitlab-runner-tart-driver' runner-config --spec '${r.specFile}' --output '/Users/ci/.gitlab-runner/config.toml'" agentScript;
-    "agent script: execs gitlab-runner" = has "exec '${stub.gitlab-runner}/bin/gitlab-runner' run --config '/Users/ci/.gitlab-runner/config.toml'" agentScript;
+    "agent script: renders config.toml from the spec at its stable path" = has "'${driver}/bin/gitlab-runner-tart-driver' runner-config --spec '/etc/gitlab-runner-tart/spec.json' --output '/Users/ci/.gitlab-runner/config.toml'" agentScript;
+    "the stable spec path is the current spec" =
+      c.environment.etc."gitlab-runner-tart/spec.json".source.outPath == r.specFile.outPath;
+    "agent script: runs gitlab-runner" = has "'${stub.gitlab-runner}/bin/gitlab-runner' run --config '/Users/ci/.gitlab-runner/config.toml'" agentScript;
+    "agent script: launchd's SIGTERM becomes SIGQUIT, then SIGTERM after the drain" =
+      has "trap drain TERM INT" agentScript
+      && has "kill -QUIT \"$runner\"" agentScript
+      && has "sleep 3600" agentScript;
+    "agent plist: launchd waits for the drain and gitlab-runner's shutdown" =
+      has "<key>ExitTimeOut</key>\n<integer>3660</integer>" agentPlist;
+    "every agent loads only in the GUI (Aqua) session" = lib.all (
+      name:
+      has "<key>LimitLoadToSessionType</key>\n<string>Aqua</string>" (
+        untab c.environment.userLaunchAgents."org.nixos.${name}.plist".text
+      )
+    ) agentNames;
+    "config agent: renders the spec in the store, at load and when a token file changes" =
+      has "runner-config --spec '${r.specFile}'" configScript
+      && has "<key>RunAtLoad</key>\n<true/>" configPlist
+      && has "<key>WatchPaths</key>\n<array>\n<string>${tokenDir}/linux.token</string>\n<string>${tokenDir}/macos.token</string>\n</array>" configPlist;
+    "switch changing only runner settings: the runner's plist is unchanged" =
+      agentPlistOf settingsChanged == agentPlist;
+    "switch changing only runner settings: config.toml is rendered again" =
+      configPlistOf settingsChanged != configPlist;
+    "switch upgrading the driver: the runner's plist changes (a drained restart)" =
+      agentPlistOf driverUpgraded != agentPlist;
+    "switch upgrading gitlab-runner: the runner's plist changes (a drained restart)" =
+      agentPlistOf runnerUpgraded != agentPlist;
+    "drainTimeout sets the drain and ExitTimeOut" =
+      has "sleep 600" (agentScriptOf shortDrain)
+      && has "<key>ExitTimeOut</key>\n<integer>660</integer>" (agentPlistOf shortDrain);
+    "logs agent: rotates the three logs hourly" =
+      has "<key>StartInterval</key>\n<integer>3600</integer>" logsPlist
+      && lib.all (l: has "'/Users/ci/Library/Logs/gitlab-runner-tart/${l}'" logsScript) [
+        "gitlab-runner.log"
+        "config.log"
+        "gc.log"
+      ]
+      && has "-gt 10485760" logsScript;
+    "user declared without home: home is /Users/<user>" =
+      (cfgOf systems.user-without-home).stateDir == "/Users/ci/.gitlab-runner"
+      && has "home='/Users/ci'" systems.user-without-home.config.system.activationScripts.launchd.text;
+    "softnet: on by default with concurrency 2, a setuid copy first on PATH" =
+      has "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'" activation;
+    "softnet: off with concurrency 1, the copy is removed and not on PATH" =
+      let
+        e = evalHost [ { services.gitlab-runner-tart.concurrency = lib.mkForce 1; } ];
+      in
+      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" e.config.system.activationScripts.launchd.text
+      && !(has "libexec/gitlab-runner-tart" (agentPlistOf e));
+    "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
+    "no volumes: the activation defines no function it does not call" =
+      !(has "_if_missing" systems.no-builds-or-cache-dirs.config.system.activationScripts.launchd.text);
     "gc plist: StartInterval" = has "<key>StartInterval</key>\n<integer>3600</integer>" gcPlist;
     "gc script: sweeps with each driver config" = lib.all (
       f: has "gc --config '${f}'" gcScript
@@ -216,7 +417,7 @@ let
       "0750 '/Users/ci/tart/builds'"
       "0750 '/Users/ci/tart/cache'"
     ];
-    "activation: volume host dir created if missing" = has "gitlab_runner_tart_dir_if_missing 0750 '/Users/ci/tart/shared'" activation;
+    "activation: volume host dir created if missing" = has "[ -e '/Users/ci/tart/shared' ] || gitlab_runner_tart_dir 0750 '/Users/ci/tart/shared'" activation;
     "activation: before launchd reloads services" = lib.hasPrefix "# gitlab-runner-tart" activation;
     "activation: in the activate script" = has "setting up gitlab-runner-tart directories" c.system.activationScripts.script.text;
     "good config: all our assertions hold" = failedMessages good == [ ];
@@ -236,7 +437,7 @@ in
 {
   failures = lib.attrNames (lib.filterAttrs (_: ok: !ok) checks);
   passed = lib.length (lib.attrNames (lib.filterAttrs (_: ok: ok) checks));
-  inherit specText activation;
+  inherit specText activation activateScripts;
   yamlTexts = lib.mapAttrs (_: f: f.text) r.driverConfigFiles;
   agentScriptText = agentScript;
   agentPlistText = agentPlist;

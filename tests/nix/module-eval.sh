@@ -1,51 +1,99 @@
 #!/usr/bin/env bash
-# Full evaluation of the nix-darwin module through nix-darwin's eval-config.nix, with a
-# stand-in pkgs (tests/nix/eval.nix), plus offline flake checks. Needs checkouts of
-#   NIX_DARWIN   nix-darwin, a git repository containing adda04f0bf4819575b1978c2f8d78401b3c2be12
-#                (branch nix-darwin-26.05) or a source tree of exactly that revision;
-#   NIXPKGS_LIB  nix-community/nixpkgs.lib, a git repository containing
-#                de42d44212d207476489bce163375d8306a26d59 or a source tree of it.
-# Each is verified against its pinned narHash. Optional: TART_DRIVER_BIN, a driver binary
-# with the runner-config subcommand (default: target/debug/gitlab-runner-tart-driver) to
-# also render config.toml from the evaluated spec.
+# The nix-darwin module evaluated the way nix-darwin builds a system, offline:
+#   1. the pinned sources (git archives of nix-darwin and nixpkgs.lib, in shared/vendor/ beside
+#      the clone, or $TART_DRIVER_VENDOR) are checked against flake.lock: nix-darwin's rev,
+#      lastModified and narHash are recomputed from its archive;
+#   2. tests/nix/eval.nix evaluates the module through nix-darwin's eval-config.nix (with a
+#      stand-in pkgs) for the README's quick start and the other configurations it lists, and
+#      checks plists, scripts, spec, assertions and switch behaviour;
+#   3. each configuration's whole `activate` script passes shellcheck with nix-darwin's flags
+#      (modules/system/default.nix: `shellcheck --exclude=SC2016,SC1112`);
+#   4. the runner agent's script stops gitlab-runner gracefully (run with stand-ins);
+#   5. the evaluated spec renders with the real `runner-config`, and the driver loads the
+#      rendered driver configs (when target/debug/gitlab-runner-tart-driver exists);
+#   6. the flake's lock resolves offline and its outputs evaluate.
+# Needs nix-bin and shellcheck (SHELLCHECK picks a binary).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-export NIX_CONFIG='experimental-features = nix-command flakes'
+export NIX_CONFIG='experimental-features = nix-command flakes
+build-users-group ='
+shellcheck=${SHELLCHECK:-shellcheck}
 
-ND_REV=adda04f0bf4819575b1978c2f8d78401b3c2be12
-ND_HASH=sha256-xIbRSwDB1GBAUsWsQZUjudGfAGQt3BOpsWaO/ugVa4w=
-NL_REV=de42d44212d207476489bce163375d8306a26d59
+vendor=${TART_DRIVER_VENDOR:-}
+if [ -z "$vendor" ]; then
+  for d in "$repo/../shared/vendor" "$repo/../../shared/vendor"; do
+    if [ -d "$d" ]; then vendor=$(cd "$d" && pwd) && break; fi
+  done
+fi
+[ -n "$vendor" ] || {
+  echo "module-eval: no shared/vendor beside the clone; set TART_DRIVER_VENDOR" >&2
+  exit 1
+}
+ND_ARCHIVE=$vendor/nix-darwin-adda04f0.tar.gz
+NL_ARCHIVE=$vendor/nixpkgs-lib-de42d442.tar.gz
 NL_HASH=sha256-0iaTCZDEORJeWamOjfDZaoZZx686f7QO5oL3ynmj+ew=
-
-: "${NIX_DARWIN:?set NIX_DARWIN to a nix-darwin checkout}"
-: "${NIXPKGS_LIB:?set NIXPKGS_LIB to a nixpkgs.lib checkout}"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Puts revision $2 of checkout $1 into the store; checks its narHash is $3.
-stage() {
-  local src=$1 rev=$2 hash=$3 name=$4 dir got
-  dir=$work/$name/source
-  mkdir -p "$dir"
-  if git -C "$src" cat-file -e "$rev^{commit}" 2>/dev/null; then
-    git -C "$src" archive "$rev" | tar -x -C "$dir"
-  else
-    cp -R "$src/." "$dir"
-    rm -rf "$dir/.git"
-  fi
-  got=$(nix hash path "$dir")
-  if [ "$got" != "$hash" ]; then
-    echo "eval-local: $src is not $name at $rev (narHash $got, expected $hash)" >&2
-    return 1
-  fi
-  nix-store --add "$dir"
+# Unpacks archive $1 as $work/$2/source; prints the directory.
+unpack() {
+  mkdir -p "$work/$2/source"
+  tar -xzf "$1" -C "$work/$2/source"
+  echo "$work/$2/source"
 }
-ND=$(stage "$NIX_DARWIN" "$ND_REV" "$ND_HASH" nix-darwin)
-NL=$(stage "$NIXPKGS_LIB" "$NL_REV" "$NL_HASH" nixpkgs.lib)
-echo "nix-darwin  $ND_REV -> $ND"
-echo "nixpkgs.lib $NL_REV -> $NL"
+nd_src=$(unpack "$ND_ARCHIVE" nix-darwin)
+nl_src=$(unpack "$NL_ARCHIVE" nixpkgs.lib)
+
+# 1. flake.lock against the archive. `git archive` records the commit in the archive and
+# gives every file the commit's time, which is what a lock's lastModified is.
+# Prints a line per field of lock file $1's nix-darwin node that the archive contradicts.
+lock_mismatches() {
+  local lock=$1 rev mtime hash
+  rev=$(gzip -dc "$ND_ARCHIVE" | git get-tar-commit-id)
+  mtime=$(stat -c %Y "$nd_src/flake.nix")
+  hash=$(nix hash path "$nd_src")
+  nix-instantiate --eval --strict --json -E "
+    let
+      l = (builtins.fromJSON (builtins.readFile $lock)).nodes.nix-darwin.locked;
+      want = { rev = \"$rev\"; lastModified = $mtime; narHash = \"$hash\"; };
+    in builtins.filter (k: l.\${k} != want.\${k}) (builtins.attrNames want)" | tr -d '[]"' | tr , '\n'
+}
+bad=$(lock_mismatches "$repo/flake.lock")
+[ -z "$bad" ] || {
+  echo "module-eval: flake.lock's nix-darwin node disagrees with $ND_ARCHIVE on: $bad" >&2
+  exit 1
+}
+# The check fails on a wrong value (a lock edited by hand, or an archive of another commit).
+for field in narHash lastModified rev; do
+  case $field in
+    narHash) edit='s|"narHash": "sha256-xIbR|"narHash": "sha256-AIbR|' ;;
+    lastModified) edit='s|"lastModified": 1781772065|"lastModified": 1781772066|' ;;
+    rev) edit='s|"rev": "adda04f0|"rev": "bdda04f0|' ;;
+  esac
+  sed "$edit" flake.lock >"$work/flake.lock.bad"
+  [ "$(lock_mismatches "$work/flake.lock.bad")" = "$field" ] || {
+    echo "module-eval: the lock check does not notice a wrong $field" >&2
+    exit 1
+  }
+done
+got=$(nix hash path "$nl_src")
+[ "$got" = "$NL_HASH" ] || {
+  echo "module-eval: $NL_ARCHIVE has narHash $got, expected $NL_HASH" >&2
+  exit 1
+}
+ND=$(nix-store --add "$nd_src")
+NL=$(nix-store --add "$nl_src")
+echo "ok: flake.lock's nix-darwin rev, lastModified and narHash match the archive ($ND)"
+
+# 2. The README's quick start, exactly as shown: the first ```nix block.
+awk '/^ *```nix$/ && !done { on = 1; next } on && /^ *```$/ { on = 0; done = 1 } on' README.md \
+  >"$work/readme-quick-start.nix"
+grep -q 'services.gitlab-runner-tart' "$work/readme-quick-start.nix" || {
+  echo "module-eval: no nix-darwin quick start (\`\`\`nix block) in README.md" >&2
+  exit 1
+}
 
 token=glrt-TEST-$RANDOM$RANDOM-never-in-the-store
 tokens=$work/tokens
@@ -55,21 +103,40 @@ printf '%s\n' "$token" >"$tokens/linux.token"
 chmod 600 "$tokens"/*.token
 
 expr="import $repo/tests/nix/eval.nix {
-  lib = import $NL/lib; nix-darwin = $ND; tokenDir = \"$tokens\"; token = \"$token\"; }"
+  lib = import $NL/lib; nix-darwin = $ND; tokenDir = \"$tokens\"; token = \"$token\";
+  readmeQuickStart = $work/readme-quick-start.nix; }"
 result=$(nix-instantiate --read-write-mode --eval --strict -E "
   let r = $expr; in
   if r.failures == [ ] then r.passed
   else throw \"failed: \${builtins.concatStringsSep \"; \" r.failures}\"")
 echo "ok: module evaluation through eval-config.nix ($result checks)"
 
-# The rendered spec, through the real runner-config, gives a config.toml whose `concurrent`
-# equals every runner's --concurrency.
+# 3. Each configuration's whole activate script, shellchecked as nix-darwin does.
+names=$(nix eval --raw --impure --expr "builtins.concatStringsSep \" \" (builtins.attrNames ($expr).activateScripts)")
+for name in $names; do
+  nix eval --raw --impure --expr "($expr).activateScripts.\"$name\"" >"$work/activate-$name"
+  if ! "$shellcheck" --exclude=SC2016,SC1112 "$work/activate-$name"; then
+    echo "module-eval: nix-darwin's shellcheck fails the activate script of: $name" >&2
+    exit 1
+  fi
+done
+echo "ok: shellcheck $("$shellcheck" --version | sed -n 's/^version: //p') --exclude=SC2016,SC1112 passes every activate script ($names)"
+
+# 4. The runner agent stops gitlab-runner gracefully.
+nix eval --raw --impure --expr "($expr).agentScriptText" >"$work/agent.sh"
+tests/nix/agent-stop.sh "$work/agent.sh"
+
+# 5. The rendered spec, through the real runner-config, gives a config.toml whose
+# `concurrent` equals every runner's --concurrency.
 nix eval --raw --impure --expr "($expr).specText" >"$work/spec.json"
 driver=${TART_DRIVER_BIN:-$repo/target/debug/gitlab-runner-tart-driver}
 if [ -x "$driver" ] && "$driver" runner-config --help >/dev/null 2>&1; then
   "$driver" runner-config --spec "$work/spec.json" --output "$work/config.toml"
   mode=$(stat -c %a "$work/config.toml" 2>/dev/null || stat -f %Lp "$work/config.toml")
-  [ "$mode" = 600 ] || { echo "eval-local: config.toml has mode $mode, not 600" >&2; exit 1; }
+  [ "$mode" = 600 ] || {
+    echo "module-eval: config.toml has mode $mode, not 600" >&2
+    exit 1
+  }
   nix-instantiate --eval --strict -E "
     let
       c = builtins.fromTOML (builtins.readFile $work/config.toml);
@@ -84,18 +151,19 @@ if [ -x "$driver" ] && "$driver" runner-config --help >/dev/null 2>&1; then
   for r in macos linux; do
     nix eval --raw --impure --expr "($expr).yamlTexts.$r" >"$work/$r.yaml"
     if "$driver" gc --dry-run --config "$work/$r.yaml" 2>&1 | grep -q 'is invalid'; then
-      echo "eval-local: the driver rejects the rendered $r.yaml:" >&2
+      echo "module-eval: the driver rejects the rendered $r.yaml:" >&2
       "$driver" gc --dry-run --config "$work/$r.yaml" >&2 || true
       exit 1
     fi
   done
   echo "ok: the driver loads the rendered driver configs"
 else
-  echo "skipped: runner-config (no driver binary with the subcommand at $driver)"
+  echo "module-eval: no driver binary with runner-config at $driver; run cargo build first" >&2
+  exit 1
 fi
 
-# Offline flake checks: the lock resolves from the seeded store, and outputs evaluate with
-# nixpkgs replaced by nixpkgs.lib (enough for outputs that need only lib).
+# 6. Offline flake checks: the lock resolves from the seeded store, and outputs evaluate
+# with nixpkgs replaced by nixpkgs.lib (enough for outputs that need only lib).
 flake=$work/flake
 mkdir -p "$flake/tests"
 cp -R flake.nix flake.lock nix darwin-modules Cargo.toml Cargo.lock "$flake/"
@@ -106,8 +174,8 @@ modules=$(nix eval --option substituters '' --no-write-lock-file \
   --override-input nixpkgs "path:$NL" --apply builtins.attrNames --json \
   "path:$flake#darwinModules" 2>/dev/null)
 [ "$modules" = '["default","gitlab-runner-tart"]' ] || {
-  echo "eval-local: darwinModules is $modules" >&2
+  echo "module-eval: darwinModules is $modules" >&2
   exit 1
 }
 echo "ok: flake outputs evaluate (darwinModules: $modules)"
-echo "eval-local: all passed"
+echo "module-eval: all passed"

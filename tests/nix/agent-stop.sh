@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What the runner's launch agent does when launchd stops it (at logout, or when a switch
+# replaces its plist): launchd sends SIGTERM, which gitlab-runner takes as "abort every job".
+# The agent's script (darwin-modules/render.nix agentScript) must pass SIGQUIT instead (no
+# new jobs, running jobs finish), and SIGTERM only once the drain time is over. Runs that
+# script with stand-ins for the driver and gitlab-runner that log the signals they get.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+work=$(mktemp -d)
+agent_pid=
+# shellcheck disable=SC2329 # invoked by the trap below
+cleanup() {
+  if [ -n "$agent_pid" ]; then kill -KILL "$agent_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/driver" <<'SH'
+#!/usr/bin/env bash
+# runner-config --spec S --output O: writes O.
+touch "$5"
+SH
+# A gitlab-runner whose running job takes $JOB_SECONDS after SIGQUIT; SIGTERM aborts it.
+cat >"$work/gitlab-runner" <<SH
+#!/usr/bin/env bash
+log=$work/signals
+trap 'echo QUIT >>"\$log"; quit=1' QUIT
+trap 'echo TERM >>"\$log"; exit 1' TERM
+quit=0
+echo started >>"\$log"
+while :; do
+  sleep 0.1
+  if [ "\$quit" = 1 ]; then
+    left=\$(cat "$work/job-tenths")
+    [ "\$left" -gt 0 ] || exit 0
+    echo \$((left - 1)) >"$work/job-tenths"
+  fi
+done
+SH
+chmod +x "$work/driver" "$work/gitlab-runner"
+
+# Runs the agent with drain time $1 and a job needing $2 tenths of a second after SIGQUIT;
+# stops it like launchd; prints the signals gitlab-runner got and the agent's exit status.
+stop_agent() {
+  local drain=$1 job=$2 script status
+  rm -f "$work/signals"
+  echo "$job" >"$work/job-tenths"
+  script=$(nix-instantiate --eval --strict --json -E "
+    (import ./darwin-modules/render.nix).agentScript {
+      driver = \"$work/driver\"; gitlabRunner = \"$work/gitlab-runner\";
+      specFile = \"$work/spec.json\"; configFile = \"$work/state/config.toml\";
+      stateDir = \"$work/state\"; drainTimeout = $drain; }" 2>/dev/null)
+  printf '%s' "$script" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))' >"$work/agent"
+  # As launchd starts it: no signal ignored (a script's background command has SIGQUIT
+  # and SIGINT ignored, and a shell cannot undo what it inherits ignored).
+  (
+    trap - QUIT INT
+    exec bash "$work/agent" 2>"$work/agent.err"
+  ) &
+  agent_pid=$!
+  for _ in $(seq 100); do
+    grep -q started "$work/signals" 2>/dev/null && break
+    sleep 0.1
+  done
+  kill -TERM "$agent_pid"
+  status=0
+  wait "$agent_pid" || status=$?
+  agent_pid=
+  echo "$(grep -v started "$work/signals" | tr '\n' ' ')exit $status"
+}
+
+fail=0
+got=$(stop_agent 30 5)
+if [ "$got" = "QUIT exit 0" ]; then
+  echo "ok: launchd's SIGTERM reaches gitlab-runner as SIGQUIT; the running job finishes"
+else
+  echo "FAIL: a job that finishes within the drain time: got '$got', want 'QUIT exit 0'" >&2
+  cat "$work/agent.err" >&2
+  fail=1
+fi
+started=$(date +%s)
+got=$(stop_agent 1 600)
+if [ "$got" = "QUIT TERM exit 1" ] && [ $(($(date +%s) - started)) -lt 10 ]; then
+  echo "ok: a job still running after the drain time is aborted with SIGTERM"
+else
+  echo "FAIL: a job longer than the drain time: got '$got', want 'QUIT TERM exit 1' within 10 s" >&2
+  cat "$work/agent.err" >&2
+  fail=1
+fi
+exit "$fail"
