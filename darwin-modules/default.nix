@@ -206,6 +206,7 @@ let
     render.driverConfig {
       inherit (cfg) concurrency;
       tartExecutable = "${cfg.tartPackage}/bin/tart";
+      softnet = cfg.softnet.enable;
       inherit runner;
     }
   ) cfg.runners;
@@ -281,7 +282,9 @@ in
       type = types.package;
       default = pkgs.tart;
       defaultText = literalExpression "pkgs.tart";
-      description = ''Tart. Unfree: allow it with `nixpkgs.config.allowUnfreePackages = [ "tart" ];`.'';
+      description = ''
+        Tart. Unfree: allow it with `nixpkgs.config.allowUnfreePackages = [ "tart" ];`.
+      '';
     };
 
     gitlabRunnerPackage = mkOption {
@@ -494,7 +497,8 @@ in
         ProcessType = "Interactive";
         ThrottleInterval = 30;
         # launchd's SIGKILL comes after the drain and gitlab-runner's own shutdown.
-        ExitTimeOut = cfg.drainTimeout + (if cfg.shutdownTimeout == null then 30 else cfg.shutdownTimeout) + 30;
+        ExitTimeOut =
+          cfg.drainTimeout + (if cfg.shutdownTimeout == null then 30 else cfg.shutdownTimeout) + 30;
         WorkingDirectory = cfg.stateDir;
         StandardOutPath = "${cfg.logDir}/gitlab-runner.log";
         StandardErrorPath = "${cfg.logDir}/gitlab-runner.log";

@@ -28,7 +28,8 @@ let
 
   # Removes the attributes whose value is null or an empty list.
   compact =
-    attrs: removeAttrs attrs (filter (n: attrs.${n} == null || attrs.${n} == [ ]) (attrNames attrs));
+    attrs:
+    removeAttrs attrs (filter (n: attrs.${n} == null || attrs.${n} == [ ]) (attrNames attrs));
 
   # Deep merge: attrsets merge key by key, anything else in `b` wins.
   recursiveMerge =
@@ -37,7 +38,11 @@ let
       acc: n:
       acc
       // {
-        ${n} = if hasAttr n acc && isAttrs acc.${n} && isAttrs b.${n} then recursiveMerge acc.${n} b.${n} else b.${n};
+        ${n} =
+          if hasAttr n acc && isAttrs acc.${n} && isAttrs b.${n} then
+            recursiveMerge acc.${n} b.${n}
+          else
+            b.${n};
       }
     ) a (attrNames b);
 
@@ -61,7 +66,8 @@ let
     in
     if m == null then null else head m;
 
-  runnerList = cfg: map (n: cfg.runners.${n} // { _attr = n; }) (sort (a: b: a < b) (attrNames cfg.runners));
+  runnerList =
+    cfg: map (n: cfg.runners.${n} // { _attr = n; }) (sort (a: b: a < b) (attrNames cfg.runners));
 
   runnerName = r: if (r.name or null) != null then r.name else r._attr;
 in
@@ -78,15 +84,18 @@ rec {
   # The driver's YAML config for one runner (JSON is valid YAML), before `settings` is merged
   # in last. Keys are the driver's snake_case names; unset options are left out so that the
   # driver's own defaults apply.
+  # `softnet` (null: the driver's default) says whether jobs' VMs use Softnet; the module
+  # sets it to whether it provisions Softnet.
   driverConfig =
     {
       concurrency,
       tartExecutable,
       runner,
+      softnet ? null,
     }:
     recursiveMerge (compact {
       tart_executable = tartExecutable;
-      inherit concurrency;
+      inherit concurrency softnet;
       builds_dir = runner.buildsDir or null;
       cache_dir = runner.cacheDir or null;
       volumes = runner.volumes or [ ];
@@ -384,7 +393,9 @@ rec {
       rs = runnerList cfg;
       names = map runnerName rs;
       dupNames = filter (n: length (filter (m: m == n) names) > 1) names;
-      badVolumes = filter (v: volumeHostPath v == null) (builtins.concatMap (r: r.volumes or [ ]) rs);
+      badVolumes = filter (v: volumeHostPath v == null) (
+        builtins.concatMap (r: r.volumes or [ ]) rs
+      );
       overLimit = filter (r: (r.limit or null) != null && r.limit > cfg.concurrency) rs;
       prefix = "services.gitlab-runner-tart";
       refused =

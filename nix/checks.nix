@@ -40,20 +40,27 @@ in
     '';
   });
 
-  rustfmt = pkgs.runCommand "gitlab-runner-tart-driver-rustfmt" { nativeBuildInputs = [ pkgs.rustfmt ]; } ''
+  rustfmt =
+    pkgs.runCommand "gitlab-runner-tart-driver-rustfmt" { nativeBuildInputs = [ pkgs.rustfmt ]; }
+      ''
     cd ${rustFiles}
     find . -name '*.rs' -not -path './target/*' -print0 \
       | xargs -0 rustfmt --check --edition 2021
     mkdir -p $out
   '';
 
-  nixfmt = pkgs.runCommand "gitlab-runner-tart-driver-nixfmt" { nativeBuildInputs = [ pkgs.nixfmt ]; } ''
+  nixfmt =
+    pkgs.runCommand "gitlab-runner-tart-driver-nixfmt" { nativeBuildInputs = [ pkgs.nixfmt ]; }
+      ''
     cd ${nixFiles}
     find . -name '*.nix' -print0 | xargs -0 nixfmt --check
     mkdir -p $out
   '';
 
-  shellcheck = pkgs.runCommand "gitlab-runner-tart-driver-shellcheck" { nativeBuildInputs = [ pkgs.shellcheck ]; } ''
+  shellcheck =
+    pkgs.runCommand "gitlab-runner-tart-driver-shellcheck"
+      { nativeBuildInputs = [ pkgs.shellcheck ]; }
+      ''
     cd ${shellFiles}
     find . -name '*.sh' -print0 | xargs -0 shellcheck
     mkdir -p $out

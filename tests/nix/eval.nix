@@ -139,20 +139,24 @@ let
       ];
     }) [ ];
     two-runners = good;
-    linux-guests-only = evalSystem (oneRunner { defaultImage = "ghcr.io/cirruslabs/ubuntu:latest"; }) [
-      {
-        services.gitlab-runner-tart = {
-          concurrency = 6;
-          linuxGuestsOnly = true;
-        };
-      }
-    ];
+    linux-guests-only =
+      evalSystem (oneRunner { defaultImage = "ghcr.io/cirruslabs/ubuntu:latest"; })
+        [
+          {
+            services.gitlab-runner-tart = {
+              concurrency = 6;
+              linuxGuestsOnly = true;
+            };
+          }
+        ];
     user-without-home = evalSystem (oneRunner { }) [ { users.users.ci = { }; } ];
   };
   # Each system's `activate` as nix-darwin writes it (with @out@ substituted).
   activateScripts = lib.mapAttrs (
     _: e:
-    builtins.replaceStrings [ "@out@" ] [ "/nix/store/00000000000000000000000000000000-darwin-system" ]
+    builtins.replaceStrings
+      [ "@out@" ]
+      [ "/nix/store/00000000000000000000000000000000-darwin-system" ]
       e.config.system.activationScripts.script.text
   ) systems;
 
@@ -168,6 +172,7 @@ let
   agentPlistOf = plistOf "gitlab-runner-tart";
   configPlistOf = plistOf "gitlab-runner-tart-config";
   agentScriptOf = e: e.config.launchd.user.agents.gitlab-runner-tart.command.text;
+  activationOf = e: e.config.system.activationScripts.launchd.text;
   settingsChanged = evalHost [
     {
       services.gitlab-runner-tart.runners.macos = {
@@ -178,7 +183,9 @@ let
     }
   ];
   driverUpgraded = evalHost [
-    { services.gitlab-runner-tart.package = lib.mkForce (fakeDrv "gitlab-runner-tart-driver-next"); }
+    {
+      services.gitlab-runner-tart.package = lib.mkForce (fakeDrv "gitlab-runner-tart-driver-next");
+    }
   ];
   runnerUpgraded = evalHost [
     { services.gitlab-runner-tart.gitlabRunnerPackage = fakeDrv "gitlab-runner-next"; }
@@ -215,7 +222,8 @@ let
   ]
   ++ map (f: f.text) (lib.attrValues r.driverConfigFiles);
 
-  failedMessages = e: map (a: a.message) (lib.filter (a: !a.assertion) (cfgOf e).rendered.assertions);
+  failedMessages =
+    e: map (a: a.message) (lib.filter (a: !a.assertion) (cfgOf e).rendered.assertions);
   # Our assertions must also reach nix-darwin's `assertions` (forcing only ours).
   inDarwinAssertions =
     e: msg: lib.any (a: (builtins.tryEval (a.message == msg)).value or false) e.config.assertions;
@@ -233,15 +241,15 @@ let
     "extraConfig.concurrent" = refusedAt "services.gitlab-runner-tart.extraConfig.concurrent" {
       extraConfig.concurrent = 4;
     };
-    "extraConfig.check_interval" = refusedAt "services.gitlab-runner-tart.extraConfig.check_interval" {
-      extraConfig.check_interval = 10;
-    };
+    "extraConfig.check_interval" =
+      refusedAt "services.gitlab-runner-tart.extraConfig.check_interval"
+        { extraConfig.check_interval = 10; };
     "extraConfig.runners" = refusedAt "services.gitlab-runner-tart.extraConfig.runners" {
       extraConfig.runners = [ ];
     };
-    "a null in extraConfig" = refusedAt "services.gitlab-runner-tart.extraConfig.session_server.listen_address" {
-      extraConfig.session_server.listen_address = null;
-    };
+    "a null in extraConfig" =
+      refusedAt "services.gitlab-runner-tart.extraConfig.session_server.listen_address"
+        { extraConfig.session_server.listen_address = null; };
     "runner extraConfig.token" = refusedAt "${runnerAt}.extraConfig.token" {
       runners.macos.extraConfig.token = "glrt-x";
     };
@@ -251,9 +259,9 @@ let
     "runner extraConfig.executor" = refusedAt "${runnerAt}.extraConfig.executor" {
       runners.macos.extraConfig.executor = "shell";
     };
-    "runner extraConfig.custom.prepare_args" = refusedAt "${runnerAt}.extraConfig.custom.prepare_args" {
-      runners.macos.extraConfig.custom.prepare_args = [ "prepare" ];
-    };
+    "runner extraConfig.custom.prepare_args" =
+      refusedAt "${runnerAt}.extraConfig.custom.prepare_args"
+        { runners.macos.extraConfig.custom.prepare_args = [ "prepare" ]; };
     "runner extraConfig.custom.run_exec" = refusedAt "${runnerAt}.extraConfig.custom.run_exec" {
       runners.macos.extraConfig.custom.run_exec = "/bin/sh";
     };
@@ -307,15 +315,33 @@ let
     "agent plist: label" = has "<string>org.nixos.gitlab-runner-tart</string>" agentPlist;
     "agent plist: KeepAlive" = has "<key>KeepAlive</key>\n<true/>" agentPlist;
     "agent plist: RunAtLoad" = has "<key>RunAtLoad</key>\n<true/>" agentPlist;
-    "agent plist: runs the script after wait4path" = has "/bin/wait4path /nix/store &amp;&amp; exec ${c.launchd.user.agents.gitlab-runner-tart.command}" agentPlist;
-    "agent plist: log path" = has "<string>/Users/ci/Library/Logs/gitlab-runner-tart/gitlab-runner.log</string>" agentPlist;
-    "agent plist: working directory" = has "<key>WorkingDirectory</key>\n<string>/Users/ci/.gitlab-runner</string>" agentPlist;
-    "agent plist: PATH has driver, tart, gitlab-runner, system dirs" = has "<string>${toolPath}</string>" agentPlist;
+    "agent plist: runs the script after wait4path" =
+      has
+        "/bin/wait4path /nix/store &amp;&amp; exec ${c.launchd.user.agents.gitlab-runner-tart.command}"
+        agentPlist;
+    "agent plist: log path" =
+      has
+        "<string>/Users/ci/Library/Logs/gitlab-runner-tart/gitlab-runner.log</string>"
+        agentPlist;
+    "agent plist: working directory" =
+      has
+        "<key>WorkingDirectory</key>\n<string>/Users/ci/.gitlab-runner</string>"
+        agentPlist;
+    "agent plist: PATH has driver, tart, gitlab-runner, system dirs" =
+      has
+        "<string>${toolPath}</string>"
+        agentPlist;
     "agent plist: Interactive" = has "<string>Interactive</string>" agentPlist;
-    "agent script: renders config.toml from the spec at its stable path" = has "'${driver}/bin/gitlab-runner-tart-driver' runner-config --spec '/etc/gitlab-runner-tart/spec.json' --output '/Users/ci/.gitlab-runner/config.toml'" agentScript;
+    "agent script: renders config.toml from the spec at its stable path" =
+      has
+        "'${driver}/bin/gitlab-runner-tart-driver' runner-config --spec '/etc/gitlab-runner-tart/spec.json' --output '/Users/ci/.gitlab-runner/config.toml'"
+        agentScript;
     "the stable spec path is the current spec" =
       c.environment.etc."gitlab-runner-tart/spec.json".source.outPath == r.specFile.outPath;
-    "agent script: runs gitlab-runner" = has "'${stub.gitlab-runner}/bin/gitlab-runner' run --config '/Users/ci/.gitlab-runner/config.toml'" agentScript;
+    "agent script: runs gitlab-runner" =
+      has
+        "'${stub.gitlab-runner}/bin/gitlab-runner' run --config '/Users/ci/.gitlab-runner/config.toml'"
+        agentScript;
     "agent script: launchd's SIGTERM becomes SIGQUIT, then SIGTERM after the drain" =
       has "trap drain TERM INT" agentScript
       && has "kill -QUIT \"$runner\"" agentScript
@@ -331,7 +357,13 @@ let
     "config agent: renders the spec in the store, at load and when a token file changes" =
       has "runner-config --spec '${r.specFile}'" configScript
       && has "<key>RunAtLoad</key>\n<true/>" configPlist
-      && has "<key>WatchPaths</key>\n<array>\n<string>${tokenDir}/linux.token</string>\n<string>${tokenDir}/macos.token</string>\n</array>" configPlist;
+      && has (lib.concatStringsSep "\n" [
+        "<key>WatchPaths</key>"
+        "<array>"
+        "<string>${tokenDir}/linux.token</string>"
+        "<string>${tokenDir}/macos.token</string>"
+        "</array>"
+      ]) configPlist;
     "switch changing only runner settings: the runner's plist is unchanged" =
       agentPlistOf settingsChanged == agentPlist;
     "switch changing only runner settings: config.toml is rendered again" =
@@ -353,25 +385,33 @@ let
       && has "-gt 10485760" logsScript;
     "user declared without home: home is /Users/<user>" =
       (cfgOf systems.user-without-home).stateDir == "/Users/ci/.gitlab-runner"
-      && has "home='/Users/ci'" systems.user-without-home.config.system.activationScripts.launchd.text;
+      && has "home='/Users/ci'" (activationOf systems.user-without-home);
     "softnet: on by default with concurrency 2, a setuid copy first on PATH" =
-      has "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'" activation;
+      has
+        "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"
+        activation;
     "softnet: off with concurrency 1, the copy is removed and not on PATH" =
       let
         e = evalHost [ { services.gitlab-runner-tart.concurrency = lib.mkForce 1; } ];
       in
-      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" e.config.system.activationScripts.launchd.text
-      && !(has "libexec/gitlab-runner-tart" (agentPlistOf e));
+      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf e)
+      && !(has "libexec/gitlab-runner-tart" (agentPlistOf e))
+      && (cfgOf e).rendered.driverConfigs.macos.softnet == false;
     "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
     "no volumes: the activation defines no function it does not call" =
-      !(has "_if_missing" systems.no-builds-or-cache-dirs.config.system.activationScripts.launchd.text);
+      !(has "_if_missing" (activationOf systems.no-builds-or-cache-dirs));
     "gc plist: StartInterval" = has "<key>StartInterval</key>\n<integer>3600</integer>" gcPlist;
     "gc script: sweeps with each driver config" = lib.all (
       f: has "gc --config '${f}'" gcScript
     ) (lib.attrValues r.driverConfigFiles);
-    "user agent requires the primary user" = lib.elem "launchd.user.agents.gitlab-runner-tart" c.system.requiresPrimaryUser;
+    "user agent requires the primary user" =
+      lib.elem
+        "launchd.user.agents.gitlab-runner-tart"
+        c.system.requiresPrimaryUser;
     "spec: concurrent = 2" = spec.concurrent == 2;
-    "spec: every runner's concurrency equals concurrent" = lib.all (x: x.concurrency == spec.concurrent) spec.runners;
+    "spec: every runner's concurrency equals concurrent" = lib.all (
+      x: x.concurrency == spec.concurrent
+    ) spec.runners;
     "spec: token file paths, sorted runners" =
       map (x: x.token_file) spec.runners == [
         "${tokenDir}/linux.token"
@@ -382,7 +422,9 @@ let
       "macos"
     ];
     "spec: driver and its config" = lib.all (
-      x: x.driver == "${driver}/bin/gitlab-runner-tart-driver" && lib.hasPrefix "/nix/store/" x.driver_config
+      x:
+      x.driver == "${driver}/bin/gitlab-runner-tart-driver"
+      && lib.hasPrefix "/nix/store/" x.driver_config
     ) spec.runners;
     "spec: extraConfig" = (builtins.head spec.runners).extra == {
       request_concurrency = 2;
@@ -391,6 +433,7 @@ let
     "driver yaml: macos" = yamls.macos == {
       tart_executable = "${stub.tart}/bin/tart";
       concurrency = 2;
+      softnet = true;
       builds_dir = "/Users/ci/tart/builds";
       cache_dir = "/Users/ci/tart/cache";
       volumes = [ "/Users/ci/tart/shared:/Volumes/shared:ro" ];
@@ -405,33 +448,50 @@ let
     "driver yaml: linux with settings" = yamls.linux == {
       tart_executable = "${stub.tart}/bin/tart";
       concurrency = 2;
+      softnet = true;
       cache_dir = "/Users/ci/tart/cache";
       default_image = "ghcr.io/cirruslabs/ubuntu:latest";
       cpu = 4;
       memory = 8192;
       macos_vm_limit = 2;
     };
-    "activation: dirs owned by the user" = lib.all (p: has "gitlab_runner_tart_dir ${p}" activation) [
-      "0700 '/Users/ci/.gitlab-runner'"
-      "0755 '/Users/ci/Library/Logs/gitlab-runner-tart'"
-      "0750 '/Users/ci/tart/builds'"
-      "0750 '/Users/ci/tart/cache'"
-    ];
-    "activation: volume host dir created if missing" = has "[ -e '/Users/ci/tart/shared' ] || gitlab_runner_tart_dir 0750 '/Users/ci/tart/shared'" activation;
+    "activation: dirs owned by the user" =
+      lib.all (p: has "gitlab_runner_tart_dir ${p}" activation)
+        [
+          "0700 '/Users/ci/.gitlab-runner'"
+          "0755 '/Users/ci/Library/Logs/gitlab-runner-tart'"
+          "0750 '/Users/ci/tart/builds'"
+          "0750 '/Users/ci/tart/cache'"
+        ];
+    "activation: volume host dir created if missing" =
+      has
+        "[ -e '/Users/ci/tart/shared' ] || gitlab_runner_tart_dir 0750 '/Users/ci/tart/shared'"
+        activation;
     "activation: before launchd reloads services" = lib.hasPrefix "# gitlab-runner-tart" activation;
-    "activation: in the activate script" = has "setting up gitlab-runner-tart directories" c.system.activationScripts.script.text;
+    "activation: in the activate script" =
+      has
+        "setting up gitlab-runner-tart directories"
+        c.system.activationScripts.script.text;
     "good config: all our assertions hold" = failedMessages good == [ ];
     "good config: no warnings" = c.warnings == [ ];
     "concurrency 3: assertion fires" =
-      lib.any (lib.hasPrefix "services.gitlab-runner-tart.concurrency is 3") (failedMessages tooMany)
+      lib.any (lib.hasPrefix "services.gitlab-runner-tart.concurrency is 3") (
+        failedMessages tooMany
+      )
       && builtins.length (failedMessages tooMany) == 1;
-    "concurrency 3: reaches nix-darwin's assertions" = inDarwinAssertions tooMany (builtins.head (failedMessages tooMany));
+    "concurrency 3: reaches nix-darwin's assertions" = inDarwinAssertions tooMany (
+      builtins.head (failedMessages tooMany)
+    );
     "concurrency 3 with linuxGuestsOnly: allowed" = failedMessages tooManyLinux == [ ];
     "concurrency 3: spec and yaml follow" =
       (builtins.fromJSON (cfgOf tooManyLinux).rendered.specFile.text).concurrent == 3
       && (cfgOf tooManyLinux).rendered.driverConfigs.macos.concurrency == 3;
-    "no primary user: assertion fires" = lib.any (lib.hasPrefix "services.gitlab-runner-tart.user is not set") (failedMessages noPrimary);
-    "token file in the store: warning" = lib.any (lib.hasInfix "authenticationTokenFile (/nix/store/") storeToken.config.warnings;
+    "no primary user: assertion fires" =
+      lib.any (lib.hasPrefix "services.gitlab-runner-tart.user is not set")
+        (failedMessages noPrimary);
+    "token file in the store: warning" =
+      lib.any (lib.hasInfix "authenticationTokenFile (/nix/store/")
+        storeToken.config.warnings;
   };
 in
 {

@@ -40,7 +40,9 @@ let
   checks = {
     "lock version 7" = lock.version == 7;
     "root inputs are the flake's inputs" = attrNames rootInputs == attrNames inputs;
-    "every input is a github URL" = all (n: parseGithub (urlOf inputs.${n}) != null) (attrNames inputs);
+    "every input is a github URL" = all (n: parseGithub (urlOf inputs.${n}) != null) (
+      attrNames inputs
+    );
     "original matches the declared URL" = all (n: (nodeOf n).original == expectedOriginal n) (
       attrNames inputs
     );

@@ -189,7 +189,9 @@ let
       "/nix/store/b.yaml"
     ];
     "spec: optional keys omitted when unset" =
-      !(spec ? shutdown_timeout) && !(spec ? log_level) && !(builtins.elemAt spec.runners 1 ? limit);
+      !(spec ? shutdown_timeout)
+      && !(spec ? log_level)
+      && !(builtins.elemAt spec.runners 1 ? limit);
     "spec: limit, environment, extra" =
       let
         a = builtins.head spec.runners;
@@ -223,7 +225,9 @@ let
         );
       };
     "assertions: good config passes" = failing cfg == [ ];
-    "assertions: concurrency 3 fires" = onlyFailure "concurrency is 3" (cfg // { concurrency = 3; });
+    "assertions: concurrency 3 fires" = onlyFailure "concurrency is 3" (
+      cfg // { concurrency = 3; }
+    );
     "assertions: concurrency 3 allowed for Linux guests" =
       failing (
         cfg
@@ -303,29 +307,50 @@ let
       ];
     "activation: creates each directory, quoted" =
       hasInfix "gitlab_runner_tart_dir 0750 '/Users/ci/b'\n" activation
-      && hasInfix "gitlab_runner_tart_dir_if_missing 0750 '/data/x'\n" activation
+      && hasInfix "[ -e '/data/x' ] || gitlab_runner_tart_dir 0750 '/data/x'\n" activation
       && hasInfix "owner='ci'\n" activation;
+    "activation: softnet off removes the setuid copy" =
+      hasInfix "rm -rf '/usr/local/libexec/gitlab-runner-tart'" activation;
+    "activation: softnet on installs a setuid-root copy" =
+      hasInfix
+        "install -m 4755 -o root -g wheel '/s/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"
+        (render.activationScript (cfg // { softnetSource = "/s/bin/softnet"; }));
+    "nullPaths: nested attrsets and lists" =
+      render.nullPaths "x" {
+        a = null;
+        b.c = [
+          1
+          null
+        ];
+        d = "ok";
+      } == [
+        "x.a"
+        "x.b.c[1]"
+      ];
     "escapeShellArg" = render.escapeShellArg "it's" == "'it'\\''s'";
     "volumeHostPath" =
       render.volumeHostPath "/a:/b:ro" == "/a"
       && render.volumeHostPath "/a:/b" == "/a"
       && render.volumeHostPath "a:/b" == null
       && render.volumeHostPath "/a:/b:rw" == null;
-    "agentScript: render then exec" =
-      render.agentScript {
-        driver = "/d";
-        gitlabRunner = "/g";
-        specFile = "/s.json";
-        configFile = "/h/.gitlab-runner/config.toml";
-        stateDir = "/h/.gitlab-runner";
-      } == ''
-        set -eu
-        umask 077
-        mkdir -p '/h/.gitlab-runner'
-        '/d' runner-config --spec '/s.json' --output '/h/.gitlab-runner/config.toml'
-        cd '/h/.gitlab-runner'
-        exec '/g' run --config '/h/.gitlab-runner/config.toml' --working-directory '/h/.gitlab-runner'
-      '';
+    # What the script does when stopped is run by agent-stop.sh.
+    "agentScript: renders, then runs gitlab-runner in the background" =
+      let
+        text = render.agentScript {
+          driver = "/d";
+          gitlabRunner = "/g";
+          specFile = "/s.json";
+          configFile = "/h/.gitlab-runner/config.toml";
+          stateDir = "/h/.gitlab-runner";
+          drainTimeout = 60;
+        };
+      in
+      hasInfix
+        "'/d' runner-config --spec '/s.json' --output '/h/.gitlab-runner/config.toml'\ncd '/h/.gitlab-runner'\n"
+        text
+      && hasInfix
+        "exec '/g' run --config '/h/.gitlab-runner/config.toml' --working-directory '/h/.gitlab-runner'\n) &\n"
+        text;
     "gcScript: one sweep per config, status kept" =
       render.gcScript {
         driver = "/d";
