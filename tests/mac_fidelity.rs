@@ -263,9 +263,6 @@ fn login_env_job() -> Job {
 
 #[test]
 fn a_macos_job_over_ssh_sees_homebrew_from_the_users_zprofile() {
-    if skip_e2e() {
-        return;
-    }
     // zsh is the login shell; Homebrew's PATH is only in ~/.zprofile; sshd's PATH has no
     // /opt/homebrew/bin.
     let bed = Bed::new()
@@ -286,9 +283,6 @@ fn a_macos_job_over_ssh_sees_homebrew_from_the_users_zprofile() {
 
 #[test]
 fn a_macos_job_over_tart_exec_gets_the_same_login_environment() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new()
         .image(IMAGE, Image::darwin().homebrew().agent(true))
         .option(["--transport", "exec"]);
@@ -301,9 +295,6 @@ fn a_macos_job_over_tart_exec_gets_the_same_login_environment() {
 
 #[test]
 fn doctor_names_the_vms_another_user_runs_on_the_mac() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let developer = bed.sim.another_user();
     developer.tart_ok(["clone", common::MACOS_VANILLA, "developers-vm"]);
