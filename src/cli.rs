@@ -58,6 +58,9 @@ pub enum Command {
     /// Internal: watches `tart run` for one VM. Started by prepare, detached.
     #[command(hide = true)]
     Supervise(SuperviseArgs),
+    /// Internal: ssh's ProxyCommand to an Orchard VM's port through the controller.
+    #[command(hide = true)]
+    OrchardProxy(crate::orchard::proxy::ProxyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -292,6 +295,9 @@ pub struct Options {
     /// Install gitlab-runner into the VM by copying this host's binary when the guest has the host's OS (no network, same version as the runner)
     #[arg(long)]
     pub copy_gitlab_runner: bool,
+
+    #[command(flatten)]
+    pub orchard: crate::orchard::settings::OrchardOptions,
 }
 
 /// An on/off setting: `--x` or `--no-x` (the last given wins), else the file, else `default`.

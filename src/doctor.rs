@@ -22,6 +22,9 @@ use toml::{Table, Value};
 use crate::cli::Options;
 use crate::failure::{Failure, StageResult};
 use crate::settings::{Settings, TransportKind};
+mod orchard;
+
+use crate::orchard::settings::Backend;
 use crate::vm::{try_flock, VmName, VmState, PREFIX};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -40,6 +43,10 @@ pub struct DoctorArgs {
     /// Path to the gitlab-runner executable [default: gitlab-runner, looked up on PATH]
     #[arg(long, value_name = "PATH")]
     pub gitlab_runner: Option<String>,
+
+    /// Which VMs to check for: this Mac's Tart, or an Orchard controller's fleet
+    #[arg(long, value_enum, default_value_t = Backend::Tart)]
+    pub backend: Backend,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +145,10 @@ const LC_UUID: u32 = 0x1b;
 pub fn doctor(args: &DoctorArgs) -> StageResult {
     let mut r = Report::default();
     let settings = load_settings(&args.options, &mut r);
+    if args.backend == Backend::Orchard {
+        orchard::check(&settings, &mut r);
+        return finish(args, &r);
+    }
     let tart = check_tart(&settings, &mut r);
     let runner = check_gitlab_runner(args, &mut r);
     check_lc_uuid(runner.as_deref(), &mut r);
@@ -166,7 +177,11 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     check_ssh(&settings, &mut r);
     check_softnet(&settings, &mut r);
     check_gui_session(&mut r);
+    finish(args, &r)
+}
 
+/// Prints the report; fails when a check failed.
+fn finish(args: &DoctorArgs, r: &Report) -> StageResult {
     match args.format {
         Format::Text => print!("{}", r.text()),
         Format::Json => println!(

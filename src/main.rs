@@ -18,6 +18,7 @@ mod job;
 mod lifecycle;
 mod login;
 mod manuals;
+mod orchard;
 mod registry_access;
 mod request;
 mod runner_config;
@@ -72,6 +73,7 @@ fn main() {
             "completions",
             manuals::completions(*shell).map_err(Failure::System),
         ),
+        Command::OrchardProxy(args) => ("orchard-proxy", orchard::proxy::proxy(args)),
         Command::Supervise(args) => (
             "supervise",
             supervisor::supervise(args).map_err(Failure::System),

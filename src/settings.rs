@@ -160,6 +160,7 @@ struct FileSettings {
     pull_concurrency: Option<u32>,
     auto_prune: Option<bool>,
     copy_gitlab_runner: Option<bool>,
+    orchard: Option<crate::orchard::settings::OrchardFile>,
 }
 
 /// A host directory shared into every VM.
@@ -270,6 +271,8 @@ pub struct Settings {
     pub pull_concurrency: Option<u32>,
     pub auto_prune: bool,
     pub copy_gitlab_runner: bool,
+    /// The Orchard controller, when one is configured (admin only).
+    pub orchard: Option<crate::orchard::settings::OrchardSettings>,
 }
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -478,6 +481,7 @@ impl Settings {
             pull_concurrency,
             auto_prune: switch(o.auto_prune, o.no_auto_prune, file.auto_prune, true),
             copy_gitlab_runner: o.copy_gitlab_runner || file.copy_gitlab_runner.unwrap_or(false),
+            orchard: crate::orchard::settings::OrchardSettings::merge(&o.orchard, file.orchard)?,
         })
     }
 }

@@ -182,15 +182,24 @@ async fn create_vm(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = auth(&s, &headers, Need::All(&[COMPUTE_WRITE])) {
         return r;
     }
-    let Ok(mut vm) = serde_json::from_slice::<Vm>(&body) else {
+    let Ok(vm) = serde_json::from_slice::<Vm>(&body) else {
         return message(StatusCode::BAD_REQUEST, "invalid JSON was provided");
     };
-    if let Err(r) = validate(&s, &vm) {
-        return r;
+    match create(&s, vm) {
+        Ok(vm) => Json(vm).into_response(),
+        Err(r) => r,
     }
+}
+
+/// Validates and stores a new VM, as `POST /v1/vms` does after authentication.
+pub fn create(s: &Shared, mut vm: Vm) -> Result<Vm, Response> {
+    validate(s, &vm)?;
     let mut state = s.state.lock().unwrap();
     if state.vms.contains_key(&vm.name) {
-        return message(StatusCode::CONFLICT, "VM with this name already exists");
+        return Err(message(
+            StatusCode::CONFLICT,
+            "VM with this name already exists",
+        ));
     }
     state.next_uid += 1;
     fill_defaults(&mut vm, state.next_uid);
@@ -206,7 +215,7 @@ async fn create_vm(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
     drop(state);
     s.bump();
     s.poke.notify_one();
-    Json(vm).into_response()
+    Ok(vm)
 }
 
 /// What the controller fills in on create; the status fields start empty.

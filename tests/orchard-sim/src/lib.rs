@@ -250,6 +250,32 @@ impl Sim {
         self.shared.poke.notify_one();
     }
 
+    /// Creates a VM as `POST /v1/vms` would (same defaults and validations); the error is
+    /// the status the controller would answer.
+    pub fn create_vm(&self, vm: Vm) -> Result<Vm, u16> {
+        api::create(&self.shared, vm).map_err(|r| r.status().as_u16())
+    }
+
+    /// Waits until the VM has `status` (`running`, `failed`); false after `limit`.
+    pub fn wait_status(&self, name: &str, status: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let now = self
+                .shared
+                .state
+                .lock()
+                .unwrap()
+                .vms
+                .get(name)
+                .map(|r| r.vm.status.clone());
+            if now.as_deref() == Some(status) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Every VM record, as `GET /v1/vms` would list it.
     pub fn vms(&self) -> Vec<Vm> {
         let state = self.shared.state.lock().unwrap();

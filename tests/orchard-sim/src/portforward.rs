@@ -254,7 +254,13 @@ async fn bridge(
                     Some(Ok(Message::Binary(b))) if !text_mode => b.to_vec(),
                     Some(Ok(Message::Text(t))) if text_mode => t.as_bytes().to_vec(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    // A close, an error, or the wrong message type ends the forward.
+                    // A client's close is answered, as the protocol asks.
+                    Some(Ok(Message::Close(_))) => {
+                        let _ = to_vm.shutdown().await;
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                    // An error or the wrong message type ends the forward.
                     _ => {
                         let _ = to_vm.shutdown().await;
                         return;

@@ -1,0 +1,283 @@
+//! `doctor --backend orchard`: the controller's URL, TLS trust, the service account's token
+//! and roles, and the fleet's capacity, each with the fix. Nothing is created or changed on
+//! the controller: the role probes are requests the controller refuses either way (a create
+//! without a name, a port-forward to a VM that does not exist), and only the status tells
+//! whether the role is there.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::Method;
+
+use super::Report;
+use crate::orchard::client::{read_token, ApiError, Client};
+use crate::orchard::settings::OrchardSettings;
+use crate::orchard::trust::Trust;
+use crate::orchard::types::{VmStatus, TART_VMS};
+use crate::settings::Settings;
+
+/// Orchard's default `--worker-offline-timeout`.
+const OFFLINE_AFTER: Duration = Duration::from_secs(180);
+/// A VM name no one uses, for the port-forward role probe.
+const PROBE_VM: &str = "tartdrv-doctor-probe-0";
+const ROLES_FIX: &str = "give the service account the roles compute:read and compute:write on the controller (`orchard create service-account NAME --roles …` makes one)";
+
+pub(super) fn check(settings: &Settings, r: &mut Report) {
+    let Some(orchard) = &settings.orchard else {
+        r.fail(
+            "orchard settings",
+            "no Orchard controller configured",
+            "give --orchard-url, --orchard-service-account and --orchard-token-file (or the `orchard:` section of the --config file: url, service_account, token_file)",
+        );
+        return;
+    };
+    r.pass(
+        "orchard settings",
+        format!("{} as `{}`", orchard.url, orchard.service_account),
+    );
+    if !check_token_file(orchard, r) {
+        return;
+    }
+    let client = match Client::new(orchard) {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("orchard TLS trust", format!("{e:#}"), "point --orchard-ca-file at the controller's certificate (PEM), or give --orchard-ca-fingerprint");
+            return;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        if !check_reachable(orchard, &client, r).await {
+            return;
+        }
+        if !check_account(&client, r).await {
+            return;
+        }
+        if check_roles(&client, r).await {
+            check_capacity(settings, &client, r).await;
+        }
+    });
+}
+
+fn check_token_file(orchard: &OrchardSettings, r: &mut Report) -> bool {
+    const NAME: &str = "orchard token file";
+    let path = &orchard.token_file;
+    if let Err(e) = read_token(orchard) {
+        r.fail(NAME, format!("{e:#}"), format!("write the service account's token into {} (one line, mode 0600, owned by the runner's user)", path.display()));
+        return false;
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => r.warn(
+            NAME,
+            format!(
+                "{} is readable by other users (mode {:o})",
+                path.display(),
+                m.permissions().mode() & 0o777
+            ),
+            format!(
+                "`chmod 600 {}`: the token can delete any VM of the fleet",
+                path.display()
+            ),
+        ),
+        _ => r.pass(NAME, format!("{} holds a token", path.display())),
+    }
+    true
+}
+
+async fn check_reachable(orchard: &OrchardSettings, client: &Client, r: &mut Report) -> bool {
+    match client.liveness().await {
+        Ok(()) => {
+            r.pass("orchard controller", format!("{} answers", orchard.url));
+            trust_passed(orchard, client, r);
+            true
+        }
+        Err(e) => {
+            match client.seen_fingerprint() {
+                Some(seen) if e.to_string().contains("TLS") => r.fail(
+                    "orchard TLS trust",
+                    format!("{e}"),
+                    trust_fix(&orchard.trust, &seen),
+                ),
+                _ => r.fail(
+                    "orchard controller",
+                    format!("{e}"),
+                    "check --orchard-url (host, port 6120 by default, https) and that `orchard controller run` listens there and this host may reach it",
+                ),
+            }
+            false
+        }
+    }
+}
+
+fn trust_passed(orchard: &OrchardSettings, client: &Client, r: &mut Report) {
+    const NAME: &str = "orchard TLS trust";
+    if !orchard.url.tls {
+        let loopback = ["127.0.0.1", "localhost", "::1"].contains(&orchard.url.host.as_str());
+        if loopback {
+            r.pass(NAME, "plain http on this host's loopback");
+        } else {
+            r.warn(NAME, format!("{} is plain http: the token and every job's bytes cross the network unencrypted", orchard.url), "use https (the controller's default), or keep plain http only behind a TLS-terminating proxy on the same host");
+        }
+        return;
+    }
+    let seen = client.seen_fingerprint().unwrap_or_default();
+    let how = match &orchard.trust {
+        Trust::Fingerprint(_) => "the pinned fingerprint".to_string(),
+        Trust::CaFile(path) => format!("the pinned {}", path.display()),
+        Trust::SystemRoots => "the system's root certificates".to_string(),
+    };
+    r.pass(
+        NAME,
+        format!("certificate SHA-256 {seen} trusted through {how}"),
+    );
+}
+
+fn trust_fix(trust: &Trust, seen: &str) -> String {
+    let compare = format!("compare {seen} with the fingerprint the controller's own host shows (e.g. `orchard context create` there)");
+    match trust {
+        Trust::Fingerprint(_) => format!("the controller presents another certificate than the pinned one: if it was replaced on purpose, {compare}, then pin the new one with --orchard-ca-fingerprint"),
+        Trust::CaFile(path) => format!("the controller's certificate is neither {} nor signed by it: {compare}, then pin the right certificate", path.display()),
+        Trust::SystemRoots => format!("Orchard's default certificate is self-signed: {compare}, then pin it with --orchard-ca-fingerprint {seen} or --orchard-ca-file"),
+    }
+}
+
+async fn check_account(client: &Client, r: &mut Report) -> bool {
+    const NAME: &str = "orchard service account";
+    match client.info().await {
+        Ok(info) => {
+            r.pass(
+                NAME,
+                format!(
+                    "`{}` accepted; controller version {}",
+                    client.account, info.version
+                ),
+            );
+            true
+        }
+        Err(e @ ApiError::Unauthorized { .. }) => {
+            r.fail(NAME, e.to_string(), "check the name given to --orchard-service-account and the token in --orchard-token-file (`orchard list service-accounts` on the controller shows both)");
+            false
+        }
+        Err(e) => {
+            r.fail(NAME, e.to_string(), "see the controller's log");
+            false
+        }
+    }
+}
+
+/// What the account may do, from requests the controller refuses either way.
+async fn check_roles(client: &Client, r: &mut Report) -> bool {
+    const NAME: &str = "orchard roles";
+    let probes: [(&str, Method, &str, Option<&[u8]>); 2] = [
+        ("compute:read", Method::GET, "/vms", None),
+        ("compute:write", Method::POST, "/vms", Some(b"{}")),
+    ];
+    let mut missing: Vec<String> = Vec::new();
+    for (role, method, path, body) in probes {
+        match client.probe(method, path, body).await {
+            Ok((status @ (401 | 403), answer)) => {
+                // Orchard names the roles it wanted; ours is the fallback.
+                let named = ApiError::from_status(status, &answer, &client.account).missing_roles();
+                if named.is_empty() {
+                    missing.push(role.to_string());
+                } else {
+                    missing.extend(named);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                r.fail(
+                    NAME,
+                    format!("probing {role}: {e}"),
+                    "run doctor again; see the controller's log if it persists",
+                );
+                return false;
+            }
+        }
+    }
+    if missing.is_empty() {
+        r.pass(
+            NAME,
+            format!(
+                "`{}` has compute:read and compute:write (which includes compute:connect)",
+                client.account
+            ),
+        );
+        return true;
+    }
+    let connect = client
+        .probe(
+            Method::GET,
+            &format!("/vms/{PROBE_VM}/port-forward?port=22&wait=0"),
+            None,
+        )
+        .await;
+    let can_connect = matches!(connect, Ok((status, _)) if status != 401 && status != 403);
+    r.fail(
+        NAME,
+        format!(
+            "service account `{}` lacks {}{}: the driver creates, watches and deletes VMs",
+            client.account,
+            missing.join(" and "),
+            if can_connect {
+                " (it has compute:connect)"
+            } else {
+                ""
+            }
+        ),
+        ROLES_FIX,
+    );
+    !missing.iter().any(|m| m == "compute:read")
+}
+
+async fn check_capacity(settings: &Settings, client: &Client, r: &mut Report) {
+    const NAME: &str = "orchard workers";
+    let (workers, vms) = match (client.list_workers().await, client.list_vms().await) {
+        (Ok(w), Ok(v)) => (w, v),
+        (Err(e), _) | (_, Err(e)) => {
+            r.fail(NAME, e.to_string(), "see the controller's log");
+            return;
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let online: Vec<_> = workers
+        .iter()
+        .filter(|w| {
+            w.last_seen
+                .is_some_and(|t| now - t.0 <= OFFLINE_AFTER.as_secs() as i64)
+        })
+        .collect();
+    let usable: Vec<_> = online.iter().filter(|w| !w.scheduling_paused).collect();
+    let slots: u64 = usable
+        .iter()
+        .map(|w| w.resources.get(TART_VMS).copied().unwrap_or(0))
+        .sum();
+    let used: u64 = vms
+        .iter()
+        .filter(|vm| vm.status != VmStatus::Failed && usable.iter().any(|w| w.name == vm.worker))
+        .map(|vm| vm.resources.get(TART_VMS).copied().unwrap_or(0))
+        .sum();
+    let detail = format!(
+        "{} of {} workers online and not paused; {slots} macOS VM slots, {} free",
+        usable.len(),
+        workers.len(),
+        slots.saturating_sub(used)
+    );
+    if usable.is_empty() || slots == 0 {
+        r.fail(NAME, detail, "start `orchard worker run` on each Mac (with a bootstrap token for this controller), resume paused workers, and check that they reach the controller");
+    } else if u64::from(settings.concurrency) > slots {
+        r.warn(
+            NAME,
+            format!("{detail}; --concurrency {} is more than the fleet's {slots} slots", settings.concurrency),
+            format!("lower --concurrency and config.toml `concurrent` to {slots} or add Macs: GitLab's job timer runs while a VM waits in `pending`"),
+        );
+    } else {
+        r.pass(NAME, detail);
+    }
+}
