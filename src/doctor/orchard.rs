@@ -41,7 +41,11 @@ pub(super) fn check(settings: &Settings, r: &mut Report) {
     let client = match Client::new(orchard) {
         Ok(c) => c,
         Err(e) => {
-            r.fail("orchard TLS trust", format!("{e:#}"), "point --orchard-ca-file at the controller's certificate (PEM), or give --orchard-ca-fingerprint");
+            let fix = match &orchard.trust {
+                Trust::SystemRoots => "Orchard's default certificate is self-signed anyway: pin it with --orchard-ca-fingerprint or --orchard-ca-file (the controller's certificate, PEM)",
+                _ => "point --orchard-ca-file at the controller's certificate (PEM), or give --orchard-ca-fingerprint",
+            };
+            r.fail("orchard TLS trust", format!("{e:#}"), fix);
             return;
         }
     };
