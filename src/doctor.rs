@@ -1441,15 +1441,14 @@ fn check_ssh(settings: &Settings, r: &mut Report) {
 
 fn check_softnet(settings: &Settings, r: &mut Report) {
     const NAME: &str = "softnet";
+    if let Some(exposure) = crate::isolation::exposure(settings) {
+        let fix = "keep Softnet on (drop --no-softnet / `softnet: false`) when jobs of different trust share this Mac";
+        return r.warn(NAME, exposure, fix);
+    }
     if !settings.softnet {
-        let found = resolve("softnet")
-            .map(|p| format!("; found at {}", p.display()))
-            .unwrap_or_default();
-        r.skip(
-            NAME,
-            format!("--softnet not set (jobs may still ask for it with TART_EXECUTOR_SOFTNET_ENABLED){found}"),
-        );
-        return;
+        let found = resolve("softnet").map(|p| format!("; found at {}", p.display()));
+        let found = found.unwrap_or_default();
+        return r.skip(NAME, format!("one VM at a time, no neighbour to isolate from (jobs may still ask for Softnet){found}"));
     }
     let Some(path) = resolve("softnet").filter(|p| is_executable(p)) else {
         r.fail(

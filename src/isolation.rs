@@ -8,14 +8,65 @@
 //! only turn it on.
 
 use crate::cli::{switch, Options};
+use crate::settings::Settings;
 
-/// Whether VMs use Softnet: the admin's `--softnet`/`--no-softnet` or the file's `softnet`;
-/// any `--softnet-allow` range (which only Softnet can honour) turns it on.
-pub fn softnet_wanted(
-    o: &Options,
-    file: Option<bool>,
-    _concurrency: u32,
-    allow: &[String],
-) -> bool {
-    switch(o.softnet, o.no_softnet, file, false) || !allow.is_empty()
+/// Whether VMs use Softnet: the admin's `--softnet`/`--no-softnet` or the file's `softnet`,
+/// on by default when the host runs more than one VM; any `--softnet-allow` range (which
+/// only Softnet can honour) turns it on.
+pub fn softnet_wanted(o: &Options, file: Option<bool>, concurrency: u32, allow: &[String]) -> bool {
+    switch(o.softnet, o.no_softnet, file, concurrency > 1) || !allow.is_empty()
+}
+
+/// Why jobs on this host are not isolated from each other, if they are not.
+pub fn exposure(settings: &Settings) -> Option<String> {
+    if let Some(interface) = &settings.bridged {
+        return Some(format!("VMs are bridged onto {interface}: every job's guest shares that network with the others' (Softnet does not apply)"));
+    }
+    (settings.concurrency > 1 && !settings.softnet).then(|| {
+        format!("Softnet is off with --concurrency {}: one job's guest can reach another job's VM over Tart's shared NAT network", settings.concurrency)
+    })
+}
+
+/// How `tart run` ended, with what to do when Softnet was the reason.
+pub fn explain(tart_run_ending: String) -> String {
+    if !tart_run_ending.to_ascii_lowercase().contains("softnet") {
+        return tart_run_ending;
+    }
+    format!("{tart_run_ending}. Softnet isolates concurrent jobs' VMs and needs the `softnet` binary on gitlab-runner's PATH, setuid root (`sudo chown root $(which softnet) && sudo chmod u+s $(which softnet)`) or allowed by passwordless sudo; the nix-darwin module sets this up. To run jobs without isolation, set --no-softnet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Options;
+
+    fn settings(options: Options) -> Settings {
+        Settings::load(&options).unwrap()
+    }
+
+    #[test]
+    fn softnet_is_on_by_default_only_when_vms_run_side_by_side() {
+        assert!(!settings(Options::default()).softnet);
+        let two = Options {
+            concurrency: Some(2),
+            ..Default::default()
+        };
+        assert!(settings(two.clone()).softnet);
+        assert!(exposure(&settings(two.clone())).is_none());
+        let off = Options {
+            no_softnet: true,
+            ..two
+        };
+        assert!(!settings(off.clone()).softnet);
+        assert!(exposure(&settings(off)).unwrap().contains("Softnet is off"));
+    }
+
+    #[test]
+    fn the_admin_can_force_softnet_on_a_single_vm_host() {
+        let on = Options {
+            softnet: true,
+            ..Default::default()
+        };
+        assert!(settings(on).softnet);
+    }
 }

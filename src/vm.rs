@@ -236,11 +236,11 @@ impl VmState {
         } else {
             last[last.len().saturating_sub(3)..].join(" | ")
         };
-        Some(if tail.is_empty() {
+        Some(crate::isolation::explain(if tail.is_empty() {
             exit.trim().to_string()
         } else {
             format!("{} ({})", tail, exit.trim())
-        })
+        }))
     }
 }
 

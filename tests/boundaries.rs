@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::{kill_group, Bed, LINUX, MACOS};
-use harness::sim::Image;
+use harness::sim::{Image, Softnet};
 use harness::{run_job, Job, Verdict};
 
 const GREEDY: &str = "ghcr.io/hostile/greedy:latest";
@@ -376,4 +376,120 @@ fn with_host_registry_credentials_jobs_use_the_runner_users_logins() {
     .assert_success()
     .assert_log_contains("ran");
     bed.assert_nothing_left();
+}
+
+// --- Neighbouring VMs ---------------------------------------------------------------------
+
+/// From inside a job's guest: can it open the SSH port of the VM at `ip`?
+fn probe_neighbour(ip: &str) -> Vec<u8> {
+    format!(
+        "if timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/22; head -c 4 <&3' 2>/dev/null | grep -q SSH-; then echo NEIGHBOUR-REACHED; else echo NEIGHBOUR-UNREACHABLE; fi\n"
+    )
+    .into_bytes()
+}
+
+/// Two jobs side by side with the admin's defaults: neither guest can reach the other's
+/// sshd (where the shared `admin` password would let it in), whatever the job variables say.
+#[test]
+fn at_concurrency_2_by_default_one_jobs_guest_cannot_reach_the_other_jobs_vm() {
+    let bed = Bed::new().option(["--concurrency", "2"]);
+    // A job may ask for less isolation; it does not get it.
+    let a = bed
+        .direct_job(LINUX)
+        .var("TART_EXECUTOR_SOFTNET_ENABLED", "false");
+    let b = bed.direct_job(LINUX);
+    for job in [&a, &b] {
+        let (code, log) = bed.stage(job, &["prepare"]);
+        assert_eq!(code, 0, "{log}");
+    }
+    let b_ip = bed.sim.tart_ok(["ip", &b.vm_name()]).trim().to_string();
+    let (code, log) = bed.run_script(&a, "build_script", &probe_neighbour(&b_ip));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("NEIGHBOUR-UNREACHABLE"), "{log}");
+    // The driver itself still reaches both VMs.
+    for job in [&a, &b] {
+        let (code, log) = bed.run_script(job, "after_script", b"echo alive\n");
+        assert_eq!((code, log.contains("alive")), (0, true), "{log}");
+        let (code, log) = bed.stage(job, &["cleanup"]);
+        assert_eq!(code, 0, "{log}");
+    }
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+/// Turning isolation off is the admin's decision, and `doctor` says what it costs.
+#[test]
+fn with_softnet_turned_off_guests_reach_each_other_and_doctor_warns() {
+    let bed = Bed::new().option(["--concurrency", "2", "--no-softnet"]);
+    let (a, b) = (bed.direct_job(LINUX), bed.direct_job(LINUX));
+    for job in [&a, &b] {
+        let (code, log) = bed.stage(job, &["prepare"]);
+        assert_eq!(code, 0, "{log}");
+    }
+    let b_ip = bed.sim.tart_ok(["ip", &b.vm_name()]).trim().to_string();
+    let (_, log) = bed.run_script(&a, "build_script", &probe_neighbour(&b_ip));
+    assert!(log.contains("NEIGHBOUR-REACHED"), "{log}");
+    for job in [&a, &b] {
+        bed.stage(job, &["cleanup"]);
+    }
+    let state = bed.state_dir.display().to_string();
+    let doctor = |extra: &[&str]| {
+        let mut args = vec![
+            "doctor",
+            "--format",
+            "json",
+            "--state-dir",
+            &state,
+            "--concurrency",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let out = bed.driver(&args);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+        let softnet = report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "softnet")
+            .cloned()
+            .expect("a softnet check");
+        (
+            softnet["status"].as_str().unwrap().to_string(),
+            softnet["detail"].to_string(),
+        )
+    };
+    let (status, detail) = doctor(&["--no-softnet"]);
+    assert_eq!(status, "warn", "{detail}");
+    assert!(detail.contains("can reach another job's VM"), "{detail}");
+    let (status, detail) = doctor(&[]);
+    assert_ne!(status, "warn", "{detail}");
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+/// Softnet without its privileges (neither setuid root nor passwordless sudo): `tart run`
+/// ends at once, and prepare says what Softnet needs instead of waiting out the boot.
+#[test]
+fn softnet_without_its_privileges_fails_prepare_at_once_saying_how_to_fix_it() {
+    let bed = Bed::new().option(["--concurrency", "2"]);
+    bed.sim.set_softnet(Softnet::Unprivileged);
+    let job = bed.direct_job(LINUX);
+    let started = Instant::now();
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 2, "{log}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{log}");
+    assert!(
+        log.contains("Softnet process terminated prematurely"),
+        "{log}"
+    );
+    assert!(
+        log.contains("setuid root") && log.contains("--no-softnet"),
+        "{log}"
+    );
+    bed.stage(&job, &["cleanup"]);
+    // With passwordless sudo for softnet instead, the same job runs.
+    bed.sim.set_softnet(Softnet::PasswordlessSudo);
+    let job = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    bed.stage(&job, &["cleanup"]);
+    bed.assert_nothing_left_within(Duration::from_secs(10));
 }

@@ -247,6 +247,29 @@ impl Leaks {
     }
 }
 
+/// How `softnet` is installed on a simulated Mac.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Softnet {
+    /// On PATH, owned by root with the setuid bit: Tart runs it as root.
+    SetuidRoot,
+    /// On PATH, not setuid, but a passwordless sudo rule allows it.
+    PasswordlessSudo,
+    /// On PATH without the privileges it needs: `tart run --net-softnet` fails at once.
+    Unprivileged,
+    /// Not installed.
+    Missing,
+}
+
+/// What `softnet` is on a simulated Mac: the simulator does Softnet's filtering itself and
+/// only checks that this file is there and how it is privileged.
+const SOFTNET_STAND_IN: &str = "#!/bin/sh\necho 'softnet (tart-sim stand-in: the simulator isolates guests itself)' >&2\nexit 1\n";
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// A simulated Tart host for one test.
 pub struct SimHost {
     root: tempfile::TempDir,
@@ -304,6 +327,10 @@ impl SimHost {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         std::os::unix::fs::symlink(&sim, bin_dir.join("tart")).map_err(|e| e.to_string())?;
+        // Softnet, installed as the nix-darwin module does: on PATH, setuid root.
+        let softnet = bin_dir.join("softnet");
+        std::fs::write(&softnet, SOFTNET_STAND_IN).map_err(|e| e.to_string())?;
+        set_mode(&softnet, 0o4755)?;
         let h = SimHost {
             root,
             tart_home,
@@ -350,6 +377,27 @@ impl SimHost {
             format!("{{\"macos\": {macos}, \"chip\": {chip}}}"),
         )
         .expect("write hardware.json");
+    }
+
+    /// How Softnet is installed on this simulated Mac (default: [`Softnet::SetuidRoot`]).
+    pub fn set_softnet(&self, setup: Softnet) {
+        let bin = self.bin_dir.join("softnet");
+        let sudoers = self.sim_host.join("softnet-sudoers");
+        let _ = std::fs::remove_file(&sudoers);
+        if setup == Softnet::Missing {
+            let _ = std::fs::remove_file(&bin);
+            return;
+        }
+        std::fs::write(&bin, SOFTNET_STAND_IN).expect("softnet stand-in");
+        let mode = if setup == Softnet::SetuidRoot {
+            0o4755
+        } else {
+            0o755
+        };
+        set_mode(&bin, mode).expect("softnet mode");
+        if setup == Softnet::PasswordlessSudo {
+            std::fs::write(&sudoers, "admin ALL=(root) NOPASSWD: softnet\n").expect("sudoers");
+        }
     }
 
     /// Add or replace a catalogue image (written at once).

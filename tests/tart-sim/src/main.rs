@@ -13,6 +13,7 @@ mod run;
 #[cfg(not(target_os = "linux"))]
 #[path = "run_unsupported.rs"]
 mod run;
+mod softnet;
 mod util;
 
 use std::io::Write;

@@ -79,6 +79,9 @@ struct Plan {
     shares: BTreeMap<String, Vec<Share>>,
     #[serde(default)]
     homebrew: bool,
+    /// Behind Softnet: a network namespace of its own (see softnet.rs).
+    #[serde(default)]
+    softnet: bool,
 }
 
 fn parse_dir(spec: &str) -> Result<(String, Share), Fail> {
@@ -466,10 +469,13 @@ pub fn run(args: &[String]) -> R<()> {
             "Disk format 'asif' is not supported on this system.",
         ));
     }
-    if nets[1] && which("softnet").is_none() {
-        return Err(Fail::Error(
-            "InitializationFailed(why: \"softnet not found in PATH\")".into(),
-        ));
+    if nets[1] {
+        let Some(softnet) = which("softnet") else {
+            return Err(Fail::Error(
+                "InitializationFailed(why: \"softnet not found in PATH\")".into(),
+            ));
+        };
+        crate::softnet::check_privileges(&softnet)?;
     }
     if p.has("nested") && darwin {
         return Err(Fail::Bare(
@@ -566,6 +572,7 @@ pub fn run(args: &[String]) -> R<()> {
         sshd_config: sshd_config(&ip, &sim.user, sim.faults.reject_logins, darwin),
         shares,
         homebrew: sim.homebrew,
+        softnet: nets[1],
     };
     let plan_path = gdir.join("plan.json");
     fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap())
@@ -582,6 +589,8 @@ pub fn run(args: &[String]) -> R<()> {
     let set = sigset(&[libc::SIGINT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCHLD]);
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
+    // Softnet's helper thread must exist before this process leaves its PID namespace.
+    let network = nets[1].then(crate::softnet::Network::start);
     // Every child from here on lands in a fresh PID namespace; the first one is its init.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         return Err(sim_err(format!(
@@ -594,10 +603,15 @@ pub fn run(args: &[String]) -> R<()> {
     cmd.arg("__guest-init").arg(&plan_path).stdin(Stdio::null());
     cmd.stdout(log.try_clone().map_err(|e| sim_err(e.to_string()))?);
     cmd.stderr(log);
+    let namespaces = if nets[1] {
+        libc::CLONE_NEWNS | libc::CLONE_NEWNET
+    } else {
+        libc::CLONE_NEWNS
+    };
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            if libc::unshare(namespaces) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -619,6 +633,15 @@ pub fn run(args: &[String]) -> R<()> {
     let mut ready = false;
     let mut shutdown_requested = false;
     let addr: SocketAddr = format!("{ip}:22").parse().unwrap();
+    if let Some(network) = &network {
+        network
+            .serve(init, addr)
+            .map_err(|e| sim_err(format!("Softnet relay on {addr}: {e}")))?;
+    }
+    let port_open = |addr: SocketAddr| match &network {
+        Some(network) => network.guest_port_open(addr),
+        None => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+    };
     let mut out = std::io::stdout();
     loop {
         let sig = sigwait_timeout(&set, 50);
@@ -667,10 +690,7 @@ pub fn run(args: &[String]) -> R<()> {
             return Ok(());
         }
         let el = start.elapsed();
-        if !ready
-            && el >= boot
-            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        {
+        if !ready && el >= boot && port_open(addr) {
             ready = true;
             if !sim.faults.never_ip {
                 write_lease(&name, &mac, &ip);
@@ -1069,6 +1089,9 @@ pub fn guest_init(args: &[String]) -> R<()> {
         }
     }
     let _ = plan.user;
+    if plan.softnet {
+        crate::softnet::loopback_up().map_err(fail)?;
+    }
     let sshd = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f", "/run/tart-sim/sshd_config"])
         .stdin(Stdio::null())
@@ -1105,7 +1128,7 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
         return Err(Fail::Error(format!("user: unknown user {}", sim.user)));
     };
     let open = |ns: &str| File::open(format!("/proc/{init}/ns/{ns}"));
-    let (Ok(mntns), Ok(pidns)) = (open("mnt"), open("pid")) else {
+    let (Ok(mntns), Ok(pidns), Ok(netns)) = (open("mnt"), open("pid"), open("net")) else {
         return Err(Fail::Bare(
             format!("VM is not running (guest init {init} is gone)"),
             2,
@@ -1115,6 +1138,7 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
     unsafe {
         if libc::setns(pidns.as_raw_fd(), libc::CLONE_NEWPID) != 0
             || libc::setns(mntns.as_raw_fd(), libc::CLONE_NEWNS) != 0
+            || libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0
         {
             return Err(Fail::Error(format!(
                 "tart-sim: entering the guest: {}",
