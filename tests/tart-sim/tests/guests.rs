@@ -606,3 +606,94 @@ fn shared_files_belong_to_the_guest_user_and_writes_keep_host_ownership() {
         host_owner
     );
 }
+
+/// A `softnet` on PATH with the given mode (4755: setuid root, as Tart needs it).
+fn softnet_on_path(b: &Bed, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = b.root.join("softnet-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let softnet = bin.join("softnet");
+    std::fs::write(&softnet, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&softnet, std::fs::Permissions::from_mode(mode)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn a_softnet_guest_reaches_no_other_guest_while_the_host_reaches_it() {
+    need_root();
+    let mut b = Bed::new();
+    let path = softnet_on_path(&b, 0o4755);
+    b.clone_vm(UBUNTU, "plain");
+    b.clone_vm(UBUNTU, "isolated");
+    b.run_bg("plain", &[]);
+    let mut isolated = b
+        .cmd(&["run", "--no-graphics", "--net-softnet", "isolated"])
+        .env("PATH", &path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (plain_ip, isolated_ip) = (b.ip("plain"), b.ip("isolated"));
+    let probe = |ip: &str| {
+        format!("if timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/22; head -c 4 <&3' 2>/dev/null | grep -q SSH-; then echo REACHED; else echo UNREACHABLE; fi")
+    };
+    // The host logs in to the Softnet guest; from there, the other guest is out of reach.
+    let o = b.ssh(&isolated_ip, "admin", "admin", &probe(&plain_ip));
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "UNREACHABLE\n"),
+        "{}",
+        o.stderr
+    );
+    // Softnet filters what its guest sends, not what it receives.
+    let o = b.ssh(&plain_ip, "admin", "admin", &probe(&isolated_ip));
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "REACHED\n"),
+        "{}",
+        o.stderr
+    );
+    // tart exec enters the Softnet guest's network too.
+    let o = b.tart(&["exec", "isolated", "sh", "-c", &probe(&plain_ip)]);
+    assert_eq!(o.stdout, "UNREACHABLE\n", "{}", o.stderr);
+    let _ = isolated.kill();
+    let _ = isolated.wait();
+}
+
+#[test]
+fn softnet_without_root_privileges_ends_tart_run_with_softnets_message() {
+    need_root();
+    let b = Bed::new();
+    b.clone_vm(UBUNTU, "vm");
+    let path = softnet_on_path(&b, 0o755);
+    let o: Out = b
+        .cmd(&["run", "--no-graphics", "--net-softnet", "vm"])
+        .env("PATH", &path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(o.code, 1);
+    assert_eq!(
+        o.stderr,
+        "root privileges are required to run and passwordless sudo was not available\nError: RuntimeFailed(why: \"Softnet process terminated prematurely\")\n"
+    );
+    // A passwordless sudo rule for softnet serves as well as the setuid bit.
+    std::fs::write(
+        b.host.join("softnet-sudoers"),
+        "admin ALL=(root) NOPASSWD: softnet\n",
+    )
+    .unwrap();
+    let mut run = b
+        .cmd(&["run", "--no-graphics", "--net-softnet", "vm"])
+        .env("PATH", &path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(!b.ip("vm").is_empty());
+    let _ = run.kill();
+    let _ = run.wait();
+}
