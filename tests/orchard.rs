@@ -430,6 +430,21 @@ fn doctor_passes_a_good_token_and_reports_the_fleets_capacity() {
 }
 
 #[test]
+fn doctor_rides_out_a_short_controller_restart_by_retrying() {
+    let fleet = Fleet::start(|_| {});
+    let options = fleet.options(ACCOUNT, TOKEN);
+    fleet.sim.restart(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(100));
+    let (report, code) = doctor(&options);
+    assert_eq!(
+        check(&report, "orchard controller").status,
+        "pass",
+        "{report:#?}"
+    );
+    assert_eq!(code, Some(0), "{report:#?}");
+}
+
+#[test]
 fn doctor_says_a_bad_token_is_refused_and_how_to_fix_it() {
     let fleet = Fleet::start(|_| {});
     let (report, code) = doctor(&fleet.options(ACCOUNT, "not-the-token"));

@@ -283,10 +283,20 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Bytes, ApiError> {
+        self.retried(method, path, body, true).await
+    }
+
+    async fn retried(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        auth: bool,
+    ) -> Result<Bytes, ApiError> {
         let idempotent = method != Method::POST;
         let mut pauses = BACKOFF.iter();
         loop {
-            let error = match self.once(&method, path, body, true).await {
+            let error = match self.once(&method, path, body, auth).await {
                 Ok((status, bytes)) if (200..300).contains(&status) => return Ok(bytes),
                 Ok((status, bytes)) => ApiError::from_status(status, &bytes, &self.account),
                 Err(e) => e,
@@ -313,10 +323,9 @@ impl Client {
 
     /// `GET /v1/`: the controller answers, without credentials.
     pub async fn liveness(&self) -> Result<(), ApiError> {
-        match self.once(&Method::GET, "/", None, false).await? {
-            (200..=299, _) => Ok(()),
-            (status, body) => Err(ApiError::from_status(status, &body, &self.account)),
-        }
+        self.retried(Method::GET, "/", None, false)
+            .await
+            .map(|_| ())
     }
 
     pub async fn info(&self) -> Result<ControllerInfo, ApiError> {
