@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::{quote, Share, MACOS_SHARES};
 use crate::transport::ssh::{self, SshTransport};
 use crate::transport::RemoteExit;
 use crate::vm::VmState;
@@ -27,12 +26,12 @@ use crate::vm::VmState;
 /// Name (macOS) and mount tag (Linux) of the identity share.
 pub const SHARE_NAME: &str = "tartdrv-identity";
 
-/// How long a macOS guest may take to show the share after login (its automount lags).
-const MACOS_SHARE_WAIT_TENTHS: u32 = 50;
-
 /// What the guest prints before the nonce it sees, so that login noise cannot be mistaken
 /// for it.
 const MARKER: &str = "tartdrv-identity:";
+
+/// What the guest prints when it cannot mount or read the identity share.
+const NO_SHARE: &str = "tartdrv-identity-unreadable";
 
 /// This VM's nonce and the host directory that shares it.
 pub struct Identity {
@@ -63,15 +62,10 @@ impl Identity {
         Ok(Identity { nonce, dir })
     }
 
-    /// The `tart run --dir` value that shares the nonce, read-only, into this VM only.
-    pub fn dir_arg(&self, os: &str) -> String {
-        Share {
-            name: SHARE_NAME.into(),
-            host: self.dir.clone(),
-            guest: String::new(),
-            read_only: true,
-        }
-        .dir_arg(os)
+    /// The `tart run --dir` value that shares the nonce, read-only and under a mount tag
+    /// of its own, into this VM only.
+    pub fn dir_arg(&self) -> String {
+        format!("{}:ro,tag={SHARE_NAME}", self.dir.display())
     }
 
     /// Whether the output of [`probe_command`] shows this VM's nonce.
@@ -102,37 +96,42 @@ pub async fn prove(identity: &Identity, state: &VmState, os: &str, ip: &str) -> 
         _ if ours => Ok(()),
         Ok((RemoteExit::Lost(why), _)) => bail!("checking the VM's identity: {why}"),
         Err(e) => Err(e.context("checking the VM's identity")),
+        Ok((_, out)) if out.contains(NO_SHARE) => bail!(
+            "the VM answering at {ip} shows no identity share of this job, so nothing of the job was sent to it: either it is not this job's VM ({}), or the guest cannot mount a virtiofs share (macOS 13+ guests can; Linux guests need root or passwordless sudo for `mount -t virtiofs`)",
+            COLLISION
+        ),
         Ok(_) => bail!(mismatch_message(ip)),
     }
 }
 
-/// A command for the guest user's shell (zsh, bash or sh) that prints the nonce the guest
-/// sees in its identity share, or nothing after the marker when it has no such share.
+/// A command for the guest user's shell (zsh, bash or sh) that mounts the identity share's
+/// tag on a fresh temporary directory and prints the nonce it holds, or the "no share"
+/// marker when the mount or the read fails. The share has a tag of its own, so a macOS
+/// guest does not depend on the automount of `/Volumes/My Shared Files` (which can lag or
+/// miss); `mount_virtiofs` needs no root there. A Linux guest needs root, or sudo without a
+/// password. BSD and GNU tools alike; the mount is taken down again.
 pub fn probe_command(os: &str) -> String {
-    if os == "linux" {
-        // Nothing is mounted automatically in Linux guests; the mount is taken down again.
-        format!(
-            "d=$(mktemp -d) && sudo -n mount -t virtiofs -o ro {SHARE_NAME} \"$d\" 2>/dev/null; \
-             v=$(cat \"$d/nonce\" 2>/dev/null); sudo -n umount \"$d\" 2>/dev/null; rmdir \"$d\" 2>/dev/null; \
-             printf '{MARKER}%s\\n' \"$v\""
-        )
+    let mount = if os == "linux" {
+        format!("$m mount -t virtiofs {SHARE_NAME} \"$d\"")
     } else {
-        let file = quote(&format!("{MACOS_SHARES}/{SHARE_NAME}/nonce"));
-        format!(
-            "i=0; while [ ! -r {file} ] && [ $i -lt {MACOS_SHARE_WAIT_TENTHS} ]; do sleep 0.1; i=$((i+1)); done; \
-             printf '{MARKER}%s\\n' \"$(cat {file} 2>/dev/null)\""
-        )
-    }
+        format!("mount_virtiofs {SHARE_NAME} \"$d\"")
+    };
+    // A macOS user may unmount their own mount; elsewhere it takes root.
+    let unmount = "{ umount \"$d\" || $m umount \"$d\"; } 2>/dev/null";
+    format!(
+        "m=; [ \"$(id -u)\" = 0 ] || m='sudo -n'; d=$(mktemp -d) || exit 0; \
+         if {mount} 2>/dev/null && v=$(cat \"$d/nonce\" 2>/dev/null); then printf '{MARKER}%s\\n' \"$v\"; \
+         else echo '{NO_SHARE}'; fi; {unmount}; rmdir \"$d\" 2>/dev/null; true"
+    )
 }
+
+/// The likely cause of a foreign VM at this job's address, and the fix.
+const COLLISION: &str = "another VM on this Mac, another user's or another TART_HOME's clone of the same image, has this image's MAC address, and its DHCP lease answered `tart ip`; give each clone its own MAC with --random-mac, or isolate VMs with Softnet (--softnet)";
 
 /// Why a job refuses a guest that is not its VM, and what the admin can do about it.
 pub fn mismatch_message(ip: &str) -> String {
     format!(
-        "the VM answering at {ip} is not this job's VM: it does not see this job's identity share. \
-         Another VM on this Mac (another user's or another TART_HOME's clone of the same image) has \
-         this image's MAC address, and its DHCP lease answered `tart ip`. Nothing of the job was sent \
-         to it. Fix: give each clone its own MAC (--random-mac, or job_overrides random_mac), or \
-         isolate VMs with Softnet (--softnet)"
+        "the VM answering at {ip} is not this job's VM: it holds another identity nonce. Nothing of the job was sent to it. Likely: {COLLISION}"
     )
 }
 
@@ -165,27 +164,50 @@ mod tests {
         assert!(!id.matches("0123abcd\n"));
     }
 
+    fn on_path(name: &str) -> Option<PathBuf> {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    }
+
     #[test]
-    fn the_share_is_read_only_and_named_for_both_guest_systems() {
-        let id = identity("n");
+    fn the_share_is_read_only_under_a_tag_of_its_own() {
         assert_eq!(
-            id.dir_arg("darwin"),
-            "tartdrv-identity:/state/vms/x/identity:ro"
-        );
-        assert_eq!(
-            id.dir_arg("linux"),
+            identity("n").dir_arg(),
             "/state/vms/x/identity:ro,tag=tartdrv-identity"
         );
     }
 
     #[test]
-    fn probe_commands_parse_as_sh() {
-        for os in ["darwin", "linux"] {
-            let status = std::process::Command::new("sh")
-                .args(["-n", "-c", &probe_command(os)])
-                .status()
-                .unwrap();
-            assert!(status.success(), "{}", probe_command(os));
+    fn probe_commands_parse_in_the_shells_guests_log_in_with() {
+        for shell in ["sh", "bash", "zsh"] {
+            let Some(shell) = on_path(shell) else {
+                continue;
+            };
+            for os in ["darwin", "linux"] {
+                let status = std::process::Command::new(&shell)
+                    .args(["-n", "-c", &probe_command(os)])
+                    .status()
+                    .unwrap();
+                assert!(
+                    status.success(),
+                    "{} {}",
+                    shell.display(),
+                    probe_command(os)
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_guest_without_the_share_says_so() {
+        // No virtiofs here: the mount fails, and the probe says the share is unreadable.
+        let out = std::process::Command::new("sh")
+            .args(["-c", &probe_command("darwin")])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(out.contains(NO_SHARE), "{out}");
+        assert!(!identity("n").matches(&out));
     }
 }

@@ -120,9 +120,6 @@ fn a_concurrent_sweep_does_not_hide_tart_runs_death_from_prepare() {
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 
-/// Two macOS guests started behind the driver's back (another tool, a human with `tart
-/// run`) take Apple's two slots; the driver's own slots are free, so it starts `tart run`,
-/// which fails, and the job says why in Tart's words instead of waiting for an IP.
 // --- The guest dies ------------------------------------------------------------------------
 
 #[test]

@@ -125,7 +125,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     }
     let identity = Identity::create(&state)?;
     run_args.push("--dir".into());
-    run_args.push(identity.dir_arg(&info.os));
+    run_args.push(identity.dir_arg());
 
     // Our own hold on the VM's lock lasts until prepare ends. When `tart run` dies at once,
     // the supervisor lets go of it; a concurrent job's sweep would then take the VM for an
