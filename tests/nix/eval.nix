@@ -1,6 +1,6 @@
 # Full evaluation of the module through nix-darwin's eval-config.nix with a stand-in pkgs.
-# Needs checkouts of nix-darwin and nixpkgs.lib (see eval-local.sh); returns
-# { failures = [ … ]; facts = { … }; } and eval-local.sh fails unless failures is empty.
+# Needs the pinned nix-darwin and nixpkgs.lib (module-eval.sh unpacks them); returns
+# { failures = [ … ]; passed = N; … } and module-eval.sh fails unless failures is empty.
 {
   lib,
   nix-darwin,
