@@ -131,7 +131,10 @@ let
     readme-quick-start = evalSystem (
       if readmeQuickStart == null then throw "pass readmeQuickStart" else readmeQuickStart
     ) [ ];
-    no-builds-or-cache-dirs = evalSystem (oneRunner { }) [ ];
+    # One VM at a time, so no Softnet either.
+    no-builds-or-cache-dirs = evalSystem (oneRunner { }) [
+      { services.gitlab-runner-tart.concurrency = 1; }
+    ];
     volumes = evalSystem (oneRunner {
       volumes = [
         "/Users/ci/tart/shared:/Volumes/shared:ro"
