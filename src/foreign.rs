@@ -179,5 +179,5 @@ fn locked(config: &std::path::Path) -> bool {
     lock.l_type = libc::F_WRLCK as _;
     lock.l_whence = libc::SEEK_SET as _;
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
-    rc == 0 && i32::from(lock.l_type) != libc::F_UNLCK
+    rc == 0 && i64::from(lock.l_type) != i64::from(libc::F_UNLCK)
 }
