@@ -13,6 +13,8 @@ mod run;
 #[cfg(not(target_os = "linux"))]
 #[path = "run_unsupported.rs"]
 mod run;
+// Only `tart run` (Linux) uses it.
+#[cfg(target_os = "linux")]
 mod softnet;
 mod util;
 
