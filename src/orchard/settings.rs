@@ -92,15 +92,25 @@ impl ControllerUrl {
         if authority.contains('@') || path.contains(['?', '#']) {
             bail!("`{text}`: no credentials, query or fragment in the URL (the token goes in --orchard-token-file)");
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .with_context(|| format!("`{text}`: bad port `{p}`"))?,
-            ),
-            _ => (authority, 6120),
+        let port_of = |p: &str| {
+            p.parse::<u16>()
+                .with_context(|| format!("`{text}`: bad port `{p}`"))
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .with_context(|| format!("`{text}`: unclosed `[`"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, port_of(p)?),
+                None if after.is_empty() => (host, 6120),
+                None => bail!("`{text}`: unexpected `{after}` after the address"),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, p)) => (host, port_of(p)?),
+                None => (authority, 6120),
+            }
+        };
         if host.is_empty() {
             bail!("`{text}` has no host");
         }
@@ -192,8 +202,9 @@ mod tests {
         assert_eq!((p.tls, p.host.as_str(), p.port), (false, "10.0.0.5", 8080));
         assert_eq!(p.prefix, "/orchard");
         assert_eq!(p.to_string(), "http://10.0.0.5:8080/orchard");
-        let v6 = ControllerUrl::parse("https://[::1]:6120").unwrap();
-        assert_eq!(v6.authority(), "[::1]:6120");
+        let v6 = ControllerUrl::parse("https://[::1]:6121").unwrap();
+        assert_eq!(v6.authority(), "[::1]:6121");
+        assert_eq!(ControllerUrl::parse("https://[::1]").unwrap().port, 6120);
     }
 
     #[test]
