@@ -117,7 +117,7 @@ pub struct Options {
     #[arg(short = 'x', long, value_name = "PATH")]
     pub tart_executable: Option<String>,
 
-    /// Where the driver keeps per-job state, sockets and slot locks [default: /tmp/tartdrv-<uid>]
+    /// Where the driver keeps per-job state, sockets and slot locks [default: ~/Library/Caches/tartdrv on macOS, ~/.local/state/tartdrv elsewhere]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
@@ -298,6 +298,9 @@ pub struct Options {
 
     #[command(flatten)]
     pub orchard: crate::orchard::settings::OrchardOptions,
+    /// UNSAFE, for gitlab-runner older than 14.1 only (no JOB_RESPONSE_FILE): take the job's id, project and runner from its variables, which a job can set to reach another job's VM
+    #[arg(long)]
+    pub unsafe_job_identity_from_variables: bool,
 }
 
 /// An on/off setting: `--x` or `--no-x` (the last given wins), else the file, else `default`.

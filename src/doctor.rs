@@ -21,11 +21,13 @@ use toml::{Table, Value};
 
 use crate::cli::Options;
 use crate::failure::{Failure, StageResult};
+use crate::ownership::{self, Claim};
 use crate::settings::{Settings, TransportKind};
 mod orchard;
 
 use crate::orchard::settings::Backend;
-use crate::vm::{try_flock, VmName, VmState, PREFIX};
+use crate::state_dir::{self, StateDir, VMS};
+use crate::vm::{VmName, VmState, PREFIX};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DoctorArgs {
@@ -1200,13 +1202,6 @@ fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
 
 /// Whether the VM's lock is free, i.e. no prepare, supervisor or `tart run` holds it.
 /// Opens the lock read-only and never creates it, so doctor leaves no files behind.
-fn lock_is_free(state: &VmState) -> bool {
-    match File::open(state.lock_path()) {
-        Ok(file) => try_flock(&file).unwrap_or(false),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
-}
-
 fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
     let entries = match list.map(|l| &l.entries) {
         Some(Ok(e)) => e,
@@ -1252,37 +1247,56 @@ fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
         );
     }
 
-    let mut orphans: Vec<String> = ours
-        .iter()
-        .filter(|name| lock_is_free(&VmState::new(&settings.state_dir, name)))
-        .map(|n| n.to_string())
-        .collect();
+    // The same proof as the sweep's (`ownership`): a record here whose lock is free, or a
+    // marker naming this state directory. Other VMs of this driver are left alone.
+    let root = match state_dir::inspect(&settings.state_dir) {
+        Ok(state_dir::Inspection::Fine { .. }) => StateDir::open(&settings.state_dir).ok(),
+        _ => None,
+    };
+    let (mut orphans, mut foreign) = (Vec::new(), Vec::new());
+    for name in &ours {
+        match (
+            ownership::claim(name, root.as_ref(), &settings.state_dir),
+            &root,
+        ) {
+            (Claim::Record, Some(root)) if !VmState::new(root, name).lock_is_free() => {}
+            (Claim::None, _) => foreign.push(name.to_string()),
+            _ => orphans.push(name.to_string()),
+        }
+    }
     let vm_count = orphans.len();
-    if let Ok(dir) = std::fs::read_dir(settings.state_dir.join("vms")) {
-        for entry in dir.flatten() {
-            let file_name = entry.file_name();
-            let Some(name) = VmName::parse_ours(&file_name.to_string_lossy()) else {
+    let vms = root
+        .as_ref()
+        .and_then(|r| r.existing_subdir(VMS).ok().flatten());
+    if let (Some(root), Some(vms)) = (&root, vms) {
+        for file_name in vms.entries() {
+            let Some(name) = VmName::parse_ours(&file_name) else {
                 continue;
             };
-            if ours.contains(&name) {
-                continue;
-            }
-            if lock_is_free(&VmState::new(&settings.state_dir, &name)) {
+            if !ours.contains(&name) && VmState::new(root, &name).lock_is_free() {
                 orphans.push(format!("state of {name}"));
             }
         }
     }
+    let foreign = if foreign.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; left alone, as no record or marker ties them to this state directory: {}",
+            foreign.join(", ")
+        )
+    };
     if orphans.is_empty() {
         r.pass(
             "orphaned VMs",
             format!(
-                "none: every VM of this driver belongs to a live job ({} live)",
-                ours.len()
+                "none: every VM of this state directory belongs to a live job ({} live){foreign}",
+                ours.len() - foreign.len().min(ours.len())
             ),
         );
     } else {
         let mut fix = String::from("gitlab-runner-tart-driver gc");
-        if settings.state_dir.as_os_str() != default_state_dir().as_os_str() {
+        if settings.state_dir.as_os_str() != state_dir::default_path().as_os_str() {
             fix.push_str(&format!(" --state-dir {}", settings.state_dir.display()));
         }
         if settings.tart_executable != "tart" {
@@ -1316,81 +1330,39 @@ fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
     }
 }
 
-fn default_state_dir() -> PathBuf {
-    // SAFETY: getuid never fails.
-    PathBuf::from(format!("/tmp/tartdrv-{}", unsafe { libc::getuid() }))
-}
-
 // ---------------------------------------------------------------------------------------
 // State dir, sockets, ssh, softnet, GUI session
 
 fn check_state_dir(settings: &Settings, r: &mut Report) {
     const NAME: &str = "state dir";
     let dir = &settings.state_dir;
-    // SAFETY: getuid never fails.
-    let uid = unsafe { libc::getuid() };
-    match std::fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => r.fail(
+    // Exactly the checks every stage makes before it uses the directory.
+    match state_dir::inspect(dir) {
+        Ok(state_dir::Inspection::Fine { mode }) => r.pass(
             NAME,
-            format!("{} is not a directory", dir.display()),
-            "remove it or choose another --state-dir",
+            format!("{}, mode {mode:o}, owned by this user", dir.display()),
         ),
-        Ok(meta) if meta.uid() != uid => r.fail(
+        Ok(state_dir::Inspection::WillBeCreated) => r.pass(
             NAME,
             format!(
-                "{} belongs to uid {}, not to this user (uid {uid}): every prepare refuses it",
-                dir.display(),
-                meta.uid()
-            ),
-            format!(
-                "run doctor as the runner's user; otherwise remove {} (when no job runs) or choose another --state-dir",
+                "{} does not exist yet; prepare creates it (mode 0700)",
                 dir.display()
             ),
         ),
-        Ok(meta) if meta.mode() & 0o022 != 0 => r.fail(
+        Err(refusal) => r.fail(
             NAME,
-            format!(
-                "{} has mode {:o}: others could write sockets and passwords there, so every prepare refuses it",
-                dir.display(),
-                meta.mode() & 0o7777
-            ),
-            format!("`chmod go-w {}`", dir.display()),
+            format!("{}; every stage refuses it", refusal.problem),
+            refusal.fix,
         ),
-        Ok(meta) => r.pass(
-            NAME,
-            format!("{}, mode {:o}, owned by this user", dir.display(), meta.mode() & 0o7777),
-        ),
-        Err(_) => {
-            let parent = dir.ancestors().skip(1).find(|p| p.exists());
-            match parent {
-                Some(p) if accessible(p, libc::W_OK | libc::X_OK) => r.pass(
-                    NAME,
-                    format!("{} does not exist yet; prepare creates it (mode 0700) in {}", dir.display(), p.display()),
-                ),
-                Some(p) => r.fail(
-                    NAME,
-                    format!("{} does not exist and {} is not writable by this user", dir.display(), p.display()),
-                    "choose a --state-dir this user can create, e.g. the default /tmp/tartdrv-<uid>",
-                ),
-                None => r.fail(
-                    NAME,
-                    format!("{} cannot be created", dir.display()),
-                    "choose an absolute --state-dir",
-                ),
-            }
-        }
     }
 }
 
-/// The longest control-socket path a job can produce: ssh appends a 17-byte random
-/// suffix while it sets the socket up, and sun_path holds 104 bytes on macOS, 108 on Linux
-/// (including the NUL).
+/// The longest control-socket path a job can produce, as ssh binds it (with its temporary
+/// suffix), against `sun_path`: 104 bytes on macOS, 108 on Linux (including the NUL).
 fn check_socket_path(settings: &Settings, r: &mut Report) {
     const NAME: &str = "SSH control socket path";
-    let worst = VmName::for_job(&"X".repeat(12), u64::MAX);
-    let socket = VmState::new(&settings.state_dir, &worst).control_socket();
-    let len = socket.as_os_str().len();
-    let max = if cfg!(target_os = "macos") { 86 } else { 90 };
+    let len = state_dir::longest_socket_path(&settings.state_dir);
+    let max = state_dir::SOCKET_PATH_MAX;
     if len <= max {
         r.pass(
             NAME,
@@ -1399,10 +1371,11 @@ fn check_socket_path(settings: &Settings, r: &mut Report) {
     } else {
         r.fail(
             NAME,
-            format!("the longest, {}, is {len} bytes, over the {max} this OS allows: ssh cannot create it and prepare fails", socket.display()),
+            format!("the longest under {} is {len} bytes, over the {max} this OS allows: ssh cannot create it and prepare fails", settings.state_dir.display()),
             format!(
-                "choose a --state-dir at least {} bytes shorter (the default /tmp/tartdrv-<uid> fits)",
-                len - max
+                "choose a --state-dir at least {} bytes shorter (the default {} fits)",
+                len - max,
+                state_dir::default_path().display()
             ),
         );
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::settings::{Resource, Settings};
-use crate::vm::{private_dir, try_lock_path};
+use crate::state_dir::{Dir, StateDir, SLOTS};
+use crate::vm::try_lock;
 
 /// Held slot locks. Dropping this in prepare does not free them once the supervisor has
 /// inherited the descriptors.
@@ -29,25 +30,29 @@ impl Slots {
 
 /// Waits until this host has a free VM slot (and a macOS slot for a macOS guest), telling
 /// the job log why it waits.
-pub fn acquire(settings: &Settings, macos: bool, deadline: Instant) -> Result<Slots> {
-    let dir = settings.state_dir.join("slots");
-    private_dir(&dir)?;
+pub fn acquire(
+    settings: &Settings,
+    root: &StateDir,
+    macos: bool,
+    deadline: Instant,
+) -> Result<Slots> {
+    let dir = root.subdir(SLOTS)?;
     let general: Vec<_> = (0..settings.concurrency)
-        .map(|i| dir.join(format!("vm-{i}")))
+        .map(|i| format!("vm-{i}"))
         .collect();
     let apple: Vec<_> = (0..settings.macos_vm_limit)
-        .map(|i| dir.join(format!("macos-{i}")))
+        .map(|i| format!("macos-{i}"))
         .collect();
     let started = Instant::now();
     let mut last_notice: Option<Instant> = None;
     loop {
-        if let Some(vm_slot) = take_any(&general)? {
+        if let Some(vm_slot) = take_any(&dir, &general)? {
             if !macos {
                 return Ok(Slots {
                     files: vec![vm_slot],
                 });
             }
-            if let Some(mac_slot) = take_any(&apple)? {
+            if let Some(mac_slot) = take_any(&dir, &apple)? {
                 return Ok(Slots {
                     files: vec![vm_slot, mac_slot],
                 });
@@ -73,9 +78,9 @@ pub fn acquire(settings: &Settings, macos: bool, deadline: Instant) -> Result<Sl
     }
 }
 
-fn take_any(paths: &[std::path::PathBuf]) -> Result<Option<File>> {
-    for path in paths {
-        if let Some(file) = try_lock_path(path)? {
+fn take_any(dir: &Dir, names: &[String]) -> Result<Option<File>> {
+    for name in names {
+        if let Some(file) = try_lock(dir, name)? {
             return Ok(Some(file));
         }
     }

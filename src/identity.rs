@@ -86,7 +86,7 @@ pub async fn prove(identity: &Identity, state: &VmState, os: &str, ip: &str) -> 
         .await;
     let ours = matches!(&seen, Ok((RemoteExit::Code(_), out)) if identity.matches(out));
     if !ours {
-        ssh::close_master(&state.control_socket()).await?;
+        ssh::close_master(state).await?;
     }
     // A VM whose `tart run` has ended is not used, whatever answered.
     if let Some(ending) = state.run_ending() {

@@ -3,14 +3,18 @@
 //!
 //! Job variables arrive as `CUSTOM_ENV_<NAME>` and are controlled by whoever writes the
 //! pipeline, so they are read only through [`JobContext::var`] and checked where used.
-//! The job id comes from the payload the runner received from GitLab, which a job cannot
-//! override, so VM names built from it cannot be aimed at another job's VM.
+//! The job's identity comes from the payload the runner received from GitLab, which a job
+//! cannot override, and from the runner's own `CI_RUNNER_SHORT_TOKEN` (refused when the job
+//! sets a variable of that name), so VM names and cache directories built from it cannot be
+//! aimed at another job's.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use serde::Deserialize;
 
+use crate::failure::Failure;
+use crate::settings::Settings;
 use crate::vm::VmName;
 
 #[derive(Debug, Clone)]
@@ -32,6 +36,10 @@ struct Payload {
     job_info: Option<JobInfo>,
     #[serde(default)]
     runner_info: Option<RunnerInfo>,
+    #[serde(default)]
+    variables: Option<Vec<PayloadVariable>>,
+    #[serde(default)]
+    secrets: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -46,14 +54,35 @@ struct RunnerInfo {
     timeout: Option<i64>,
 }
 
+#[derive(Deserialize)]
+struct PayloadVariable {
+    #[serde(default)]
+    key: String,
+}
+
+impl Payload {
+    /// Whether the job itself defines variable `name` (GitLab sends every variable of the
+    /// pipeline in `variables`, and names `secrets:` it will resolve): a variable the
+    /// runner sets itself that the job also sets is the job's value, not the runner's.
+    fn job_defines(&self, name: &str) -> bool {
+        self.variables.iter().flatten().any(|v| v.key == name)
+            || self.secrets.as_ref().is_some_and(|s| s.contains_key(name))
+    }
+}
+
 const A_WEEK: u64 = 7 * 24 * 3600;
 
+/// The variable in which gitlab-runner names itself; the server never sends it.
+const RUNNER_TOKEN_VAR: &str = "CI_RUNNER_SHORT_TOKEN";
+
 impl JobContext {
-    pub fn from_env() -> Result<JobContext> {
-        // The payload gitlab-runner received from GitLab is the trusted source; the
-        // variables are only a fallback for runners older than 14.1, which lack the file.
-        let payload = match std::env::var_os("JOB_RESPONSE_FILE") {
-            Some(path) if !path.is_empty() => {
+    /// The job as gitlab-runner describes it. Its identity (job, project, runner) comes from
+    /// the payload GitLab sent (`JOB_RESPONSE_FILE`) and from what the runner sets itself,
+    /// never from a variable the job controls; without a payload the driver refuses, unless
+    /// the admin opted in for runners older than 14.1.
+    pub fn from_env(settings: &Settings) -> Result<JobContext, Failure> {
+        let payload = match std::env::var_os("JOB_RESPONSE_FILE").filter(|p| !p.is_empty()) {
+            Some(path) => {
                 let text = std::fs::read(&path).with_context(|| {
                     format!(
                         "cannot read JOB_RESPONSE_FILE {}",
@@ -64,29 +93,57 @@ impl JobContext {
                     .context("JOB_RESPONSE_FILE does not hold a job payload with an `id`")?;
                 Some(payload)
             }
-            _ => None,
+            None if settings.unsafe_job_identity_from_variables => None,
+            None => {
+                return Err(Failure::System(anyhow::anyhow!(
+                    "JOB_RESPONSE_FILE is not set, so nothing trustworthy names this job (its variables can name any other job): run this driver from gitlab-runner 14.1 or newer, or accept that risk with --unsafe-job-identity-from-variables"
+                )))
+            }
         };
-        let job_id = match &payload {
-            Some(p) => p.id,
-            None => Self::var("CI_JOB_ID")
-                .and_then(|v| v.parse().ok())
-                .context("neither JOB_RESPONSE_FILE nor CUSTOM_ENV_CI_JOB_ID names the job: is gitlab-runner calling this driver?")?,
+        let Some(payload) = payload else {
+            return Self::from_variables();
         };
-        let project_id = match &payload {
-            Some(p) => p.job_info.as_ref().and_then(|i| i.project_id),
-            None => Self::var("CI_PROJECT_ID").and_then(|v| v.parse().ok()),
-        };
-        let job_timeout_secs = match &payload {
-            Some(p) => p
+        if payload.job_defines(RUNNER_TOKEN_VAR) {
+            return Err(Failure::rejected(format!(
+                "the job sets {RUNNER_TOKEN_VAR}, which names the runner and its VMs: remove the variable from the pipeline, project or group settings"
+            )));
+        }
+        Ok(JobContext {
+            job_id: payload.id,
+            runner_token: Self::runner_token(),
+            image: Self::image(),
+            project_id: payload.job_info.as_ref().and_then(|i| i.project_id),
+            job_timeout_secs: payload
                 .runner_info
                 .as_ref()
                 .and_then(|r| r.timeout)
-                .and_then(|t| u64::try_from(t).ok()),
-            None => Self::var("CI_JOB_TIMEOUT").and_then(|v| v.parse().ok()),
-        }
-        .filter(|&t| t > 0)
-        .map(|t| t.min(A_WEEK));
-        let runner_token = Self::var("CI_RUNNER_SHORT_TOKEN")
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|&t| t > 0)
+                .map(|t| t.min(A_WEEK)),
+        })
+    }
+
+    /// Old runners (before 14.1) write no payload: everything comes from variables the
+    /// job can set. Only with the admin's `--unsafe-job-identity-from-variables`.
+    fn from_variables() -> Result<JobContext, Failure> {
+        eprintln!("WARNING: no JOB_RESPONSE_FILE: this job's identity comes from its own variables (--unsafe-job-identity-from-variables); upgrade gitlab-runner to 14.1 or newer");
+        let job_id = Self::var("CI_JOB_ID")
+            .and_then(|v| v.parse().ok())
+            .context("neither JOB_RESPONSE_FILE nor CUSTOM_ENV_CI_JOB_ID names the job: is gitlab-runner calling this driver?")?;
+        Ok(JobContext {
+            job_id,
+            runner_token: Self::runner_token(),
+            image: Self::image(),
+            project_id: Self::var("CI_PROJECT_ID").and_then(|v| v.parse().ok()),
+            job_timeout_secs: Self::var("CI_JOB_TIMEOUT")
+                .and_then(|v| v.parse().ok())
+                .filter(|&t| t > 0)
+                .map(|t: u64| t.min(A_WEEK)),
+        })
+    }
+
+    fn runner_token() -> String {
+        Self::var(RUNNER_TOKEN_VAR)
             .map(|t| {
                 t.chars()
                     .filter(|c| c.is_ascii_alphanumeric())
@@ -94,14 +151,11 @@ impl JobContext {
                     .collect::<String>()
             })
             .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "local".into());
-        Ok(JobContext {
-            job_id,
-            runner_token,
-            image: Self::var("CI_JOB_IMAGE").filter(|i| !i.trim().is_empty()),
-            project_id,
-            job_timeout_secs,
-        })
+            .unwrap_or_else(|| "local".into())
+    }
+
+    fn image() -> Option<String> {
+        Self::var("CI_JOB_IMAGE").filter(|i| !i.trim().is_empty())
     }
 
     /// A job variable (`CUSTOM_ENV_<name>`), absent when unset or empty.

@@ -1,14 +1,17 @@
 //! The VM's life on the host: waiting for it to boot while watching `tart run`, tearing it
-//! down, and sweeping VMs of ours that no live job owns.
+//! down, and sweeping VMs of this state directory that no live job owns.
 
+use std::fs::File;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::ownership::{self, Claim};
 use crate::settings::Settings;
+use crate::state_dir::{StateDir, VMS};
 use crate::supervisor;
 use crate::tart::{ListEntry, Tart};
-use crate::vm::{open_lock, try_flock, VmName, VmState};
+use crate::vm::{VmName, VmState};
 
 /// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
 /// `resolver` is Tart's: `dhcp` for NAT, `arp` for bridged networking, where DHCP leases
@@ -61,30 +64,33 @@ pub async fn wait_for_ip(
 }
 
 /// Stops and deletes the VM and removes its host-side state. Every step is bounded, and a
-/// VM that is already gone is fine.
-pub async fn teardown(tart: &Tart, settings: &Settings, state: &VmState) -> Result<()> {
-    crate::transport::ssh::close_master(&state.control_socket()).await?;
+/// VM that is already gone is fine. `held` is the VM's lock when the caller (a sweep)
+/// already holds it: it is kept to the end, so no retried prepare of the job can take the
+/// VM in between.
+pub async fn teardown(
+    tart: &Tart,
+    settings: &Settings,
+    state: &VmState,
+    held: Option<File>,
+) -> Result<()> {
+    crate::transport::ssh::close_master(state).await?;
     let stopped = tart.stop(state.name.as_str(), 10).await;
     // If Tart could not stop it, the processes that hold the VM's lock go the hard way.
-    if stopped.is_err() && state.exists() {
-        if let Ok(lock) = open_lock(&state.lock_path()) {
-            if !try_flock(&lock).unwrap_or(true) {
-                supervisor::kill(state);
-            }
-        }
+    if stopped.is_err() && held.is_none() && state.exists() && !state.lock_is_free() {
+        supervisor::kill(state);
     }
     // The supervisor releases the lock once `tart run` has exited; delete after that.
-    let lock = if state.exists() {
-        state.lock(Duration::from_secs(15))?
-    } else {
-        None
+    let lock = match held {
+        Some(lock) => Some(lock),
+        None if state.exists() => state.lock(Duration::from_secs(15))?,
+        None => None,
     };
     let deleted = tart.delete(state.name.as_str()).await;
     // Once no process of the VM holds its lock, the state is no longer needed even if Tart
     // failed (say, its binary is gone): a later sweep finds the VM again by name in `tart
     // list`. Keeping the directory would leave one behind for every job until Tart works.
     if state.exists() && (deleted.is_ok() || lock.is_some()) {
-        std::fs::remove_dir_all(&state.dir)?;
+        state.remove()?;
     }
     drop(lock);
     // The job's host builds directory (its checkout) goes with the VM.
@@ -99,27 +105,41 @@ pub async fn teardown(tart: &Tart, settings: &Settings, state: &VmState) -> Resu
     deleted
 }
 
-/// Removes VMs of ours that no live job owns: their lock is free, so neither a prepare, a
-/// supervisor nor `tart run` holds it. `keep` is the calling job's own VM.
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Orphans removed (or, in a dry run, that would be).
+    pub removed: Vec<VmName>,
+    /// VMs with our prefix that this state directory cannot prove its own: left alone.
+    pub foreign: Vec<VmName>,
+}
+
+/// Removes VMs of this state directory that no live job owns (see `ownership`): their
+/// record is here and its lock is free (no prepare, supervisor or `tart run` holds it), or
+/// their marker names this state directory and their record is lost. `keep` is the calling
+/// job's own VM. Other VMs with our prefix are left alone.
 pub async fn sweep(
     tart: &Tart,
     settings: &Settings,
+    root: &StateDir,
     keep: Option<&VmName>,
     dry_run: bool,
-) -> Result<Vec<VmName>> {
+) -> Result<Swept> {
     let list = tart.list().await?;
-    sweep_listed(tart, settings, keep, dry_run, &list).await
+    sweep_listed(tart, settings, root, keep, dry_run, &list).await
 }
 
-/// [`sweep`] with the `tart list` the caller already has.
+/// [`sweep`] with the `tart list` the caller already has. Debug lines name no VM: a job's
+/// log must not show other jobs.
 pub async fn sweep_listed(
     tart: &Tart,
     settings: &Settings,
+    root: &StateDir,
     keep: Option<&VmName>,
     dry_run: bool,
     list: &[ListEntry],
-) -> Result<Vec<VmName>> {
-    let mut removed = Vec::new();
+) -> Result<Swept> {
+    let mut swept = Swept::default();
     for entry in list.iter().filter(|e| e.is_local()) {
         let Some(name) = VmName::parse_ours(&entry.name) else {
             continue;
@@ -127,62 +147,72 @@ pub async fn sweep_listed(
         if Some(&name) == keep {
             continue;
         }
-        let state = VmState::new(&settings.state_dir, &name);
-        if state.create().is_err() {
-            continue;
-        }
-        let lock = match state.lock(Duration::ZERO)? {
-            Some(lock) => lock,
-            // Its supervisor lives, but its job ended long ago: gitlab-runner was killed
-            // before cleanup. Stop the supervisor so the VM becomes an ordinary orphan.
-            None if state.expired() => {
-                tracing::debug!("sweep: {name} outlived its job's timeout");
-                if dry_run {
-                    removed.push(name);
-                    continue;
-                }
-                supervisor::kill(&state);
-                match state.lock(Duration::from_secs(10))? {
-                    Some(lock) => lock,
-                    None => continue,
-                }
-            }
-            None => {
-                tracing::debug!("sweep: {name} belongs to a live job");
+        let state = VmState::new(root, &name);
+        let lock = match ownership::claim(&name, Some(root), root.path()) {
+            Claim::None => {
+                tracing::debug!("sweep: a VM of another state directory left alone");
+                swept.foreign.push(name);
                 continue;
             }
+            // Its record is lost, so nothing of ours can hold its lock: a fresh one.
+            Claim::Marker if dry_run => {
+                swept.removed.push(name);
+                continue;
+            }
+            Claim::Marker => match state.create().and_then(|_| state.lock(Duration::ZERO))? {
+                Some(lock) => lock,
+                None => continue,
+            },
+            Claim::Record => match state.lock(Duration::ZERO)? {
+                Some(lock) => lock,
+                // Its supervisor lives, but its job ended long ago: gitlab-runner was killed
+                // before cleanup. Stop the supervisor so the VM becomes an ordinary orphan.
+                None if state.expired() => {
+                    tracing::debug!("sweep: a VM outlived its job's timeout");
+                    if dry_run {
+                        swept.removed.push(name);
+                        continue;
+                    }
+                    supervisor::kill(&state);
+                    match state.lock(Duration::from_secs(10))? {
+                        Some(lock) => lock,
+                        None => continue,
+                    }
+                }
+                None => {
+                    tracing::debug!("sweep: a VM belongs to a live job");
+                    continue;
+                }
+            },
         };
-        tracing::debug!("sweep: {name} has no live job");
+        tracing::debug!("sweep: a VM has no live job");
         if dry_run {
-            removed.push(name);
-            drop(lock);
+            swept.removed.push(name);
             continue;
         }
-        drop(lock);
-        match teardown(tart, settings, &state).await {
-            Ok(()) => removed.push(name),
-            Err(e) => eprintln!("WARNING: could not remove orphaned VM {name}: {e:#}"),
+        match teardown(tart, settings, &state, Some(lock)).await {
+            Ok(()) => swept.removed.push(name),
+            Err(e) => eprintln!("WARNING: could not remove an orphaned VM: {e:#}"),
         }
     }
-    // State of jobs whose VM is already gone.
-    if let Ok(entries) = std::fs::read_dir(settings.state_dir.join("vms")) {
-        for entry in entries.flatten() {
-            let file_name = entry.file_name();
-            let Some(name) = VmName::parse_ours(&file_name.to_string_lossy()) else {
+    // Records of jobs whose VM is already gone.
+    if let Some(vms) = root.existing_subdir(VMS)? {
+        for file_name in vms.entries() {
+            let Some(name) = VmName::parse_ours(&file_name) else {
                 continue;
             };
             if Some(&name) == keep || list.iter().any(|e| e.name == name.as_str()) {
                 continue;
             }
-            let state = VmState::new(&settings.state_dir, &name);
+            let state = VmState::new(root, &name);
             if let Some(lock) = state.lock(Duration::ZERO)? {
                 if !dry_run {
-                    crate::transport::ssh::close_master(&state.control_socket()).await?;
-                    std::fs::remove_dir_all(&state.dir)?;
+                    crate::transport::ssh::close_master(&state).await?;
+                    state.remove()?;
                 }
                 drop(lock);
             }
         }
     }
-    Ok(removed)
+    Ok(swept)
 }

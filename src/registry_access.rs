@@ -74,7 +74,7 @@ impl CredentialFreeHome {
                 )?,
         };
         let home = state_dir.join("registry-home");
-        crate::vm::private_dir(&home)?;
+        crate::state_dir::StateDir::open(state_dir)?.subdir("registry-home")?;
         // Nothing Tart could mistake for a login may live here.
         for entry in std::fs::read_dir(&home)?.flatten() {
             let path = entry.path();
@@ -106,9 +106,7 @@ fn record_path(state_dir: &Path, name: &str) -> PathBuf {
 /// it from the cache in between) and with the digest name after it.
 fn record_private(state_dir: &Path, name: &str) -> Result<()> {
     let path = record_path(state_dir, name);
-    if let Some(dir) = path.parent() {
-        crate::vm::private_dir(dir)?;
-    }
+    crate::state_dir::StateDir::open(state_dir)?.subdir("private-images")?;
     std::fs::write(&path, name).with_context(|| format!("cannot record {}", path.display()))
 }
 

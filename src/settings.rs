@@ -161,6 +161,7 @@ struct FileSettings {
     auto_prune: Option<bool>,
     copy_gitlab_runner: Option<bool>,
     orchard: Option<crate::orchard::settings::OrchardFile>,
+    unsafe_job_identity_from_variables: Option<bool>,
 }
 
 /// A host directory shared into every VM.
@@ -273,6 +274,9 @@ pub struct Settings {
     pub copy_gitlab_runner: bool,
     /// The Orchard controller, when one is configured (admin only).
     pub orchard: Option<crate::orchard::settings::OrchardSettings>,
+    /// Runners older than 14.1 write no job payload: take the job's identity from its
+    /// variables, which the job itself can change. Unsafe.
+    pub unsafe_job_identity_from_variables: bool,
 }
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -434,7 +438,7 @@ impl Settings {
                 .state_dir
                 .clone()
                 .or(file.state_dir)
-                .unwrap_or_else(default_state_dir),
+                .unwrap_or_else(crate::state_dir::default_path),
             concurrency,
             macos_vm_limit,
             cpu: o.cpu.or(file.cpu),
@@ -482,6 +486,8 @@ impl Settings {
             auto_prune: switch(o.auto_prune, o.no_auto_prune, file.auto_prune, true),
             copy_gitlab_runner: o.copy_gitlab_runner || file.copy_gitlab_runner.unwrap_or(false),
             orchard: crate::orchard::settings::OrchardSettings::merge(&o.orchard, file.orchard)?,
+            unsafe_job_identity_from_variables: o.unsafe_job_identity_from_variables
+                || file.unsafe_job_identity_from_variables.unwrap_or(false),
         })
     }
 }
@@ -504,14 +510,6 @@ fn read_file_settings(path: &Path) -> Result<FileSettings> {
     }
     serde_saphyr::from_str(&text)
         .map_err(|e| anyhow::anyhow!("driver config file {} is invalid: {e}", path.display()))
-}
-
-/// `/tmp/tartdrv-<uid>`: short, because SSH control sockets live under it and macOS
-/// allows only 104 bytes for a socket path.
-fn default_state_dir() -> PathBuf {
-    // SAFETY: getuid never fails.
-    let uid = unsafe { libc::getuid() };
-    PathBuf::from(format!("/tmp/tartdrv-{uid}"))
 }
 
 pub fn compile_all(patterns: &[String], option: &str) -> Result<Vec<Regex>> {

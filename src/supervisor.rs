@@ -6,8 +6,6 @@
 //! prepare fails at once with Tart's own message and later stages can say why a VM is gone.
 //! It inherits the VM's lock and slot descriptors and passes them to `tart run`.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,16 +13,14 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 
 use crate::cli::SuperviseArgs;
-use crate::vm::VmState;
+use crate::state_dir::Dir;
+use crate::vm::{VmState, RUN_EXIT, RUN_LOG, SUPERVISOR_PID, TART_RUN_PID};
 
 /// Entry point of the hidden `supervise` subcommand.
 pub fn supervise(args: &SuperviseArgs) -> Result<()> {
-    let state = args.state.clone();
-    std::fs::write(state.join("supervisor.pid"), std::process::id().to_string())?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state.join("tart-run.log"))?;
+    let state = Dir::open_verified(&args.state)?;
+    state.write_atomic(SUPERVISOR_PID, std::process::id().to_string().as_bytes())?;
+    let log = state.append(RUN_LOG)?;
     let spawned = Command::new(&args.tart)
         .arg("run")
         .arg(&args.vm)
@@ -36,7 +32,7 @@ pub fn supervise(args: &SuperviseArgs) -> Result<()> {
     let record = match spawned {
         Err(e) => format!("tart run could not start: {e}"),
         Ok(mut child) => {
-            std::fs::write(state.join("tart-run.pid"), child.id().to_string())?;
+            state.write_atomic(TART_RUN_PID, child.id().to_string().as_bytes())?;
             match child.wait() {
                 Ok(status) => match (status.code(), status.signal()) {
                     (Some(code), _) => format!("tart run exited with status {code}"),
@@ -47,10 +43,7 @@ pub fn supervise(args: &SuperviseArgs) -> Result<()> {
             }
         }
     };
-    let tmp = state.join("tart-run.exit.tmp");
-    std::fs::File::create(&tmp)?.write_all(record.as_bytes())?;
-    std::fs::rename(tmp, state.join("tart-run.exit"))?;
-    Ok(())
+    state.write_atomic(RUN_EXIT, record.as_bytes())
 }
 
 /// Starts the supervisor for `state`'s VM, detached, handing it `inherit_fds` (the VM lock
@@ -63,11 +56,8 @@ pub fn start(
     inherit_fds: Vec<i32>,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the driver's own executable")?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state.run_log())?;
-    let _ = std::fs::remove_file(state.run_exit());
+    let log = state.run_log()?;
+    state.forget_run_exit()?;
     let mut cmd = Command::new(exe);
     cmd.arg("supervise")
         .arg("--vm")
@@ -107,12 +97,8 @@ pub fn start(
 /// created with `setsid`. Callers only do this while the VM's lock is held, i.e. while some
 /// process of that group is alive, so the recorded id cannot have been reused.
 pub fn kill(state: &VmState) {
-    if let Ok(text) = std::fs::read_to_string(state.dir.join("supervisor.pid")) {
-        if let Ok(pid) = text.trim().parse::<i32>() {
-            if pid > 1 {
-                // SAFETY: plain kill(2) of a process group.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
-        }
+    if let Some(pid) = state.supervisor_pid().filter(|&pid| pid > 1) {
+        // SAFETY: plain kill(2) of a process group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
 }

@@ -2,19 +2,19 @@
 //!
 //! A job's VM is named `tartdrv-<runner>-<job id>`: deterministic, so `run` and `cleanup`
 //! find it without shared state, and prefixed, so a sweep can tell our VMs from others'.
-//! Its state directory (`<state dir>/vms/<name>/`) holds a lock file that prepare, the
+//! Its record (`<state dir>/vms/<name>/`) holds a lock file that prepare, the
 //! supervisor and `tart run` hold for as long as the VM is alive; a VM whose lock is free
 //! belongs to no live job and may be swept.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::TransportKind;
+use crate::state_dir::{Dir, StateDir, CONTROL_SOCKET, VMS};
 
 pub const PREFIX: &str = "tartdrv-";
 
@@ -47,27 +47,6 @@ impl std::fmt::Display for VmName {
     }
 }
 
-/// Creates `dir` (mode 0700) and refuses one that another user owns or others can write:
-/// it holds sockets and passwords in transit.
-pub fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-    let meta = std::fs::metadata(dir)?;
-    // SAFETY: getuid never fails.
-    let uid = unsafe { libc::getuid() };
-    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        anyhow::bail!(
-            "state directory {} must be owned by uid {uid} and not writable by others; remove it or set --state-dir",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// How prepare left the VM for the later stages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Connection {
@@ -81,55 +60,83 @@ pub struct Connection {
     pub env: Vec<(String, String)>,
 }
 
-/// The host-side files of one VM.
+/// The host-side record of one VM: `<state dir>/vms/<name>/`, reached only through
+/// verified handles of the state directory.
 #[derive(Debug, Clone)]
 pub struct VmState {
     pub name: VmName,
+    /// The record's path, for the programs that need one (ssh, the supervisor).
     pub dir: PathBuf,
+    root: StateDir,
 }
 
 impl VmState {
-    pub fn new(state_root: &Path, name: &VmName) -> VmState {
+    pub fn new(root: &StateDir, name: &VmName) -> VmState {
         VmState {
             name: name.clone(),
-            dir: state_root.join("vms").join(name.as_str()),
+            dir: root.path().join(VMS).join(name.as_str()),
+            root: root.clone(),
         }
     }
 
-    pub fn create(&self) -> Result<()> {
-        private_dir(&self.dir)
+    /// Creates the record (mode 0700) and returns its handle.
+    pub fn create(&self) -> Result<Dir> {
+        self.root.subdir(VMS)?.subdir(self.name.as_str())
+    }
+
+    /// The record's handle, if this state directory has one.
+    pub fn record(&self) -> Result<Option<Dir>> {
+        match self.root.existing_subdir(VMS)? {
+            Some(vms) => vms.existing_subdir(self.name.as_str()),
+            None => Ok(None),
+        }
+    }
+
+    fn existing(&self) -> Result<Dir> {
+        self.record()?
+            .with_context(|| format!("no record of VM {} in {}", self.name, self.dir.display()))
     }
 
     pub fn exists(&self) -> bool {
-        self.dir.is_dir()
+        matches!(self.record(), Ok(Some(_)))
     }
 
-    pub fn lock_path(&self) -> PathBuf {
-        self.dir.join("lock")
+    /// Removes the record and everything in it.
+    pub fn remove(&self) -> Result<()> {
+        match self.root.existing_subdir(VMS)? {
+            Some(vms) => vms.remove_subdir(self.name.as_str()),
+            None => Ok(()),
+        }
     }
-    pub fn run_log(&self) -> PathBuf {
-        self.dir.join("tart-run.log")
+
+    pub fn run_log(&self) -> Result<File> {
+        self.existing()?.append(RUN_LOG)
     }
-    pub fn run_exit(&self) -> PathBuf {
-        self.dir.join("tart-run.exit")
+    pub fn forget_run_exit(&self) -> Result<()> {
+        self.existing()?.remove(RUN_EXIT)
     }
-    pub fn connection_file(&self) -> PathBuf {
-        self.dir.join("connection.json")
+    pub fn forget_run_log(&self) -> Result<()> {
+        self.existing()?.remove(RUN_LOG)
     }
     pub fn ssh_log(&self) -> PathBuf {
         self.dir.join("ssh.log")
     }
     /// Short on purpose: macOS allows 104 bytes for a socket path, ssh adds 17.
     pub fn control_socket(&self) -> PathBuf {
-        self.dir.join("ssh")
+        self.dir.join(CONTROL_SOCKET)
+    }
+    /// Whether the control socket exists and is this user's: only then may a stage use it.
+    pub fn owns_control_socket(&self) -> bool {
+        matches!(self.record(), Ok(Some(dir)) if dir.is_own_socket(CONTROL_SOCKET))
     }
 
     /// Takes the VM's lock, waiting while another process (an earlier attempt's
-    /// supervisor being stopped, a sweep) holds it.
+    /// supervisor being stopped, a sweep) holds it. The record must exist.
     pub fn lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
+        let dir = self.existing()?;
         let deadline = std::time::Instant::now() + wait;
         loop {
-            if let Some(file) = try_lock_path(&self.lock_path())? {
+            if let Some(file) = try_lock(&dir, LOCK)? {
                 return Ok(Some(file));
             }
             if std::time::Instant::now() >= deadline {
@@ -139,21 +146,31 @@ impl VmState {
         }
     }
 
+    /// Whether no process holds the VM's lock, creating nothing (for `doctor`).
+    pub fn lock_is_free(&self) -> bool {
+        let Ok(Some(dir)) = self.record() else {
+            return true;
+        };
+        if !dir.exists(LOCK) {
+            return true;
+        }
+        match dir.open(LOCK, libc::O_RDONLY) {
+            Ok(file) => try_flock(&file).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
     /// Appends how long a phase of the job took, for the summary at cleanup.
     pub fn record_phase(&self, phase: &str, took: std::time::Duration) {
         use std::io::Write;
-        if let Ok(mut f) = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("timings"))
-        {
+        if let Ok(mut f) = self.existing().and_then(|d| d.append(TIMINGS)) {
             let _ = writeln!(f, "{phase}\t{:.3}", took.as_secs_f64());
         }
     }
 
     /// One line on where the job's time went, from the recorded phases.
     pub fn timing_summary(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.dir.join("timings")).ok()?;
+        let text = self.existing().ok()?.read_string(TIMINGS)?;
         let mut phases: Vec<(String, f64, usize)> = Vec::new();
         for line in text.lines() {
             let Some((phase, secs)) = line.split_once('\t') else {
@@ -193,12 +210,13 @@ impl VmState {
     /// live supervisor past that moment belongs to a job gitlab-runner forgot.
     pub fn set_expiry(&self, after: std::time::Duration) -> Result<()> {
         let at = crate::clock::boot_secs().saturating_add(after.as_secs());
-        std::fs::write(self.dir.join("expires"), format!("boot {at}"))
+        self.existing()?
+            .write_atomic(EXPIRES, format!("boot {at}").as_bytes())
             .context("cannot write the VM's expiry")
     }
 
     pub fn expired(&self) -> bool {
-        let Ok(text) = std::fs::read_to_string(self.dir.join("expires")) else {
+        let Some(text) = self.existing().ok().and_then(|d| d.read_string(EXPIRES)) else {
             return false;
         };
         // An expiry in any other form (an older driver's wall-clock time) proves nothing.
@@ -209,26 +227,45 @@ impl VmState {
     }
 
     pub fn save_connection(&self, c: &Connection) -> Result<()> {
-        let tmp = self.dir.join("connection.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(c)?)?;
-        std::fs::rename(&tmp, self.connection_file())?;
-        Ok(())
+        self.existing()?
+            .write_atomic(CONNECTION, &serde_json::to_vec(c)?)
+    }
+
+    /// Forgets how an earlier attempt left the VM.
+    pub fn forget_connection(&self) -> Result<()> {
+        self.existing()?.remove(CONNECTION)
     }
 
     pub fn load_connection(&self) -> Result<Option<Connection>> {
-        match std::fs::read(self.connection_file()) {
-            Ok(bytes) => Ok(Some(
+        let Some(dir) = self.record()? else {
+            return Ok(None);
+        };
+        match dir
+            .read(CONNECTION)
+            .context("cannot read connection.json")?
+        {
+            Some(bytes) => Ok(Some(
                 serde_json::from_slice(&bytes).context("corrupt connection.json")?,
             )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).context("cannot read connection.json"),
+            None => Ok(None),
         }
+    }
+
+    /// The supervisor's process id, as it recorded it.
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        self.existing()
+            .ok()?
+            .read_string(SUPERVISOR_PID)?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// How `tart run` ended, once it has: the supervisor's record and Tart's last words.
     pub fn run_ending(&self) -> Option<String> {
-        let exit = std::fs::read_to_string(self.run_exit()).ok()?;
-        let log = std::fs::read_to_string(self.run_log()).unwrap_or_default();
+        let dir = self.existing().ok()?;
+        let exit = dir.read_string(RUN_EXIT)?;
+        let log = dir.read_string(RUN_LOG).unwrap_or_default();
         let last = crate::tart_message::meaningful_lines(&log);
         // A usage error ends with its usage block: its message is the `Error: ` line.
         let tail = if last.iter().any(|l| l.starts_with("Error: ")) {
@@ -244,31 +281,27 @@ impl VmState {
     }
 }
 
-pub fn open_lock(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))
-}
+/// Files of a VM's record.
+pub const LOCK: &str = "lock";
+pub const RUN_LOG: &str = "tart-run.log";
+pub const RUN_EXIT: &str = "tart-run.exit";
+pub const SUPERVISOR_PID: &str = "supervisor.pid";
+pub const TART_RUN_PID: &str = "tart-run.pid";
+const CONNECTION: &str = "connection.json";
+const TIMINGS: &str = "timings";
+const EXPIRES: &str = "expires";
 
-/// Takes the lock of the file at `path`, if free. A lock belongs to an inode, not to a path,
-/// so a lock taken on a file that was meanwhile deleted (a sweep, macOS's periodic cleanup of
-/// /tmp) and replaced would guard nothing: such a lock is let go and the new file tried.
-pub fn try_lock_path(path: &Path) -> Result<Option<File>> {
-    use std::os::unix::fs::MetadataExt;
+/// Takes the lock of file `name` in `dir`, if free. A lock belongs to an inode, not to a
+/// name, so a lock taken on a file that was meanwhile deleted (a sweep) and replaced would
+/// guard nothing: such a lock is let go and the new file tried.
+pub fn try_lock(dir: &Dir, name: &str) -> Result<Option<File>> {
     for _ in 0..3 {
-        let file = open_lock(path)?;
+        let file = dir.open(name, libc::O_RDWR | libc::O_CREAT)?;
         if !try_flock(&file)? {
             return Ok(None);
         }
-        let held = file.metadata()?;
-        match std::fs::metadata(path) {
-            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
-            _ => continue,
+        if dir.still_names(name, &file)? {
+            return Ok(Some(file));
         }
     }
     Ok(None)
@@ -293,6 +326,7 @@ pub fn try_flock(file: &File) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state_dir::MAX_VM_NAME_LEN;
 
     #[test]
     fn names_round_trip_and_foreign_names_are_not_ours() {
@@ -302,5 +336,11 @@ mod tests {
         assert_eq!(VmName::parse_ours("grtd-proj-1-2-0"), None);
         assert_eq!(VmName::parse_ours("tartdrv-abc-x"), None);
         assert_eq!(VmName::parse_ours("tartdrv--5"), None);
+    }
+
+    #[test]
+    fn the_longest_name_is_what_the_socket_budget_assumes() {
+        let longest = VmName::for_job(&"X".repeat(12), u64::MAX);
+        assert_eq!(longest.as_str().len(), MAX_VM_NAME_LEN);
     }
 }

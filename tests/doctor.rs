@@ -593,11 +593,24 @@ fn running_vms_of_others_warn_and_are_counted() {
 fn vm_of_ours_without_a_live_job_is_an_orphan_with_gc_fix() {
     let host = Host::new();
     host.list(r#"[{"Source":"local","Name":"tartdrv-abc123-42","State":"running"}]"#);
+    // Its record is in this state directory, and no process holds its lock.
+    std::fs::create_dir_all(host.state_dir().join("vms/tartdrv-abc123-42")).unwrap();
     let (code, checks) = host.json(&[]);
     assert_healthy(code, &checks); // orphans are a warning
     assert_eq!(status(&checks, "orphaned VMs"), "warn");
     assert!(detail(&checks, "orphaned VMs").contains("tartdrv-abc123-42"));
     assert!(fix(&checks, "orphaned VMs").contains("gitlab-runner-tart-driver gc"));
+}
+
+/// gc removes only VMs it can prove its own, and doctor says the same.
+#[test]
+fn vm_of_ours_without_a_record_here_is_left_alone_not_an_orphan() {
+    let host = Host::new();
+    host.list(r#"[{"Source":"local","Name":"tartdrv-abc123-42","State":"running"}]"#);
+    let (_, checks) = host.json(&[]);
+    assert_eq!(status(&checks, "orphaned VMs"), "pass", "{checks:#?}");
+    assert!(detail(&checks, "orphaned VMs").contains("left alone"));
+    assert!(detail(&checks, "orphaned VMs").contains("tartdrv-abc123-42"));
 }
 
 #[test]

@@ -178,3 +178,49 @@ fn a_vm_that_outlived_its_jobs_timeout_is_removed_though_its_supervisor_lives() 
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
     bed.assert_nothing_left();
 }
+
+/// Another state directory (a second runner service, an admin's shell whose default differs)
+/// has no proof that a running job's VM is its own: its gc leaves the VM alone, says so, and
+/// the job goes on.
+#[test]
+fn gc_from_another_state_dir_leaves_a_running_job_alone() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let job = bed.direct_job(MACOS);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let other = bed.sim.root().join("other-state");
+    let out = bed.driver(&["gc", "--state-dir", other.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("left alone VM {}", job.vm_name())),
+        "{stderr}"
+    );
+    let (code, log) = bed.run_script(&job, "build_script", b"echo survived-foreign-gc\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("survived-foreign-gc"), "{log}");
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    bed.assert_nothing_left();
+}
+
+/// Even a real orphan (its supervisor dead) is not another state directory's to remove:
+/// only the directory that holds its record, or that its owner marker names, sweeps it.
+#[test]
+fn an_orphan_is_swept_only_by_its_own_state_dir() {
+    if skip_e2e() {
+        return;
+    }
+    let bed = Bed::new();
+    let vm = orphaned_job(&bed);
+    let other = bed.sim.root().join("other-state");
+    let out = bed.driver(&["gc", "--state-dir", other.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(bed.sim.local_vms().iter().any(|v| v.name == vm));
+    let out = gc(&bed, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
+    bed.assert_nothing_left();
+}

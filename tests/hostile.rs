@@ -111,9 +111,10 @@ fn a_jobs_tart_home_has_no_effect_on_where_tart_works() {
     bed.assert_nothing_left();
 }
 
-/// A job that claims another job's runner token and id still gets a VM of its own: the id
-/// comes from the runner's payload, so the other job's VM survives both its prepare and its
-/// cleanup.
+/// A job that sets CI_RUNNER_SHORT_TOKEN (which gitlab-runner sets itself, and a job's
+/// variable overrides) to a live job's, with the same job id as that job has on another
+/// GitLab instance, would name the same VM: it is refused before any Tart command, and the
+/// other job's VM survives its prepare attempts and cleanups.
 #[test]
 fn claiming_another_jobs_identity_does_not_reach_its_vm() {
     // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
@@ -121,21 +122,20 @@ fn claiming_another_jobs_identity_does_not_reach_its_vm() {
     let victim = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&victim, &["prepare"]);
     assert_eq!(code, 0, "{log}");
-    let out = run_job(
-        &bed.runner(),
-        &Job::new()
-            .image(MACOS)
-            .var("CI_RUNNER_SHORT_TOKEN", &victim.token)
-            .var("CI_JOB_ID", victim.id.to_string())
-            .script(["echo attacker-ran"]),
-    );
-    out.assert_success().assert_log_contains("attacker-ran");
-    assert!(
-        !out.log
-            .contains(&format!("Preparing VM {}", victim.vm_name())),
+    let mut attacker = Job::new()
+        .image(MACOS)
+        .var("CI_RUNNER_SHORT_TOKEN", &victim.token)
+        .script(["echo attacker-ran"]);
+    attacker.id = victim.id;
+    let out = run_job(&bed.runner(), &attacker);
+    assert_eq!(
+        out.verdict,
+        Verdict::BuildFailure { exit_code: 1 },
         "{}",
         out.log
     );
+    out.assert_log_contains("the job sets CI_RUNNER_SHORT_TOKEN");
+    assert!(!out.log.contains("attacker-ran"), "{}", out.log);
     assert!(
         bed.sim
             .local_vms()

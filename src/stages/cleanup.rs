@@ -7,27 +7,30 @@ use crate::failure::StageResult;
 use crate::job::JobContext;
 use crate::lifecycle;
 use crate::settings::Settings;
+use crate::state_dir::StateDir;
 use crate::tart::Tart;
 use crate::vm::VmState;
 
 pub fn cleanup(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
-    let job = JobContext::from_env()?;
+    let job = JobContext::from_env(&settings)?;
     let tart = Tart::new(&settings.tart_executable);
     let vm = job.vm_name();
-    let state = VmState::new(&settings.state_dir, &vm);
+    let root = StateDir::open(&settings.state_dir)?;
+    let state = VmState::new(&root, &vm);
     super::runtime().block_on(async {
         let started = std::time::Instant::now();
         let summary = state.timing_summary();
-        lifecycle::teardown(&tart, &settings, &state).await?;
+        lifecycle::teardown(&tart, &settings, &state, None).await?;
         eprintln!("Removed VM {vm} ({:.1}s)", started.elapsed().as_secs_f64());
         if let Some(summary) = summary {
             eprintln!("{summary}, cleanup {:.1}s", started.elapsed().as_secs_f64());
         }
-        match lifecycle::sweep(&tart, &settings, Some(&vm), false).await {
-            Ok(swept) if !swept.is_empty() => {
-                eprintln!("Removed {} orphaned VM(s) of earlier jobs", swept.len())
-            }
+        match lifecycle::sweep(&tart, &settings, &root, Some(&vm), false).await {
+            Ok(swept) if !swept.removed.is_empty() => eprintln!(
+                "Removed {} orphaned VM(s) of earlier jobs",
+                swept.removed.len()
+            ),
             Ok(_) => {}
             Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
         }

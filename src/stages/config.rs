@@ -21,7 +21,7 @@ pub fn config(args: &StageArgs) -> StageResult {
     });
     // The VM name is derived again by later stages; passing it along makes it visible
     // in their environment for anyone debugging a job.
-    if let Ok(job) = JobContext::from_env() {
+    if let Ok(job) = JobContext::from_env(&settings) {
         value["job_env"] = json!({ "TARTDRV_VM_NAME": job.vm_name().as_str() });
     }
     println!("{value}");

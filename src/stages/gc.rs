@@ -8,23 +8,31 @@ use crate::cli::GcArgs;
 use crate::failure::StageResult;
 use crate::lifecycle;
 use crate::settings::Settings;
+use crate::state_dir::StateDir;
 use crate::tart::Tart;
 
 pub fn gc(args: &GcArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let tart = Tart::new(&settings.tart_executable);
     let swept: anyhow::Result<()> = super::runtime().block_on(async {
-        let removed = lifecycle::sweep(&tart, &settings, None, args.dry_run).await?;
+        let root = StateDir::open(&settings.state_dir)?;
+        let swept = lifecycle::sweep(&tart, &settings, &root, None, args.dry_run).await?;
         let verb = if args.dry_run {
             "would remove"
         } else {
             "removed"
         };
-        if removed.is_empty() {
+        if swept.removed.is_empty() {
             eprintln!("no orphaned VMs");
         }
-        for name in removed {
+        for name in swept.removed {
             eprintln!("{verb} orphaned VM {name}");
+        }
+        for name in swept.foreign {
+            eprintln!(
+                "left alone VM {name}: {} has no record of it and it carries no owner marker naming this directory (another state directory's, or not provably orphaned)",
+                root.path().display()
+            );
         }
         if let Some(days) = args.prune_images_older_than {
             if args.dry_run {

@@ -4,7 +4,6 @@
 //! Order matters for cleanup: the VM's state directory and lock exist before the VM does,
 //! so a crash at any point leaves something `cleanup` or the next sweep can find.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -18,8 +17,10 @@ use crate::identity::{self, Identity};
 use crate::job::JobContext;
 use crate::lifecycle;
 use crate::registry_access::{self, CredentialFreeHome};
+use crate::ownership;
 use crate::request::Request;
 use crate::settings::{Settings, TransportKind};
+use crate::state_dir::StateDir;
 use crate::supervisor;
 use crate::tart::{Fetch, Tart};
 use crate::transport::exec::ExecTransport;
@@ -29,7 +30,7 @@ use crate::vm::{Connection, VmState};
 
 pub fn prepare(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
-    let job = JobContext::from_env()?;
+    let job = JobContext::from_env(&settings)?;
     let request = Request::resolve(&settings, &job)?;
     super::runtime().block_on(prepare_vm(&settings, &job, &request))
 }
@@ -38,20 +39,18 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let started = Instant::now();
     let tart = Tart::new(&settings.tart_executable);
     let vm = job.vm_name();
-    let state = VmState::new(&settings.state_dir, &vm);
+    let root = StateDir::open(&settings.state_dir)?;
+    let state = VmState::new(&root, &vm);
     eprintln!("Preparing VM {vm} from {}", request.image.name);
 
     // One `tart list` serves the sweep, the leftover check and the pull policy.
     let list = tart.list().await?;
-    match lifecycle::sweep_listed(&tart, settings, Some(&vm), false, &list).await {
-        Ok(swept) if !swept.is_empty() => {
-            // Other jobs' names stay out of this job's log (they name other projects' jobs).
-            eprintln!(
-                "Removed {} orphaned VM(s) left by earlier jobs",
-                swept.len()
-            );
-            tracing::debug!("swept: {swept:?}");
-        }
+    match lifecycle::sweep_listed(&tart, settings, &root, Some(&vm), false, &list).await {
+        // Other jobs' names stay out of this job's log (they name other projects' jobs).
+        Ok(swept) if !swept.removed.is_empty() => eprintln!(
+            "Removed {} orphaned VM(s) left by earlier jobs",
+            swept.removed.len()
+        ),
         Ok(_) => {}
         Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
     }
@@ -64,7 +63,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     if list.iter().any(|e| e.name == vm.as_str()) {
         tart.delete(vm.as_str()).await?;
     }
-    let _ = std::fs::remove_file(state.connection_file());
+    state.forget_connection()?;
 
     let job_limit = Duration::from_secs(job.job_timeout_secs.unwrap_or(3600));
     // gitlab-runner ends every job by its timeout; an hour more covers cleanup's own.
@@ -97,9 +96,12 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         .await
         .map_err(|e| {
             anyhow!(
-                "{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc` and `tart prune`"
+                "{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc --state-dir {}` and `tart prune`",
+                root.path().display()
             )
         })?;
+    // From now on the VM exists: mark it as this state directory's, for the sweeps.
+    ownership::mark(&vm, &root)?;
     configure(&tart, settings, request, &vm.to_string()).await?;
     let info = tart.get(vm.as_str()).await?;
     super::phase_done(
@@ -144,7 +146,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let (conn, t) = loop {
         let t = Instant::now();
         // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
-        let slots = host::acquire(settings, macos, slot_deadline)?;
+        let slots = host::acquire(settings, &root, macos, slot_deadline)?;
         if t.elapsed() > Duration::from_millis(500) {
             super::phase_done("Got a VM slot", t);
         }
@@ -169,7 +171,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
                 }
                 at_limit.notice(&state);
                 tokio::time::sleep(foreign::RETRY_PAUSE).await;
-                let _ = std::fs::remove_file(state.run_log());
+                state.forget_run_log()?;
             }
             Err(e) => return Err(e),
         }
@@ -281,13 +283,10 @@ async fn configure(tart: &Tart, settings: &Settings, request: &Request, vm: &str
 /// The image's minimum CPU count and memory, from the VM's `config.json` in Tart's home
 /// (`cpuCountMin`, `memorySizeMin` in bytes). Unknown means no minimum.
 fn image_minimum(vm: &str) -> host::Minimum {
-    let home = std::env::var_os("TART_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tart")));
-    let Some(home) = home else {
+    let Some(dir) = ownership::vm_dir(vm) else {
         return host::Minimum::default();
     };
-    let Ok(text) = std::fs::read(home.join("vms").join(vm).join("config.json")) else {
+    let Ok(text) = std::fs::read(dir.join("config.json")) else {
         return host::Minimum::default();
     };
     let Ok(config) = serde_json::from_slice::<serde_json::Value>(&text) else {

@@ -7,14 +7,16 @@ use crate::cli::RunArgs;
 use crate::failure::{Failure, StageResult};
 use crate::job::JobContext;
 use crate::settings::Settings;
+use crate::state_dir::StateDir;
 use crate::tart::Tart;
 use crate::transport::{RemoteExit, Stage, Transport};
 use crate::vm::VmState;
 
 pub fn run(args: &RunArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
-    let job = JobContext::from_env()?;
-    let state = VmState::new(&settings.state_dir, &job.vm_name());
+    let job = JobContext::from_env(&settings)?;
+    let root = StateDir::open(&settings.state_dir)?;
+    let state = VmState::new(&root, &job.vm_name());
     let conn = state.load_connection()?.ok_or_else(|| {
         anyhow!(
             "no VM is ready for this job ({}): prepare did not finish",

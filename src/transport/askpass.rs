@@ -3,10 +3,11 @@
 //! file, which prepare deletes as soon as the master has logged in.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use crate::state_dir::Dir;
 
 /// Set in ssh's environment; its presence puts the driver binary in askpass mode.
 pub const ENV: &str = "TARTDRV_ASKPASS_FILE";
@@ -36,25 +37,13 @@ pub struct PasswordFile {
 }
 
 impl PasswordFile {
-    /// Writes the password to a temporary name and renames it into place: the file ssh
-    /// reads is complete or absent, and a failed write (a full disk) leaves no fragment
-    /// of a password behind.
-    pub fn write(dir: &Path, password: &str) -> Result<PasswordFile> {
-        let path = dir.join("askpass");
-        let partial = dir.join("askpass.partial");
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(&partial);
-        let written = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&partial)
-            .and_then(|mut f| f.write_all(password.as_bytes()))
-            .and_then(|()| std::fs::rename(&partial, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e).context("cannot write the askpass file");
-        }
+    pub fn write(dir: &Dir, password: &str) -> Result<PasswordFile> {
+        let path = dir.path().join("askpass");
+        dir.remove("askpass")?;
+        let mut f = dir
+            .open("askpass", libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+            .context("cannot write the askpass file")?;
+        f.write_all(password.as_bytes())?;
         Ok(PasswordFile { path })
     }
 

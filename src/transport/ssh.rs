@@ -3,7 +3,7 @@
 //! an SSH handshake.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use super::askpass::{self, PasswordFile};
 use super::relay::{Cancel, Output};
 use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
+use crate::state_dir::CONTROL_SOCKET;
 use crate::vm::VmState;
 
 /// How to log in to the guest.
@@ -50,8 +51,14 @@ pub async fn start_master(
 ) -> Result<(), MasterError> {
     let socket = state.control_socket();
     let log = state.ssh_log();
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&log);
+    let record = state
+        .create()
+        .map_err(|e| MasterError::Broken(format!("{e:#}")))?;
+    for name in [CONTROL_SOCKET, "ssh.log"] {
+        record
+            .remove(name)
+            .map_err(|e| MasterError::Broken(format!("{e:#}")))?;
+    }
     let mut cmd = tokio::process::Command::new("ssh");
     cmd.arg("-F")
         .arg("none")
@@ -88,7 +95,7 @@ pub async fn start_master(
     // Held until ssh has logged in; dropping it deletes the file.
     let _password_file = match auth {
         Auth::Password(password) => {
-            let file = PasswordFile::write(&state.dir, password)
+            let file = PasswordFile::write(&record, password)
                 .map_err(|e| MasterError::Broken(e.to_string()))?;
             let exe = std::env::current_exe().map_err(|e| MasterError::Broken(e.to_string()))?;
             cmd.arg("-o")
@@ -160,9 +167,9 @@ pub struct SshTransport {
 impl SshTransport {
     pub fn attach(state: &VmState) -> Result<SshTransport> {
         let socket = state.control_socket();
-        if !socket.exists() {
+        if !state.owns_control_socket() {
             bail!(
-                "the job's SSH connection is gone ({} missing): the VM or its connection was lost",
+                "the job's SSH connection is gone ({} is missing or not this user's socket): the VM or its connection was lost",
                 socket.display()
             );
         }
@@ -305,14 +312,18 @@ impl SshTransport {
     }
 }
 
-/// Ends the job's master connection (idempotent) and removes its socket.
-pub async fn close_master(socket: &Path) -> Result<()> {
-    if socket.exists() {
-        let session = Session::resume_mux(socket.to_path_buf().into_boxed_path(), None);
+/// Ends the job's master connection (idempotent) and removes its socket. A socket that is
+/// not this user's is never talked to.
+pub async fn close_master(state: &VmState) -> Result<()> {
+    let Some(record) = state.record()? else {
+        return Ok(());
+    };
+    if state.owns_control_socket() {
+        let socket = state.control_socket();
+        let session = Session::resume_mux(socket.into_boxed_path(), None);
         let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
-        let _ = std::fs::remove_file(socket);
     }
-    Ok(())
+    record.remove(CONTROL_SOCKET)
 }
 
 pub fn describe_refusal(user: &str, ip: &str, reason: &str) -> String {

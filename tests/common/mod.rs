@@ -186,6 +186,7 @@ impl Bed {
                 ("CI_JOB_TIMEOUT".into(), "600".into()),
             ],
             dir,
+            payload: true,
         }
     }
 
@@ -203,10 +204,12 @@ impl Bed {
             .env("BUILD_FAILURE_EXIT_CODE", "1")
             .env("SYSTEM_FAILURE_EXIT_CODE", "2")
             .env("BUILD_EXIT_CODE_FILE", job.dir.path().join("exit-code"))
-            .env("JOB_RESPONSE_FILE", job.dir.path().join("response.json"))
             .current_dir(job.dir.path())
             .stdin(std::process::Stdio::null())
             .process_group(0);
+        if job.payload {
+            cmd.env("JOB_RESPONSE_FILE", job.dir.path().join("response.json"));
+        }
         for (k, v) in &job.vars {
             cmd.env(format!("CUSTOM_ENV_{k}"), v);
         }
@@ -241,9 +244,28 @@ pub struct DirectJob {
     /// Job variables, given to stages as `CUSTOM_ENV_<name>`.
     pub vars: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
+    /// Whether stages get `JOB_RESPONSE_FILE` (gitlab-runner 14.1+ always sets it).
+    pub payload: bool,
 }
 
 impl DirectJob {
+    /// Stages get no `JOB_RESPONSE_FILE`, as from gitlab-runner older than 14.1.
+    pub fn without_payload(mut self) -> DirectJob {
+        self.payload = false;
+        self
+    }
+    /// Another identity: the runner's short token and the payload's job id.
+    pub fn identity(mut self, token: &str, id: u64) -> DirectJob {
+        std::fs::write(
+            self.dir.path().join("response.json"),
+            format!("{{\"id\": {id}}}"),
+        )
+        .expect("payload");
+        self.id = id;
+        self.token = token.into();
+        self.var("CI_RUNNER_SHORT_TOKEN", token)
+            .var("CI_JOB_ID", &id.to_string())
+    }
     pub fn vm_name(&self) -> String {
         format!("tartdrv-{}-{}", self.token, self.id)
     }

@@ -1,0 +1,744 @@
+//! The driver's state directory: per-VM records, SSH control sockets, askpass files and slot
+//! locks. Whoever can write into it can take over a job (plant a connection record or a
+//! control socket and receive the job's script with its secrets), so this module owns every
+//! check on it, and the rest of the driver reaches it only through the handles made here.
+//!
+//! The rules, the same for `prepare`, every other stage and `doctor`:
+//! - the default lives in the runner user's home, never in a shared directory such as /tmp;
+//! - every directory above the state directory belongs to root or to this user, and no one
+//!   else may rename its entries (not writable by group or others, unless sticky);
+//! - the state directory and every level below it are real directories (not symbolic
+//!   links) owned by this user and not writable by group or others;
+//! - files are opened relative to a held directory handle with `O_NOFOLLOW`, and must belong
+//!   to this user.
+//!
+//! Anything else is refused as a system failure that names the path and the fix.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+/// Where per-VM records live: `<state dir>/vms/<VM name>/`.
+pub const VMS: &str = "vms";
+/// Where slot locks live: `<state dir>/slots/`.
+pub const SLOTS: &str = "slots";
+/// A VM's SSH control socket: `<state dir>/vms/<VM name>/ssh`.
+pub const CONTROL_SOCKET: &str = "ssh";
+/// The longest VM name the driver makes (`tartdrv-` + 12-character runner token + `-` + the
+/// 20 digits of the largest job id).
+pub const MAX_VM_NAME_LEN: usize = 41;
+/// While it binds a control socket, ssh appends a dot and 16 random characters.
+const SSH_TEMP_SUFFIX: usize = 17;
+/// `sun_path` less its terminating NUL: 104 bytes on macOS, 108 on Linux.
+pub const SOCKET_PATH_MAX: usize = if cfg!(target_os = "macos") { 103 } else { 107 };
+
+/// The longest socket path (as ssh binds it) the driver makes under `root`, in bytes.
+pub fn longest_socket_path(root: &Path) -> usize {
+    root.as_os_str().len()
+        + format!("/{VMS}//{CONTROL_SOCKET}").len()
+        + MAX_VM_NAME_LEN
+        + SSH_TEMP_SUFFIX
+}
+
+/// The default state directory: private to the runner's user and short enough for every
+/// socket path the driver makes. macOS: `~/Library/Caches/tartdrv`; elsewhere
+/// `$XDG_STATE_HOME/tartdrv` (`~/.local/state/tartdrv`). When the home directory is too long
+/// for those, `~/.tartdrv`.
+pub fn default_path() -> PathBuf {
+    let Some(home) = home_dir() else {
+        // A relative path, which `open` refuses with a message naming --state-dir.
+        return PathBuf::from("$HOME/.tartdrv");
+    };
+    let preferred = if cfg!(target_os = "macos") {
+        home.join("Library/Caches/tartdrv")
+    } else {
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .unwrap_or_else(|| home.join(".local/state"))
+            .join("tartdrv")
+    };
+    if longest_socket_path(&preferred) <= SOCKET_PATH_MAX {
+        preferred
+    } else {
+        home.join(".tartdrv")
+    }
+}
+
+fn home_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(PathBuf::from(home));
+    }
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into the buffers we own and sets `found` to `pwd` or NULL.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::getuid(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || pwd.pw_dir.is_null() {
+        return None;
+    }
+    // SAFETY: pw_dir points into `buf`, NUL-terminated.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+}
+
+/// Why a state directory is refused, and what the admin should do.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub problem: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.problem, self.fix)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// What `doctor` learns about a state directory without creating anything.
+pub enum Inspection {
+    /// It exists and passes every check.
+    Fine { mode: u32 },
+    /// It does not exist; the stages will create it (mode 0700) under a trusted parent.
+    WillBeCreated,
+}
+
+fn uid() -> u32 {
+    // SAFETY: getuid never fails.
+    unsafe { libc::getuid() }
+}
+
+fn choose_another(path: &Path) -> String {
+    format!(
+        "remove {} when no job runs (it may need root), or set --state-dir to a directory only the runner's user can write (the default is {})",
+        path.display(),
+        default_path().display()
+    )
+}
+
+/// Checks one directory level from its (not followed) metadata.
+fn check_level(path: &Path, meta: &std::fs::Metadata) -> Result<(), Refusal> {
+    let me = uid();
+    let refuse = |problem: String, fix: String| Err(Refusal { problem, fix });
+    if meta.file_type().is_symlink() {
+        return refuse(
+            format!("state directory {} is a symbolic link: whoever controls its target controls the driver's sockets", path.display()),
+            choose_another(path),
+        );
+    }
+    if !meta.is_dir() {
+        return refuse(
+            format!("state directory {} is not a directory", path.display()),
+            choose_another(path),
+        );
+    }
+    if meta.uid() != me {
+        return refuse(
+            format!(
+                "state directory {} belongs to uid {}, not to the runner's user (uid {me}): its owner could plant a control socket and receive the job's scripts",
+                path.display(),
+                meta.uid()
+            ),
+            choose_another(path),
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(
+            format!(
+                "state directory {} has mode {:o}: others could write sockets and passwords there",
+                path.display(),
+                meta.mode() & 0o7777
+            ),
+            format!(
+                "`chmod go-w {}`, or remove it when no job runs",
+                path.display()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Every directory above the state directory must belong to root or to this user, and be
+/// writable by no one else (a sticky directory such as /tmp is fine: others cannot rename
+/// what is ours). Checked along the path as given and along its resolved form.
+fn check_ancestors(root: &Path) -> Result<(), Refusal> {
+    let me = uid();
+    let check = |p: &Path| -> Result<(), Refusal> {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return Ok(()); // created below by this user, or refused when opening
+        };
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let writable_by_others =
+            !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+        if owner_ok && !writable_by_others {
+            return Ok(());
+        }
+        Err(Refusal {
+            problem: format!(
+                "{} (above the state directory {}) {}: its owner or group could replace the state directory",
+                p.display(),
+                root.display(),
+                if owner_ok {
+                    format!("is writable by group or others (mode {:o})", meta.mode() & 0o7777)
+                } else {
+                    format!("belongs to uid {}", meta.uid())
+                }
+            ),
+            fix: format!(
+                "set --state-dir to a directory whose parents only root and the runner's user can write (the default is {})",
+                default_path().display()
+            ),
+        })
+    };
+    for p in root.ancestors().skip(1) {
+        check(p)?;
+    }
+    if let Some(parent) = root.parent().and_then(|p| std::fs::canonicalize(p).ok()) {
+        for p in parent.ancestors() {
+            check(p)?;
+        }
+    }
+    Ok(())
+}
+
+fn require_absolute(path: &Path) -> Result<(), Refusal> {
+    if path.is_absolute() {
+        return Ok(());
+    }
+    Err(Refusal {
+        problem: format!(
+            "the state directory `{}` is not an absolute path",
+            path.display()
+        ),
+        fix: "set --state-dir to an absolute path (is HOME set for gitlab-runner?)".into(),
+    })
+}
+
+fn require_short(path: &Path) -> Result<(), Refusal> {
+    let longest = longest_socket_path(path);
+    if longest <= SOCKET_PATH_MAX {
+        return Ok(());
+    }
+    Err(Refusal {
+        problem: format!(
+            "state directory {} is too long: SSH control sockets under it take up to {longest} bytes, over the {SOCKET_PATH_MAX} this OS allows",
+            path.display()
+        ),
+        fix: format!(
+            "set --state-dir to a path at least {} bytes shorter",
+            longest - SOCKET_PATH_MAX
+        ),
+    })
+}
+
+/// Checks a state directory as the stages would, creating nothing (for `doctor`).
+pub fn inspect(path: &Path) -> Result<Inspection, Refusal> {
+    require_absolute(path)?;
+    require_short(path)?;
+    check_ancestors(path)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            check_level(path, &meta)?;
+            let root = StateDir::open_existing(path).map_err(|e| Refusal {
+                problem: format!("{e:#}"),
+                fix: choose_another(path),
+            })?;
+            for sub in [VMS, SLOTS] {
+                if let Err(e) = root.dir.existing_subdir(sub) {
+                    return Err(e.downcast::<Refusal>().unwrap_or_else(|e| Refusal {
+                        problem: format!("{e:#}"),
+                        fix: choose_another(path),
+                    }));
+                }
+            }
+            Ok(Inspection::Fine {
+                mode: meta.mode() & 0o7777,
+            })
+        }
+        Err(_) => Ok(Inspection::WillBeCreated),
+    }
+}
+
+/// A verified, open state directory. Cheap to clone (the handle is shared).
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: Arc<Dir>,
+}
+
+impl StateDir {
+    /// Opens the state directory, creating it (mode 0700) if missing, after every check.
+    pub fn open(path: &Path) -> Result<StateDir> {
+        require_absolute(path)?;
+        require_short(path)?;
+        // Refuse before creating anything under someone else's directory.
+        check_ancestors(path)?;
+        if let Err(e) = std::fs::symlink_metadata(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| {
+                    format!("cannot inspect the state directory {}", path.display())
+                });
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .with_context(|| {
+                    format!(
+                        "cannot create the state directory {}: set --state-dir to a directory the runner's user can create",
+                        path.display()
+                    )
+                })?;
+            check_ancestors(path)?;
+        }
+        let root = Self::open_existing(path)?;
+        // Every stage refuses a bad level below as soon as it opens the directory.
+        for sub in [VMS, SLOTS] {
+            root.existing_subdir(sub)?;
+        }
+        Ok(root)
+    }
+
+    fn open_existing(path: &Path) -> Result<StateDir> {
+        Ok(StateDir {
+            dir: Arc::new(Dir::open_verified(path)?),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// A level below the root, created (mode 0700) if missing, after the same checks.
+    pub fn subdir(&self, name: &str) -> Result<Dir> {
+        self.dir.subdir(name)
+    }
+
+    /// A level below the root if it exists, checked.
+    pub fn existing_subdir(&self, name: &str) -> Result<Option<Dir>> {
+        self.dir.existing_subdir(name)
+    }
+}
+
+/// An open, verified directory inside the state directory. Everything in it is reached
+/// through the held descriptor, never through a path that could be swapped.
+#[derive(Debug)]
+pub struct Dir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+fn c_name(name: &str) -> Result<CString> {
+    anyhow::ensure!(
+        !name.is_empty() && name != "." && name != ".." && !name.contains('/'),
+        "`{name}` is not a plain file name"
+    );
+    CString::new(name).context("file name with a NUL byte")
+}
+
+fn open_dir_at(at: i32, path: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: openat with a valid NUL-terminated path; the result is a fresh descriptor.
+    let fd = unsafe {
+        libc::openat(
+            at,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat_fd(fd: i32) -> std::io::Result<libc::stat> {
+    // SAFETY: fstat fills the struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `st_mode` is 16 bits on macOS, 32 on Linux.
+#[allow(clippy::useless_conversion)]
+fn mode_bits(st: &libc::stat) -> u32 {
+    u32::from(st.st_mode)
+}
+
+fn is_type(st: &libc::stat, kind: libc::mode_t) -> bool {
+    st.st_mode & libc::S_IFMT == kind
+}
+
+impl Dir {
+    /// Opens a directory by path after the checks of [`StateDir::open`] for its own level
+    /// (the supervisor gets its VM's record this way, from the prepare that verified the
+    /// levels above).
+    pub fn open_verified(path: &Path) -> Result<Dir> {
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("cannot inspect the state directory {}", path.display()))?;
+        check_level(path, &meta)?;
+        let fd = open_dir_at(libc::AT_FDCWD, path).map_err(|e| {
+            anyhow::Error::new(Refusal {
+                problem: format!("cannot open the state directory {}: {e}", path.display()),
+                fix: choose_another(path),
+            })
+        })?;
+        let dir = Dir {
+            path: path.to_path_buf(),
+            fd,
+        };
+        // The directory we opened must be the one we checked (not swapped in between).
+        let held = dir.fstat()?;
+        if held.st_dev as u64 != meta.dev() || held.st_ino as u64 != meta.ino() {
+            anyhow::bail!(Refusal {
+                problem: format!(
+                    "state directory {} was replaced while the driver opened it",
+                    path.display()
+                ),
+                fix: choose_another(path),
+            });
+        }
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fstat(&self) -> Result<libc::stat> {
+        fstat_fd(self.fd.as_raw_fd())
+            .with_context(|| format!("cannot inspect {}", self.path.display()))
+    }
+
+    /// Metadata of an entry, without following a symbolic link; None if absent.
+    fn stat_at(&self, name: &str) -> Result<Option<libc::stat>> {
+        let c = c_name(name)?;
+        // SAFETY: fstatat on our descriptor fills the struct we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(Some(st));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::NotFound {
+            Ok(None)
+        } else {
+            Err(err).with_context(|| format!("cannot inspect {}", self.path.join(name).display()))
+        }
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        matches!(self.stat_at(name), Ok(Some(_)))
+    }
+
+    /// A sub-directory, created (mode 0700) if missing, after the checks of every level.
+    pub fn subdir(&self, name: &str) -> Result<Dir> {
+        let c = c_name(name)?;
+        // SAFETY: mkdirat on our descriptor with a valid name.
+        let rc = unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(err)
+                    .with_context(|| format!("cannot create {}", self.path.join(name).display()));
+            }
+        }
+        self.open_subdir(name)
+    }
+
+    /// A sub-directory if it exists, after the checks.
+    pub fn existing_subdir(&self, name: &str) -> Result<Option<Dir>> {
+        if self.stat_at(name)?.is_none() {
+            return Ok(None);
+        }
+        self.open_subdir(name).map(Some)
+    }
+
+    fn open_subdir(&self, name: &str) -> Result<Dir> {
+        let path = self.path.join(name);
+        let refuse = |problem: String| {
+            anyhow::Error::new(Refusal {
+                problem,
+                fix: choose_another(&self.path),
+            })
+        };
+        let fd = match open_dir_at(self.fd.as_raw_fd(), Path::new(name)) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                return Err(refuse(format!(
+                    "state directory level {} is a symbolic link or not a directory",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        let dir = Dir { path, fd };
+        let st = dir.fstat()?;
+        if st.st_uid != uid() {
+            return Err(refuse(format!(
+                "state directory level {} belongs to uid {}, not to the runner's user (uid {})",
+                dir.path.display(),
+                st.st_uid,
+                uid()
+            )));
+        }
+        if mode_bits(&st) & 0o022 != 0 {
+            return Err(refuse(format!(
+                "state directory level {} has mode {:o}: others could write there",
+                dir.path.display(),
+                mode_bits(&st) & 0o7777
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// Opens a file of this directory with `O_NOFOLLOW`; it must be a regular file of ours.
+    /// `flags` are `open(2)` flags such as `O_RDWR | O_CREAT`; `O_CLOEXEC` is added.
+    pub fn open(&self, name: &str, flags: i32) -> Result<File> {
+        let path = self.path.join(name);
+        let c = c_name(name)?;
+        // SAFETY: openat on our descriptor with a valid name; the result is fresh.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot open {}", path.display()));
+        }
+        // SAFETY: `fd` is fresh and owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let st = fstat_fd(fd).with_context(|| format!("cannot inspect {}", path.display()))?;
+        if !is_type(&st, libc::S_IFREG) || st.st_uid != uid() {
+            anyhow::bail!(Refusal {
+                problem: format!(
+                    "{} is not a regular file of the runner's user (uid {})",
+                    path.display(),
+                    st.st_uid
+                ),
+                fix: choose_another(&self.path),
+            });
+        }
+        Ok(file)
+    }
+
+    /// The whole content of a file, or None if it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        if self.stat_at(name)?.is_none() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        self.open(name, libc::O_RDONLY)?
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", self.path.join(name).display()))?;
+        Ok(Some(bytes))
+    }
+
+    pub fn read_string(&self, name: &str) -> Option<String> {
+        self.read(name)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Replaces a file atomically: readers see the old or the new content, never a part.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let tmp = format!("{name}.tmp");
+        self.remove(&tmp)?;
+        let mut f = self.open(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.path.join(&tmp).display()))?;
+        drop(f);
+        let (from, to) = (c_name(&tmp)?, c_name(name)?);
+        // SAFETY: renameat within our directory, valid names.
+        let rc = unsafe {
+            libc::renameat(
+                self.fd.as_raw_fd(),
+                from.as_ptr(),
+                self.fd.as_raw_fd(),
+                to.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot write {}", self.path.join(name).display()));
+        }
+        Ok(())
+    }
+
+    /// A file opened for appending, created (0600) if missing.
+    pub fn append(&self, name: &str) -> Result<File> {
+        self.open(name, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)
+    }
+
+    /// Removes a file (not a directory); absent is fine.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: unlinkat on our descriptor with a valid name.
+        let rc = unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(err)
+                    .with_context(|| format!("cannot remove {}", self.path.join(name).display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is a Unix socket that this user owns: only then does the driver talk
+    /// to it. Anything else (absent, another owner, a link) is not ours to use.
+    pub fn is_own_socket(&self, name: &str) -> bool {
+        matches!(self.stat_at(name), Ok(Some(st)) if is_type(&st, libc::S_IFSOCK) && st.st_uid == uid())
+    }
+
+    /// Names of the entries.
+    pub fn entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.path)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes a sub-directory and everything in it (std's removal does not follow links).
+    pub fn remove_subdir(&self, name: &str) -> Result<()> {
+        c_name(name)?;
+        let path = self.path.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    /// Whether `file` (held open) is still the file named `name` here: a lock belongs to an
+    /// inode, and one whose name was meanwhile removed and created anew guards nothing.
+    pub fn still_names(&self, name: &str, file: &File) -> Result<bool> {
+        let held = fstat_fd(file.as_raw_fd())?;
+        Ok(
+            matches!(self.stat_at(name)?, Some(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_default_fits_every_socket_path_the_driver_makes() {
+        let path = default_path();
+        assert!(path.is_absolute() || std::env::var_os("HOME").is_none());
+        assert!(
+            longest_socket_path(&path) <= SOCKET_PATH_MAX,
+            "{}",
+            path.display()
+        );
+        assert!(!path.starts_with("/tmp"), "{}", path.display());
+    }
+
+    #[test]
+    fn a_state_dir_writable_by_others_is_refused_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 777") && err.contains("chmod go-w"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_state_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("state")).unwrap();
+        let err = StateDir::open(&tmp.path().join("state"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_level_below_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        std::fs::create_dir(tmp.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), state.path().join(VMS)).unwrap();
+        let err = state.subdir(VMS).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn files_are_not_opened_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let vms = state.subdir(VMS).unwrap();
+        std::fs::write(tmp.path().join("target"), "planted").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("target"), vms.path().join("lock")).unwrap();
+        assert!(vms.open("lock", libc::O_RDWR | libc::O_CREAT).is_err());
+        assert!(vms.read("lock").is_err());
+    }
+
+    #[test]
+    fn a_relative_or_too_long_state_dir_is_refused() {
+        assert!(StateDir::open(Path::new("state")).is_err());
+        let long = PathBuf::from("/").join("s".repeat(80));
+        let err = StateDir::open(&long).unwrap_err().to_string();
+        assert!(
+            err.contains("too long") && err.contains("bytes shorter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_parent_writable_by_others_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("shared");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&parent.join("state"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
+        assert!(!parent.join("state").exists());
+    }
+}
