@@ -210,7 +210,7 @@ fn without_a_payload_a_job_claiming_another_jobs_identity_is_refused() {
     if skip_e2e() {
         return;
     }
-    let bed = Bed::new().option(["--concurrency", "2"]);
+    let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let victim = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&victim, &["prepare"]);
     assert_eq!(code, 0, "{log}");
