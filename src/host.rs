@@ -30,7 +30,7 @@ impl Slots {
 
 /// Waits until this host has a free VM slot (and a macOS slot for a macOS guest), telling
 /// the job log why it waits.
-pub fn acquire(
+pub async fn acquire(
     settings: &Settings,
     root: &StateDir,
     macos: bool,
@@ -74,7 +74,8 @@ pub fn acquire(
             );
             last_notice = Some(Instant::now());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // An await, not a blocking sleep: a cancel must reach prepare while it waits.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -192,7 +192,10 @@ pub async fn sweep_listed(
         }
         match teardown(tart, settings, &state, Some(lock)).await {
             Ok(()) => swept.removed.push(name),
-            Err(e) => eprintln!("WARNING: could not remove an orphaned VM: {e:#}"),
+            Err(e) => eprintln!(
+                "WARNING: could not remove an orphaned VM: {}",
+                crate::logging::redact(&format!("{e:#}"))
+            ),
         }
     }
     // Records of jobs whose VM is already gone.

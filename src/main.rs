@@ -16,6 +16,7 @@ mod image;
 mod isolation;
 mod job;
 mod lifecycle;
+mod logging;
 mod login;
 mod manuals;
 mod orchard;
@@ -41,7 +42,7 @@ fn main() {
     if let Some(code) = transport::askpass::answer_if_asked() {
         std::process::exit(code);
     }
-    init_logging();
+    logging::init_from_admin();
     let codes = ExitCodes::from_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -82,23 +83,4 @@ fn main() {
         ),
     };
     std::process::exit(codes.settle(&result, stage));
-}
-
-/// Debug lines (every Tart command, sweep decisions, slot waits) go to stderr, the job log,
-/// when the admin sets `TART_DRIVER_LOG` (e.g. `debug`) in the runner's environment or a job
-/// sets `TART_DRIVER_DEBUG=true`. They never contain the environment or a secret.
-fn init_logging() {
-    let filter = match std::env::var("TART_DRIVER_LOG") {
-        Ok(spec) if !spec.is_empty() => tracing_subscriber::EnvFilter::new(spec),
-        _ => match job::JobContext::var("TART_DRIVER_DEBUG").as_deref() {
-            Some("true" | "1" | "yes") => tracing_subscriber::EnvFilter::new("debug"),
-            _ => return,
-        },
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
 }

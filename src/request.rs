@@ -42,6 +42,8 @@ pub enum Overridable {
     RandomMac,
     Nested,
     RootDiskOpts,
+    /// `TART_DRIVER_DEBUG`: debug lines in the job log.
+    Debug,
 }
 
 use Overridable as O;
@@ -50,7 +52,8 @@ impl Overridable {
     /// What jobs may change unless the admin says otherwise: everything the original driver
     /// let jobs set, and gitlab-tart-executor's per-VM options, but nothing that widens the
     /// VM's network access, changes its disk semantics, or spends the host's DHCP pool
-    /// (a random MAC takes a new 24-hour lease from about 253).
+    /// (a random MAC takes a new 24-hour lease from about 253), and no debug output (it
+    /// describes the host).
     pub const DEFAULT: &'static [Overridable] = &[
         O::SshCredentials,
         O::Shell,

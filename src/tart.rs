@@ -136,7 +136,11 @@ impl Tart {
 
     /// Runs `tart <args>` to completion within `limit`, capturing its output.
     pub async fn capture(&self, args: &[&str], limit: Duration) -> Result<Finished> {
-        tracing::debug!("running `{} {}`", self.exe, args.join(" "));
+        tracing::debug!(
+            "running `{} {}`",
+            self.exe,
+            crate::logging::redact(&args.join(" "))
+        );
         let mut cmd = self.command();
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
@@ -224,7 +228,7 @@ impl Tart {
         tracing::debug!(
             "running `{} {}`{}",
             self.exe,
-            args.join(" "),
+            crate::logging::redact(&args.join(" ")),
             if fetch.creds.is_some() {
                 " with registry credentials in its environment"
             } else {

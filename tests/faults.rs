@@ -7,8 +7,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{kill_group, pids_with_args, wait_until, Bed, MACOS};
@@ -564,27 +563,55 @@ fn kill_9_of_cleanup_midway_is_finished_by_the_next_cleanup_or_sweep() {
 
 // --- SIGTERM (cancel) ------------------------------------------------------------------------
 
+/// gitlab-runner cancels a prepare with SIGTERM to its process group. The driver handles it
+/// itself, at every point of prepare: it says so, removes the VM (no cleanup needed) and
+/// exits with the system-failure code within seconds, not killed by the signal.
 #[test]
-fn sigterm_during_prepare_cancels_the_job_and_cleanup_removes_the_vm() {
-    let bed = Bed::new().image(FAULTY, Image::darwin().boot_delay_ms(5000));
-    let started = Instant::now();
-    let out = run_job(
-        &bed.runner(),
-        &Job::new()
-            .image(FAULTY)
-            .script(["true"])
-            .cancel_after("prepare", Duration::from_secs(2)),
-    );
-    out.assert_verdict(Verdict::Canceled);
-    let prepare = out.stage("prepare").expect("prepare ran");
-    assert!(!prepare.sigkilled, "prepare ignored SIGTERM");
-    assert!(
-        prepare.duration < Duration::from_secs(5),
-        "prepare took {:?} after a cancel at 2s",
-        prepare.duration
-    );
-    assert!(!out.cleanups.is_empty());
-    assert_within(started, Duration::from_secs(40));
+fn sigterm_during_prepare_removes_the_vm_and_exits_with_a_system_failure() {
+    let bed = Bed::new()
+        .image(FAULTY, Image::darwin().pull_ms(1500).boot_delay_ms(5000))
+        .option(["--concurrency", "1"]);
+    let blocker = bed.direct_job(MACOS);
+    let (code, log) = bed.stage(&blocker, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    // Points: while `tart pull` runs, while waiting for the slot the blocker holds, and
+    // (once the blocker is gone) while the VM boots.
+    for point in ["pull", "slot", "boot"] {
+        let job = bed.direct_job(FAULTY);
+        let mut prepare = bed
+            .stage_command(&job, &["prepare"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let vm = job.vm_name();
+        let reached = wait_until(Duration::from_secs(30), || match point {
+            "pull" => !pids_with_args(&["pull", FAULTY]).is_empty(),
+            "slot" => bed.sim.local_vms().iter().any(|v| v.name == vm),
+            _ => !pids_with_args(&["run", &vm]).is_empty(),
+        });
+        assert!(reached, "prepare never reached {point}");
+        std::thread::sleep(Duration::from_millis(300));
+        let signalled = Instant::now();
+        kill_group(prepare.id(), libc::SIGTERM);
+        let status = wait_child(&mut prepare, Duration::from_secs(15));
+        let out = prepare.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status, Some(Some(2)), "{point}: {log}");
+        assert!(
+            log.contains("Prepare cancelled: removing VM"),
+            "{point}: {log}"
+        );
+        assert!(signalled.elapsed() < Duration::from_secs(15));
+        assert!(
+            !bed.sim.local_vms().iter().any(|v| v.name == vm),
+            "{point}: the VM is still there"
+        );
+        if point == "slot" {
+            let (code, log) = bed.stage(&blocker, &["cleanup"]);
+            assert_eq!(code, 0, "{log}");
+        }
+    }
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 
@@ -663,24 +690,17 @@ fn after_a_host_reboot_the_sweep_removes_every_leftover_vm() {
 
 // --- Concurrency -----------------------------------------------------------------------------
 
+/// Apple allows two macOS guests per host. With `--concurrency 3`, the driver itself keeps
+/// the third job waiting, and says so, instead of calling `tart run` (which would fail with
+/// Tart's limit error): at no moment do three of its `tart run`s overlap, as the
+/// simulator's record of every Tart command shows.
 #[test]
 fn three_concurrent_macos_jobs_never_run_more_than_two_guests() {
     // A 2-core test box gives each VM 1 CPU, below macOS's minimum of 2.
     let bed = Bed::new().option(["--concurrency", "3", "--cpu", "2"]);
     let runner = bed.runner();
-    let done = Arc::new(AtomicBool::new(false));
-    let most = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    std::thread::scope(|s| {
-        let sampler = {
-            let (done, most, sim) = (done.clone(), most.clone(), &bed.sim);
-            s.spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    most.fetch_max(sim.running_count(), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
+    let outs: Vec<JobOutcome> = std::thread::scope(|s| {
         let jobs: Vec<_> = (0..3)
             .map(|i| {
                 let runner = runner.clone();
@@ -694,22 +714,36 @@ fn three_concurrent_macos_jobs_never_run_more_than_two_guests() {
                 })
             })
             .collect();
-        let outs: Vec<JobOutcome> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
-        done.store(true, Ordering::Relaxed);
-        sampler.join().unwrap();
-        for (i, out) in outs.iter().enumerate() {
-            out.assert_success()
-                .assert_log_contains(&format!("job-{i}"));
-        }
-        assert!(
-            outs.iter()
-                .any(|o| o.log.contains("Waiting for a free macOS VM slot")),
-            "no job waited for a slot"
-        );
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
     });
-    let most = most.load(Ordering::Relaxed);
-    assert!(most <= 2, "{most} macOS guests ran at once");
-    assert_eq!(most, 2, "the two slots were never both used");
+    for (i, out) in outs.iter().enumerate() {
+        out.assert_success()
+            .assert_log_contains(&format!("job-{i}"));
+    }
+    assert!(
+        outs.iter()
+            .any(|o| o.log.contains("Waiting for a free macOS VM slot")),
+        "no job waited for a slot"
+    );
+    let runs: Vec<_> = bed
+        .sim
+        .invocations()
+        .into_iter()
+        .filter(|i| i.args.first().map(String::as_str) == Some("run"))
+        .collect();
+    assert_eq!(runs.len(), 3, "one `tart run` per job: {runs:?}");
+    for run in &runs {
+        let overlapping = runs
+            .iter()
+            .filter(|o| {
+                o.started_ms <= run.started_ms && o.ended_ms.is_none_or(|e| e > run.started_ms)
+            })
+            .count();
+        assert!(
+            overlapping <= 2,
+            "a third `tart run` started while two ran: {runs:?}"
+        );
+    }
     assert_within(started, Duration::from_secs(90));
     bed.assert_nothing_left();
 }

@@ -184,9 +184,6 @@ fn a_vm_that_outlived_its_jobs_timeout_is_removed_though_its_supervisor_lives() 
 /// the job goes on.
 #[test]
 fn gc_from_another_state_dir_leaves_a_running_job_alone() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let job = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&job, &["prepare"]);
@@ -211,9 +208,6 @@ fn gc_from_another_state_dir_leaves_a_running_job_alone() {
 /// only the directory that holds its record, or that its owner marker names, sweeps it.
 #[test]
 fn an_orphan_is_swept_only_by_its_own_state_dir() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let vm = orphaned_job(&bed);
     let other = bed.sim.root().join("other-state");

@@ -88,8 +88,11 @@ fn newlines_and_shell_metacharacters_in_tart_variables_are_refused_by_name() {
     }
 }
 
+/// TART_HOME of gitlab-tart-executor's jobs moves Tart's home; here Tart's home is the
+/// admin's. The job is told its variable is ignored and why, and Tart works where the admin
+/// said: the image lands in the admin's home, nothing in the job's.
 #[test]
-fn a_jobs_tart_home_has_no_effect_on_where_tart_works() {
+fn a_jobs_tart_home_is_ignored_with_a_warning() {
     let bed = Bed::new();
     let elsewhere = bed.sim.root().join("job-chosen-home");
     let out = run_job(
@@ -100,9 +103,9 @@ fn a_jobs_tart_home_has_no_effect_on_where_tart_works() {
             .script(["echo ran-in-the-right-home"]),
     );
     out.assert_success()
-        .assert_log_contains("ran-in-the-right-home");
+        .assert_log_contains("ran-in-the-right-home")
+        .assert_log_contains("the job sets TART_HOME, which this driver ignores");
     assert!(!elsewhere.exists(), "Tart worked in the job's TART_HOME");
-    // The image was pulled into the admin's home.
     assert!(bed
         .sim
         .list()
@@ -224,5 +227,68 @@ fn a_one_megabyte_line_arrives_intact_both_ways() {
     assert_eq!(out.stdout, format!("{line}\n").into_bytes());
     let (code, _) = bed.stage(&job, &["cleanup"]);
     assert_eq!(code, 0);
+    bed.assert_nothing_left();
+}
+
+// --- Debug output -----------------------------------------------------------------------------
+
+/// Debug lines describe the host (every Tart command, the sweep's decisions): a job may not
+/// turn them on unless the admin lists `debug` in job_overrides. It is told why.
+#[test]
+fn a_jobs_debug_switch_is_ignored_unless_the_admin_allows_it() {
+    let bed = Bed::new();
+    let job = Job::new()
+        .image(MACOS)
+        .var("TART_DRIVER_DEBUG", "true")
+        .script(["echo ran"]);
+    let out = run_job(&bed.runner(), &job);
+    out.assert_success()
+        .assert_log_contains("does not let jobs turn on debug output");
+    assert!(!out.log.contains("running `"), "{}", out.log);
+
+    let bed = bed.option(["--job-override", "debug"]);
+    let out = run_job(&bed.runner(), &job);
+    out.assert_success().assert_log_contains("running `");
+    bed.assert_nothing_left();
+}
+
+/// With debug lines on, a job's log shows its own VM, never another job's: not a live
+/// neighbour's, not the orphan its prepare sweeps (their names carry other runners' tokens
+/// and job ids).
+#[test]
+fn debug_lines_never_name_other_jobs() {
+    let bed = Bed::new()
+        .option(["--concurrency", "2", "--cpu", "2"])
+        .option(["--job-override", "debug"]);
+    let neighbour = bed.direct_job(MACOS);
+    let (code, log) = bed.stage(&neighbour, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let orphan = bed.direct_job(MACOS);
+    let (code, log) = bed.stage(&orphan, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    for pid in common::pids_with_args(&["supervise", &orphan.vm_name()]) {
+        // SAFETY: kill(2) of the supervisor this test's job started.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || common::pids_with_args(&["run", &orphan.vm_name()]).is_empty()
+    ));
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(common::LINUX)
+            .var("TART_DRIVER_DEBUG", "true")
+            .script(["echo ran"]),
+    );
+    out.assert_success()
+        .assert_log_contains("running `")
+        .assert_log_contains("Removed 1 orphaned VM(s)");
+    for other in [&neighbour, &orphan] {
+        assert!(!out.log.contains(&other.vm_name()), "{}", out.log);
+        assert!(!out.log.contains(&other.id.to_string()), "{}", out.log);
+    }
+    let (code, log) = bed.stage(&neighbour, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
     bed.assert_nothing_left();
 }

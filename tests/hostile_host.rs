@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use common::{skip_e2e, Bed, MACOS};
+use common::{Bed, MACOS};
 
 /// `nobody`: a local user other than the runner's.
 const OTHER_UID: u32 = 65534;
@@ -52,9 +52,6 @@ fn assert_doctor_refuses(bed: &Bed) {
 /// talks to the planted socket: the job's script and secrets never reach it.
 #[test]
 fn a_state_dir_another_user_created_is_refused_and_its_socket_gets_nothing() {
-    if skip_e2e() {
-        return;
-    }
     let mut bed = Bed::new();
     let planted = bed.sim.root().join("planted-state");
     std::fs::create_dir(&planted).unwrap();
@@ -93,9 +90,6 @@ fn a_state_dir_another_user_created_is_refused_and_its_socket_gets_nothing() {
 /// link's target.
 #[test]
 fn a_symlinked_state_dir_is_refused() {
-    if skip_e2e() {
-        return;
-    }
     let mut bed = Bed::new();
     let target = bed.sim.root().join("link-target");
     std::fs::create_dir(&target).unwrap();
@@ -115,9 +109,6 @@ fn a_symlinked_state_dir_is_refused() {
 /// the job's record renamed away and replaced.
 #[test]
 fn a_level_below_the_state_dir_owned_by_another_user_is_refused() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     std::fs::create_dir(&bed.state_dir).unwrap();
     std::fs::set_permissions(&bed.state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -136,9 +127,6 @@ fn a_level_below_the_state_dir_owned_by_another_user_is_refused() {
 /// like /tmp) lets them replace the state directory wholesale.
 #[test]
 fn a_state_dir_inside_a_directory_others_can_write_is_refused() {
-    if skip_e2e() {
-        return;
-    }
     let mut bed = Bed::new();
     let open = bed.sim.root().join("open");
     std::fs::create_dir(&open).unwrap();
@@ -155,9 +143,6 @@ fn a_state_dir_inside_a_directory_others_can_write_is_refused() {
 /// VM name the driver makes (12-character runner token, 20-digit job id): the job runs.
 #[test]
 fn the_longest_socket_path_the_driver_makes_works() {
-    if skip_e2e() {
-        return;
-    }
     let mut bed = Bed::new();
     let budget = if cfg!(target_os = "macos") { 103 } else { 107 };
     // <state>/vms/<41-byte name>/ssh plus ssh's 17-byte temporary suffix.
@@ -180,9 +165,6 @@ fn the_longest_socket_path_the_driver_makes_works() {
 /// fix, instead of a login that keeps failing until the boot timeout.
 #[test]
 fn a_state_dir_too_long_for_socket_paths_is_refused_at_once() {
-    if skip_e2e() {
-        return;
-    }
     let mut bed = Bed::new().option(["--timeout", "30"]);
     let budget = if cfg!(target_os = "macos") { 103 } else { 107 };
     let root_len = budget - 17 - "/vms//ssh".len() - 41 + 1;
@@ -207,9 +189,6 @@ fn a_state_dir_too_long_for_socket_paths_is_refused_at_once() {
 /// a job claiming a live job's id and runner token neither runs in its VM nor destroys it.
 #[test]
 fn without_a_payload_a_job_claiming_another_jobs_identity_is_refused() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let victim = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&victim, &["prepare"]);
@@ -240,9 +219,6 @@ fn without_a_payload_a_job_claiming_another_jobs_identity_is_refused() {
 /// payload a job's CI_PROJECT_ID could aim it at another project's cache.
 #[test]
 fn without_a_payload_a_job_cannot_reach_another_projects_cache() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let cache = bed.sim.root().join("host-cache");
     std::fs::create_dir(&cache).unwrap();
@@ -266,9 +242,6 @@ fn without_a_payload_a_job_cannot_reach_another_projects_cache() {
 /// Old runners keep working when the admin accepts the risk.
 #[test]
 fn the_admin_can_opt_in_to_identity_from_variables_for_old_runners() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--unsafe-job-identity-from-variables"]);
     let job = bed.direct_job(MACOS).without_payload();
     let (code, log) = bed.stage(&job, &["prepare"]);

@@ -295,3 +295,51 @@ fn runner_config_keeps_the_runner_token_out_of_argv_and_output() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// gitlab-runner SIGKILLs a prepare that ignores its cancel, and may never run cleanup.
+/// Killed while ssh logs in with the admin's password (a slow login: an `ssh` that waits 2 s
+/// before it starts), prepare leaves no file that holds the password, or any part of it.
+#[test]
+fn a_prepare_killed_during_the_ssh_login_leaves_no_password_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = Bed::new().image(
+        PRIVATE,
+        Image::darwin().credentials("builder", SSH_PASSWORD),
+    );
+    let slow_ssh = bed.sim.bin_dir().join("ssh");
+    std::fs::write(&slow_ssh, "#!/bin/sh\nsleep 2\nexec /usr/bin/ssh \"$@\"\n").unwrap();
+    std::fs::set_permissions(&slow_ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let password_file = bed.sim.root().join("ssh-password");
+    std::fs::write(&password_file, SSH_PASSWORD).unwrap();
+    let bed = bed.option([
+        "--ssh-username",
+        "builder",
+        "--ssh-password-file",
+        password_file.to_str().unwrap(),
+    ]);
+    let job = bed.direct_job(PRIVATE);
+    let mut prepare = bed
+        .stage_command(&job, &["prepare"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let askpass = bed
+        .state_dir
+        .join("vms")
+        .join(job.vm_name())
+        .join("askpass");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || askpass.exists()),
+        "prepare never started the login"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    common::kill_group(prepare.id(), libc::SIGKILL);
+    let _ = prepare.wait();
+    let half = &SSH_PASSWORD[..SSH_PASSWORD.len() / 2];
+    let files = files_with(&bed.state_dir, &[SSH_PASSWORD, half]);
+    assert!(files.is_empty(), "{files:#?}");
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}

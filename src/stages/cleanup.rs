@@ -14,6 +14,7 @@ use crate::vm::VmState;
 pub fn cleanup(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
+    crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let tart = Tart::new(&settings.tart_executable);
     let vm = job.vm_name();
     let root = StateDir::open(&settings.state_dir)?;

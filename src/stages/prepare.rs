@@ -31,8 +31,29 @@ use crate::vm::{Connection, VmState};
 pub fn prepare(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
+    crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let request = Request::resolve(&settings, &job)?;
-    super::runtime().block_on(prepare_vm(&settings, &job, &request))
+    super::runtime().block_on(async {
+        let mut cancelled = crate::transport::relay::Cancel::listen()?;
+        tokio::select! {
+            result = prepare_vm(&settings, &job, &request) => result,
+            _ = cancelled.recv() => cancel(&settings, &job).await,
+        }
+    })
+}
+
+/// gitlab-runner cancels a prepare with SIGTERM (a job cancel or timeout). What prepare had
+/// started is dropped, and the VM goes at once rather than waiting for cleanup, which
+/// gitlab-runner does not always get to run.
+async fn cancel(settings: &Settings, job: &JobContext) -> StageResult {
+    let vm = job.vm_name();
+    eprintln!("Prepare cancelled: removing VM {vm}...");
+    let root = StateDir::open(&settings.state_dir)?;
+    let tart = Tart::new(&settings.tart_executable);
+    lifecycle::teardown(&tart, settings, &VmState::new(&root, &vm), None).await?;
+    Err(Failure::System(anyhow!(
+        "prepare was cancelled (SIGTERM); VM {vm} is removed"
+    )))
 }
 
 async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) -> StageResult {
@@ -145,8 +166,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let mut at_limit = foreign::LimitWait::new();
     let (conn, t) = loop {
         let t = Instant::now();
-        // Nothing else runs on this thread meanwhile, so a blocking wait is fine.
-        let slots = host::acquire(settings, &root, macos, slot_deadline)?;
+        let slots = host::acquire(settings, &root, macos, slot_deadline).await?;
         if t.elapsed() > Duration::from_millis(500) {
             super::phase_done("Got a VM slot", t);
         }

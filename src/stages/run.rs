@@ -15,6 +15,7 @@ use crate::vm::VmState;
 pub fn run(args: &RunArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
+    crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let root = StateDir::open(&settings.state_dir)?;
     let state = VmState::new(&root, &job.vm_name());
     let conn = state.load_connection()?.ok_or_else(|| {

@@ -229,6 +229,17 @@ impl Dir {
         Ok(file)
     }
 
+    /// Creates a named pipe (mode 0600).
+    pub fn make_fifo(&self, name: &str) -> Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: mkfifoat on our descriptor with a valid name.
+        if unsafe { libc::mkfifoat(self.fd.as_raw_fd(), c.as_ptr(), 0o600) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot create {}", self.path.join(name).display()));
+        }
+        Ok(())
+    }
+
     /// The whole content of a file, or None if it does not exist.
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
         use std::io::Read;

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use openssh::{Error as SshError, Session};
 use tokio::io::AsyncWriteExt;
 
-use super::askpass::{self, PasswordFile};
+use super::askpass::{self, PasswordPipe};
 use super::relay::{Cancel, Output};
 use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::state_dir::CONTROL_SOCKET;
@@ -95,7 +95,7 @@ pub async fn start_master(
     // Held until ssh has logged in; dropping it deletes the file.
     let _password_file = match auth {
         Auth::Password(password) => {
-            let file = PasswordFile::write(&record, password)
+            let file = PasswordPipe::serve(&record, password)
                 .map_err(|e| MasterError::Broken(e.to_string()))?;
             let exe = std::env::current_exe().map_err(|e| MasterError::Broken(e.to_string()))?;
             cmd.arg("-o")

@@ -18,6 +18,16 @@ pub struct RegistryAuth {
     pub password: String,
 }
 
+/// One `tart` command the simulator ran (see [`SimHost::invocations`]).
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub pid: u32,
+    pub started_ms: u128,
+    /// None while it runs (or if it was killed).
+    pub ended_ms: Option<u128>,
+    pub args: Vec<String>,
+}
+
 /// Fault knobs of a catalogue image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Faults {
@@ -468,6 +478,46 @@ impl SimHost {
             ("TART_HOME".into(), self.tart_home.display().to_string()),
             ("TART_SIM_HOST".into(), self.sim_host.display().to_string()),
         ]
+    }
+
+    /// Every `tart` command run on this host so far, in order (the simulator's
+    /// `invocations.log`): for each, when it started and ended (if it has) and its arguments.
+    pub fn invocations(&self) -> Vec<Invocation> {
+        let text =
+            std::fs::read_to_string(self.sim_host.join("invocations.log")).unwrap_or_default();
+        let mut out: Vec<Invocation> = Vec::new();
+        for line in text.lines() {
+            let mut parts = line.splitn(4, ' ');
+            let (Some(ms), Some(pid), Some(event)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(ms), Ok(pid)) = (ms.parse::<u128>(), pid.parse::<u32>()) else {
+                continue;
+            };
+            let args: Vec<String> = parts
+                .next()
+                .unwrap_or("")
+                .split(' ')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            if event == "start" {
+                out.push(Invocation {
+                    pid,
+                    started_ms: ms,
+                    ended_ms: None,
+                    args,
+                });
+            } else if let Some(inv) = out
+                .iter_mut()
+                .rev()
+                .find(|i| i.pid == pid && i.ended_ms.is_none())
+            {
+                inv.ended_ms = Some(ms);
+            }
+        }
+        out
     }
 
     /// A `Command` for `tart <args>` with this host's environment.

@@ -53,12 +53,37 @@ fn top_help() -> String {
 fn main() {
     // Tart forces line-buffered stdout; Rust's stdout is line-buffered already.
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let internal = args.first().is_some_and(|a| a.starts_with("__"));
+    if !internal {
+        log_invocation("start", &args);
+    }
     let code = match dispatch(&args) {
         Ok(()) => 0,
         Err(f) => report(f),
     };
+    if !internal {
+        log_invocation(&format!("end:{code}"), &args);
+    }
     let _ = std::io::stdout().flush();
     std::process::exit(code);
+}
+
+/// Test instrumentation, not Tart behaviour: every command appends a line to
+/// `$TART_SIM_HOST/invocations.log` when it starts and when it ends (`<unix ms> <pid>
+/// start|end:<code> <args>`), so tests can tell what a driver asked Tart to do, and when.
+fn log_invocation(event: &str, args: &[String]) {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let line = format!("{ms} {} {event} {}\n", std::process::id(), args.join(" "));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(util::sim_host().join("invocations.log"))
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 pub fn report(f: Fail) -> i32 {
