@@ -257,9 +257,7 @@ fn a_jobs_debug_switch_is_ignored_unless_the_admin_allows_it() {
 /// and job ids).
 #[test]
 fn debug_lines_never_name_other_jobs() {
-    let bed = Bed::new()
-        .option(["--concurrency", "2", "--cpu", "2"])
-        .option(["--job-override", "debug"]);
+    let bed = Bed::new().option(["--concurrency", "2", "--cpu", "2"]);
     let neighbour = bed.direct_job(MACOS);
     let (code, log) = bed.stage(&neighbour, &["prepare"]);
     assert_eq!(code, 0, "{log}");
@@ -274,12 +272,10 @@ fn debug_lines_never_name_other_jobs() {
         std::time::Duration::from_secs(10),
         || common::pids_with_args(&["run", &orphan.vm_name()]).is_empty()
     ));
+    // The admin's debug switch: every Tart command and sweep decision in the job log.
     let out = run_job(
-        &bed.runner(),
-        &Job::new()
-            .image(common::LINUX)
-            .var("TART_DRIVER_DEBUG", "true")
-            .script(["echo ran"]),
+        &bed.runner().env("TART_DRIVER_LOG", "debug"),
+        &Job::new().image(common::LINUX).script(["echo ran"]),
     );
     out.assert_success()
         .assert_log_contains("running `")
