@@ -1250,7 +1250,9 @@ fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
     // The same proof as the sweep's (`ownership`): a record here whose lock is free, or a
     // marker naming this state directory. Other VMs of this driver are left alone.
     let root = match state_dir::inspect(&settings.state_dir) {
-        Ok(state_dir::Inspection::Fine { .. }) => StateDir::open(&settings.state_dir).ok(),
+        Ok(state_dir::Inspection::Fine { .. }) => {
+            StateDir::open_ignoring_socket_limit(&settings.state_dir).ok()
+        }
         _ => None,
     };
     let (mut orphans, mut foreign) = (Vec::new(), Vec::new());
