@@ -35,6 +35,8 @@ fn host_builds_dir_is_shared_per_job_and_removed_at_cleanup() {
     let job_dir = builds.read_dir().unwrap().next().unwrap().unwrap().path();
     let vm = job_dir.file_name().unwrap().to_str().unwrap().to_string();
     let job_id = vm.rsplit('-').next().unwrap();
+    let payload = bed.sim.root().join("cleanup-response.json");
+    std::fs::write(&payload, format!("{{\"id\": {job_id}}}")).unwrap();
     let done = std::process::Command::new(common::DRIVER)
         .args([
             "cleanup",
@@ -44,6 +46,7 @@ fn host_builds_dir_is_shared_per_job_and_removed_at_cleanup() {
             builds.to_str().unwrap(),
         ])
         .envs(bed.sim.env())
+        .env("JOB_RESPONSE_FILE", &payload)
         .env("CUSTOM_ENV_CI_JOB_ID", job_id)
         .env(
             "CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN",

@@ -35,9 +35,23 @@ pub fn prepare(args: &StageArgs) -> StageResult {
     let request = Request::resolve(&settings, &job)?;
     super::runtime().block_on(async {
         let mut cancelled = crate::transport::relay::Cancel::listen()?;
-        tokio::select! {
-            result = prepare_vm(&settings, &job, &request) => result,
-            _ = cancelled.recv() => cancel(&settings, &job).await,
+        let finished = tokio::select! {
+            biased;
+            _ = cancelled.recv() => None,
+            result = prepare_vm(&settings, &job, &request) => Some(result),
+        };
+        match finished {
+            None => cancel(&settings, &job).await,
+            // The runner's SIGTERM reaches our Tart commands too, and one of them may fail
+            // from it a moment before we hear the signal: that failure is the cancel.
+            Some(Err(_))
+                if tokio::time::timeout(Duration::from_millis(300), cancelled.recv())
+                    .await
+                    .is_ok() =>
+            {
+                cancel(&settings, &job).await
+            }
+            Some(result) => result,
         }
     })
 }
