@@ -18,6 +18,8 @@ command -v pkill >/dev/null || missing+=(procps)
 [ -x /bin/zsh ] || missing+=(zsh)
 # Wall-clock jumps in tests (the driver must not trust the wall clock).
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(libfaketime)
+# The simulator's Local Network privacy fault is an iptables rule.
+command -v iptables >/dev/null || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]}..." >&2
   export DEBIAN_FRONTEND=noninteractive

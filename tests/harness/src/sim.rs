@@ -40,6 +40,16 @@ pub struct Faults {
     pub pull_fails: bool,
     pub pull_refuses_credentials: bool,
     pub clone_fails_disk: bool,
+    /// macOS 15+ Local Network privacy: connections from the host to the guest fail with
+    /// "No route to host" once it has its IP (needs iptables).
+    #[serde(default)]
+    pub local_network_denied: bool,
+    /// The guest agent's stream breaks this long into every `tart exec`.
+    #[serde(default)]
+    pub exec_breaks_after_ms: Option<u64>,
+    /// The guest agent answers only this long after `tart run` started.
+    #[serde(default)]
+    pub agent_starts_after_ms: Option<u64>,
 }
 
 impl Default for Faults {
@@ -54,6 +64,9 @@ impl Default for Faults {
             pull_fails: false,
             pull_refuses_credentials: false,
             clone_fails_disk: false,
+            local_network_denied: false,
+            exec_breaks_after_ms: None,
+            agent_starts_after_ms: None,
         }
     }
 }
@@ -614,9 +627,44 @@ impl Default for SimHost {
     }
 }
 
+/// Removes the simulator's Local Network privacy rules (iptables, see the simulator's
+/// `netfault`) that name `sim_host`: a `tart run` killed with SIGKILL leaves its rule, which
+/// would block whichever guest gets that address next, on any test bed of this machine.
+fn remove_network_faults(sim_host: &Path) {
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "-S", "OUTPUT"])
+        .output()
+    else {
+        return;
+    };
+    let tag = format!("tart-sim-local-network {}", sim_host.display());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(spec) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        if !line.contains(&tag) {
+            continue;
+        }
+        // `-S` quotes the comment; split it back into the words iptables expects.
+        let mut args = vec!["-w".to_string(), "-D".to_string()];
+        let (before, rest) = spec.split_once('"').unwrap_or((spec, ""));
+        args.extend(before.split_whitespace().map(String::from));
+        if let Some((comment, after)) = rest.split_once('"') {
+            args.push(comment.to_string());
+            args.extend(after.split_whitespace().map(String::from));
+        }
+        let _ = Command::new("iptables")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for SimHost {
     fn drop(&mut self) {
         self.stop_and_delete_all();
+        remove_network_faults(&self.sim_host);
         // Last resort: anything still running for this TART_HOME (a leaked `tart run`).
         let home = self.tart_home.display().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -1041,7 +1041,16 @@ pub fn exec(args: &[String]) -> R<()> {
         .and_then(|r| r.get("pid"))
         .and_then(|v| v.as_i64())
         .unwrap_or(0) as i32;
-    if !sim.agent || !ready || rec_pid != run_pid || init <= 0 {
+    let started = rec
+        .as_ref()
+        .and_then(|r| r.get("started"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    let agent_up = match sim.faults.agent_starts_after_ms {
+        Some(ms) => (crate::util::now_secs() - started) * 1000 >= ms as i64,
+        None => true,
+    };
+    if !sim.agent || !ready || !agent_up || rec_pid != run_pid || init <= 0 {
         std::thread::sleep(Duration::from_millis(1500));
         return Err(Fail::Bare(
             format!(

@@ -7,6 +7,7 @@
 mod cli;
 mod cmds;
 mod macos_guest;
+mod netfault;
 mod oci;
 #[cfg(target_os = "linux")]
 mod run;

@@ -148,6 +148,17 @@ pub struct Faults {
     pub pull_refuses_credentials: bool,
     #[serde(default)]
     pub clone_fails_disk: bool,
+    /// macOS 15+ Local Network privacy: TCP from the host to the guest fails with
+    /// EHOSTUNREACH once the guest has its IP.
+    #[serde(default)]
+    pub local_network_denied: bool,
+    /// The guest agent's stream breaks this long into every `tart exec`.
+    #[serde(default)]
+    pub exec_breaks_after_ms: Option<u64>,
+    /// The guest agent answers only this long after `tart run` started (on macOS it is a
+    /// launchd agent of the GUI login, which comes after the network).
+    #[serde(default)]
+    pub agent_starts_after_ms: Option<u64>,
 }
 
 impl Default for Faults {

@@ -143,7 +143,7 @@ fn group_shares(cmd: &Cmd, specs: &[String]) -> R<BTreeMap<String, Vec<Share>>> 
     Ok(by_tag)
 }
 
-fn ips_dir() -> PathBuf {
+pub fn ips_dir() -> PathBuf {
     let p = std::env::var_os("TART_SIM_IPS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp/tart-sim-ips"));
@@ -200,8 +200,11 @@ fn host_block() -> Option<String> {
     None
 }
 
-/// Picks a free address of this simulated host's block and holds its lock file.
-fn allocate_ip(mac: &str) -> Option<(String, File)> {
+/// Picks an address of this simulated host's block and holds its lock file. The second
+/// value says whether bootpd has it to give: as on a Mac, once every address of the pool is
+/// leased to other MACs (leases outlive their VMs), a new VM boots without a lease, and
+/// only its sshd needs an address to listen on.
+fn allocate_ip(mac: &str) -> Option<(String, File, bool)> {
     let prev = lease_for(mac).ok().flatten();
     let avoid = leased_ips_except(mac);
     let block = host_block()?;
@@ -209,7 +212,7 @@ fn allocate_ip(mac: &str) -> Option<(String, File)> {
         .into_iter()
         .filter(|ip| ip.starts_with(&format!("{block}.")))
         .collect();
-    for n in 2..=250 {
+    for n in 2..=254 {
         cands.push(format!("{block}.{n}"));
     }
     let dir = ips_dir();
@@ -225,7 +228,8 @@ fn allocate_ip(mac: &str) -> Option<(String, File)> {
             if TcpListener::bind(addr).is_err() {
                 continue;
             }
-            return Some((ip.clone(), lock));
+            crate::netfault::allow(ip);
+            return Some((ip.clone(), lock, pass == 0));
         }
     }
     None
@@ -548,7 +552,7 @@ pub fn run(args: &[String]) -> R<()> {
             "tart run must run as root (guests are sshd processes in their own namespaces)".into(),
         ));
     }
-    let Some((ip, _ip_lock)) = allocate_ip(&mac) else {
+    let Some((ip, _ip_lock, pool_has_room)) = allocate_ip(&mac) else {
         return Err(sim_err(
             "no free loopback address with port 22 (is the host's sshd listening on 0.0.0.0:22? stop it)".into(),
         ));
@@ -624,7 +628,7 @@ pub fn run(args: &[String]) -> R<()> {
     let me = std::process::id();
     write_run_record(
         &dir,
-        json!({"pid": me, "init_pid": init, "ip": ip, "ready": false}),
+        json!({"pid": me, "init_pid": init, "ip": ip, "ready": false, "started": crate::util::now_secs()}),
     );
 
     let start = Instant::now();
@@ -652,6 +656,9 @@ pub fn run(args: &[String]) -> R<()> {
                 unsafe { libc::kill(init, libc::SIGKILL) };
                 reap(init);
                 let _ = fs::remove_file(dir.join("sim-run.json"));
+                if sim.faults.local_network_denied {
+                    crate::netfault::allow(&ip);
+                }
                 return Ok(());
             }
             libc::SIGUSR2 => {
@@ -669,6 +676,9 @@ pub fn run(args: &[String]) -> R<()> {
                 unsafe { libc::kill(init, libc::SIGKILL) };
                 reap(init);
                 let _ = fs::remove_file(dir.join("sim-run.json"));
+                if sim.faults.local_network_denied {
+                    crate::netfault::allow(&ip);
+                }
                 return Err(Fail::Exit(1));
             }
             _ => {}
@@ -677,6 +687,9 @@ pub fn run(args: &[String]) -> R<()> {
         let r = unsafe { libc::waitpid(init, &mut status, libc::WNOHANG) };
         if r == init {
             let _ = fs::remove_file(dir.join("sim-run.json"));
+            if sim.faults.local_network_denied {
+                crate::netfault::allow(&ip);
+            }
             let unexpected =
                 libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 3 && !shutdown_requested;
             if unexpected || (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 4) {
@@ -692,12 +705,17 @@ pub fn run(args: &[String]) -> R<()> {
         let el = start.elapsed();
         if !ready && el >= boot && port_open(addr) {
             ready = true;
-            if !sim.faults.never_ip {
+            if !sim.faults.never_ip && pool_has_room {
                 write_lease(&name, &mac, &ip);
+            }
+            if sim.faults.local_network_denied {
+                if let Err(e) = crate::netfault::deny(&ip) {
+                    eprintln!("tart-sim: {e}");
+                }
             }
             write_run_record(
                 &dir,
-                json!({"pid": me, "init_pid": init, "ip": ip, "ready": true}),
+                json!({"pid": me, "init_pid": init, "ip": ip, "ready": true, "started": crate::util::now_secs() - el.as_secs() as i64}),
             );
         }
         if let Some(d) = dies {
@@ -1192,7 +1210,27 @@ pub fn exec_in_guest(init: i32, sim: &SimVm, cmd: &[String], interactive: bool) 
         }
         Err(e) => return Err(Fail::Error(format!("fork/exec {}: {}", cmd[0], e))),
     };
-    let st = child.wait().map_err(|e| Fail::Error(e.to_string()))?;
+    let st = match sim.faults.exec_breaks_after_ms {
+        None => child.wait().map_err(|e| Fail::Error(e.to_string()))?,
+        Some(ms) => {
+            let deadline = Instant::now() + Duration::from_millis(ms);
+            loop {
+                if let Some(st) = child.try_wait().map_err(|e| Fail::Error(e.to_string()))? {
+                    break st;
+                }
+                if Instant::now() >= deadline {
+                    // The agent's gRPC stream breaks: the agent's command dies with its
+                    // context, and Tart prints the gRPC status as any other error.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Fail::Error(
+                        "unavailable (14): Transport became inactive".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     use std::os::unix::process::ExitStatusExt;
     Err(Fail::Exit(match st.code() {
         Some(c) => c,
