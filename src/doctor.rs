@@ -29,6 +29,8 @@ use crate::orchard::settings::Backend;
 use crate::state_dir::{self, StateDir, VMS};
 use crate::vm::{VmName, VmState, PREFIX};
 
+mod network;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DoctorArgs {
     #[command(flatten)]
@@ -49,6 +51,9 @@ pub struct DoctorArgs {
     /// Which VMs to check for: this Mac's Tart, or an Orchard controller's fleet
     #[arg(long, value_enum, default_value_t = Backend::Tart)]
     pub backend: Backend,
+
+    #[command(flatten)]
+    pub network: network::NetworkArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +182,10 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     check_state_dir(&settings, &mut r);
     check_socket_path(&settings, &mut r);
     check_ssh(&settings, &mut r);
+    network::check_tool_path(&mut r);
     check_softnet(&settings, &mut r);
+    network::check_dhcp_pool(&args.network, &settings, &mut r);
+    network::check_local_network(tart.as_deref(), list.as_ref(), &mut r);
     check_gui_session(&mut r);
     finish(args, &r)
 }

@@ -81,13 +81,19 @@ pub fn setup_script(os: &str, shares: &[Share], dirs: &[&str], install: &RunnerI
             ));
         }
     }
-    for dir in dirs {
-        if !shares.iter().any(|share| share.guest == *dir) {
-            let dir = quote(dir);
-            s.push_str(&format!(
-                "may_sudo mkdir -p {dir}\nmay_sudo chown \"$(id -u):$(id -g)\" {dir}\n"
-            ));
-        }
+    // One `mkdir` when the user may create them (the usual case: /tmp), sudo otherwise.
+    let own: Vec<String> = dirs
+        .iter()
+        .filter(|dir| !shares.iter().any(|share| share.guest == **dir))
+        .map(|dir| quote(dir))
+        .collect();
+    if !own.is_empty() {
+        let list = own.join(" ");
+        let writable: Vec<String> = own.iter().map(|d| format!("[ -w {d} ]")).collect();
+        s.push_str(&format!(
+            "{{ mkdir -p {list} 2>/dev/null && {}; }} || {{ sudo -n mkdir -p {list} && sudo -n chown \"$(id -u):$(id -g)\" {list}; }}\n",
+            writable.join(" && ")
+        ));
     }
     if install.wanted || install.force {
         s.push_str(&install_runner_script(install));

@@ -93,7 +93,7 @@ const HOST_RESERVE_MIB: u64 = 2048;
 
 /// The smallest CPU count and memory (MiB) a VM accepts: macOS images carry a minimum,
 /// and `tart set` refuses anything below it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Minimum {
     pub cpu: u64,
     pub memory_mib: u64,

@@ -4,6 +4,7 @@
 
 mod cli;
 mod clock;
+mod dhcp;
 mod doctor;
 mod failure;
 mod foreign;
@@ -29,7 +30,9 @@ mod stages;
 mod state_dir;
 mod supervisor;
 mod tart;
+mod tart_home;
 mod tart_message;
+mod tool_path;
 mod transport;
 mod vm;
 
@@ -42,6 +45,7 @@ fn main() {
     if let Some(code) = transport::askpass::answer_if_asked() {
         std::process::exit(code);
     }
+    tool_path::complete_path();
     logging::init_from_admin();
     let codes = ExitCodes::from_env();
     let cli = match Cli::try_parse() {

@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod config;
+pub mod connect;
 pub mod gc;
 pub mod prepare;
 pub mod run;

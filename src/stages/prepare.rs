@@ -13,20 +13,19 @@ use crate::failure::{Failure, StageResult};
 use crate::foreign;
 use crate::guest::{self, Share};
 use crate::host;
-use crate::identity::{self, Identity};
+use crate::identity::Identity;
 use crate::job::JobContext;
 use crate::lifecycle;
 use crate::ownership;
 use crate::registry_access::{self, CredentialFreeHome};
 use crate::request::Request;
-use crate::settings::{Settings, TransportKind};
+use crate::settings::Settings;
 use crate::state_dir::StateDir;
 use crate::supervisor;
 use crate::tart::{Fetch, Tart};
-use crate::transport::exec::ExecTransport;
-use crate::transport::ssh::{self, MasterError};
+use crate::tart_home::{self, VmConfig};
 use crate::transport::{RemoteExit, Transport};
-use crate::vm::{Connection, VmState};
+use crate::vm::VmState;
 
 pub fn prepare(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
@@ -137,12 +136,11 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         })?;
     // From now on the VM exists: mark it as this state directory's, for the sweeps.
     ownership::mark(&vm, &root)?;
-    configure(&tart, settings, request, &vm.to_string()).await?;
-    let info = tart.get(vm.as_str()).await?;
+    let info = configure(&tart, settings, request, vm.as_str()).await?;
     super::phase_done(
         &format!(
             "Cloned {} ({} guest, {} CPUs, {} MiB)",
-            request.image.name, info.os, info.cpu, info.memory
+            request.image.name, info.os, info.cpu, info.memory_mib
         ),
         t,
     );
@@ -191,7 +189,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         supervisor::start(&state, tart.exe(), &run_args, fds)?;
         drop(slots);
         let deadline = crate::clock::deadline_after(request.boot_timeout);
-        match connect(
+        match super::connect::connect(
             &tart, &state, request, &identity, &info.os, resolver, deadline,
         )
         .await
@@ -211,7 +209,10 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         }
     };
     super::phase_done(
-        &format!("VM booted and reachable over {}", transport_name(&conn)),
+        &format!(
+            "VM booted and reachable over {}",
+            super::connect::transport_name(&conn)
+        ),
         t,
     );
     state.record_phase("boot and connect", t.elapsed());
@@ -242,7 +243,9 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         (RemoteExit::Code(code), out) => {
             return Err(anyhow!("guest setup failed with exit code {code}: {}", out.trim()).into());
         }
-        (RemoteExit::Lost(why), _) => return Err(anyhow!("guest setup: {why}").into()),
+        (RemoteExit::Lost(why) | RemoteExit::Broken(why), _) => {
+            return Err(anyhow!("guest setup: {why}").into())
+        }
     }
     state.save_connection(&conn)?;
     super::phase_done("Guest ready", t);
@@ -286,21 +289,43 @@ async fn copy_gitlab_runner(transport: &Transport, os: &str) -> anyhow::Result<(
             "copying gitlab-runner into the VM failed ({code}): {}",
             out.trim()
         ),
-        (RemoteExit::Lost(why), _) => anyhow::bail!("copying gitlab-runner into the VM: {why}"),
+        (RemoteExit::Lost(why) | RemoteExit::Broken(why), _) => {
+            anyhow::bail!("copying gitlab-runner into the VM: {why}")
+        }
     }
 }
 
-/// Applies CPU, memory and display in one `tart set`.
-async fn configure(tart: &Tart, settings: &Settings, request: &Request, vm: &str) -> StageResult {
-    let sizing = host::vm_resources(settings, image_minimum(vm)).map_err(|too_big| {
+/// Applies CPU, memory and display in one `tart set`, and only when something changes:
+/// the clone's `config.json` tells what it has (`tart get` only when that cannot be read).
+async fn configure(
+    tart: &Tart,
+    settings: &Settings,
+    request: &Request,
+    vm: &str,
+) -> Result<VmConfig, Failure> {
+    let mut config = match tart_home::vm_config(vm) {
+        Some(config) => config,
+        None => {
+            let info = tart.get(vm).await?;
+            VmConfig {
+                os: info.os,
+                cpu: info.cpu,
+                memory_mib: info.memory,
+                minimum: host::Minimum::default(),
+            }
+        }
+    };
+    let sizing = host::vm_resources(settings, config.minimum).map_err(|too_big| {
         Failure::rejected(format!("image `{}`: {}", request.image.name, too_big.0))
     })?;
     let mut flags = Vec::new();
-    if let Some(cpu) = sizing.cpu {
+    if let Some(cpu) = sizing.cpu.filter(|&cpu| cpu != config.cpu) {
         flags.extend(["--cpu".to_string(), cpu.to_string()]);
+        config.cpu = cpu;
     }
-    if let Some(memory) = sizing.memory_mib {
+    if let Some(memory) = sizing.memory_mib.filter(|&m| m != config.memory_mib) {
         flags.extend(["--memory".to_string(), memory.to_string()]);
+        config.memory_mib = memory;
     }
     if let Some(display) = &request.display {
         flags.extend(["--display".to_string(), display.0.clone()]);
@@ -311,25 +336,7 @@ async fn configure(tart: &Tart, settings: &Settings, request: &Request, vm: &str
     if !flags.is_empty() {
         tart.set(vm, &flags).await?;
     }
-    Ok(())
-}
-
-/// The image's minimum CPU count and memory, from the VM's `config.json` in Tart's home
-/// (`cpuCountMin`, `memorySizeMin` in bytes). Unknown means no minimum.
-fn image_minimum(vm: &str) -> host::Minimum {
-    let Some(dir) = ownership::vm_dir(vm) else {
-        return host::Minimum::default();
-    };
-    let Ok(text) = std::fs::read(dir.join("config.json")) else {
-        return host::Minimum::default();
-    };
-    let Ok(config) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return host::Minimum::default();
-    };
-    host::Minimum {
-        cpu: config["cpuCountMin"].as_u64().unwrap_or(0),
-        memory_mib: config["memorySizeMin"].as_u64().unwrap_or(0) / 1024 / 1024,
-    }
+    Ok(config)
 }
 
 /// The host directories this job's VM gets: its own builds directory, its project's cache
@@ -379,86 +386,4 @@ fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec
         });
     }
     Ok(shares)
-}
-
-/// Waits for the VM to boot and opens the job's connection with the chosen transport.
-async fn connect(
-    tart: &Tart,
-    state: &VmState,
-    request: &Request,
-    identity: &Identity,
-    os: &str,
-    resolver: &str,
-    deadline: Instant,
-) -> Result<Connection, Failure> {
-    let exec = ExecTransport::new(tart.clone(), state.name.clone());
-    let exec_connection = || Connection {
-        transport: TransportKind::Exec,
-        os: os.to_string(),
-        shell: request.shell.clone(),
-        ip: None,
-        user: None,
-        env: request.guest_env(),
-    };
-    if request.transport == TransportKind::Exec {
-        loop {
-            if let Some(ending) = state.run_ending() {
-                return Err(anyhow!("the VM stopped while booting: {ending}").into());
-            }
-            if exec.agent_answers(Duration::from_secs(10)).await {
-                return Ok(exec_connection());
-            }
-            if Instant::now() >= deadline {
-                return Err(anyhow!("Tart's guest agent did not answer within the boot timeout: does the image have the agent? Use TART_TRANSPORT=ssh for images without it").into());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    let ip = lifecycle::wait_for_ip(tart, state, resolver, deadline).await?;
-    if request.transport == TransportKind::Auto && exec.agent_answers(Duration::from_secs(5)).await
-    {
-        return Ok(exec_connection());
-    }
-    loop {
-        if let Some(ending) = state.run_ending() {
-            return Err(anyhow!("the VM stopped while booting: {ending}").into());
-        }
-        if !ssh::wait_for_port(&ip, deadline).await {
-            return Err(anyhow!("SSH at {ip}:22 did not answer within the boot timeout: is Remote Login enabled in the image? On macOS 15+, has the runner the Local Network permission?").into());
-        }
-        match ssh::start_master(state, &ip, &request.user, &request.auth).await {
-            Ok(()) => break,
-            Err(MasterError::Broken(reason)) => return Err(anyhow!(reason).into()),
-            Err(MasterError::Refused(reason)) => {
-                return Err(anyhow!(ssh::describe_refusal(&request.user, &ip, &reason)).into());
-            }
-            Err(MasterError::NotYet(reason)) => {
-                if Instant::now() >= deadline {
-                    return Err(anyhow!(
-                        "SSH login to {ip} did not succeed within the boot timeout: {reason}"
-                    )
-                    .into());
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-    // The lease may be another VM's: nothing of the job goes out before this proof. (Over
-    // `tart exec`, Tart itself reaches this VM through its own control socket.)
-    identity::prove(identity, state, os, &ip).await?;
-    Ok(Connection {
-        transport: TransportKind::Ssh,
-        os: os.to_string(),
-        shell: request.shell.clone(),
-        ip: Some(ip),
-        user: Some(request.user.clone()),
-        env: request.guest_env(),
-    })
-}
-
-fn transport_name(conn: &Connection) -> String {
-    match conn.transport {
-        TransportKind::Exec => "tart exec (guest agent)".into(),
-        _ => format!("SSH at {}", conn.ip.as_deref().unwrap_or("?")),
-    }
 }

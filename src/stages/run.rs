@@ -1,5 +1,8 @@
 //! Run stage: feed the runner's script to a login shell in the VM over the job's existing
 //! connection, stream its output, and turn its ending into the runner's exit code.
+//!
+//! The last run stage also prints where the job's time went: cleanup's output reaches only
+//! the runner's own log, never the job log.
 
 use anyhow::{anyhow, Context};
 
@@ -41,9 +44,18 @@ pub fn run(args: &RunArgs) -> StageResult {
             .await
     })?;
     state.record_phase(&format!("stage {}", args.stage), started.elapsed());
+    if is_last_stage(&args.stage, &exit) {
+        if let Some(summary) = state.timing_summary() {
+            eprintln!("{summary}");
+        }
+    }
     match exit {
         RemoteExit::Code(0) => Ok(()),
         RemoteExit::Code(code) => Err(Failure::Build(code)),
+        RemoteExit::Broken(why) => Err(Failure::System(anyhow!(
+            "stage {}: {why}. The VM still runs, but whether the script finished is unknown: this is not the script's failure; retry the job (GitLab `retry: when: runner_system_failure`)",
+            args.stage
+        ))),
         RemoteExit::Lost(why) => {
             // The connection often drops a moment before the supervisor has recorded how
             // `tart run` ended; Tart's words are worth a short wait.
@@ -63,5 +75,17 @@ pub fn run(args: &RunArgs) -> StageResult {
                 args.stage
             )))
         }
+    }
+}
+
+/// Whether gitlab-runner calls no further run stage after this one, so the job log's time
+/// summary belongs at its end. `cleanup_file_variables` comes last whenever the scripts ran
+/// (after success, failure or cancel); a failed `prepare_script` is followed by nothing.
+/// A job timeout skips the remaining stages, and with them the summary.
+fn is_last_stage(stage: &str, exit: &RemoteExit) -> bool {
+    match stage {
+        "cleanup_file_variables" => true,
+        "prepare_script" => !matches!(exit, RemoteExit::Code(0)),
+        _ => false,
     }
 }

@@ -1,6 +1,8 @@
 //! `tart exec` transport: commands go through Tart's guest agent over the VM's control
 //! socket. No IP, no SSH, no macOS Local Network permission. The agent runs programs
-//! directly, so the stage wrapper is handed to `sh -c`.
+//! directly, so the stage wrapper is handed to `sh -c`, inside a shell that reports the
+//! script's status (see `exec_status`): `tart exec`'s own exit code cannot tell a script's
+//! `exit 1` from a broken connection to the agent.
 
 use std::fs::File;
 use std::process::Stdio;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tokio::io::AsyncWriteExt;
 
+use super::exec_status::{StatusFilter, StatusRecord};
 use super::relay::{Cancel, Output};
 use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::tart::Tart;
@@ -40,17 +43,12 @@ impl ExecTransport {
         cancel: &mut Cancel,
     ) -> Result<RemoteExit> {
         let pid_file = pid_file_for_stage();
+        let record = StatusRecord::new();
         let (output, out_write, err_write) = Output::pipes()?;
         let mut command = self.tart.command();
         command
-            .args([
-                "exec",
-                "-i",
-                self.vm.as_str(),
-                "sh",
-                "-c",
-                &stage_wrapper(stage, &pid_file),
-            ])
+            .args(["exec", "-i", self.vm.as_str()])
+            .args(record.wrap(&stage_wrapper(stage, &pid_file)))
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::from(out_write))
             .stderr(Stdio::from(err_write))
@@ -61,13 +59,14 @@ impl ExecTransport {
         let mut child = command.spawn()?;
         // `command` holds the pipes' write ends: the relay ends only once they are closed.
         drop(command);
-        let mut relay = output.relay()?;
-        tokio::select! {
-            _ = &mut relay => {}
+        // Stderr passes through the status record's filter on its way to the job log.
+        let mut relay = output.relay_filtered(record.filter())?;
+        let filter = tokio::select! {
+            filter = &mut relay => filter?,
             _ = cancel.recv() => return Ok(self.stop_remote(&pid_file, &mut child).await),
-        }
+        };
         tokio::select! {
-            status = child.wait() => self.classify(status?.code().unwrap_or(255)).await,
+            status = child.wait() => self.classify(status?.code().unwrap_or(255), &filter).await,
             _ = cancel.recv() => Ok(self.stop_remote(&pid_file, &mut child).await),
         }
     }
@@ -93,10 +92,12 @@ impl ExecTransport {
         input: &[u8],
         limit: Duration,
     ) -> Result<(RemoteExit, String)> {
+        let record = StatusRecord::new();
         let mut child = self
             .tart
             .command()
-            .args(["exec", "-i", self.vm.as_str(), "sh", "-c", command])
+            .args(["exec", "-i", self.vm.as_str()])
+            .args(record.wrap(command))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -129,9 +130,14 @@ impl ExecTransport {
                 limit.as_secs()
             )
         })??;
+        let mut filter = record.filter();
+        let mut stderr = filter.feed(&out.stderr);
+        stderr.extend(filter.finish());
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        let exit = self.classify(out.status.code().unwrap_or(255)).await?;
+        text.push_str(&String::from_utf8_lossy(&stderr));
+        let exit = self
+            .classify(out.status.code().unwrap_or(255), &filter)
+            .await?;
         Ok((exit, text))
     }
 
@@ -147,9 +153,11 @@ impl ExecTransport {
 
     /// `tart exec` passes the guest's exit code through, but uses 1 and 2 for its own
     /// errors too; a VM that is no longer running settles which it was.
-    async fn classify(&self, code: i32) -> Result<RemoteExit> {
-        if code == 0 {
-            return Ok(RemoteExit::Code(0));
+    /// The script's status when its record came through and `tart exec` exited with it;
+    /// otherwise Tart failed: the VM is gone, or the way to it broke while it still runs.
+    async fn classify(&self, code: i32, filter: &StatusFilter) -> Result<RemoteExit> {
+        if filter.status() == Some(code) {
+            return Ok(RemoteExit::Code(code));
         }
         let running = match self.tart.list().await {
             Ok(list) => list
@@ -158,7 +166,10 @@ impl ExecTransport {
             Err(_) => false,
         };
         if running {
-            Ok(RemoteExit::Code(code))
+            Ok(RemoteExit::Broken(format!(
+                "`tart exec` failed (exit status {code}) before the script's status came back: {}",
+                filter.last_line()
+            )))
         } else {
             Ok(RemoteExit::Lost(format!(
                 "VM {} is no longer running",

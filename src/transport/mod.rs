@@ -4,6 +4,8 @@
 
 pub mod askpass;
 pub mod exec;
+pub mod exec_status;
+pub mod reach;
 pub mod relay;
 pub mod ssh;
 
@@ -23,6 +25,8 @@ pub enum RemoteExit {
     Code(i32),
     /// The VM or the connection to it went away: not the script's fault.
     Lost(String),
+    /// The VM runs, but the way to it failed mid-command; the script's outcome is unknown.
+    Broken(String),
 }
 
 pub enum Transport {

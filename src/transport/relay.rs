@@ -6,6 +6,7 @@
 //! gives us no chance to clean up) would keep the job's log open.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::Result;
@@ -69,6 +70,46 @@ impl Output {
             let _ = done_tx.send(());
         });
         Ok(done)
+    }
+
+    /// [`Output::relay`], with stderr passed through `filter` on its way; the receiver gets
+    /// the filter back once both pipes are closed.
+    pub fn relay_filtered<F: ErrFilter + Send + 'static>(
+        self,
+        mut filter: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<F>> {
+        let (our_out, our_err) = (dup_stdio(1)?, dup_stdio(2)?);
+        let (done_tx, done) = tokio::sync::oneshot::channel::<F>();
+        let Output { out_read, err_read } = self;
+        std::thread::spawn(move || {
+            let out = std::thread::spawn(move || {
+                std::io::copy(&mut File::from(out_read), &mut File::from(our_out))
+            });
+            let _ = filter.copy(File::from(err_read), File::from(our_err));
+            let _ = out.join();
+            let _ = done_tx.send(filter);
+        });
+        Ok(done)
+    }
+}
+
+/// Something that edits a stream on its way through: chunks in, what to pass on out.
+pub trait ErrFilter {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<u8>;
+    /// The end of the stream: whatever was held back.
+    fn finish(&mut self) -> Vec<u8>;
+
+    /// Copies `from` to `to` through the filter until EOF.
+    fn copy(&mut self, mut from: impl Read, mut to: impl Write) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            to.write_all(&self.feed(&buf[..n]))?;
+        }
+        to.write_all(&self.finish())
     }
 }
 

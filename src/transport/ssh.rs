@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use openssh::{Error as SshError, Session};
@@ -140,23 +140,6 @@ pub async fn start_master(
     } else {
         Err(MasterError::NotYet(reason))
     }
-}
-
-/// Waits until something accepts TCP connections on `ip:22`, polling every 100 ms.
-pub async fn wait_for_port(ip: &str, deadline: Instant) -> bool {
-    let addr = format!("{ip}:22");
-    while Instant::now() < deadline {
-        if let Ok(Ok(_)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(&addr),
-        )
-        .await
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 pub struct SshTransport {

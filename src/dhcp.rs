@@ -1,0 +1,192 @@
+//! The host's DHCP pool for Tart's shared (NAT) network: macOS's bootpd hands each new MAC
+//! address an IP for its lease time (a day by default) from a pool of about 253 addresses,
+//! and records it in `/var/db/dhcpd_leases`, where `tart ip` looks. Every clone with a new
+//! MAC takes a new lease, so about 253 new MACs a day exhaust the pool, and from then on
+//! VMs boot without an IP.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+pub const LEASES_FILE: &str = "/var/db/dhcpd_leases";
+pub const BOOTPD_PLIST: &str = "/etc/bootpd.plist";
+/// bootpd's lease time when nothing configures another.
+pub const DEFAULT_LEASE_SECS: u64 = 86_400;
+/// Addresses of the default `192.168.64.0/24` network that bootpd hands out (.2 to .254).
+pub const DEFAULT_POOL: u64 = 253;
+
+/// One entry of the leases file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: String,
+    pub hw_address: String,
+    /// When the lease expires, in seconds since the epoch.
+    pub expires: u64,
+}
+
+/// Parses bootpd's leases file: `{`, `key=value` lines, `}` per lease, as Tart reads it.
+pub fn parse_leases(text: &str) -> Result<Vec<Lease>> {
+    let mut leases = Vec::new();
+    let mut entry: Option<Vec<(&str, &str)>> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        match line {
+            "" => {}
+            "{" if entry.is_none() => entry = Some(Vec::new()),
+            "}" => {
+                let Some(fields) = entry.take() else {
+                    bail!("line {}: `}}` outside of a lease", n + 1);
+                };
+                let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+                let (Some(ip), Some(hw), Some(lease)) =
+                    (get("ip_address"), get("hw_address"), get("lease"))
+                else {
+                    continue;
+                };
+                let expires = u64::from_str_radix(lease.trim_start_matches("0x"), 16)
+                    .with_context(|| format!("line {}: lease `{lease}` is not hex", n + 1))?;
+                leases.push(Lease {
+                    ip: ip.to_string(),
+                    hw_address: hw.split_once(',').map_or(hw, |(_, mac)| mac).to_string(),
+                    expires,
+                });
+            }
+            _ => match (&mut entry, line.split_once('=')) {
+                (Some(fields), Some(kv)) => fields.push(kv),
+                _ => bail!("line {}: unexpected `{line}`", n + 1),
+            },
+        }
+    }
+    if entry.is_some() {
+        bail!("the last lease is not closed with `}}`");
+    }
+    Ok(leases)
+}
+
+/// The lease time and pool size bootpd runs with, from its plist (`lease_max`, and
+/// `net_range` of the first subnet), each falling back to macOS's default.
+pub fn bootpd_config(plist: &str) -> (u64, u64) {
+    let integer_after = |key: &str| -> Option<u64> {
+        let at = plist.find(&format!("<key>{key}</key>"))?;
+        let rest = &plist[at..];
+        let start = rest.find("<integer>")? + "<integer>".len();
+        let end = rest[start..].find("</integer>")? + start;
+        rest[start..end].trim().parse().ok()
+    };
+    let pool = plist.find("<key>net_range</key>").and_then(|at| {
+        let ips: Vec<std::net::Ipv4Addr> = plist[at..]
+            .split("<string>")
+            .skip(1)
+            .take(2)
+            .filter_map(|s| s.split("</string>").next()?.trim().parse().ok())
+            .collect();
+        let [first, last] = ips[..] else { return None };
+        let span = u32::from(last).checked_sub(u32::from(first))?;
+        Some(u64::from(span) + 1)
+    });
+    (
+        integer_after("lease_max").unwrap_or(DEFAULT_LEASE_SECS),
+        pool.unwrap_or(DEFAULT_POOL),
+    )
+}
+
+/// How full the pool is.
+#[derive(Debug, Clone)]
+pub struct PoolUse {
+    /// Leases not yet expired: addresses bootpd will not give to a new MAC.
+    pub active: u64,
+    pub pool: u64,
+    pub lease_secs: u64,
+}
+
+impl PoolUse {
+    pub fn read(leases_file: &Path, bootpd_plist: &Path) -> Result<PoolUse> {
+        let text = match std::fs::read_to_string(leases_file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", leases_file.display()))
+            }
+        };
+        let leases = parse_leases(&text)
+            .with_context(|| format!("{} is not in bootpd's format", leases_file.display()))?;
+        let (lease_secs, pool) =
+            bootpd_config(&std::fs::read_to_string(bootpd_plist).unwrap_or_default());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut active: Vec<&str> = leases
+            .iter()
+            .filter(|l| l.expires > now)
+            .map(|l| l.ip.as_str())
+            .collect();
+        active.sort_unstable();
+        active.dedup();
+        Ok(PoolUse {
+            active: active.len() as u64,
+            pool,
+            lease_secs,
+        })
+    }
+
+    pub fn exhausted(&self) -> bool {
+        self.active >= self.pool
+    }
+
+    /// Four fifths used: at a day's lease time, hours from running out.
+    pub fn nearly_exhausted(&self) -> bool {
+        self.active * 5 >= self.pool * 4
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} of {} addresses of the VM network are leased (lease time {})",
+            self.active,
+            self.pool,
+            human_secs(self.lease_secs)
+        )
+    }
+}
+
+/// What to do about a full pool.
+pub const FIX: &str = "lower bootpd's lease time to 10 minutes: `sudo defaults write /Library/Preferences/SystemConfiguration/com.apple.InternetSharing.default.plist bootpd -dict DHCPLeaseTimeSecs -int 600`; then, while no VM runs, `sudo rm /var/db/dhcpd_leases` frees the old leases (or use --softnet, which needs no lease)";
+
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = "{\n\tname=tartdrv-a-1\n\tip_address=192.168.64.2\n\thw_address=1,7a:47:bb:5f:97:c9\n\tidentifier=1,7a:47:bb:5f:97:c9\n\tlease=0x6a2b3c4d\n}\n{\n\tname=ubuntu\n\tip_address=192.168.64.3\n\thw_address=ff,f1:f5:dd:7f:0:2:0:0:ab:11:1\n\tidentifier=ff,f1:f5:dd:7f:0:2:0:0:ab:11:1\n\tlease=0x10\n}\n";
+
+    #[test]
+    fn leases_parse_in_bootpds_format() {
+        let leases = parse_leases(TWO).unwrap();
+        assert_eq!(leases.len(), 2);
+        assert_eq!(leases[0].ip, "192.168.64.2");
+        assert_eq!(leases[0].hw_address, "7a:47:bb:5f:97:c9");
+        assert_eq!(leases[0].expires, 0x6a2b3c4d);
+        assert_eq!(leases[1].expires, 0x10);
+    }
+
+    #[test]
+    fn a_malformed_leases_file_is_an_error_naming_the_line() {
+        let err = parse_leases("{\nip_address 1.2.3.4\n}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        assert!(parse_leases("{\nip_address=1.2.3.4\n").is_err());
+    }
+
+    #[test]
+    fn bootpd_plist_gives_lease_time_and_pool_size() {
+        let plist = "<dict><key>Subnets</key><array><dict><key>lease_max</key>\n<integer>600</integer><key>net_range</key><array><string>192.168.64.2</string><string>192.168.64.254</string></array></dict></array></dict>";
+        assert_eq!(bootpd_config(plist), (600, 253));
+        assert_eq!(bootpd_config(""), (DEFAULT_LEASE_SECS, DEFAULT_POOL));
+    }
+}

@@ -1,0 +1,158 @@
+//! Doctor checks of the host's side of the VMs' network and of the tools Tart needs from
+//! PATH: where `tart` and `softnet` were found, the DHCP pool, and whether this process may connect to a running VM at all (macOS 15+ Local Network
+//! privacy).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{entry_is_running, entry_name, run_bounded, Report, TartList};
+use crate::dhcp::{self, PoolUse};
+use crate::settings::Settings;
+use crate::tool_path;
+use crate::transport::reach::{self, Reach};
+
+/// Where doctor reads bootpd's state; the defaults are macOS's own files.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetworkArgs {
+    /// bootpd's lease file, which `tart ip` reads
+    #[arg(long, value_name = "FILE", default_value = dhcp::LEASES_FILE)]
+    pub dhcp_leases: PathBuf,
+
+    /// bootpd's configuration, for its lease time and pool size (absent: 24 h, 253 addresses)
+    #[arg(long, value_name = "FILE", default_value = dhcp::BOOTPD_PLIST)]
+    pub bootpd_plist: PathBuf,
+}
+
+/// Says which tools were found only outside the PATH the driver was started with.
+pub fn check_tool_path(r: &mut Report) {
+    const NAME: &str = "PATH";
+    let path = std::env::var("PATH").unwrap_or_default();
+    let added = tool_path::added();
+    if added.is_empty() {
+        r.pass(NAME, "tart and softnet are looked up on PATH as given");
+        return;
+    }
+    let found: Vec<String> = added
+        .iter()
+        .map(|a| format!("`{}` in {}", a.tool, a.dir.display()))
+        .collect();
+    r.warn(
+        NAME,
+        format!(
+            "found {} only outside the PATH this process was started with (launchd gives services /usr/bin:/bin:/usr/sbin:/sbin); every stage appends that directory to its PATH itself, so jobs work",
+            found.join(" and ")
+        ),
+        format!(
+            "nothing is required; to make it explicit, put the directory on gitlab-runner's PATH (its launchd plist's EnvironmentVariables) or give --tart-executable; PATH is now {path}"
+        ),
+    );
+}
+
+/// Counts unexpired leases against bootpd's pool: each VM with a new MAC holds an address
+/// for the whole lease time, whether it still runs or not.
+pub fn check_dhcp_pool(args: &NetworkArgs, settings: &Settings, r: &mut Report) {
+    const NAME: &str = "DHCP pool";
+    if settings.softnet || settings.bridged.is_some() {
+        r.skip(
+            NAME,
+            "VMs use Softnet or bridged networking, not bootpd's shared network",
+        );
+        return;
+    }
+    if !args.dhcp_leases.exists() && !cfg!(target_os = "macos") {
+        r.skip(
+            NAME,
+            format!(
+                "no {} (not a macOS host; pass --dhcp-leases to check a copy)",
+                args.dhcp_leases.display()
+            ),
+        );
+        return;
+    }
+    let pool = match PoolUse::read(&args.dhcp_leases, &args.bootpd_plist) {
+        Ok(pool) => pool,
+        Err(e) => {
+            r.warn(
+                NAME,
+                format!("{e:#}: `tart ip` fails on such a file"),
+                format!(
+                    "while no VM runs, `sudo rm {}`; bootpd writes a new one",
+                    args.dhcp_leases.display()
+                ),
+            );
+            return;
+        }
+    };
+    if pool.exhausted() {
+        r.fail(
+            NAME,
+            format!("{}: exhausted, new VMs boot without an IP", pool.describe()),
+            dhcp::FIX,
+        );
+    } else if pool.nearly_exhausted() {
+        r.warn(
+            NAME,
+            format!(
+                "{}: nearly exhausted; once full, new VMs boot without an IP",
+                pool.describe()
+            ),
+            dhcp::FIX,
+        );
+    } else {
+        r.pass(NAME, pool.describe());
+    }
+}
+
+/// Connects to SSH in a running VM, as a job's prepare does. On macOS 15+ a process
+/// without the Local Network permission gets "No route to host" although the VM has an IP.
+pub fn check_local_network(tart: Option<&Path>, list: Option<&TartList>, r: &mut Report) {
+    const NAME: &str = "connection to a VM";
+    let (Some(tart), Some(Ok(entries))) = (tart, list.map(|l| &l.entries)) else {
+        r.skip(NAME, "no `tart list` to find a running VM in");
+        return;
+    };
+    let Some(vm) = entries
+        .iter()
+        .filter(|e| entry_is_running(e))
+        .map(entry_name)
+        .next()
+    else {
+        r.skip(
+            NAME,
+            "no VM runs: run doctor again while a job runs to test that this host may connect to its VMs (Local Network privacy on macOS 15+)",
+        );
+        return;
+    };
+    let ip = match run_bounded(tart, &["ip", vm], Duration::from_secs(5)) {
+        Ok(out) if out.ok() => out.stdout.trim().to_string(),
+        Ok(out) => {
+            r.skip(NAME, format!("VM {vm} has no IP: {}", out.message()));
+            return;
+        }
+        Err(e) => {
+            r.skip(NAME, e);
+            return;
+        }
+    };
+    let rt = crate::stages::runtime();
+    match rt.block_on(reach::probe(&ip, Duration::from_secs(3))) {
+        Reach::Open => r.pass(NAME, format!("SSH port of VM {vm} at {ip} answers")),
+        Reach::Refused => r.pass(
+            NAME,
+            format!("{ip} (VM {vm}) answers, but nothing listens on port 22"),
+        ),
+        Reach::NoRoute => r.fail(
+            NAME,
+            format!(
+                "VM {vm} has IP {ip}, but connecting to it fails with \"No route to host\": {}",
+                reach::LOCAL_NETWORK_CAUSE
+            ),
+            reach::LOCAL_NETWORK_FIX,
+        ),
+        Reach::Other(e) => r.warn(
+            NAME,
+            format!("cannot connect to {ip}:22 (VM {vm}): {e}"),
+            "check the VM's network; `tart ip` and `ping` show whether it is up",
+        ),
+    }
+}
