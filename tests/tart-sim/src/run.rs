@@ -653,12 +653,13 @@ pub fn run(args: &[String]) -> R<()> {
             libc::SIGINT => {
                 let _ = writeln!(out, "Stopping VM...");
                 let _ = out.flush();
-                unsafe { libc::kill(init, libc::SIGKILL) };
-                reap(init);
-                let _ = fs::remove_file(dir.join("sim-run.json"));
+                // First, while `tart stop` is still patient: its SIGKILL would leave the rule.
                 if sim.faults.local_network_denied {
                     crate::netfault::allow(&ip);
                 }
+                unsafe { libc::kill(init, libc::SIGKILL) };
+                reap(init);
+                let _ = fs::remove_file(dir.join("sim-run.json"));
                 return Ok(());
             }
             libc::SIGUSR2 => {
@@ -673,12 +674,13 @@ pub fn run(args: &[String]) -> R<()> {
                     "Failed to suspend the VM: the VM was not started with --suspendable"
                 );
                 let _ = out.flush();
-                unsafe { libc::kill(init, libc::SIGKILL) };
-                reap(init);
-                let _ = fs::remove_file(dir.join("sim-run.json"));
+                // First, while `tart stop` is still patient: its SIGKILL would leave the rule.
                 if sim.faults.local_network_denied {
                     crate::netfault::allow(&ip);
                 }
+                unsafe { libc::kill(init, libc::SIGKILL) };
+                reap(init);
+                let _ = fs::remove_file(dir.join("sim-run.json"));
                 return Err(Fail::Exit(1));
             }
             _ => {}
