@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{skip_e2e, wait_until, Bed, DRIVER, MACOS_VANILLA};
+use common::{wait_until, Bed, DRIVER, MACOS_VANILLA};
 use harness::sim::Image;
 use harness::{run_job, Job, Verdict};
 
@@ -20,9 +20,6 @@ const LAUNCHD_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
 
 #[test]
 fn the_time_summary_is_in_the_job_log_at_the_end_of_the_last_run_stage() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let out = run_job(
         &bed.runner(),
@@ -54,9 +51,6 @@ fn nix_profile_home(bed: &Bed) -> std::path::PathBuf {
 
 #[test]
 fn a_runner_with_launchds_minimal_path_finds_tart_in_the_usual_install_directories() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let home = nix_profile_home(&bed);
     let runner = bed
@@ -73,9 +67,6 @@ fn a_runner_with_launchds_minimal_path_finds_tart_in_the_usual_install_directori
 
 #[test]
 fn doctor_says_when_tart_was_found_only_outside_path() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new();
     let home = nix_profile_home(&bed);
     let out = std::process::Command::new(DRIVER)
@@ -101,9 +92,6 @@ fn doctor_says_when_tart_was_found_only_outside_path() {
 
 #[test]
 fn local_network_privacy_is_named_in_the_job_log_with_the_fix() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new()
         .image(
             PLAIN_IMAGE,
@@ -130,9 +118,6 @@ fn local_network_privacy_is_named_in_the_job_log_with_the_fix() {
 
 #[test]
 fn the_auto_transport_falls_back_to_tart_exec_when_local_network_privacy_blocks_ssh() {
-    if skip_e2e() {
-        return;
-    }
     // As on a Mac, the guest agent (a launchd agent of the GUI login) answers later than
     // the VM's network comes up.
     let bed = Bed::new()
@@ -157,9 +142,6 @@ fn the_auto_transport_falls_back_to_tart_exec_when_local_network_privacy_blocks_
 
 #[test]
 fn doctor_finds_that_local_network_privacy_blocks_a_running_vm() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().image(
         PLAIN_IMAGE,
         Image::darwin().faults(|f| f.local_network_denied = true),
@@ -230,9 +212,6 @@ fn doctor_dhcp(bed: &Bed) -> String {
 
 #[test]
 fn doctor_warns_before_the_dhcp_pool_runs_out_and_fails_once_it_has() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new().option(["--timeout", "8"]);
     // One job gives the host its network and a lease of the simulator's own making.
     run_job(
@@ -275,9 +254,6 @@ fn doctor_warns_before_the_dhcp_pool_runs_out_and_fails_once_it_has() {
 
 #[test]
 fn a_broken_tart_exec_stream_is_a_system_failure_not_the_scripts_exit_status() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new()
         .image(
             AGENT_IMAGE,
@@ -305,9 +281,6 @@ fn a_broken_tart_exec_stream_is_a_system_failure_not_the_scripts_exit_status() {
 
 #[test]
 fn with_tart_exec_the_scripts_own_exit_status_is_the_build_failure_and_the_record_stays_hidden() {
-    if skip_e2e() {
-        return;
-    }
     let bed = Bed::new()
         .image(AGENT_IMAGE, Image::darwin().agent(true))
         .option(["--transport", "exec"]);
