@@ -43,6 +43,15 @@ pub struct Fetch {
 }
 
 impl Fetch {
+    /// For a clone of an image already on this host: Tart needs no registry, so it gets no
+    /// credentials (nor do the copies it starts).
+    pub fn without_credentials(&self) -> Fetch {
+        Fetch {
+            creds: None,
+            ..self.clone()
+        }
+    }
+
     fn args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if self.insecure {

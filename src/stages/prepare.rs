@@ -126,7 +126,9 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     }
 
     let t = Instant::now();
-    tart.clone_vm(&request.image.name, vm.as_str(), &fetch, job_limit)
+    // The image is on this host now (pulled, or cached and vetted): the clone needs no login.
+    let local = fetch.without_credentials();
+    tart.clone_vm(&request.image.name, vm.as_str(), &local, job_limit)
         .await
         .map_err(|e| {
             anyhow!(
