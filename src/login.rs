@@ -50,6 +50,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "e2e"),
+        ignore = "needs a user with a login shell; build users (Nix's nixbld, nobody) have none"
+    )]
     fn without_shell_the_users_record_names_the_login_shell() {
         // No SHELL (as in a launchd agent): the account database answers.
         let command = in_login_env("echo \"login=$0\"");
