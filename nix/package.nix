@@ -40,6 +40,10 @@ rustPlatform.buildRustPackage {
   # long $TMPDIR): the end-to-end test targets need all of those, so they are behind the
   # `e2e` cargo feature, which stays off here (./test.sh turns it on).
 
+  # Some unit-level tests (the Orchard client against the fake controller, doctor's probes)
+  # listen on and connect to 127.0.0.1; the macOS sandbox denies that unless asked.
+  __darwinAllowLocalNetworking = true;
+
   postInstall = lib.optionalString canRunBinary ''
     exe=$out/bin/gitlab-runner-tart-driver
     mkdir -p "$TMPDIR/man"
