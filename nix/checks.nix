@@ -19,6 +19,13 @@ let
     root = ../.;
     fileset = fs.fileFilter (f: f.hasExt "sh") ../tests/nix;
   };
+  # A check that runs `script` with `tools` and succeeds when it does.
+  check =
+    name: tools: script:
+    pkgs.runCommand "gitlab-runner-tart-driver-${name}" { nativeBuildInputs = tools; } ''
+      ${script}
+      mkdir -p $out
+    '';
 in
 {
   inherit package;
@@ -40,29 +47,19 @@ in
     '';
   });
 
-  rustfmt =
-    pkgs.runCommand "gitlab-runner-tart-driver-rustfmt" { nativeBuildInputs = [ pkgs.rustfmt ]; }
-      ''
+  rustfmt = check "rustfmt" [ pkgs.rustfmt ] ''
     cd ${rustFiles}
     find . -name '*.rs' -not -path './target/*' -print0 \
       | xargs -0 rustfmt --check --edition 2021
-    mkdir -p $out
   '';
 
-  nixfmt =
-    pkgs.runCommand "gitlab-runner-tart-driver-nixfmt" { nativeBuildInputs = [ pkgs.nixfmt ]; }
-      ''
+  nixfmt = check "nixfmt" [ pkgs.nixfmt ] ''
     cd ${nixFiles}
     find . -name '*.nix' -print0 | xargs -0 nixfmt --check
-    mkdir -p $out
   '';
 
-  shellcheck =
-    pkgs.runCommand "gitlab-runner-tart-driver-shellcheck"
-      { nativeBuildInputs = [ pkgs.shellcheck ]; }
-      ''
+  shellcheck = check "shellcheck" [ pkgs.shellcheck ] ''
     cd ${shellFiles}
     find . -name '*.sh' -print0 | xargs -0 shellcheck
-    mkdir -p $out
   '';
 }
