@@ -3,10 +3,12 @@
 # User launch agents (Tart needs the GUI session of a logged-in user): one renders
 # config.toml with `gitlab-runner-tart-driver runner-config` from a token-free spec in the
 # store plus the token files, whenever the spec or a token file changes; one runs
-# `gitlab-runner run`, which reloads config.toml by itself, so a switch that changes only
-# runner settings never restarts it. Documentation: docs/nix-darwin.md.
+# `gitlab-runner run`, which reloads config.toml by itself. The runner's plist is the same
+# for every configuration, so nix-darwin never reloads it; a new version reaches it through
+# a drain (./agent.nix). Documentation: docs/nix-darwin.md.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -22,8 +24,11 @@ let
 
   cfg = config.services.gitlab-runner-tart;
   render = import ./render.nix;
+  agent = import ./agent.nix;
 
-  # `users.users.<name>.home` is null unless declared, as is the whole entry.
+  # `users.users.<name>.home` is null unless declared, as is the whole entry. nix-darwin's
+  # `system.primaryUserHome` is right for the primary user when it is not null, but it is
+  # null for `users.users.<u> = { }` (its fallback only covers a missing entry).
   home =
     let
       declared = if cfg.user == null then null else config.users.users.${cfg.user}.home or null;
@@ -32,6 +37,8 @@ let
       "/var/empty"
     else if declared == null then
       "/Users/${cfg.user}"
+    else if cfg.user == config.system.primaryUser && options.system ? primaryUserHome then
+      toString config.system.primaryUserHome
     else
       toString declared;
 
@@ -224,9 +231,21 @@ let
   specFile = pkgs.writeText "gitlab-runner-tart-spec.json" (builtins.toJSON spec);
 
   # Where the runner's agent reads the spec: a path that stays the same across switches
-  # (nix-darwin points it at the current spec), so that the agent's plist does not change
+  # (nix-darwin points it at the current spec), so that the agent's script does not change
   # with runner settings and a switch does not restart gitlab-runner.
   stableSpec = "/etc/gitlab-runner-tart/spec.json";
+
+  agentArgs = {
+    inherit (pkgs.stdenv) shell;
+    driver = driverExe;
+    gitlabRunner = "${cfg.gitlabRunnerPackage}/bin/gitlab-runner";
+    specFile = stableSpec;
+    logFile = "${cfg.logDir}/gitlab-runner.log";
+    path = map (p: if lib.isDerivation p then "${p}/bin" else p) agentPath;
+    inherit home;
+    inherit (cfg) configFile stateDir drainTimeout;
+  };
+  agentScript = pkgs.writeScript "gitlab-runner-tart-agent" (agent.script agentArgs);
 
   tokenFiles = map (r: render.pathString r.authenticationTokenFile) (lib.attrValues cfg.runners);
 
@@ -235,9 +254,10 @@ let
     LimitLoadToSessionType = "Aqua";
   };
 
-  agentPath =
-    lib.optional cfg.softnet.enable render.softnetDir
-    ++ [
+  # The setuid Softnet copy comes first whether or not it is installed, so that turning it on
+  # or off changes no agent's PATH.
+  agentPath = [
+    render.softnetDir
     cfg.package
     cfg.tartPackage
     cfg.gitlabRunnerPackage
@@ -319,7 +339,7 @@ in
     };
 
     shutdownTimeout = mkOption {
-      type = types.nullOr types.ints.positive;
+      type = types.nullOr (types.ints.between 1 agent.maxShutdownTimeout);
       default = null;
       description = "config.toml `shutdown_timeout` in seconds (GitLab Runner's default is 30).";
     };
@@ -361,13 +381,15 @@ in
     };
 
     drainTimeout = mkOption {
-      type = types.ints.positive;
+      type = types.ints.between 1 agent.maxDrainTimeout;
       default = 3600;
       description = ''
-        Seconds that running jobs get to finish when the runner's agent stops: at logout, or
-        when a switch upgrades the driver, gitlab-runner or Tart. gitlab-runner takes no new
-        job meanwhile; jobs still running after this are aborted (and their VMs deleted).
-        A switch that changes only runner settings does not stop the agent at all.
+        Seconds that running jobs get to finish when a switch upgrades the driver,
+        gitlab-runner or Tart (or changes the runner's agent otherwise): gitlab-runner takes
+        no new job meanwhile, and jobs still running after this are aborted (and their VMs
+        deleted); then the new version starts. The switch does not wait for it. A switch that
+        changes only runner settings does not stop the runner at all. Logging out does not
+        wait for the drain: macOS ends the session's agents within seconds.
       '';
     };
 
@@ -452,6 +474,7 @@ in
         specFile
         driverConfigs
         driverConfigFiles
+        agentScript
         ;
       hostDirs = render.hostDirs cfg;
       assertions = render.assertions renderCfg;
@@ -467,6 +490,7 @@ in
     ];
 
     environment.etc."gitlab-runner-tart/spec.json".source = specFile;
+    environment.etc."gitlab-runner-tart/agent".source = agentScript;
 
     # After users are created and before launch agents are (re)loaded; custom activation
     # script names are never run by nix-darwin.
@@ -479,30 +503,22 @@ in
             if cfg.softnet.enable then "${cfg.softnet.package}/bin/softnet" else null;
         }
       )
+      + agent.sessionCheck { inherit (cfg) user; }
     );
 
-    # The runner. Its plist names no runner setting: see stableSpec.
+    # After everything else: a running agent of another generation drains and restarts.
+    system.activationScripts.postActivation.text = lib.mkAfter (
+      agent.activation {
+        inherit (cfg) user stateDir drainTimeout;
+        inherit home;
+        generation = agent.generation agentArgs;
+      }
+    );
+
+    # The runner. Its plist is the same for every configuration (./agent.nix).
     launchd.user.agents.gitlab-runner-tart = {
-      path = agentPath;
-      environment.HOME = home;
-      script = render.agentScript {
-        driver = driverExe;
-        gitlabRunner = "${cfg.gitlabRunnerPackage}/bin/gitlab-runner";
-        specFile = stableSpec;
-        inherit (cfg) configFile stateDir drainTimeout;
-      };
-      serviceConfig = agentDefaults // {
-        KeepAlive = true;
-        RunAtLoad = true;
-        ProcessType = "Interactive";
-        ThrottleInterval = 30;
-        # launchd's SIGKILL comes after the drain and gitlab-runner's own shutdown.
-        ExitTimeOut =
-          cfg.drainTimeout + (if cfg.shutdownTimeout == null then 30 else cfg.shutdownTimeout) + 30;
-        WorkingDirectory = cfg.stateDir;
-        StandardOutPath = "${cfg.logDir}/gitlab-runner.log";
-        StandardErrorPath = "${cfg.logDir}/gitlab-runner.log";
-      };
+      command = agent.link;
+      serviceConfig = agent.serviceConfig;
     };
 
     # Renders config.toml again whenever the spec changes (its plist names the spec, so a

@@ -244,57 +244,6 @@ rec {
     }:
     "${escapeShellArg driver} runner-config --spec ${escapeShellArg specFile} --output ${escapeShellArg configFile}";
 
-  # Body of the runner's launch agent. It renders config.toml from the spec at a stable path
-  # (so that the plist, and the running gitlab-runner, outlive switches that change only
-  # runner settings: gitlab-runner reloads config.toml by itself), then runs gitlab-runner.
-  # launchd stops an agent with SIGTERM, which gitlab-runner takes as "abort every job";
-  # the script turns it into SIGQUIT ("take no new jobs, let the running ones finish") and
-  # only after `drainTimeout` seconds passes SIGTERM on. The plist's ExitTimeOut is longer.
-  agentScript =
-    {
-      driver,
-      gitlabRunner,
-      specFile,
-      configFile,
-      stateDir,
-      drainTimeout,
-    }:
-    ''
-      set -eu
-      umask 077
-      mkdir -p ${escapeShellArg stateDir}
-      ${renderCommand { inherit driver specFile configFile; }}
-      cd ${escapeShellArg stateDir}
-      # A script's background command starts with SIGQUIT ignored; gitlab-runner needs it.
-      (
-        trap - QUIT INT
-        exec ${escapeShellArg gitlabRunner} run --config ${escapeShellArg configFile} --working-directory ${escapeShellArg stateDir}
-      ) &
-      runner=$!
-      timer=
-      drain() {
-        trap "" TERM INT
-        echo "gitlab-runner-tart: stopping: no new jobs; running jobs have ${toString drainTimeout} s to finish" >&2
-        kill -QUIT "$runner" 2>/dev/null || true
-        (
-          sleep ${toString drainTimeout}
-          echo "gitlab-runner-tart: jobs still running after ${toString drainTimeout} s; aborting them" >&2
-          kill -TERM "$runner" 2>/dev/null || true
-        ) &
-        timer=$!
-      }
-      trap drain TERM INT
-      # `wait` returns early when a trapped signal arrives: wait until gitlab-runner is gone.
-      status=0
-      while :; do
-        wait "$runner" && status=0 || status=$?
-        kill -0 "$runner" 2>/dev/null || break
-      done
-      # gitlab-runner is gone: the timer must not signal a process that reuses its pid.
-      if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
-      exit "$status"
-    '';
-
   # Body of the periodic log agent: a log over `maxBytes` is copied to <log>.1 (older copies
   # shift up to <log>.<keep>) and truncated in place, because launchd keeps the file open.
   logRotateScript =

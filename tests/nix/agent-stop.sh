@@ -47,16 +47,18 @@ stop_agent() {
   rm -f "$work/signals"
   echo "$job" >"$work/job-tenths"
   script=$(nix-instantiate --eval --strict --json -E "
-    (import ./darwin-modules/render.nix).agentScript {
-      driver = \"$work/driver\"; gitlabRunner = \"$work/gitlab-runner\";
-      specFile = \"$work/spec.json\"; configFile = \"$work/state/config.toml\";
-      stateDir = \"$work/state\"; drainTimeout = $drain; }" 2>/dev/null)
+    (import ./darwin-modules/agent.nix).script {
+      shell = \"$(command -v bash)\"; driver = \"$work/driver\";
+      gitlabRunner = \"$work/gitlab-runner\"; specFile = \"$work/spec.json\";
+      configFile = \"$work/state/config.toml\"; stateDir = \"$work/state\";
+      logFile = \"$work/logs/gitlab-runner.log\"; home = \"$work\";
+      path = [ \"/usr/bin\" \"/bin\" ]; drainTimeout = $drain; }" 2>/dev/null)
   printf '%s' "$script" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))' >"$work/agent"
   # As launchd starts it: no signal ignored (a script's background command has SIGQUIT
   # and SIGINT ignored, and a shell cannot undo what it inherits ignored).
   (
     trap - QUIT INT
-    exec bash "$work/agent" 2>"$work/agent.err"
+    exec bash "$work/agent"
   ) &
   agent_pid=$!
   for _ in $(seq 100); do
@@ -76,7 +78,15 @@ if [ "$got" = "QUIT exit 0" ]; then
   echo "ok: launchd's SIGTERM reaches gitlab-runner as SIGQUIT; the running job finishes"
 else
   echo "FAIL: a job that finishes within the drain time: got '$got', want 'QUIT exit 0'" >&2
-  cat "$work/agent.err" >&2
+  cat "$work/logs/gitlab-runner.log" >&2
+  fail=1
+fi
+# The running script told activation which generation it is (agent-activation.sh).
+want=$(sed -n 's/^generation=//p' "$work/agent")
+if [ -n "$want" ] && [ "$(cat "$work/state/.tart-agent-generation")" = "$want" ]; then
+  echo "ok: the running agent records its generation in the state directory"
+else
+  echo "FAIL: the agent did not record generation '$want' in $work/state/.tart-agent-generation" >&2
   fail=1
 fi
 started=$(date +%s)
@@ -85,7 +95,7 @@ if [ "$got" = "QUIT TERM exit 1" ] && [ $(($(date +%s) - started)) -lt 10 ]; the
   echo "ok: a job still running after the drain time is aborted with SIGTERM"
 else
   echo "FAIL: a job longer than the drain time: got '$got', want 'QUIT TERM exit 1' within 10 s" >&2
-  cat "$work/agent.err" >&2
+  cat "$work/logs/gitlab-runner.log" >&2
   fail=1
 fi
 exit "$fail"

@@ -174,7 +174,7 @@ let
   plistOf = name: e: untab e.config.environment.userLaunchAgents."org.nixos.${name}.plist".text;
   agentPlistOf = plistOf "gitlab-runner-tart";
   configPlistOf = plistOf "gitlab-runner-tart-config";
-  agentScriptOf = e: e.config.launchd.user.agents.gitlab-runner-tart.command.text;
+  agentScriptOf = e: e.config.environment.etc."gitlab-runner-tart/agent".source.text;
   activationOf = e: e.config.system.activationScripts.launchd.text;
   settingsChanged = evalHost [
     {
@@ -193,7 +193,31 @@ let
   runnerUpgraded = evalHost [
     { services.gitlab-runner-tart.gitlabRunnerPackage = fakeDrv "gitlab-runner-next"; }
   ];
+  tartUpgraded = evalHost [ { services.gitlab-runner-tart.tartPackage = fakeDrv "tart-next"; } ];
   shortDrain = evalHost [ { services.gitlab-runner-tart.drainTimeout = 600; } ];
+  oneAtATime = evalHost [ { services.gitlab-runner-tart.concurrency = lib.mkForce 1; } ];
+  shutdownSet = evalHost [ { services.gitlab-runner-tart.shutdownTimeout = 120; } ];
+  movedLogs = evalHost [ { services.gitlab-runner-tart.logDir = "/Users/ci/logs"; } ];
+  moreTools = evalHost [ { services.gitlab-runner-tart.extraPackages = [ (fakeDrv "git") ]; } ];
+  # Configurations that must leave the runner's plist as it is (nix-darwin would reload it).
+  samePlist = {
+    inherit
+      settingsChanged
+      driverUpgraded
+      runnerUpgraded
+      tartUpgraded
+      shortDrain
+      oneAtATime
+      shutdownSet
+      movedLogs
+      moreTools
+      ;
+    readme = systems.readme-quick-start;
+    volumes = systems.volumes;
+    linux-guests-only = systems.linux-guests-only;
+  };
+  generationOf = e: lib.head (builtins.match ".*\ngeneration=([0-9a-f]+)\n.*" (agentScriptOf e));
+  postActivationOf = e: e.config.system.activationScripts.postActivation.text;
   c = good.config;
   r = (cfgOf good).rendered;
 
@@ -201,7 +225,7 @@ let
   untab = builtins.replaceStrings [ "\t" ] [ "" ];
   agentPlist = untab c.environment.userLaunchAgents."org.nixos.gitlab-runner-tart.plist".text;
   gcPlist = untab c.environment.userLaunchAgents."org.nixos.gitlab-runner-tart-gc.plist".text;
-  agentScript = c.launchd.user.agents.gitlab-runner-tart.command.text;
+  agentScript = agentScriptOf good;
   gcScript = c.launchd.user.agents.gitlab-runner-tart-gc.command.text;
   configPlist = configPlistOf good;
   configScript = c.launchd.user.agents.gitlab-runner-tart-config.command.text;
@@ -318,22 +342,20 @@ let
     "agent plist: label" = has "<string>org.nixos.gitlab-runner-tart</string>" agentPlist;
     "agent plist: KeepAlive" = has "<key>KeepAlive</key>\n<true/>" agentPlist;
     "agent plist: RunAtLoad" = has "<key>RunAtLoad</key>\n<true/>" agentPlist;
-    "agent plist: runs the script after wait4path" =
-      has
-        "/bin/wait4path /nix/store &amp;&amp; exec ${c.launchd.user.agents.gitlab-runner-tart.command}"
-        agentPlist;
-    "agent plist: log path" =
-      has
-        "<string>/Users/ci/Library/Logs/gitlab-runner-tart/gitlab-runner.log</string>"
-        agentPlist;
-    "agent plist: working directory" =
-      has
-        "<key>WorkingDirectory</key>\n<string>/Users/ci/.gitlab-runner</string>"
-        agentPlist;
-    "agent plist: PATH has driver, tart, gitlab-runner, system dirs" =
-      has
-        "<string>${toolPath}</string>"
-        agentPlist;
+    "agent plist: runs the fixed path /etc/gitlab-runner-tart/agent after wait4path" =
+      has "/bin/wait4path /nix/store &amp;&amp; exec /etc/gitlab-runner-tart/agent" agentPlist;
+    "agent plist: names no store path, so no package version" = !(has "/nix/store/" agentPlist);
+    "/etc/gitlab-runner-tart/agent is this generation's script" =
+      c.environment.etc."gitlab-runner-tart/agent".source.outPath
+      == (cfgOf good).rendered.agentScript.outPath;
+    "agent script: logs to the log dir" =
+      has "exec >>'/Users/ci/Library/Logs/gitlab-runner-tart/gitlab-runner.log' 2>&1" agentScript;
+    "agent script: HOME" = has "export HOME='/Users/ci'" agentScript;
+    "agent script: PATH has softnet's dir, driver, tart, gitlab-runner, system dirs" =
+      has "export PATH='${toolPath}'" agentScript;
+    "agent script: records its generation in the state dir" =
+      has ">'/Users/ci/.gitlab-runner/.tart-agent-generation'" agentScript
+      && has "printf '%s\\n' \"$generation\"" agentScript;
     "agent plist: Interactive" = has "<string>Interactive</string>" agentPlist;
     "agent script: renders config.toml from the spec at its stable path" =
       has
@@ -349,8 +371,8 @@ let
       has "trap drain TERM INT" agentScript
       && has "kill -QUIT \"$runner\"" agentScript
       && has "sleep 3600" agentScript;
-    "agent plist: launchd waits for the drain and gitlab-runner's shutdown" =
-      has "<key>ExitTimeOut</key>\n<integer>3660</integer>" agentPlist;
+    "agent plist: launchd's SIGKILL waits for the longest drain and shutdown allowed" =
+      has "<key>ExitTimeOut</key>\n<integer>90060</integer>" agentPlist;
     "every agent loads only in the GUI (Aqua) session" = lib.all (
       name:
       has "<key>LimitLoadToSessionType</key>\n<string>Aqua</string>" (
@@ -367,17 +389,42 @@ let
         "<string>${tokenDir}/macos.token</string>"
         "</array>"
       ]) configPlist;
-    "switch changing only runner settings: the runner's plist is unchanged" =
-      agentPlistOf settingsChanged == agentPlist;
+    "switch changing only runner settings: the runner's script is unchanged" =
+      agentScriptOf settingsChanged == agentScript;
     "switch changing only runner settings: config.toml is rendered again" =
       configPlistOf settingsChanged != configPlist;
-    "switch upgrading the driver: the runner's plist changes (a drained restart)" =
-      agentPlistOf driverUpgraded != agentPlist;
-    "switch upgrading gitlab-runner: the runner's plist changes (a drained restart)" =
-      agentPlistOf runnerUpgraded != agentPlist;
-    "drainTimeout sets the drain and ExitTimeOut" =
+    "the runner's plist is the same text in every configuration" = lib.all (
+      e: agentPlistOf e == agentPlist
+    ) (lib.attrValues samePlist);
+    "switch upgrading the driver, gitlab-runner or Tart: a new generation (a drained restart)" =
+      lib.all (e: generationOf e != generationOf good) [
+        driverUpgraded
+        runnerUpgraded
+        tartUpgraded
+      ];
+    "switch changing only runner settings, concurrency or shutdownTimeout: same generation" =
+      lib.all (e: generationOf e == generationOf good) [
+        settingsChanged
+        oneAtATime
+        shutdownSet
+      ];
+    "the generation is the hash of the script without its generation line" =
+      generationOf good
+      == builtins.hashString "sha256" (
+        builtins.replaceStrings [ "generation=${generationOf good}\n" ] [ "" ] agentScript
+      );
+    "activation: after everything, drains an agent of another generation" =
+      lib.all (s: has s (postActivationOf good)) [
+        "# gitlab-runner-tart: the runner's agent takes up this generation"
+        "!= '${generationOf good}' ]"
+        "launchctl kill SIGTERM \"gui/$uid/org.nixos.gitlab-runner-tart\""
+        "cat '/Users/ci/.gitlab-runner/.tart-agent-generation'"
+      ];
+    "activation: warns before loading agents when the user has no GUI session" =
+      has "ci is not logged in to the GUI" activation;
+    "drainTimeout sets the drain, not the plist" =
       has "sleep 600" (agentScriptOf shortDrain)
-      && has "<key>ExitTimeOut</key>\n<integer>660</integer>" (agentPlistOf shortDrain);
+      && has "at most 600 s" (postActivationOf shortDrain);
     "logs agent: rotates the three logs hourly" =
       has "<key>StartInterval</key>\n<integer>3600</integer>" logsPlist
       && lib.all (l: has "'/Users/ci/Library/Logs/gitlab-runner-tart/${l}'" logsScript) [
@@ -393,13 +440,10 @@ let
       has
         "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"
         activation;
-    "softnet: off with concurrency 1, the copy is removed and not on PATH" =
-      let
-        e = evalHost [ { services.gitlab-runner-tart.concurrency = lib.mkForce 1; } ];
-      in
-      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf e)
-      && !(has "libexec/gitlab-runner-tart" (agentPlistOf e))
-      && (cfgOf e).rendered.driverConfigs.macos.softnet == false;
+    "softnet: off with concurrency 1, the copy is removed, the PATH is the same" =
+      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf oneAtATime)
+      && has "export PATH='${toolPath}'" (agentScriptOf oneAtATime)
+      && (cfgOf oneAtATime).rendered.driverConfigs.macos.softnet == false;
     "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
     "no volumes: the activation defines no function it does not call" =
       !(has "_if_missing" (activationOf systems.no-builds-or-cache-dirs));

@@ -122,9 +122,15 @@ for name in $names; do
 done
 echo "ok: shellcheck $("$shellcheck" --version | sed -n 's/^version: //p') --exclude=SC2016,SC1112 passes every activate script ($names)"
 
-# 4. The runner agent stops gitlab-runner gracefully.
+# 4. The runner agent stops gitlab-runner gracefully, passes shellcheck, and a switch's
+# activation hands it a new generation without waiting.
 nix eval --raw --impure --expr "($expr).agentScriptText" >"$work/agent.sh"
-tests/nix/agent-stop.sh "$work/agent.sh"
+"$shellcheck" "$work/agent.sh" || {
+  echo "module-eval: shellcheck fails the runner agent's script" >&2
+  exit 1
+}
+tests/nix/agent-stop.sh
+tests/nix/agent-activation.sh
 
 # 5. The rendered spec, through the real runner-config, gives a config.toml whose
 # `concurrent` equals every runner's --concurrency.
@@ -147,16 +153,32 @@ if [ -x "$driver" ] && "$driver" runner-config --help >/dev/null 2>&1; then
     in if ok && c.concurrent == 2 && builtins.length c.runners == 2 then true
        else throw \"config.toml does not match the spec\"" >/dev/null
   echo "ok: runner-config rendered config.toml (mode 600, concurrent = every --concurrency = 2)"
-  # The driver accepts the rendered YAML (it rejects unknown keys and bad values on load).
+  # The driver accepts the rendered YAML: `gc --dry-run` loads and validates it, then lists
+  # VMs with a stand-in Tart (the YAML names Tart's store path, absent here) and must exit 0.
+  cat >"$work/tart" <<'SH'
+#!/bin/sh
+case "$1" in list) echo "[]" ;; esac
+SH
+  chmod +x "$work/tart"
+  loads() {
+    HOME=$work/home "$driver" gc --dry-run --config "$1" --tart-executable "$work/tart" \
+      >"$work/gc.out" 2>&1
+  }
   for r in macos linux; do
     nix eval --raw --impure --expr "($expr).yamlTexts.$r" >"$work/$r.yaml"
-    if "$driver" gc --dry-run --config "$work/$r.yaml" 2>&1 | grep -q 'is invalid'; then
-      echo "module-eval: the driver rejects the rendered $r.yaml:" >&2
-      "$driver" gc --dry-run --config "$work/$r.yaml" >&2 || true
+    loads "$work/$r.yaml" || {
+      echo "module-eval: the driver refuses the rendered $r.yaml:" >&2
+      cat "$work/gc.out" >&2
       exit 1
-    fi
+    }
   done
-  echo "ok: the driver loads the rendered driver configs"
+  # ... and the check notices a config the driver refuses.
+  sed 's/"concurrency":/"concurency":/' "$work/macos.yaml" >"$work/bad.yaml"
+  if loads "$work/bad.yaml"; then
+    echo "module-eval: gc --dry-run accepts a YAML with an unknown key; the check above proves nothing" >&2
+    exit 1
+  fi
+  echo "ok: the driver loads the rendered driver configs (gc --dry-run exits 0)"
 else
   echo "module-eval: no driver binary with runner-config at $driver; run cargo build first" >&2
   exit 1

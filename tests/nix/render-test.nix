@@ -2,6 +2,23 @@
 # nix-darwin): run by ci.sh. Evaluates to { failures = [ names ]; passed = N; }.
 let
   render = import ../../darwin-modules/render.nix;
+  agent = import ../../darwin-modules/agent.nix;
+  agentArgs = {
+    shell = "/bin/bash";
+    driver = "/d";
+    gitlabRunner = "/g";
+    specFile = "/s.json";
+    configFile = "/h/.gitlab-runner/config.toml";
+    stateDir = "/h/.gitlab-runner";
+    logFile = "/h/logs/gitlab-runner.log";
+    home = "/h";
+    path = [
+      "/d/bin"
+      "/usr/bin"
+    ];
+    drainTimeout = 60;
+  };
+  agentText = agent.script agentArgs;
   inherit (builtins)
     all
     any
@@ -334,23 +351,20 @@ let
       && render.volumeHostPath "a:/b" == null
       && render.volumeHostPath "/a:/b:rw" == null;
     # What the script does when stopped is run by agent-stop.sh.
-    "agentScript: renders, then runs gitlab-runner in the background" =
-      let
-        text = render.agentScript {
-          driver = "/d";
-          gitlabRunner = "/g";
-          specFile = "/s.json";
-          configFile = "/h/.gitlab-runner/config.toml";
-          stateDir = "/h/.gitlab-runner";
-          drainTimeout = 60;
-        };
-      in
+    "agent script: renders, then runs gitlab-runner in the background" =
       hasInfix
         "'/d' runner-config --spec '/s.json' --output '/h/.gitlab-runner/config.toml'\ncd '/h/.gitlab-runner'\n"
-        text
+        agentText
       && hasInfix
         "exec '/g' run --config '/h/.gitlab-runner/config.toml' --working-directory '/h/.gitlab-runner'\n) &\n"
-        text;
+        agentText;
+    "agent script: its shell, then its generation" =
+      builtins.substring 0 (builtins.stringLength "#!/bin/bash\ngeneration=") agentText
+      == "#!/bin/bash\ngeneration=";
+    "agent generation: changes with the driver" =
+      agent.generation agentArgs != agent.generation (agentArgs // { driver = "/d2"; });
+    "agent plist settings: a constant ExitTimeOut beyond the longest drain and shutdown" =
+      agent.serviceConfig.ExitTimeOut > agent.maxDrainTimeout + agent.maxShutdownTimeout;
     "gcScript: one sweep per config, status kept" =
       render.gcScript {
         driver = "/d";

@@ -1,0 +1,159 @@
+# The runner's launch agent and how a switch hands it a new version.
+#
+# nix-darwin reloads a user agent whose plist text changed with `launchctl unload || true;
+# cp; launchctl load -w` under `set -e` (modules/system/launchd.nix). While gitlab-runner
+# drains its jobs, the unload returns early and the load fails: the switch aborts or the
+# agent stays unloaded, and the next switch (same plist) does not fix it. So the runner's
+# plist is the same text for every configuration (`plist`): it runs the fixed path
+# `/etc/gitlab-runner-tart/agent`, which nix-darwin points at the current generation's
+# script. A switch that changes that script signals the running one to drain (no new jobs,
+# running jobs finish, bounded by the drain time); launchd's KeepAlive then starts the new
+# script. The switch itself returns at once.
+#
+# Builtins only (no nixpkgs lib), like ./render.nix, so that CI evaluates it with Nix alone.
+let
+  inherit (import ./render.nix) escapeShellArg renderCommand;
+  inherit (builtins) concatStringsSep hashString toString;
+in
+rec {
+  label = "org.nixos.gitlab-runner-tart";
+
+  # Where nix-darwin links the current generation's script (environment.etc).
+  link = "/etc/gitlab-runner-tart/agent";
+
+  # Longest drain and gitlab-runner shutdown the options allow (`drainTimeout`,
+  # `shutdownTimeout`). launchd's SIGKILL must come after both, and a constant keeps the
+  # plist the same when either changes.
+  maxDrainTimeout = 86400;
+  maxShutdownTimeout = 3600;
+  exitTimeOut = maxDrainTimeout + maxShutdownTimeout + 60;
+
+  # The runner agent's serviceConfig: nothing in it depends on the configuration.
+  serviceConfig = {
+    LimitLoadToSessionType = "Aqua";
+    KeepAlive = true;
+    RunAtLoad = true;
+    ProcessType = "Interactive";
+    ThrottleInterval = 30;
+    ExitTimeOut = exitTimeOut;
+  };
+
+  # The running script writes its generation here; activation compares it with the new one.
+  generationFile = stateDir: "${stateDir}/.tart-agent-generation";
+
+  # The script's body. Everything the agent needs (PATH, HOME, log file) is set here rather
+  # than in the plist. launchd stops an agent with SIGTERM, which gitlab-runner takes as
+  # "abort every job"; the script turns it into SIGQUIT ("take no new jobs, let the running
+  # ones finish") and passes SIGTERM on only after `drainTimeout` seconds; gitlab-runner's
+  # own `shutdown_timeout` then bounds the rest.
+  body =
+    {
+      shell,
+      driver,
+      gitlabRunner,
+      specFile,
+      configFile,
+      stateDir,
+      logFile,
+      home,
+      path,
+      drainTimeout,
+    }:
+    ''
+      #!${shell}
+      set -eu
+      umask 077
+      export PATH=${escapeShellArg (concatStringsSep ":" path)}
+      export HOME=${escapeShellArg home}
+      mkdir -p ${escapeShellArg stateDir} "$(dirname ${escapeShellArg logFile})"
+      exec >>${escapeShellArg logFile} 2>&1
+      printf '%s\n' "$generation" >${escapeShellArg (generationFile stateDir)}
+      ${renderCommand { inherit driver specFile configFile; }}
+      cd ${escapeShellArg stateDir}
+      # A script's background command starts with SIGQUIT ignored; gitlab-runner needs it.
+      (
+        trap - QUIT INT
+        exec ${escapeShellArg gitlabRunner} run --config ${escapeShellArg configFile} --working-directory ${escapeShellArg stateDir}
+      ) &
+      runner=$!
+      timer=
+      # shellcheck disable=SC2317,SC2329 # run by the trap below
+      drain() {
+        trap "" TERM INT
+        echo "gitlab-runner-tart: stopping: no new jobs; running jobs have ${toString drainTimeout} s to finish" >&2
+        kill -QUIT "$runner" 2>/dev/null || true
+        (
+          sleep ${toString drainTimeout}
+          echo "gitlab-runner-tart: jobs still running after ${toString drainTimeout} s; aborting them" >&2
+          kill -TERM "$runner" 2>/dev/null || true
+        ) &
+        timer=$!
+      }
+      trap drain TERM INT
+      # `wait` returns early when a trapped signal arrives: wait until gitlab-runner is gone.
+      status=0
+      while :; do
+        wait "$runner" && status=0 || status=$?
+        kill -0 "$runner" 2>/dev/null || break
+      done
+      # gitlab-runner is gone: the timer must not signal a process that reuses its pid.
+      if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
+      exit "$status"
+    '';
+
+  # A generation names the script's text: equal texts, equal generations.
+  generation = args: hashString "sha256" (body args);
+
+  # The script as installed: the body with its generation set after the `#!` line.
+  script =
+    args:
+    let
+      text = body args;
+      lines = builtins.match "([^\n]*\n)(.*)" text;
+    in
+    builtins.elemAt lines 0 + "generation=${generation args}\n" + builtins.elemAt lines 1;
+
+  # Activation (runs as root, after every other step): hands a new script to the agent.
+  # - no GUI session for the user: says so (the agent runs only there);
+  # - the agent not loaded (an earlier reload failed, or it was never loaded): loads it, as
+  #   nix-darwin would;
+  # - the agent runs another generation: SIGTERM to its script, which drains gitlab-runner;
+  #   KeepAlive starts the new script once the jobs are done.
+  activation =
+    {
+      user,
+      home,
+      stateDir,
+      drainTimeout,
+      generation,
+    }:
+    ''
+      # gitlab-runner-tart: the runner's agent takes up this generation
+      (
+        owner=${escapeShellArg user}
+        uid=$(id -u -- "$owner")
+        plist=${escapeShellArg "${home}/Library/LaunchAgents/${label}.plist"}
+        if ! launchctl print "gui/$uid" >/dev/null 2>&1; then
+          echo "gitlab-runner-tart: $owner has no GUI login session, and the runner runs only in one (Tart needs it); log in as $owner on the Mac's screen (or turn on automatic login for $owner); the runner starts then" >&2
+        elif ! launchctl print "gui/$uid/${label}" >/dev/null 2>&1; then
+          echo "gitlab-runner-tart: the runner's agent is not loaded; loading it" >&2
+          launchctl asuser "$uid" sudo --user="$owner" -- launchctl load -w "$plist" \
+            || echo "gitlab-runner-tart: loading $plist failed; run as $owner: launchctl load -w $plist" >&2
+        elif [ "$(cat ${escapeShellArg (generationFile stateDir)} 2>/dev/null || true)" != ${escapeShellArg generation} ]; then
+          echo "gitlab-runner-tart: the runner restarts with this generation once its running jobs finish (no new jobs meanwhile; at most ${toString drainTimeout} s)" >&2
+          launchctl kill SIGTERM "gui/$uid/${label}" \
+            || echo "gitlab-runner-tart: could not signal the runner; it runs the old version until it restarts" >&2
+        fi
+      )
+    '';
+
+  # Activation, before nix-darwin loads user agents: without a GUI session, loading them
+  # fails (LimitLoadToSessionType = Aqua); say why before that happens.
+  sessionCheck =
+    { user }:
+    ''
+      if ! launchctl print "gui/$(id -u -- ${escapeShellArg user})" >/dev/null 2>&1; then
+        echo "gitlab-runner-tart: ${user} is not logged in to the GUI; its launch agents cannot be loaded now; log in as ${user} on the Mac's screen (or turn on automatic login) before switching; see docs/nix-darwin.md" >&2
+      fi
+    '';
+}
