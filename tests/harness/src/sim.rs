@@ -350,6 +350,8 @@ impl SimHost {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         std::os::unix::fs::symlink(&sim, bin_dir.join("tart")).map_err(|e| e.to_string())?;
+        // macOS's `security`, answering about the simulated login keychain.
+        std::os::unix::fs::symlink(&sim, bin_dir.join("security")).map_err(|e| e.to_string())?;
         // Softnet, installed as the nix-darwin module does: on PATH, setuid root.
         let softnet = bin_dir.join("softnet");
         std::fs::write(&softnet, SOFTNET_STAND_IN).map_err(|e| e.to_string())?;
@@ -380,7 +382,8 @@ impl SimHost {
             std::fs::create_dir_all(d).expect("create dir");
         }
         let sim = std::fs::read_link(self.tart_path()).expect("the tart symlink");
-        std::os::unix::fs::symlink(sim, bin_dir.join("tart")).expect("symlink tart");
+        std::os::unix::fs::symlink(&sim, bin_dir.join("tart")).expect("symlink tart");
+        std::os::unix::fs::symlink(&sim, bin_dir.join("security")).expect("symlink security");
         let other = SimHost {
             root,
             tart_home,
@@ -470,23 +473,31 @@ impl SimHost {
         self.bin_dir.join("tart")
     }
 
-    /// The runner user's home on this simulated Mac (its `~/.docker/config.json`).
+    /// The runner user's home on this simulated Mac, as its user database has it (its
+    /// `~/.docker/config.json`, its login keychain, the default `~/.tart`).
     pub fn home_dir(&self) -> PathBuf {
         self.root.path().join("home")
     }
 
     /// The runner user's (simulated) login keychain, where `tart login` stores credentials.
+    /// Found through the user database, as on a Mac: `HOME` does not move it.
     pub fn keychain_path(&self) -> PathBuf {
         self.home_dir()
             .join("Library/Keychains/tart-sim-login-keychain.json")
     }
 
-    /// Environment for `Runner::envs`: PATH with the simulator first, HOME (the runner user's
-    /// own), TART_HOME, TART_SIM_HOST.
+    /// Environment for `Runner::envs`: PATH with the simulator (and `security`) first, HOME
+    /// (the runner user's own), TART_HOME, TART_SIM_HOST, and TART_SIM_USER_HOME: the
+    /// simulated user database's home for this user, which Tart's Foundation and Security
+    /// calls use whatever HOME says.
     pub fn env(&self) -> Vec<(String, String)> {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         vec![
             ("PATH".into(), format!("{}:{path}", self.bin_dir.display())),
+            (
+                "TART_SIM_USER_HOME".into(),
+                self.home_dir().display().to_string(),
+            ),
             ("HOME".into(), self.home_dir().display().to_string()),
             ("TART_HOME".into(), self.tart_home.display().to_string()),
             ("TART_SIM_HOST".into(), self.sim_host.display().to_string()),

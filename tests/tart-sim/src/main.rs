@@ -14,6 +14,7 @@ mod run;
 #[cfg(not(target_os = "linux"))]
 #[path = "run_unsupported.rs"]
 mod run;
+mod security;
 // Only `tart run` (Linux) uses it.
 #[cfg(target_os = "linux")]
 mod softnet;
@@ -54,6 +55,15 @@ fn top_help() -> String {
 fn main() {
     // Tart forces line-buffered stdout; Rust's stdout is line-buffered already.
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let called = std::env::args().next().unwrap_or_default();
+    if std::path::Path::new(&called).file_name() == Some(std::ffi::OsStr::new("security")) {
+        let code = match security::main(&args) {
+            Ok(()) => 0,
+            Err(f) => report(f),
+        };
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
     let internal = args.first().is_some_and(|a| a.starts_with("__"));
     if !internal {
         log_invocation("start", &args);

@@ -302,12 +302,9 @@ fn env_credentials(host: &str) -> Option<(String, String)> {
 }
 
 fn docker_credentials(host: &str) -> Option<(String, String)> {
-    // Foundation's home directory: CFFIXED_USER_HOME first (the user database after it on
-    // a Mac; HOME stands in for that here).
-    let home = std::env::var_os("CFFIXED_USER_HOME").or_else(|| std::env::var_os("HOME"))?;
+    let home = crate::util::foundation_home();
     let cfg: Value =
-        serde_json::from_slice(&fs::read(Path::new(&home).join(".docker/config.json")).ok()?)
-            .ok()?;
+        serde_json::from_slice(&fs::read(home.join(".docker/config.json")).ok()?).ok()?;
     if let Some(a) = cfg
         .get("auths")
         .and_then(|a| a.get(host))
@@ -370,15 +367,15 @@ fn anchored_match(pat: &str, s: &str) -> bool {
 }
 
 /// The runner user's login keychain: per user, not per TART_HOME. The Security framework
-/// finds the user's keychain search list and login keychain under HOME.
+/// finds the user's keychain through the user database (`getpwuid`): neither `HOME` nor
+/// `CFFIXED_USER_HOME` moves it.
 pub const KEYCHAIN: &str = "Library/Keychains/tart-sim-login-keychain.json";
 
-fn keychain_path(_tart_home: &Path) -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    Path::new(&home).join(KEYCHAIN)
+pub fn keychain_path(_tart_home: &Path) -> PathBuf {
+    crate::util::user_db_home().join(KEYCHAIN)
 }
 
-fn keychain(home: &Path) -> serde_json::Map<String, Value> {
+pub fn keychain(home: &Path) -> serde_json::Map<String, Value> {
     fs::read(keychain_path(home))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

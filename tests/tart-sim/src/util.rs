@@ -12,12 +12,37 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The runner user's home as the user database has it (`getpwuid`), which no environment
+/// variable changes on a Mac. The simulated Mac's user database is `TART_SIM_USER_HOME`
+/// (set by the test bed), else this machine's.
+pub fn user_db_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("TART_SIM_USER_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    // SAFETY: getpwuid's result is read before any other call could reuse its buffer.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if !pw.is_null() && !(*pw).pw_dir.is_null() {
+            let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+            return PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes()));
+        }
+    }
+    PathBuf::from("/")
+}
+
+/// Foundation's `homeDirectoryForCurrentUser`, where Tart finds `~/.docker/config.json` and
+/// its default home: `CFFIXED_USER_HOME`, else the user database. Not `HOME`.
+pub fn foundation_home() -> PathBuf {
+    std::env::var_os("CFFIXED_USER_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(user_db_home)
+}
+
 pub fn tart_home() -> Result<PathBuf, Fail> {
     let home = match std::env::var_os("TART_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".tart")
-        }
+        _ => foundation_home().join(".tart"),
     };
     if !home.is_dir() {
         if let Err(e) = fs::create_dir_all(&home) {
