@@ -168,7 +168,7 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     }
     let list = tart.as_deref().map(tart_list);
     check_macos_limit(&settings, list.as_ref(), &mut r);
-    let seen = crate::foreign::survey(tart_home().as_deref());
+    let seen = crate::foreign::survey(crate::tart_home::home().as_deref());
     let status = [Status::Pass, Status::Warn][usize::from(seen.fix.is_some())];
     r.add(
         "VMs not started by this driver",
@@ -1119,20 +1119,13 @@ fn check_directories(settings: &Settings, r: &mut Report) {
     }
 }
 
-fn tart_home() -> Option<PathBuf> {
-    match std::env::var_os("TART_HOME").filter(|v| !v.is_empty()) {
-        Some(h) => Some(PathBuf::from(h)),
-        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tart")),
-    }
-}
-
 fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
     const NAME: &str = "tart home";
-    let Some(home) = tart_home() else {
+    let Some(home) = crate::tart_home::home() else {
         r.fail(
             NAME,
-            "neither TART_HOME nor HOME is set",
-            "run the runner with HOME set (launchd: set HOME in the plist's EnvironmentVariables)",
+            "TART_HOME is not set and the user database has no home for this user",
+            "set TART_HOME in the runner's environment (launchd: the plist's EnvironmentVariables)",
         );
         return;
     };

@@ -128,29 +128,23 @@ pub fn must_pull(image: &Image, policy: PullPolicy, cached: bool) -> Result<bool
     }
 }
 
-/// Makes sure the image is on this host as the policy says; returns whether it pulled.
-pub async fn ensure(
+/// Pulls `image` (the caller has decided it must, with `must_pull`).
+pub async fn pull(
     tart: &Tart,
     image: &Image,
-    policy: PullPolicy,
     fetch: &Fetch,
     limit: Duration,
-    cached: bool,
-) -> Result<bool, Failure> {
-    let must_pull = must_pull(image, policy, cached)?;
-    if must_pull {
-        tart.pull(&image.name, fetch, limit).await.map_err(|e| {
-            // A registry that does not know the image: the job named something that is not there.
-            if format!("{e:#}").contains("code: 404") {
-                return Failure::rejected(format!(
-                    "image `{}` does not exist in its registry: check the name and tag ({e:#})",
-                    image.name
-                ));
-            }
-            Failure::System(anyhow::anyhow!("{e:#}. Check the image name and the registry credentials (TART_REGISTRY_USERNAME/TART_REGISTRY_PASSWORD)"))
-        })?;
-    }
-    Ok(must_pull)
+) -> Result<(), Failure> {
+    tart.pull(&image.name, fetch, limit).await.map_err(|e| {
+        // A registry that does not know the image: the job named something that is not there.
+        if format!("{e:#}").contains("code: 404") {
+            return Failure::rejected(format!(
+                "image `{}` does not exist in its registry: check the name and tag ({e:#})",
+                image.name
+            ));
+        }
+        Failure::System(anyhow::anyhow!("{e:#}. Check the image name and the registry credentials (TART_REGISTRY_USERNAME/TART_REGISTRY_PASSWORD)"))
+    })
 }
 
 #[cfg(test)]

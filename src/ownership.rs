@@ -28,17 +28,9 @@ pub enum Claim {
     None,
 }
 
-/// Tart's home as the `tart` commands the driver starts see it.
-pub fn tart_home() -> Option<PathBuf> {
-    std::env::var_os("TART_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tart")))
-}
-
 /// A local VM's directory in Tart's home.
 pub fn vm_dir(vm: &str) -> Option<PathBuf> {
-    tart_home().map(|home| home.join("vms").join(vm))
+    crate::tart_home::home().map(|home| home.join("vms").join(vm))
 }
 
 /// How a state directory names itself in markers: its resolved path.
@@ -53,7 +45,7 @@ fn identity(root: &Path) -> String {
 /// record is lost, and no other state directory's sweep touches it.
 pub fn mark(vm: &VmName, root: &StateDir) -> Result<()> {
     let dir = vm_dir(vm.as_str())
-        .context("cannot find Tart's home (neither TART_HOME nor HOME is set)")?;
+        .context("cannot find Tart's home: TART_HOME is not set and the user database has no home for this user; set TART_HOME")?;
     std::fs::write(dir.join(MARKER), identity(root.path())).with_context(|| {
         format!(
             "cannot mark VM {vm} as this state directory's in {}",

@@ -1,15 +1,20 @@
 //! Who may use which registry credentials, and which cached images.
 //!
 //! Tart caches every pulled image for the whole host. An image pulled with one project's
-//! registry credentials would otherwise serve any later job that names it, credentials or
-//! not; and Tart, given none, falls back to the runner user's own logins
-//! (`~/.docker/config.json`, the keychain). So, unless the admin opts in:
-//! - Tart's registry commands run with a home of their own that holds no login, and
+//! registry credentials (or by the admin, with the runner user's logins) would otherwise
+//! serve any later job that names it, credentials or not; and Tart, given none, falls back
+//! to the runner user's own logins (`~/.docker/config.json`, the login keychain). So,
+//! unless the admin opts in:
+//! - Tart's registry commands run with a home of their own that holds no Docker login, and
 //!   without the runner's `TART_REGISTRY_*`: a job gets only the credentials it brings.
-//! - An image this driver pulled with credentials is recorded (by name and by digest); a
-//!   later job may clone it from the cache only once the registry has accepted that job's
-//!   credentials for that very digest (a `tart pull` by digest, which downloads nothing when
-//!   cached), or when the admin marked it public (`--public-image`).
+//!   The keychain cannot be hidden that way (macOS finds it through the user database, not
+//!   `HOME`), so a job without credentials is refused while the runner user has a
+//!   `tart login` for the image's registry.
+//! - A cached registry image is cloned only after the registry has accepted the job's own
+//!   credentials, or none, for that very digest (a `tart pull` by digest, which asks the
+//!   registry for the manifest first and downloads nothing when cached), or when the admin
+//!   marked it public (`--public-image`). Nothing is remembered between jobs: an image
+//!   cached before this driver ran, or by a neighbour, is vetted the same way.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +25,7 @@ use regex::Regex;
 use crate::cli::Options;
 use crate::failure::Failure;
 use crate::image::Image;
-use crate::settings::{PullPolicy, Settings};
+use crate::settings::PullPolicy;
 use crate::tart::{Fetch, Tart};
 
 /// The admin's registry trust settings.
@@ -64,15 +69,10 @@ impl CredentialFreeHome {
         if policy.host_credentials {
             return Ok(None);
         }
-        let tart_home = match std::env::var_os("TART_HOME").filter(|h| !h.is_empty()) {
-            Some(home) => PathBuf::from(home),
-            None => std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .map(|h| PathBuf::from(h).join(".tart"))
-                .context(
-                    "neither TART_HOME nor HOME is set: cannot tell where Tart keeps its VMs",
-                )?,
-        };
+        // The swapped home below would move Tart's own default home: name it explicitly.
+        let tart_home = crate::tart_home::home().context(
+            "cannot tell where Tart keeps its VMs: TART_HOME is not set and the user database has no home for this user; set TART_HOME",
+        )?;
         let home = state_dir.join("registry-home");
         crate::state_dir::StateDir::open(state_dir)?.subdir("registry-home")?;
         // Nothing Tart could mistake for a login may live here.
@@ -84,93 +84,112 @@ impl CredentialFreeHome {
     }
 
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
-        // Tart looks for ~/.docker/config.json through Foundation's home directory, which
-        // macOS takes from CFFIXED_USER_HOME before the user database; the keychain search
-        // list follows HOME. Newer Tart also reads a whole Docker config from
-        // TART_DOCKER_AUTH_CONFIG: an empty one.
+        // Tart finds ~/.docker/config.json through Foundation's home directory, which
+        // macOS takes from CFFIXED_USER_HOME before the user database. (The keychain it
+        // finds through the user database alone: see `refuse_keychain_login`.)
         cmd.env("HOME", &self.home)
             .env("CFFIXED_USER_HOME", &self.home)
-            .env("TART_DOCKER_AUTH_CONFIG", "{}")
             .env("TART_HOME", &self.tart_home);
     }
-}
-
-/// Where the record of images pulled with credentials lives: one file per image name or
-/// digest, so concurrent prepares never rewrite a shared file.
-fn record_path(state_dir: &Path, name: &str) -> PathBuf {
-    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
-    state_dir.join("private-images").join(hex)
-}
-
-/// Records `name` as pulled with credentials; called before the pull (so no job can clone
-/// it from the cache in between) and with the digest name after it.
-fn record_private(state_dir: &Path, name: &str) -> Result<()> {
-    let path = record_path(state_dir, name);
-    crate::state_dir::StateDir::open(state_dir)?.subdir("private-images")?;
-    std::fs::write(&path, name).with_context(|| format!("cannot record {}", path.display()))
-}
-
-fn is_private(state_dir: &Path, name: &str) -> bool {
-    record_path(state_dir, name).exists()
 }
 
 /// Makes the job's image available as its pull policy says, under the rules above; returns
 /// whether it pulled.
 pub async fn fetch_image(
     tart: &Tart,
-    settings: &Settings,
+    policy: &Policy,
     image: &Image,
-    policy: PullPolicy,
+    pull_policy: PullPolicy,
     fetch: &Fetch,
     limit: Duration,
     cached: bool,
 ) -> Result<bool, Failure> {
-    let state_dir = &settings.state_dir;
-    let pulling = crate::image::must_pull(image, policy, cached)?;
-    let with_credentials = pulling && fetch.creds.is_some() && image.host.is_some();
-    if with_credentials {
-        record_private(state_dir, &image.name)?;
+    let pulling = crate::image::must_pull(image, pull_policy, cached)?;
+    let Some(host) = &image.host else {
+        return Ok(false);
+    };
+    let public = policy.is_public(&image.name);
+    let credential_free = fetch.creds.is_none() && fetch.home.is_some();
+    if credential_free && !public && (pulling || cached) {
+        refuse_keychain_login(host).await?;
     }
-    crate::image::ensure(tart, image, policy, fetch, limit, cached).await?;
-    if with_credentials {
-        record_private(state_dir, &tart.fqn(&image.name).await?)?;
-    } else if !pulling {
-        vet_cached(tart, &settings.registry, state_dir, image, fetch).await?;
+    if pulling {
+        crate::image::pull(tart, image, fetch, limit).await?;
+    } else if !public {
+        // Cached: the registry decides, now, whether this job may have it.
+        vet_cached(tart, host, image, fetch).await?;
     }
     Ok(pulling)
 }
 
-/// Before a job clones `image` from the cache: an image pulled with credentials needs the
-/// job's own, accepted by the registry for that digest, unless the admin marked it public.
-async fn vet_cached(
-    tart: &Tart,
-    policy: &Policy,
-    state_dir: &Path,
-    image: &Image,
-    fetch: &Fetch,
-) -> Result<(), Failure> {
-    let Some(host) = &image.host else {
+/// Before a job clones cached `image`: the registry must serve this job that digest, with
+/// the job's credentials or with none.
+async fn vet_cached(tart: &Tart, host: &str, image: &Image, fetch: &Fetch) -> Result<(), Failure> {
+    let digest = tart.fqn(&image.name).await?;
+    let Err(e) = tart.pull(&digest, fetch, Duration::from_secs(300)).await else {
         return Ok(());
     };
-    if policy.is_public(&image.name) {
-        return Ok(());
-    }
-    let digest = tart.fqn(&image.name).await?;
-    if !is_private(state_dir, &image.name) && !is_private(state_dir, &digest) {
-        return Ok(());
-    }
-    if fetch.creds.is_none() {
-        return Err(Failure::rejected(format!(
-            "image `{}` is in this host's cache from a pull with registry credentials, and this job has none: set TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}, or ask the admin to mark the image public (--public-image)",
+    let why = format!("{e:#}");
+    let refused = [
+        "AuthFailed",
+        "code: 401",
+        "code: 403",
+        "DENIED",
+        "UNAUTHORIZED",
+    ]
+    .iter()
+    .any(|mark| why.contains(mark));
+    match (refused, &fetch.creds) {
+        (true, None) => Err(Failure::rejected(format!(
+            "image `{}` is in this host's cache, but its registry serves it only with credentials, and this job has none: set TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}, or ask the admin to mark the image public (--public-image)",
             image.name
-        )));
+        ))),
+        (true, Some(_)) => Err(Failure::rejected(format!(
+            "the registry did not accept this job's credentials for `{}` ({why}): check TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}",
+            image.name
+        ))),
+        (false, _) => Err(Failure::System(anyhow::anyhow!(
+            "cannot confirm with {host} that this job may use the cached image `{}` ({why}): retry when the registry is reachable, or have the admin mark the image public (--public-image)",
+            image.name
+        ))),
     }
-    tart.pull(&digest, fetch, Duration::from_secs(300))
-        .await
-        .map_err(|e| {
-            Failure::rejected(format!(
-                "the registry did not accept this job's credentials for `{}` ({e:#}): check TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}",
-                image.name
-            ))
-        })
+}
+
+/// Tart falls back to the runner user's `tart login` (an Internet password in the login
+/// keychain, label `Tart Credentials`) when a registry asks a job without credentials for a
+/// login. macOS finds that keychain through the user database, so no environment hides it:
+/// while such a login exists, a job without credentials of its own must not reach Tart's
+/// registry code at all. `security` prints an item's attributes, never its secret, without
+/// `-g`/`-w`.
+async fn refuse_keychain_login(host: &str) -> Result<(), Failure> {
+    let mut cmd = tokio::process::Command::new("security");
+    cmd.args([
+        "find-internet-password",
+        "-s",
+        host,
+        "-l",
+        "Tart Credentials",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let status = match tokio::time::timeout(Duration::from_secs(10), cmd.status()).await {
+        Ok(status) => status.context(
+            "cannot run `security` to look for a `tart login` in the runner user's keychain",
+        )?,
+        Err(_) => {
+            return Err(Failure::System(anyhow::anyhow!(
+                "`security find-internet-password` did not answer within 10s"
+            )))
+        }
+    };
+    match status.code() {
+        Some(0) => Err(Failure::System(anyhow::anyhow!(
+            "the runner user has a `tart login` for {host} in its keychain, which Tart would use for this job although the job brings no registry credentials: remove it (`tart logout {host}`), or let jobs use it (--host-registry-credentials), or mark the image public (--public-image)"
+        ))),
+        // 44: no such item. Anything else (a locked keychain): Tart's own lookup, from the
+        // same session, finds nothing either.
+        _ => Ok(()),
+    }
 }

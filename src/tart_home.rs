@@ -4,6 +4,7 @@
 //! housekeeping; prepare makes as few as it can before `tart run`. When the file cannot be
 //! read, the caller falls back to `tart get`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::host::Minimum;
@@ -18,12 +19,48 @@ pub struct VmConfig {
     pub minimum: Minimum,
 }
 
-/// `$TART_HOME`, or `~/.tart` as Tart defaults it.
+/// Tart's home, found as Tart finds it: `$TART_HOME`, else `.tart` in Foundation's
+/// home directory for the current user, which is `CFFIXED_USER_HOME` or else the user
+/// database's entry, never `$HOME` (under launchd `HOME` can point anywhere).
 pub fn home() -> Option<PathBuf> {
-    std::env::var_os("TART_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tart")))
+    resolve(|name| std::env::var_os(name), user_db_home)
+}
+
+fn resolve(
+    env: impl Fn(&str) -> Option<OsString>,
+    user_db_home: impl FnOnce() -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(home) = set("TART_HOME") {
+        return Some(home);
+    }
+    set("CFFIXED_USER_HOME")
+        .or_else(user_db_home)
+        .map(|home| home.join(".tart"))
+}
+
+/// The current user's home directory in the user database (`getpwuid_r`).
+pub fn user_db_home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: getpwuid_r writes only into `pw` and `buf` (whose length it is given) and
+    // points `found` at `pw` or null; the name is copied out before `buf` goes.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::getuid(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() || pw.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pw.pw_dir).to_bytes();
+        (!dir.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(dir)))
+    }
 }
 
 /// Reads `vms/<vm>/config.json` of Tart's home.
@@ -49,6 +86,37 @@ fn parse(text: &[u8]) -> Option<VmConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    /// Under launchd HOME can be anything; Tart takes its home from the user database.
+    #[test]
+    fn without_tart_home_tarts_home_is_in_the_user_databases_home_not_in_home() {
+        let db = || Some(PathBuf::from("/Users/ci"));
+        let home = resolve(env_of(&[("HOME", "/var/empty")]), db);
+        assert_eq!(home, Some(PathBuf::from("/Users/ci/.tart")));
+    }
+
+    #[test]
+    fn tart_home_wins_then_cffixed_user_home() {
+        let db = || Some(PathBuf::from("/Users/ci"));
+        let env = env_of(&[("TART_HOME", "/Volumes/vms"), ("CFFIXED_USER_HOME", "/x")]);
+        assert_eq!(resolve(env, db), Some(PathBuf::from("/Volumes/vms")));
+        let env = env_of(&[("TART_HOME", ""), ("CFFIXED_USER_HOME", "/x")]);
+        assert_eq!(resolve(env, db), Some(PathBuf::from("/x/.tart")));
+    }
+
+    #[test]
+    fn the_user_database_knows_the_current_user() {
+        assert!(user_db_home().is_some_and(|h| h.is_absolute()));
+    }
 
     #[test]
     fn a_macos_config_gives_os_resources_and_minimums() {

@@ -32,6 +32,31 @@ fn an_image_whose_minimum_exceeds_the_per_vm_share_fails_the_job_instead_of_taki
     bed.assert_nothing_left();
 }
 
+/// Under launchd HOME can point anywhere; Tart finds its home through Foundation
+/// (`CFFIXED_USER_HOME`, else the user database), and so must the driver, or it reads no
+/// image minimum at all and lets the greedy image take the host.
+#[test]
+fn without_tart_home_the_image_minimum_is_read_where_tart_keeps_the_vm_not_under_home() {
+    let bed = Bed::new().image(GREEDY, Image::linux().minimum(4096, 4 << 20));
+    // Foundation's home holds Tart's default home (the simulator's TART_HOME).
+    std::os::unix::fs::symlink(bed.sim.tart_home(), bed.sim.home_dir().join(".tart")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let job = bed.direct_job(GREEDY);
+    let out = bed
+        .stage_command(&job, &["prepare"])
+        .env_remove("TART_HOME")
+        .env("CFFIXED_USER_HOME", bed.sim.home_dir())
+        .env("HOME", elsewhere.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("needs at least 4096 CPUs"), "{log}");
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    bed.assert_nothing_left();
+}
+
 // --- Cancel and bounds --------------------------------------------------------------------
 
 /// `exec >log 2>&1` closes the stage's output long before the script ends: the cancel must
@@ -229,7 +254,7 @@ fn a_private_image_pulled_by_one_project_is_not_cloned_by_another_without_creden
         "{}",
         out.log
     );
-    out.assert_log_contains("from a pull with registry credentials, and this job has none");
+    out.assert_log_contains("its registry serves it only with credentials, and this job has none");
     assert!(!out.log.lines().any(|l| l.trim() == "B-RAN"), "{}", out.log);
     // By digest, the same image is refused too.
     let digest = bed.sim.tart_ok(["fqn", PRIVATE]).trim().to_string();
@@ -340,28 +365,85 @@ fn harness_base64(text: &str) -> String {
     out
 }
 
-/// The runner user's own registry logins (a `~/.docker/config.json`, a `tart login` in its
-/// keychain) are the admin's, not every job's: a job without credentials cannot pull with
-/// them.
+/// An image the admin pulled by hand (or that was cached before this driver kept any
+/// record) is no more public than one a job pulled with credentials: the registry decides.
 #[test]
-fn the_runner_users_docker_login_and_keychain_do_not_serve_jobs_without_credentials() {
-    for login in [docker_login as fn(&Bed), keychain_login] {
-        let bed = private_bed();
-        login(&bed);
-        let out = run_job(
-            &bed.runner(),
-            &Job::new().image(PRIVATE).script(["echo RAN"]),
-        );
+fn an_image_cached_before_any_job_pulled_it_is_cloned_only_with_credentials_the_registry_accepts() {
+    let bed = private_bed();
+    let pulled = bed
+        .sim
+        .command(["pull", PRIVATE])
+        .env("TART_REGISTRY_USERNAME", ROBOT.0)
+        .env("TART_REGISTRY_PASSWORD", ROBOT.1)
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "{pulled:?}");
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(PRIVATE).script(["echo RAN"]),
+    );
+    assert_eq!(
+        out.verdict,
+        Verdict::BuildFailure { exit_code: 1 },
+        "{}",
+        out.log
+    );
+    out.assert_log_contains("its registry serves it only with credentials, and this job has none");
+    assert!(!out.log.lines().any(|l| l.trim() == "RAN"), "{}", out.log);
+    let a = with_credentials(Job::new(), ROBOT.0, ROBOT.1);
+    run_job(&bed.runner(), &a.image(PRIVATE).script(["echo ran"]))
+        .assert_success()
+        .assert_log_contains("ran");
+    bed.assert_nothing_left();
+}
+
+/// The runner user's `~/.docker/config.json` logins are the admin's, not every job's: a job
+/// without credentials cannot pull with them.
+#[test]
+fn the_runner_users_docker_login_does_not_serve_jobs_without_credentials() {
+    let bed = private_bed();
+    docker_login(&bed);
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(PRIVATE).script(["echo RAN"]),
+    );
+    assert!(
+        matches!(out.verdict, Verdict::SystemFailure { .. }),
+        "{:?}: {}",
+        out.verdict,
+        out.log
+    );
+    out.assert_log_contains("AuthFailed");
+    assert!(bed.sim.local_vms().is_empty());
+    bed.assert_nothing_left();
+}
+
+/// A `tart login` lives in the runner user's login keychain, which macOS finds through the
+/// user database: no HOME hides it from Tart. A job without credentials is refused before
+/// Tart could use it, for an image to pull and for a cached one alike, naming the fix.
+#[test]
+fn a_job_without_credentials_is_refused_while_the_runner_user_has_a_tart_login_for_the_registry() {
+    let bed = private_bed();
+    keychain_login(&bed);
+    let job = Job::new().image(PRIVATE).script(["echo RAN"]);
+    for _attempt in ["to pull", "cached"] {
+        let out = run_job(&bed.runner(), &job);
         assert!(
             matches!(out.verdict, Verdict::SystemFailure { .. }),
             "{:?}: {}",
             out.verdict,
             out.log
         );
-        out.assert_log_contains("AuthFailed");
+        out.assert_log_contains(
+            "the runner user has a `tart login` for registry.example.com in its keychain",
+        )
+        .assert_log_contains("tart logout registry.example.com");
+        assert!(!out.log.lines().any(|l| l.trim() == "RAN"), "{}", out.log);
         assert!(bed.sim.local_vms().is_empty());
-        bed.assert_nothing_left();
+        // Next round: the image is in the cache (the admin pulled it with that login).
+        bed.sim.tart_ok(["pull", PRIVATE]);
     }
+    bed.assert_nothing_left();
 }
 
 /// `--host-registry-credentials` is the admin's explicit loan of those logins to jobs.

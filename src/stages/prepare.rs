@@ -112,7 +112,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let t = Instant::now();
     if registry_access::fetch_image(
         &tart,
-        settings,
+        &settings.registry,
         &request.image,
         request.pull_policy,
         &fetch,
