@@ -106,13 +106,23 @@ pub struct Sizing {
     pub memory_mib: Option<u64>,
 }
 
-/// An image that needs more than this runner gives a VM. The job chose the image, so this
-/// is the job's to fix: a build failure, not a VM that takes the host from its neighbours.
+/// Why an image's minimum cannot be met. Whose fix it is decides how the job fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TooBig(pub String);
+pub enum TooSmall {
+    /// The image needs more than this host could give any one VM: the job chose an image
+    /// that cannot run here (a build failure).
+    Image(String),
+    /// The host could run it, but this runner's settings give each VM less: the admin's to
+    /// change (a system failure naming the setting).
+    Settings(String),
+}
 
 /// The CPU count and memory (MiB) to give a VM, or None to keep the image's.
-pub fn vm_resources(settings: &Settings, minimum: Minimum) -> Result<Sizing, TooBig> {
+pub fn vm_resources(
+    settings: &Settings,
+    minimum: Minimum,
+    macos: bool,
+) -> Result<Sizing, TooSmall> {
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
@@ -121,44 +131,87 @@ pub fn vm_resources(settings: &Settings, minimum: Minimum) -> Result<Sizing, Too
         sys.refresh_memory();
         sys.total_memory() / 1024 / 1024
     };
-    size(settings, minimum, host_cpus, host_mib)
+    size(settings, minimum, macos, host_cpus, host_mib)
+}
+
+/// How many VMs of this kind can run at once, sharing the host: Apple's limit caps macOS
+/// guests below `--concurrency`, so a macOS VM's share is that of one of at most
+/// `--macos-vm-limit` (a third VM beside them is a Linux one, which asks for little).
+fn vms_at_once(settings: &Settings, macos: bool) -> u64 {
+    let n = if macos {
+        settings.concurrency.min(settings.macos_vm_limit)
+    } else {
+        settings.concurrency
+    };
+    u64::from(n.max(1))
 }
 
 fn size(
     settings: &Settings,
     minimum: Minimum,
+    macos: bool,
     host_cpus: u64,
-    host_mib: impl Fn() -> u64,
-) -> Result<Sizing, TooBig> {
-    let share = |total: u64| (total / u64::from(settings.concurrency)).max(1);
+    host_mib: impl FnOnce() -> u64,
+) -> Result<Sizing, TooSmall> {
+    let at_once = vms_at_once(settings, macos);
+    let share = |total: u64| (total / at_once).max(1);
+    let sharing = if macos && settings.macos_vm_limit < settings.concurrency {
+        format!("the {at_once} macOS VMs --macos-vm-limit runs at once")
+    } else {
+        format!("the {at_once} VMs --concurrency runs at once")
+    };
     // The image's minimum raises nothing: a job picks the image, and a minimum of the whole
     // host would starve the other VMs this host runs.
     let pick = |explicit: Option<Resource>,
                 what: &str,
                 unit: &str,
+                flag: &str,
                 min: u64,
+                whole: u64,
                 auto: &dyn Fn() -> u64| {
-        let (value, source) = match explicit {
-            Some(Resource::Fixed(n)) => (n, "the runner's setting"),
-            Some(Resource::Auto) => (auto(), "this host's share per VM"),
-            None if settings.auto_resources => (auto(), "this host's share per VM"),
+        let (value, fixed) = match explicit {
+            Some(Resource::Fixed(n)) => (n, true),
+            Some(Resource::Auto) => (auto(), false),
+            None if settings.auto_resources => (auto(), false),
             None => return Ok(None),
         };
-        if min > value {
-            return Err(TooBig(format!(
-                "the image needs at least {min}{unit} {what}, more than the {value}{unit} each VM gets here ({source}, with --concurrency {}): use a smaller image, or ask the admin to give VMs more",
-                settings.concurrency
+        if min <= value {
+            return Ok(Some(value));
+        }
+        let needs = format!("the image needs at least {min}{unit} {what}");
+        if min > whole {
+            return Err(TooSmall::Image(format!(
+                "{needs}, more than this host can give any VM ({whole}{unit}): use a smaller image"
             )));
         }
-        Ok(Some(value))
+        Err(TooSmall::Settings(if fixed {
+            format!(
+                "{needs}, more than the {value}{unit} this runner gives each VM (--{flag} {value}): the admin can raise --{flag} to {min} or more"
+            )
+        } else {
+            format!(
+                "{needs}, more than the {value}{unit} each VM gets here (this host's {whole}{unit} shared by {sharing}): the admin can lower --concurrency, or set --{flag} {min}"
+            )
+        }))
     };
-    let cpu = pick(settings.cpu, "CPUs", "", minimum.cpu, &|| share(host_cpus))?;
+    let cpu = pick(
+        settings.cpu,
+        "CPUs",
+        "",
+        "cpu",
+        minimum.cpu,
+        host_cpus,
+        &|| share(host_cpus),
+    )?;
+    let usable_mib = host_mib().saturating_sub(HOST_RESERVE_MIB).max(1024);
     let memory_mib = pick(
         settings.memory,
         "of memory",
         " MiB",
+        "memory",
         minimum.memory_mib,
-        &|| share(host_mib().saturating_sub(HOST_RESERVE_MIB).max(1024)),
+        usable_mib,
+        &|| share(usable_mib),
     )?;
     Ok(Sizing { cpu, memory_mib })
 }
@@ -176,9 +229,13 @@ mod tests {
         .unwrap()
     }
 
+    fn min(cpu: u64, memory_mib: u64) -> Minimum {
+        Minimum { cpu, memory_mib }
+    }
+
     #[test]
     fn auto_resources_split_the_host_evenly_and_keep_a_reserve() {
-        let s = size(&settings(2), Minimum::default(), 12, || 32 * 1024).unwrap();
+        let s = size(&settings(2), Minimum::default(), false, 12, || 32 * 1024).unwrap();
         assert_eq!(
             s,
             Sizing {
@@ -188,48 +245,42 @@ mod tests {
         );
     }
 
+    /// At most two macOS guests run at once, whatever --concurrency says: on an 8 GB Mac
+    /// at concurrency 3 a Cirrus image (4096 MiB minimum) still runs.
     #[test]
-    fn an_image_minimum_above_the_per_vm_share_is_refused_not_granted() {
-        let err = size(
-            &settings(2),
-            Minimum {
-                cpu: 4,
-                memory_mib: 8192,
-            },
-            4,
-            || 24 * 1024,
-        )
-        .unwrap_err();
-        assert!(
-            err.0.contains("at least 4 CPUs") && err.0.contains("2 each VM gets"),
-            "{}",
-            err.0
-        );
-        let err = size(
-            &settings(2),
-            Minimum {
-                cpu: 1,
-                memory_mib: 16 * 1024,
-            },
-            4,
-            || 24 * 1024,
-        )
-        .unwrap_err();
-        assert!(err.0.contains("16384 MiB of memory"), "{}", err.0);
+    fn a_macos_vm_shares_the_host_with_at_most_the_macos_limit_of_vms() {
+        let s = size(&settings(3), min(2, 2048), true, 8, || 8 * 1024).unwrap();
+        assert_eq!((s.cpu, s.memory_mib), (Some(4), Some(3 * 1024)));
+        let s = size(&settings(3), Minimum::default(), false, 9, || 8 * 1024).unwrap();
+        assert_eq!((s.cpu, s.memory_mib), (Some(3), Some(2 * 1024)));
+    }
+
+    /// The image fits this host; the runner's sharing is what leaves too little: the admin's
+    /// to fix, named as such.
+    #[test]
+    fn a_minimum_the_host_could_meet_but_the_share_cannot_names_the_admins_setting() {
+        let err = size(&settings(2), min(1, 8192), false, 8, || 16 * 1024).unwrap_err();
+        let TooSmall::Settings(why) = err else {
+            panic!("{err:?}")
+        };
+        assert!(why.contains("8192 MiB of memory"), "{why}");
+        assert!(why.contains("lower --concurrency"), "{why}");
+        assert!(why.contains("--memory 8192"), "{why}");
+    }
+
+    #[test]
+    fn a_minimum_beyond_the_whole_host_is_the_images_fault() {
+        let err = size(&settings(2), min(64, 0), false, 8, || 16 * 1024).unwrap_err();
+        let TooSmall::Image(why) = err else {
+            panic!("{err:?}")
+        };
+        assert!(why.contains("at least 64 CPUs"), "{why}");
+        assert!(why.contains("use a smaller image"), "{why}");
     }
 
     #[test]
     fn an_image_minimum_within_the_share_is_fine() {
-        let s = size(
-            &settings(2),
-            Minimum {
-                cpu: 2,
-                memory_mib: 4096,
-            },
-            4,
-            || 24 * 1024,
-        )
-        .unwrap();
+        let s = size(&settings(2), min(2, 4096), false, 4, || 24 * 1024).unwrap();
         assert_eq!(s.cpu, Some(2));
         assert_eq!(s.memory_mib, Some(11 * 1024));
     }
@@ -240,15 +291,16 @@ mod tests {
         st.cpu = Some(Resource::Fixed(3));
         st.auto_resources = true;
         assert_eq!(
-            size(&st, Minimum::default(), 16, || 1024).unwrap().cpu,
+            size(&st, Minimum::default(), false, 16, || 1024)
+                .unwrap()
+                .cpu,
             Some(3)
         );
-        let min = Minimum {
-            cpu: 4,
-            memory_mib: 0,
-        };
-        let err = size(&st, min, 16, || 1024).unwrap_err();
-        assert!(err.0.contains("the runner's setting"), "{}", err.0);
+        let err = size(&st, min(4, 0), false, 16, || 1024).unwrap_err();
+        assert_eq!(
+            err,
+            TooSmall::Settings("the image needs at least 4 CPUs, more than the 3 this runner gives each VM (--cpu 3): the admin can raise --cpu to 4 or more".into())
+        );
     }
 
     #[test]
@@ -256,7 +308,7 @@ mod tests {
         let mut st = settings(1);
         st.auto_resources = false;
         assert_eq!(
-            size(&st, Minimum::default(), 16, || 1024).unwrap(),
+            size(&st, Minimum::default(), false, 16, || 1024).unwrap(),
             Sizing {
                 cpu: None,
                 memory_mib: None

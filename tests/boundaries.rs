@@ -32,6 +32,60 @@ fn an_image_whose_minimum_exceeds_the_per_vm_share_fails_the_job_instead_of_taki
     bed.assert_nothing_left();
 }
 
+/// This host's memory as the driver sizes VMs: all of it but the 2 GiB kept for the host.
+fn usable_host_mib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib / 1024 - 2048
+}
+
+/// Apple runs at most two macOS guests, so at `--concurrency 3` a macOS VM shares the host
+/// with one other macOS VM, not two: a macOS image needing more than a third of the host
+/// (every Cirrus image on an 8 GB Mac) still runs.
+#[test]
+fn at_concurrency_3_a_macos_vm_gets_half_the_host_as_only_two_macos_vms_can_run() {
+    const BIG_MAC: &str = "ghcr.io/cirruslabs/macos-big:latest";
+    let usable = usable_host_mib();
+    let needs = (usable / 2 + usable / 3) / 2;
+    let bed = Bed::new()
+        .option(["--concurrency", "3", "--cpu", "2"])
+        .image(BIG_MAC, Image::darwin().minimum(2, needs));
+    let out = run_job(
+        &bed.runner(),
+        &Job::new().image(BIG_MAC).script(["echo ran"]),
+    );
+    out.assert_success().assert_log_contains("ran");
+    bed.assert_nothing_left();
+}
+
+/// The image would fit this host; the admin's `--concurrency` leaves each VM too little.
+/// That is the admin's to change, so a system failure that says which setting, not a build
+/// failure blaming the job's image.
+#[test]
+fn an_image_the_host_could_run_but_the_admins_concurrency_cannot_is_a_system_failure_naming_it() {
+    const WIDE: &str = "ghcr.io/team/wide:latest";
+    let usable = usable_host_mib();
+    let needs = (usable + usable / 2) / 2;
+    let bed = Bed::new()
+        .option(["--concurrency", "2"])
+        .image(WIDE, Image::linux().minimum(1, needs));
+    let out = run_job(&bed.runner(), &Job::new().image(WIDE).script(["echo RAN"]));
+    assert!(
+        matches!(out.verdict, Verdict::SystemFailure { .. }),
+        "{:?}: {}",
+        out.verdict,
+        out.log
+    );
+    out.assert_log_contains(&format!("needs at least {needs} MiB of memory"))
+        .assert_log_contains("lower --concurrency");
+    assert!(!out.log.lines().any(|l| l.trim() == "RAN"), "{}", out.log);
+    bed.assert_nothing_left();
+}
+
 /// Under launchd HOME can point anywhere; Tart finds its home through Foundation
 /// (`CFFIXED_USER_HOME`, else the user database), and so must the driver, or it reads no
 /// image minimum at all and lets the greedy image take the host.
