@@ -62,6 +62,20 @@
               ];
             }).system;
         }
+        // lib.optionalAttrs (lib.hasSuffix "linux" system) {
+          # Builds a whole NixOS system with the Orchard runner module.
+          nixos-module =
+            (lib.nixosSystem {
+              modules = [
+                self.nixosModules.default
+                ./tests/nix/example-nixos.nix
+                {
+                  nixpkgs.hostPlatform = system;
+                  services.gitlab-runner-tart.package = self.packages.${system}.default;
+                }
+              ];
+            }).config.system.build.toplevel;
+        }
       );
 
       devShells = forAllSystems (
@@ -88,6 +102,12 @@
       darwinModules = {
         gitlab-runner-tart = ./darwin-modules;
         default = self.darwinModules.gitlab-runner-tart;
+      };
+
+      # A Linux host whose runner sends every job to a VM of an Orchard fleet.
+      nixosModules = {
+        orchard = ./nixos-modules;
+        default = self.nixosModules.orchard;
       };
     };
 }

@@ -42,7 +42,8 @@ rec {
   generationFile = stateDir: "${stateDir}/.tart-agent-generation";
 
   # The script's body. Everything the agent needs (PATH, HOME, log file) is set here rather
-  # than in the plist. launchd stops an agent with SIGTERM, which gitlab-runner takes as
+  # than in the plist. With `logFile = null` (systemd) the output stays where it was.
+  # launchd stops an agent with SIGTERM, which gitlab-runner takes as
   # "abort every job"; the script turns it into SIGQUIT ("take no new jobs, let the running
   # ones finish") and passes SIGTERM on only after `drainTimeout` seconds; gitlab-runner's
   # own `shutdown_timeout` then bounds the rest.
@@ -65,8 +66,14 @@ rec {
       umask 077
       export PATH=${escapeShellArg (concatStringsSep ":" path)}
       export HOME=${escapeShellArg home}
-      mkdir -p ${escapeShellArg stateDir} "$(dirname ${escapeShellArg logFile})"
-      exec >>${escapeShellArg logFile} 2>&1
+      ${
+        if logFile == null then
+          "mkdir -p ${escapeShellArg stateDir}"
+        else
+          ''
+            mkdir -p ${escapeShellArg stateDir} "$(dirname ${escapeShellArg logFile})"
+            exec >>${escapeShellArg logFile} 2>&1''
+      }
       printf '%s\n' "$generation" >${escapeShellArg (generationFile stateDir)}
       ${renderCommand { inherit driver specFile configFile; }}
       cd ${escapeShellArg stateDir}

@@ -6,6 +6,7 @@
 # (`./default.nix`) declares the options and wires these results into nix-darwin.
 let
   inherit (builtins)
+    all
     attrNames
     concatStringsSep
     filter
@@ -85,17 +86,24 @@ rec {
   # in last. Keys are the driver's snake_case names; unset options are left out so that the
   # driver's own defaults apply.
   # `softnet` (null: the driver's default) says whether jobs' VMs use Softnet; the module
-  # sets it to whether it provisions Softnet.
+  # sets it to whether it provisions Softnet. An Orchard runner (`backend = "orchard"`)
+  # gets the `orchard` section and none of this host's Tart, Softnet or directories.
   driverConfig =
     {
       concurrency,
-      tartExecutable,
+      tartExecutable ? null,
       runner,
       softnet ? null,
     }:
+    let
+      orchard = isOrchard runner;
+    in
     recursiveMerge (compact {
-      tart_executable = tartExecutable;
-      inherit concurrency softnet;
+      tart_executable = if orchard then null else tartExecutable;
+      softnet = if orchard then null else softnet;
+      inherit concurrency;
+      backend = if orchard then "orchard" else null;
+      orchard = if orchard then orchardSection runner.orchard else null;
       builds_dir = runner.buildsDir or null;
       cache_dir = runner.cacheDir or null;
       volumes = runner.volumes or [ ];
@@ -113,6 +121,29 @@ rec {
       timeout = runner.timeout or null;
       transport = runner.transport or null;
     }) (runner.settings or { });
+
+  isOrchard = runner: (runner.backend or "tart") == "orchard";
+
+  # The driver's `orchard:` section from a runner's `orchard` options.
+  orchardSection =
+    o:
+    let
+      nonEmpty = a: if a == { } then null else a;
+    in
+    compact {
+      url = o.url or null;
+      service_account = o.serviceAccount or null;
+      token_file = pathString (o.tokenFile or null);
+      ca_file = pathString (o.caFile or null);
+      ca_fingerprint = o.caFingerprint or null;
+      labels = nonEmpty (o.labels or { });
+      resources = nonEmpty (o.resources or { });
+      queue_timeout = o.queueTimeout or null;
+      boot_timeout = o.bootTimeout or null;
+      host_dirs = nonEmpty (o.hostDirs or { });
+      name_prefix = o.namePrefix or null;
+      max_vm_age = o.maxVmAge or null;
+    };
 
   # The spec that `gitlab-runner-tart-driver runner-config` turns into config.toml. It holds
   # token FILE PATHS only. `driverConfigFiles` maps each runner's attribute name to the
@@ -332,6 +363,8 @@ rec {
   ];
   refusedSettings = {
     concurrency = "it is set from services.gitlab-runner-tart.concurrency";
+    backend = "use the runner's backend option";
+    orchard = "use the runner's orchard options";
     state_dir = "the driver counts running VMs in its state directory, so every runner of the host must share the default one";
   };
 
@@ -361,6 +394,45 @@ rec {
           custom = if isAttrs (extra.custom or null) then extra.custom else { };
           nulls = nullPaths "${at}.extraConfig" extra;
           token = pathString r.authenticationTokenFile;
+          o = r.orchard or { };
+          orchardToken = pathString (o.tokenFile or null);
+          hostDirsSet = filter (k: (r.${k} or null) != null && (r.${k} or null) != [ ]) [
+            "buildsDir"
+            "cacheDir"
+            "volumes"
+          ];
+          orchardAssertions = [
+            {
+              assertion = all (k: (o.${k} or null) != null) [
+                "url"
+                "serviceAccount"
+                "tokenFile"
+              ];
+              message = "${at}.orchard: an Orchard runner needs url, serviceAccount and tokenFile; set all three.";
+            }
+            {
+              assertion = orchardToken == null || substring 0 1 orchardToken == "/";
+              message = "${at}.orchard.tokenFile (${toString orchardToken}) is not an absolute path; give the quoted absolute path of the token file.";
+            }
+            {
+              assertion = (o.caFile or null) == null || (o.caFingerprint or null) == null;
+              message = "${at}.orchard: set caFile or caFingerprint, not both.";
+            }
+            {
+              assertion =
+                match "https://.*" (toString (o.url or "https://")) != null
+                || ((o.caFile or null) == null && (o.caFingerprint or null) == null);
+              message = "${at}.orchard.url is plain http: a pinned certificate (caFile, caFingerprint) needs https.";
+            }
+            {
+              assertion = hostDirsSet == [ ];
+              message = "${at}: ${concatStringsSep ", " hostDirsSet} share this host's directories, but an Orchard runner's VMs run on the fleet's Macs; remove them (use orchard.hostDirs for read-only worker directories, and GitLab's distributed cache).";
+            }
+          ];
+          notOrchard = {
+            assertion = o == { } || all (v: v == null || v == { }) (builtins.attrValues o);
+            message = "${at}.orchard is set but ${at}.backend is \"tart\"; set backend = \"orchard\" or remove the orchard options.";
+          };
         in
         refused "${at}.extraConfig" refusedRunnerKeys extra
         ++ refused "${at}.settings" refusedSettings (r.settings or { })
@@ -381,7 +453,8 @@ rec {
             assertion = substring 0 1 token == "/";
             message = "${at}.authenticationTokenFile (${token}) is not an absolute path; give the quoted absolute path of the token file.";
           }
-        ];
+        ]
+        ++ (if isOrchard r then orchardAssertions else [ notOrchard ]);
       globalNulls = nullPaths "${prefix}.extraConfig" (cfg.extraConfig or { });
     in
     refused "${prefix}.extraConfig" refusedGlobalKeys (cfg.extraConfig or { })
@@ -392,7 +465,8 @@ rec {
         message = "${concatStringsSep ", " globalNulls}: null cannot be written to config.toml; remove the key.";
       }
       {
-        assertion = cfg.concurrency <= 2 || (cfg.linuxGuestsOnly or false);
+        assertion =
+          cfg.concurrency <= 2 || (cfg.linuxGuestsOnly or false) || all isOrchard rs;
         message = "${prefix}.concurrency is ${toString cfg.concurrency}, but Apple's virtualization framework runs at most 2 macOS VMs per host; lower it to 2, or set ${prefix}.linuxGuestsOnly = true if every job uses a Linux image.";
       }
       {
@@ -433,6 +507,14 @@ rec {
         if isStorePath r.authenticationTokenFile then
           [
             "services.gitlab-runner-tart.runners.${n}.authenticationTokenFile (${pathString r.authenticationTokenFile}) is in the Nix store, which every local user can read; keep the token in a file outside the store (a quoted absolute path), mode 0600, owned by ${toString cfg.user}."
+          ]
+        else
+          [ ]
+      )
+      ++ (
+        if isStorePath ((r.orchard or { }).tokenFile or null) then
+          [
+            "services.gitlab-runner-tart.runners.${n}.orchard.tokenFile (${pathString r.orchard.tokenFile}) is in the Nix store, which every local user can read; keep the service account's token in a file outside the store (a quoted absolute path), mode 0600, owned by ${toString cfg.user}."
           ]
         else
           [ ]

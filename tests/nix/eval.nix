@@ -12,27 +12,7 @@
   readmeQuickStart ? null,
 }:
 let
-  fakeHash = name: builtins.substring 0 32 (builtins.hashString "sha256" name);
-  # A placeholder derivation whose store path depends on `name` and `contents`, as a real
-  # one's depends on its inputs (so that plists naming it change when its contents do).
-  fakeDrvOf =
-    name: contents:
-    let
-      self = {
-        type = "derivation";
-        inherit name;
-        outPath = "/nix/store/${fakeHash (name + contents)}-${name}";
-        drvPath = "/nix/store/${fakeHash "${name}${contents}.drv"}-${name}.drv";
-        meta.mainProgram = name;
-        outputs = [ "out" ];
-        outputName = "out";
-        out = self;
-      };
-    in
-    self;
-  fakeDrv = name: fakeDrvOf name "";
-  # Texts of every file "written to the store", to search them for the token.
-  textDrv = name: text: fakeDrvOf name text // { inherit text; };
+  inherit (import ./fakes.nix) fakeDrv textDrv;
   stub = {
     inherit lib;
     stdenv = {
@@ -153,6 +133,18 @@ let
           }
         ];
     user-without-home = evalSystem (oneRunner { }) [ { users.users.ci = { }; } ];
+    # A Mac whose runner sends jobs to an Orchard fleet: more than 2 at once.
+    orchard-runner =
+      evalSystem
+        (oneRunner {
+          backend = "orchard";
+          orchard = {
+            url = "https://orchard.example.com:6120";
+            serviceAccount = "gitlab-runner";
+            tokenFile = "/Users/ci/.config/gitlab-runner/orchard.token";
+          };
+        })
+        [ { services.gitlab-runner-tart.concurrency = 6; } ];
   };
   # Each system's `activate` as nix-darwin writes it (with @out@ substituted).
   activateScripts = lib.mapAttrs (
@@ -445,6 +437,31 @@ let
       && has "export PATH='${toolPath}'" (agentScriptOf oneAtATime)
       && (cfgOf oneAtATime).rendered.driverConfigs.macos.softnet == false;
     "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
+    "orchard runner on a Mac: concurrency 6 allowed, driver yaml for the fleet" =
+      let
+        e = systems.orchard-runner;
+      in
+      failedMessages e == [ ]
+      && (cfgOf e).rendered.driverConfigs.macos == {
+        backend = "orchard";
+        concurrency = 6;
+        orchard = {
+          url = "https://orchard.example.com:6120";
+          service_account = "gitlab-runner";
+          token_file = "/Users/ci/.config/gitlab-runner/orchard.token";
+        };
+      };
+    "orchard runner on a Mac: this host's builds dir is refused" =
+      refusedAt "${runnerAt}: buildsDir" {
+        runners.macos = {
+          backend = "orchard";
+          orchard = {
+            url = "https://orchard.example.com";
+            serviceAccount = "gitlab-runner";
+            tokenFile = "/Users/ci/orchard.token";
+          };
+        };
+      };
     "no volumes: the activation defines no function it does not call" =
       !(has "_if_missing" (activationOf systems.no-builds-or-cache-dirs));
     "gc plist: StartInterval" = has "<key>StartInterval</key>\n<integer>3600</integer>" gcPlist;
