@@ -146,6 +146,31 @@ impl VmState {
         }
     }
 
+    /// Creates the record if needed and takes the VM's lock, waiting up to `wait`. The
+    /// holder waited for may be a sweep tearing the VM down, which removes the record
+    /// before it lets go of the lock: then the record is created afresh.
+    pub fn create_and_lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut vanished = 0;
+        loop {
+            let dir = self.create()?;
+            match try_lock(&dir, LOCK) {
+                Ok(Some(file)) => return Ok(Some(file)),
+                Ok(None) => {}
+                // The record went while we opened its lock: take the next one.
+                Err(_) if vanished < 3 && !self.exists() => {
+                    vanished += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Whether no process holds the VM's lock, creating nothing (for `doctor`).
     pub fn lock_is_free(&self) -> bool {
         let Ok(Some(dir)) = self.record() else {

@@ -218,3 +218,66 @@ fn an_orphan_is_swept_only_by_its_own_state_dir() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed orphaned VM {vm}")));
     bed.assert_nothing_left();
 }
+
+/// The sweep decides a VM is an orphan while holding its lock, and keeps holding it until
+/// the VM is gone: a retried prepare of that very job waits for the teardown instead of
+/// starting a new VM of the same name that the teardown would then stop and delete.
+#[test]
+fn a_retried_prepare_waits_for_the_sweeps_teardown_of_its_old_vm_and_keeps_its_new_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = Bed::new();
+    let job = bed.direct_job(common::LINUX);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    // The VM stops on its own (its supervisor records that and ends): an orphan.
+    bed.sim.tart_ok(["stop", &job.vm_name()]);
+    assert!(common::wait_until(Duration::from_secs(10), || bed
+        .sim
+        .local_vms()
+        .iter()
+        .any(|v| v.name == job.vm_name() && v.state == "stopped")));
+    // gc's Tart is slow to stop a VM: the window in which the sweep has decided and the
+    // teardown has not yet stopped anything.
+    let dir = tempfile::tempdir().unwrap();
+    let stopping = dir.path().join("stopping");
+    let slow_tart = dir.path().join("slow-tart");
+    std::fs::write(
+        &slow_tart,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = stop ]; then : > '{}'; sleep 4; fi\nexec '{}' \"$@\"\n",
+            stopping.display(),
+            bed.sim.tart_path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow_tart, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gc = Command::new(common::DRIVER)
+        .args(["gc", "--state-dir"])
+        .arg(&bed.state_dir)
+        .arg("--tart-executable")
+        .arg(&slow_tart)
+        .envs(bed.sim.env())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || stopping.exists()),
+        "gc never tried to stop the orphan"
+    );
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    let gc = gc.wait_with_output().unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = bed.run_script(&job, "build_script", b"echo still-mine\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("still-mine"), "{log}");
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    bed.assert_nothing_left();
+}

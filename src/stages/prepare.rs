@@ -89,10 +89,11 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
     }
 
-    state.create()?;
-    let lock = state.lock(Duration::from_secs(30))?.ok_or_else(|| {
-        anyhow!("VM {vm} is still held by an earlier attempt of this job; retry in a minute")
-    })?;
+    let lock = state
+        .create_and_lock(Duration::from_secs(30))?
+        .ok_or_else(|| {
+            anyhow!("VM {vm} is still held by an earlier attempt of this job; retry in a minute")
+        })?;
     // A leftover of an earlier attempt: its processes are gone (we hold the lock).
     if list.iter().any(|e| e.name == vm.as_str()) {
         tart.delete(vm.as_str()).await?;
