@@ -41,6 +41,8 @@ pub enum Command {
     Cleanup(StageArgs),
     /// Remove VMs, connections and state of jobs whose driver is gone.
     Gc(GcArgs),
+    /// Fill the warm pool (--warm-pool): boot VMs ahead of jobs; returns once they answer.
+    Warm(WarmArgs),
     /// Check this host for everything the driver needs, with a fix for each problem.
     Doctor(crate::doctor::DoctorArgs),
     /// Write gitlab-runner's config.toml from a declarative spec and token files.
@@ -87,6 +89,18 @@ pub struct GcArgs {
     /// Also delete cached OCI images not used for this many days (`tart prune`).
     #[arg(long, value_name = "DAYS")]
     pub prune_images_older_than: Option<u32>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WarmArgs {
+    /// Pull the warm images first, so a new digest is booted (what `gc` does)
+    #[arg(long)]
+    pub pull: bool,
+    /// Started by a stage: wait for a replenisher already at work, and do not retry images whose boot failed
+    #[arg(long, hide = true)]
+    pub background: bool,
     #[command(flatten)]
     pub options: Options,
 }
@@ -298,6 +312,8 @@ pub struct Options {
 
     #[command(flatten)]
     pub orchard: crate::orchard::settings::OrchardOptions,
+    #[command(flatten)]
+    pub warm: crate::warm::settings::WarmOptions,
     /// UNSAFE, for gitlab-runner older than 14.1 only (no JOB_RESPONSE_FILE): take the job's id, project and runner from its variables, which a job can set to reach another job's VM
     #[arg(long)]
     pub unsafe_job_identity_from_variables: bool,

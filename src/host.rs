@@ -37,12 +37,8 @@ pub async fn acquire(
     deadline: Instant,
 ) -> Result<Slots> {
     let dir = root.subdir(SLOTS)?;
-    let general: Vec<_> = (0..settings.concurrency)
-        .map(|i| format!("vm-{i}"))
-        .collect();
-    let apple: Vec<_> = (0..settings.macos_vm_limit)
-        .map(|i| format!("macos-{i}"))
-        .collect();
+    let general = slot_names("vm", settings.concurrency);
+    let apple = slot_names(MACOS_SLOT, settings.macos_vm_limit);
     let started = Instant::now();
     let mut last_notice: Option<Instant> = None;
     loop {
@@ -79,7 +75,16 @@ pub async fn acquire(
     }
 }
 
-fn take_any(dir: &Dir, names: &[String]) -> Result<Option<File>> {
+/// The prefix of Apple's macOS slots (`macos-0`, `macos-1`), which warm VMs use too.
+pub const MACOS_SLOT: &str = "macos";
+
+/// `<prefix>-0` .. `<prefix>-<n-1>`: the files of one kind of slot.
+pub fn slot_names(prefix: &str, n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The first free slot of `names`, locked.
+pub fn take_any(dir: &Dir, names: &[String]) -> Result<Option<File>> {
     for name in names {
         if let Some(file) = try_lock(dir, name)? {
             return Ok(Some(file));
@@ -138,10 +143,12 @@ pub fn vm_resources(
 /// guests below `--concurrency`, so a macOS VM's share is that of one of at most
 /// `--macos-vm-limit` (a third VM beside them is a Linux one, which asks for little).
 fn vms_at_once(settings: &Settings, macos: bool) -> u64 {
+    // Warm VMs run beside the jobs' and get the same share.
+    let vms = settings.concurrency + settings.warm.pool;
     let n = if macos {
-        settings.concurrency.min(settings.macos_vm_limit)
+        vms.min(settings.macos_vm_limit)
     } else {
-        settings.concurrency
+        vms
     };
     u64::from(n.max(1))
 }

@@ -62,6 +62,17 @@ impl Identity {
         Ok(Identity { nonce, dir })
     }
 
+    /// The nonce the VM in `state` was started with: a warm VM's, made when it booted.
+    pub fn existing(state: &VmState) -> Result<Identity> {
+        let dir = state.dir.join("identity");
+        let nonce = std::fs::read_to_string(dir.join("nonce"))
+            .with_context(|| format!("cannot read {}", dir.join("nonce").display()))?;
+        Ok(Identity {
+            nonce: nonce.trim().to_string(),
+            dir,
+        })
+    }
+
     /// The `tart run --dir` value that shares the nonce, read-only and under a mount tag
     /// of its own, into this VM only.
     pub fn dir_arg(&self) -> String {

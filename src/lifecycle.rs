@@ -12,6 +12,7 @@ use crate::state_dir::{StateDir, VMS};
 use crate::supervisor;
 use crate::tart::{ListEntry, Tart};
 use crate::vm::{VmName, VmState};
+use crate::warm;
 
 /// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
 /// `resolver` is Tart's: `dhcp` for NAT, `arp` for bridged networking, where DHCP leases
@@ -167,8 +168,10 @@ pub async fn sweep_listed(
                 Some(lock) => lock,
                 // Its supervisor lives, but its job ended long ago: gitlab-runner was killed
                 // before cleanup. Stop the supervisor so the VM becomes an ordinary orphan.
-                None if state.expired() => {
-                    tracing::debug!("sweep: a VM outlived its job's timeout");
+                None if state.expired() || warm::record::abandoned(root, &state) => {
+                    tracing::debug!(
+                        "sweep: a VM outlived its job's timeout, or no job will use it"
+                    );
                     if dry_run {
                         swept.removed.push(name);
                         continue;
@@ -204,10 +207,12 @@ pub async fn sweep_listed(
             let Some(name) = VmName::parse_ours(&file_name) else {
                 continue;
             };
-            if Some(&name) == keep || list.iter().any(|e| e.name == name.as_str()) {
+            let state = VmState::new(root, &name);
+            // A job in a claimed warm VM: its VM runs under the warm VM's name.
+            let runs_as = warm::record::hands_over_to(root, &state).unwrap_or(name.clone());
+            if Some(&name) == keep || list.iter().any(|e| e.name == runs_as.as_str()) {
                 continue;
             }
-            let state = VmState::new(root, &name);
             if let Some(lock) = state.lock(Duration::ZERO)? {
                 if !dry_run {
                     crate::transport::ssh::close_master(&state).await?;

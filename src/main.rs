@@ -35,6 +35,7 @@ mod tart_message;
 mod tool_path;
 mod transport;
 mod vm;
+mod warm;
 
 use clap::Parser;
 
@@ -67,6 +68,7 @@ fn main() {
         Command::Run(args) => ("run", stages::run::run(args)),
         Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(args)),
         Command::Gc(args) => ("gc", stages::gc::gc(args)),
+        Command::Warm(args) => ("warm", stages::warm::warm(args)),
         Command::Doctor(args) => ("doctor", doctor::doctor(args)),
         Command::RunnerConfig(args) => (
             "runner-config",

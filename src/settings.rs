@@ -162,6 +162,10 @@ struct FileSettings {
     copy_gitlab_runner: Option<bool>,
     orchard: Option<crate::orchard::settings::OrchardFile>,
     unsafe_job_identity_from_variables: Option<bool>,
+    warm_pool: Option<u32>,
+    #[serde(default)]
+    warm_images: Vec<String>,
+    warm_expiry: Option<u64>,
 }
 
 /// A host directory shared into every VM.
@@ -277,6 +281,8 @@ pub struct Settings {
     /// Runners older than 14.1 write no job payload: take the job's identity from its
     /// variables, which the job itself can change. Unsafe.
     pub unsafe_job_identity_from_variables: bool,
+    /// VMs kept booted ahead of jobs (admin only).
+    pub warm: crate::warm::settings::WarmSettings,
 }
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -456,7 +462,6 @@ impl Settings {
             volumes,
             exclude_images,
             allow_images,
-            default_image,
             pull_policy,
             allowed_pull_policies,
             transport: o.transport.or(file.transport).unwrap_or(TransportKind::Ssh),
@@ -488,6 +493,14 @@ impl Settings {
             orchard: crate::orchard::settings::OrchardSettings::merge(&o.orchard, file.orchard)?,
             unsafe_job_identity_from_variables: o.unsafe_job_identity_from_variables
                 || file.unsafe_job_identity_from_variables.unwrap_or(false),
+            warm: crate::warm::settings::WarmSettings::merge(
+                &o.warm,
+                file.warm_pool,
+                file.warm_images,
+                file.warm_expiry,
+                default_image.as_deref(),
+            )?,
+            default_image,
         })
     }
 }

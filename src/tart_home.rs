@@ -69,6 +69,11 @@ pub fn vm_config(vm: &str) -> Option<VmConfig> {
     parse(&text)
 }
 
+/// Reads a `config.json` at `path` (a cached image's, in `cache/OCIs/...`).
+pub fn config_at(path: &std::path::Path) -> Option<VmConfig> {
+    parse(&std::fs::read(path).ok()?)
+}
+
 fn parse(text: &[u8]) -> Option<VmConfig> {
     let config: serde_json::Value = serde_json::from_slice(text).ok()?;
     let mib = |key: &str| config[key].as_u64().map(|b| b / 1024 / 1024);

@@ -241,14 +241,21 @@ impl VmState {
     }
 
     pub fn expired(&self) -> bool {
-        let Some(text) = self.existing().ok().and_then(|d| d.read_string(EXPIRES)) else {
-            return false;
-        };
-        // An expiry in any other form (an older driver's wall-clock time) proves nothing.
-        let Some(Ok(at)) = text.trim().strip_prefix("boot ").map(str::parse::<u64>) else {
-            return false;
-        };
-        crate::clock::boot_secs() > at
+        self.expiry()
+            .is_some_and(|at| crate::clock::boot_secs() > at)
+    }
+
+    /// Whether the expiry falls within `margin` from now.
+    pub fn expires_within(&self, margin: std::time::Duration) -> bool {
+        self.expiry()
+            .is_some_and(|at| crate::clock::boot_secs().saturating_add(margin.as_secs()) >= at)
+    }
+
+    /// The expiry on the boot clock. One in any other form (an older driver's wall-clock
+    /// time) proves nothing.
+    fn expiry(&self) -> Option<u64> {
+        let text = self.existing().ok()?.read_string(EXPIRES)?;
+        text.trim().strip_prefix("boot ")?.parse().ok()
     }
 
     pub fn save_connection(&self, c: &Connection) -> Result<()> {

@@ -18,11 +18,16 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
     let tart = Tart::new(&settings.tart_executable);
     let vm = job.vm_name();
     let root = StateDir::open(&settings.state_dir)?;
-    let state = VmState::new(&root, &vm);
+    // The job's own VM, or the warm VM it claimed.
+    let state = crate::warm::record::job_vm(&root, &vm);
     super::runtime().block_on(async {
         let started = std::time::Instant::now();
         let summary = state.timing_summary();
         lifecycle::teardown(&tart, &settings, &state, None).await?;
+        if state.name != vm {
+            // The job's own record, which named the warm VM it ran in.
+            VmState::new(&root, &vm).remove()?;
+        }
         eprintln!("Removed VM {vm} ({:.1}s)", started.elapsed().as_secs_f64());
         if let Some(summary) = summary {
             eprintln!("{summary}, cleanup {:.1}s", started.elapsed().as_secs_f64());
@@ -35,6 +40,7 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
             Ok(_) => {}
             Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
         }
+        super::claimed::replenish(&settings, &root);
         Ok(())
     })
 }

@@ -34,6 +34,12 @@ pub fn gc(args: &GcArgs) -> StageResult {
                 root.path().display()
             );
         }
+        // The pool's periodic pass: pull the warm images, replace stale warm VMs, refill.
+        if !args.dry_run {
+            if let Err(e) = super::warm::fill_from_gc(&settings, &root).await {
+                eprintln!("warm pool: {e:#}");
+            }
+        }
         if let Some(days) = args.prune_images_older_than {
             if args.dry_run {
                 eprintln!("would prune cached images not used for {days} days");

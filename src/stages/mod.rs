@@ -1,12 +1,14 @@
 //! The stages gitlab-runner calls, one module each. Each is a thin sequence of steps from
 //! the modules that own the concerns; what can go wrong is told in `Failure`.
 
+pub mod claimed;
 pub mod cleanup;
 pub mod config;
 pub mod connect;
 pub mod gc;
 pub mod prepare;
 pub mod run;
+pub mod warm;
 
 use std::time::Instant;
 

@@ -63,7 +63,11 @@ async fn cancel(settings: &Settings, job: &JobContext) -> StageResult {
     eprintln!("Prepare cancelled: removing VM {vm}...");
     let root = StateDir::open(&settings.state_dir)?;
     let tart = Tart::new(&settings.tart_executable);
-    lifecycle::teardown(&tart, settings, &VmState::new(&root, &vm), None).await?;
+    let state = crate::warm::record::job_vm(&root, &vm);
+    lifecycle::teardown(&tart, settings, &state, None).await?;
+    if state.name != vm {
+        VmState::new(&root, &vm).remove()?;
+    }
     Err(Failure::System(anyhow!(
         "prepare was cancelled (SIGTERM); VM {vm} is removed"
     )))
@@ -126,6 +130,12 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         state.record_phase("pull", t.elapsed());
     }
 
+    if let Some(claimed) =
+        super::claimed::try_warm(settings, &root, request, &state, job_limit).await?
+    {
+        return super::claimed::prepare(&tart, settings, job, request, claimed, started).await;
+    }
+
     let t = Instant::now();
     // The image is on this host now (pulled, or cached and vetted): the clone needs no login.
     let local = fetch.without_credentials();
@@ -181,7 +191,9 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let mut at_limit = foreign::LimitWait::new();
     let (conn, t) = loop {
         let t = Instant::now();
-        let slots = host::acquire(settings, &root, macos, slot_deadline).await?;
+        let slots =
+            crate::warm::capacity::acquire_for_job(&tart, settings, &root, macos, slot_deadline)
+                .await?;
         if t.elapsed() > Duration::from_millis(500) {
             super::phase_done("Got a VM slot", t);
         }
@@ -219,17 +231,37 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         t,
     );
     state.record_phase("boot and connect", t.elapsed());
+    set_up_guest(
+        &tart, settings, request, &state, &conn, &info.os, &shares, started,
+    )
+    .await?;
+    super::claimed::replenish(settings, &root);
+    Ok(())
+}
 
+/// The last part of prepare, in a VM of its own or a claimed warm one: gitlab-runner and
+/// the shares in the guest, then the connection recorded for the later stages.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn set_up_guest(
+    tart: &Tart,
+    settings: &Settings,
+    request: &Request,
+    state: &VmState,
+    conn: &crate::vm::Connection,
+    os: &str,
+    shares: &[Share],
+    started: Instant,
+) -> StageResult {
     let t = Instant::now();
-    let transport = Transport::from_connection(&conn, &state, &tart)?;
+    let transport = Transport::from_connection(conn, state, tart)?;
     if request.install.copy_from_host && (request.install.wanted || request.install.force) {
-        copy_gitlab_runner(&transport, &info.os).await?;
+        copy_gitlab_runner(&transport, os).await?;
     }
     let dirs = [
         settings.guest_builds_dir.as_str(),
         settings.guest_cache_dir.as_str(),
     ];
-    let script = guest::setup_script(&info.os, &shares, &dirs, &request.install);
+    let script = guest::setup_script(os, shares, &dirs, &request.install);
     match transport
         .run_captured(
             &crate::login::in_login_env("exec sh -s"),
@@ -250,10 +282,10 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
             return Err(anyhow!("guest setup: {why}").into())
         }
     }
-    state.save_connection(&conn)?;
+    state.save_connection(conn)?;
     super::phase_done("Guest ready", t);
     state.record_phase("guest setup", t.elapsed());
-    super::phase_done(&format!("VM {vm} prepared"), started);
+    super::phase_done(&format!("VM {} prepared", state.name), started);
     Ok(())
 }
 
@@ -300,7 +332,7 @@ async fn copy_gitlab_runner(transport: &Transport, os: &str) -> anyhow::Result<(
 
 /// Applies CPU, memory and display in one `tart set`, and only when something changes:
 /// the clone's `config.json` tells what it has (`tart get` only when that cannot be read).
-async fn configure(
+pub(super) async fn configure(
     tart: &Tart,
     settings: &Settings,
     request: &Request,
@@ -351,7 +383,11 @@ async fn configure(
 
 /// The host directories this job's VM gets: its own builds directory, its project's cache
 /// directory and the admin's volumes.
-fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec<Share>> {
+pub(super) fn shares(
+    settings: &Settings,
+    job: &JobContext,
+    vm: &str,
+) -> anyhow::Result<Vec<Share>> {
     let mut shares = Vec::new();
     if let Some(builds) = &settings.builds_dir {
         let dir = builds.join(vm);

@@ -13,14 +13,14 @@ use crate::settings::Settings;
 use crate::state_dir::StateDir;
 use crate::tart::Tart;
 use crate::transport::{RemoteExit, Stage, Transport};
-use crate::vm::VmState;
 
 pub fn run(args: &RunArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let root = StateDir::open(&settings.state_dir)?;
-    let state = VmState::new(&root, &job.vm_name());
+    // The job's own VM, or the warm VM it claimed.
+    let state = crate::warm::record::job_vm(&root, &job.vm_name());
     let conn = state.load_connection()?.ok_or_else(|| {
         anyhow!(
             "no VM is ready for this job ({}): prepare did not finish",

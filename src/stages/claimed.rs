@@ -1,0 +1,102 @@
+//! Prepare through the warm pool: claim a booted VM that matches the job, connect to it as
+//! the job, and set the guest up as for a VM of the job's own. Prepare calls this before
+//! its cold path, which runs unchanged whenever no warm VM is claimed.
+
+use std::time::{Duration, Instant};
+
+use crate::failure::StageResult;
+use crate::identity::Identity;
+use crate::job::JobContext;
+use crate::request::Request;
+use crate::settings::Settings;
+use crate::state_dir::StateDir;
+use crate::tart::Tart;
+use crate::vm::VmState;
+use crate::warm::claim::{self, Claimed, Outcome};
+
+/// Claims a warm VM for the job, telling the job log which way it goes and why. `job` is
+/// the job's own record, which prepare has created and locked.
+pub async fn try_warm(
+    settings: &Settings,
+    root: &StateDir,
+    request: &Request,
+    state: &VmState,
+    job_limit: Duration,
+) -> anyhow::Result<Option<Claimed>> {
+    let t = Instant::now();
+    // The same expiry a cold VM gets: the job's timeout and an hour for cleanup.
+    let expiry = job_limit + Duration::from_secs(3600);
+    let outcome = claim::claim(settings, root, state, request, expiry)?;
+    claim::report(&outcome, t);
+    match outcome {
+        Outcome::Claimed(claimed) => {
+            state.record_phase("warm claim", t.elapsed());
+            Ok(Some(claimed))
+        }
+        Outcome::Cold(_) => Ok(None),
+    }
+}
+
+/// The rest of prepare in a claimed warm VM: the job's own login (its user, its transport),
+/// the identity proof the VM was started with, and the guest setup.
+pub async fn prepare(
+    tart: &Tart,
+    settings: &Settings,
+    job: &JobContext,
+    request: &Request,
+    claimed: Claimed,
+    started: Instant,
+) -> StageResult {
+    let state = claimed.state;
+    let identity = Identity::existing(&state)?;
+    let shares = super::prepare::shares(settings, job, state.name.as_str())?;
+    let resolver = if settings.bridged.is_some() {
+        "arp"
+    } else {
+        "dhcp"
+    };
+    let t = Instant::now();
+    let deadline = crate::clock::deadline_after(request.boot_timeout);
+    let conn = super::connect::connect(
+        tart,
+        &state,
+        request,
+        &identity,
+        &claimed.os,
+        resolver,
+        deadline,
+    )
+    .await?;
+    super::phase_done(
+        &format!(
+            "Connected to the warm VM over {}",
+            super::connect::transport_name(&conn)
+        ),
+        t,
+    );
+    state.record_phase("connect", t.elapsed());
+    super::prepare::set_up_guest(
+        tart,
+        settings,
+        request,
+        &state,
+        &conn,
+        &claimed.os,
+        &shares,
+        started,
+    )
+    .await?;
+    replenish(settings, &StateDir::open(&settings.state_dir)?);
+    Ok(())
+}
+
+/// Starts the replenisher, detached, when this host keeps a warm pool: a claim took a VM
+/// from it, a cleanup gave its slot back. Its failure costs the pool, never the job.
+pub fn replenish(settings: &Settings, root: &StateDir) {
+    if !settings.warm.enabled() || settings.cache_dir.is_some() {
+        return;
+    }
+    if let Err(e) = crate::warm::replenish::spawn_detached(root) {
+        eprintln!("WARNING: could not start the warm pool's replenisher: {e:#}");
+    }
+}

@@ -1,0 +1,123 @@
+//! Prepare's side of the pool: take a booted, never-used VM that matches everything the
+//! job's VM would have been started with, or say why the job boots its own.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::pool::{self, Status};
+use super::record::CLAIMED_VM;
+use super::spec::WarmSpec;
+use crate::request::Request;
+use crate::settings::Settings;
+use crate::state_dir::StateDir;
+use crate::vm::VmState;
+
+/// A warm VM that never gets claimed this close to its expiry: the sweep may be stopping it.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(120);
+
+/// The warm VM a job took.
+pub struct Claimed {
+    pub state: VmState,
+    pub os: String,
+    /// Seconds since the VM first answered a login.
+    pub ready_for: u64,
+}
+
+pub enum Outcome {
+    Claimed(Claimed),
+    /// The job boots its own VM; the reason is for the job log (None: no pool here).
+    Cold(Option<String>),
+}
+
+/// Claims a warm VM for `job` (whose record exists and whose lock prepare holds). On
+/// success the job's record names the VM, the VM's claim names the job, and the VM's
+/// expiry is the job's: from here on it is the job's VM in every respect.
+pub fn claim(
+    settings: &Settings,
+    root: &StateDir,
+    job: &VmState,
+    request: &Request,
+    job_expiry: Duration,
+) -> Result<Outcome> {
+    if !settings.warm.enabled() {
+        return Ok(Outcome::Cold(None));
+    }
+    let cold = |why: String| Ok(Outcome::Cold(Some(why)));
+    if settings.cache_dir.is_some() {
+        return cold("a cache dir is configured, and a VM booted before its job cannot share the job's project cache".into());
+    }
+    let wanted = match WarmSpec::for_job(settings, request) {
+        Ok(spec) => spec,
+        Err(why) => return cold(why),
+    };
+    let members = pool::members(root)?;
+    let mut booting = 0;
+    let mut differences: Vec<&'static str> = Vec::new();
+    for member in &members {
+        let ready_at = match member.status {
+            Status::Ready(at) => at,
+            Status::Booting => {
+                booting += 1;
+                continue;
+            }
+            Status::Claimed | Status::Dead => continue,
+        };
+        let Some(record) = &member.record else {
+            continue;
+        };
+        if member.state.expires_within(EXPIRY_MARGIN) {
+            continue;
+        }
+        let differs = record.spec.differences(&wanted);
+        if !differs.is_empty() {
+            for d in differs {
+                if !differences.contains(&d) {
+                    differences.push(d);
+                }
+            }
+            continue;
+        }
+        // The job's record names the VM before the claim exists: a claim never names a
+        // job whose record does not point back (the sweeps take that VM for abandoned).
+        job.create()?
+            .write_atomic(CLAIMED_VM, member.state.name.as_str().as_bytes())?;
+        if !pool::take(&member.state, job.name.as_str())? {
+            continue;
+        }
+        member.state.set_expiry(job_expiry)?;
+        return Ok(Outcome::Claimed(Claimed {
+            state: member.state.clone(),
+            os: record.spec.os.clone(),
+            ready_for: pool::now_unix().saturating_sub(ready_at),
+        }));
+    }
+    if let Some(dir) = job.record()? {
+        dir.remove(CLAIMED_VM)?;
+    }
+    if !differences.is_empty() {
+        return cold(format!(
+            "the warm VMs differ from this job's in {}",
+            differences.join(", ")
+        ));
+    }
+    if booting > 0 {
+        return cold(format!("{booting} warm VM(s) still booting, none ready"));
+    }
+    cold("the pool has no warm VM right now".into())
+}
+
+/// The job log's line for the outcome, with the time the decision took.
+pub fn report(outcome: &Outcome, started: Instant) {
+    let took = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Claimed(c) => eprintln!(
+            "Claimed a warm VM booted {} ({took:.1}s)",
+            pool::ago(c.ready_for)
+        ),
+        Outcome::Cold(Some(why)) => {
+            eprintln!("No warm VM for this job: {why}; booting a fresh one ({took:.1}s)")
+        }
+        Outcome::Cold(None) => {}
+    }
+}

@@ -1,0 +1,139 @@
+//! The pool's members as the state directory records them, and stopping one.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::record::{self, CLAIM, EVICTED, READY, SPEC};
+use super::spec::WarmSpec;
+use crate::lifecycle;
+use crate::settings::Settings;
+use crate::state_dir::StateDir;
+use crate::tart::Tart;
+use crate::vm::VmState;
+
+/// `warm.json`: what the VM was started with, and when (Unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmRecord {
+    pub spec: WarmSpec,
+    pub started: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Started, not yet known to answer a login.
+    Booting,
+    /// Answered a login at this Unix time; free to claim.
+    Ready(u64),
+    /// Taken by a job (or being stopped): no longer the pool's.
+    Claimed,
+    /// No process holds its lock: its boot failed or its supervisor died. An orphan.
+    Dead,
+}
+
+pub struct Member {
+    pub state: VmState,
+    pub record: Option<WarmRecord>,
+    pub status: Status,
+}
+
+impl Member {
+    pub fn image(&self) -> Option<&str> {
+        self.record.as_ref().map(|r| r.spec.image.as_str())
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Every warm VM of this state directory, with what it is doing.
+pub fn members(root: &StateDir) -> Result<Vec<Member>> {
+    let mut members = Vec::new();
+    for state in record::warm_records(root)? {
+        let Some(dir) = state.record()? else {
+            continue;
+        };
+        let record = dir
+            .read(SPEC)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<WarmRecord>(&b).ok());
+        let status = if dir.exists(CLAIM) {
+            Status::Claimed
+        } else if state.lock_is_free() {
+            Status::Dead
+        } else if let Some(at) = dir.read_string(READY) {
+            Status::Ready(at.trim().parse().unwrap_or(0))
+        } else {
+            Status::Booting
+        };
+        members.push(Member {
+            state,
+            record,
+            status,
+        });
+    }
+    Ok(members)
+}
+
+/// Writes what a new warm VM is started with into its record.
+pub fn write_record(state: &VmState, spec: &WarmSpec) -> Result<()> {
+    let record = WarmRecord {
+        spec: spec.clone(),
+        started: now_unix(),
+    };
+    state
+        .create()?
+        .write_atomic(SPEC, &serde_json::to_vec(&record)?)
+        .context("cannot write the warm VM's record")
+}
+
+/// Marks a warm VM reachable: from now on a job may claim it.
+pub fn mark_ready(state: &VmState) -> Result<()> {
+    state
+        .create()?
+        .write_atomic(READY, now_unix().to_string().as_bytes())
+}
+
+/// Claims the warm VM in `state` for `claimant` (a job's VM name, or [`EVICTED`]): true for
+/// the one caller that got it. The claim file appears whole or not at all (a hard link of a
+/// complete file, which fails if the claim exists), so no reader sees a half-written claim.
+pub fn take(state: &VmState, claimant: &str) -> Result<bool> {
+    let Some(dir) = state.record()? else {
+        return Ok(false);
+    };
+    let tmp = format!("{CLAIM}.{}.tmp", std::process::id());
+    dir.write_atomic(&tmp, claimant.as_bytes())?;
+    let linked = std::fs::hard_link(dir.path().join(&tmp), dir.path().join(CLAIM));
+    dir.remove(&tmp)?;
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).context("cannot claim a warm VM"),
+    }
+}
+
+/// Stops and deletes an unclaimed warm VM, if nobody claims it first. Bounded: teardown's
+/// own waits.
+pub async fn evict(tart: &Tart, settings: &Settings, member: &Member) -> Result<bool> {
+    if !take(&member.state, EVICTED)? {
+        return Ok(false);
+    }
+    lifecycle::teardown(tart, settings, &member.state, None).await?;
+    Ok(true)
+}
+
+/// How long ago, in words, for the job log and `doctor`.
+pub fn ago(secs: u64) -> String {
+    let d = Duration::from_secs(secs);
+    match d.as_secs() {
+        s if s < 90 => format!("{s} s ago"),
+        s if s < 90 * 60 => format!("{} min ago", (s + 30) / 60),
+        s => format!("{:.1} h ago", s as f64 / 3600.0),
+    }
+}

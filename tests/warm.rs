@@ -1,0 +1,353 @@
+//! The warm pool (`--warm-pool`), end to end: VMs booted ahead of jobs, claimed by exactly
+//! one job each, never reused, given back to cold jobs, and cleaned up whatever happens.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{pids_with_args, wait_until, Bed, LINUX, MACOS};
+use harness::sim::Image;
+use harness::{run_job, Job};
+
+const BROKEN: &str = "ghcr.io/cirruslabs/broken:latest";
+
+/// A host keeping one warm Linux VM.
+fn warm_bed() -> Bed {
+    Bed::new().option(["--warm-pool", "1", "--warm-image", LINUX])
+}
+
+/// The warm VMs' records, with what each is doing.
+fn warm_records(bed: &Bed) -> Vec<PathBuf> {
+    bed.vm_state_dirs()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tartdrv-warm-")
+        })
+        .collect()
+}
+
+fn ready_unclaimed(bed: &Bed) -> Vec<PathBuf> {
+    warm_records(bed)
+        .into_iter()
+        .filter(|p| p.join("warm-ready").exists() && !p.join("warm-claim").exists())
+        .collect()
+}
+
+/// Runs `warm` in the foreground with the bed's options (plus `extra`).
+fn warm(bed: &Bed, extra: &[&str]) -> (bool, String) {
+    let state = bed.state_dir.display().to_string();
+    let mut args = vec!["warm", "--state-dir", state.as_str()];
+    args.extend(bed.options.iter().map(String::as_str));
+    args.extend(extra);
+    let out = bed.driver(&args);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), log)
+}
+
+/// Waits for the replenishers the stages started in the background to finish.
+fn settle(bed: &Bed) {
+    let state = bed.state_dir.display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(90), || pids_with_args(&[
+            "warm",
+            "--background",
+            &state
+        ])
+        .is_empty()),
+        "a background replenisher did not finish"
+    );
+}
+
+/// Empties the pool the admin's way (`warm --warm-pool 0`) and checks nothing is left.
+fn drain_and_check(bed: &Bed) {
+    settle(bed);
+    let state = bed.state_dir.display().to_string();
+    let out = bed.driver(&["warm", "--state-dir", &state, "--warm-pool", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+/// The VM names `tart run` started, in order.
+fn started_vms(bed: &Bed) -> Vec<String> {
+    bed.sim
+        .invocations()
+        .into_iter()
+        .filter(|i| i.args.first().map(String::as_str) == Some("run"))
+        .filter_map(|i| i.args.get(1).cloned())
+        .collect()
+}
+
+fn prepared_vm(log: &str) -> String {
+    log.lines()
+        .find_map(|l| {
+            l.strip_prefix("VM ")
+                .and_then(|r| r.split(" prepared").next())
+        })
+        .unwrap_or_else(|| panic!("no 'VM ... prepared' line in:\n{log}"))
+        .to_string()
+}
+
+#[test]
+fn the_second_of_two_back_to_back_jobs_gets_a_warm_vm_booted_during_the_first() {
+    let bed = warm_bed();
+    let job = Job::new()
+        .image(LINUX)
+        .script(["echo marker > $CI_PROJECT_DIR/../from-$CI_JOB_ID"]);
+    let first = run_job(&bed.runner(), &job.clone().id(101));
+    first
+        .assert_success()
+        .assert_log_contains("No warm VM for this job: the pool has no warm VM right now");
+    assert!(wait_until(Duration::from_secs(60), || ready_unclaimed(
+        &bed
+    )
+    .len()
+        == 1));
+    let second = run_job(&bed.runner(), &job.clone().id(102));
+    second
+        .assert_success()
+        .assert_log_contains("Claimed a warm VM booted");
+    // The pool is refilled after the claim and after each cleanup, never with a used VM.
+    settle(&bed);
+    let started = started_vms(&bed);
+    let mut unique = started.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        started.len(),
+        "a VM was started twice: {started:?}"
+    );
+    drain_and_check(&bed);
+}
+
+#[test]
+fn two_prepares_racing_for_one_warm_vm_never_share_it() {
+    let bed = warm_bed().option(["--concurrency", "2", "--no-softnet"]);
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
+    let a = bed.direct_job(LINUX);
+    let b = bed.direct_job(LINUX);
+    let mut pa = bed
+        .stage_command(&a, &["prepare"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pb = bed
+        .stage_command(&b, &["prepare"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |p: &mut std::process::Child| {
+        let mut s = String::new();
+        std::io::Read::read_to_string(p.stderr.as_mut().unwrap(), &mut s).unwrap();
+        assert!(p.wait().unwrap().success(), "{s}");
+        s
+    };
+    let (la, lb) = (read(&mut pa), read(&mut pb));
+    let claims = [&la, &lb]
+        .iter()
+        .filter(|l| l.contains("Claimed a warm VM"))
+        .count();
+    assert_eq!(
+        claims, 1,
+        "exactly one prepare claims the one warm VM:\n{la}\n---\n{lb}"
+    );
+    assert_ne!(prepared_vm(&la), prepared_vm(&lb));
+    // Each job's scripts run in its own VM: what one writes, the other does not see.
+    let (code, out) = bed.run_script(&a, "build_script", b"touch /tmp/only-a; echo ok-a\n");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = bed.run_script(
+        &b,
+        "build_script",
+        b"test ! -e /tmp/only-a && echo clean-b\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("clean-b"), "{out}");
+    for job in [&a, &b] {
+        let (code, out) = bed.stage(job, &["cleanup"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_job_whose_settings_differ_from_the_warm_vm_boots_its_own() {
+    let bed = warm_bed();
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    let warm_vm = ready_unclaimed(&bed);
+    assert_eq!(warm_vm.len(), 1, "{log}");
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(LINUX)
+            .var("TART_EXECUTOR_DISPLAY", "1920x1080")
+            .script(["true"]),
+    );
+    out.assert_success().assert_log_contains(
+        "No warm VM for this job: the warm VMs differ from this job's in display",
+    );
+    // The warm VM is still the pool's, untouched.
+    settle(&bed);
+    assert_eq!(ready_unclaimed(&bed), warm_vm);
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_cold_macos_job_stops_a_warm_vm_to_get_its_slot() {
+    // One macOS slot: the warm VM holds it until a job that cannot use it needs it.
+    let bed = Bed::new().option([
+        "--warm-pool",
+        "1",
+        "--warm-image",
+        MACOS,
+        "--macos-vm-limit",
+        "1",
+        "--cpu",
+        "4",
+    ]);
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
+    let t = Instant::now();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(MACOS)
+            .var("TART_EXECUTOR_DISPLAY", "1920x1080")
+            .script(["true"]),
+    );
+    out.assert_success()
+        .assert_log_contains("Stopped a warm VM to give this job its macOS slot");
+    assert!(t.elapsed() < Duration::from_secs(120));
+    drain_and_check(&bed);
+}
+
+#[test]
+fn an_expired_warm_vm_is_removed_by_gc() {
+    let bed = warm_bed();
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    let old = ready_unclaimed(&bed);
+    assert_eq!(old.len(), 1, "{log}");
+    // Its expiry passed (the boot clock is at least 1 s past boot).
+    std::fs::write(old[0].join("expires"), "boot 1").unwrap();
+    let state = bed.state_dir.display().to_string();
+    let out = bed.driver(&["gc", "--state-dir", &state, "--warm-pool", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = old[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        !bed.sim.list().iter().any(|v| v.name == name),
+        "the expired warm VM is still there"
+    );
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_warm_vm_that_fails_to_boot_is_removed_reported_and_not_booted_again() {
+    let bed = Bed::new()
+        .image(BROKEN, Image::linux().run_dies(Some("VM crashed at boot")))
+        .option(["--warm-pool", "1", "--warm-image", BROKEN]);
+    let (_, log) = warm(&bed, &[]);
+    assert!(log.contains("failed to boot and was removed"), "{log}");
+    assert!(warm_records(&bed).is_empty(), "{log}");
+    let clones = |bed: &Bed| {
+        bed.sim
+            .invocations()
+            .iter()
+            .filter(|i| i.args.first().map(String::as_str) == Some("clone"))
+            .count()
+    };
+    let before = clones(&bed);
+    let (_, log) = warm(&bed, &["--background"]);
+    assert!(
+        log.contains("not booting") && log.contains("again"),
+        "{log}"
+    );
+    assert_eq!(
+        clones(&bed),
+        before,
+        "a failed image was cloned again:\n{log}"
+    );
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove() {
+    let bed = warm_bed().option(["--no-softnet"]);
+    let state = bed.state_dir.display().to_string();
+    let gc_without_pool = |bed: &Bed| {
+        let out = bed.driver(&["gc", "--state-dir", &state, "--warm-pool", "0"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for delay_ms in [30, 150, 400, 800, 1500] {
+        // The replenisher, killed mid-pass.
+        use std::os::unix::process::CommandExt;
+        let mut args = vec!["warm".to_string(), "--state-dir".into(), state.clone()];
+        args.extend(bed.options.iter().cloned());
+        let mut child = std::process::Command::new(common::DRIVER)
+            .args(&args)
+            .envs(bed.sim.env())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        common::kill_group(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        gc_without_pool(&bed);
+        drain_and_check(&bed);
+    }
+    for delay_ms in [20, 80, 200, 500] {
+        // A prepare killed while it claims and connects, then cleanup as gitlab-runner calls it.
+        let (ok, log) = warm(&bed, &[]);
+        assert!(ok, "{log}");
+        let job = bed.direct_job(LINUX);
+        let mut child = bed.stage_command(&job, &["prepare"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        common::kill_group(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        let (code, out) = bed.stage(&job, &["cleanup"]);
+        assert_eq!(code, 0, "{out}");
+        settle(&bed);
+        gc_without_pool(&bed);
+        drain_and_check(&bed);
+    }
+}
+
+#[test]
+fn without_a_warm_pool_nothing_is_booted_ahead_and_the_log_is_unchanged() {
+    let bed = Bed::new();
+    for id in [201, 202] {
+        let out = run_job(
+            &bed.runner(),
+            &Job::new().id(id).image(LINUX).script(["true"]),
+        );
+        out.assert_success();
+        assert!(!out.log.contains("warm"), "{}", out.log);
+    }
+    assert!(!started_vms(&bed)
+        .iter()
+        .any(|v| v.starts_with("tartdrv-warm-")));
+    assert!(!bed.state_dir.join("warm").exists());
+    bed.assert_nothing_left();
+}
