@@ -107,7 +107,7 @@ async fn fill(settings: &Settings, root: &StateDir, pull: bool) -> Result<()> {
         let cached = list.iter().any(|e| e.name == request.image.name);
         if let Err(e) = registry_access::fetch_image(
             &tart,
-            settings,
+            &settings.registry,
             &request.image,
             policy,
             &fetch,
@@ -282,10 +282,12 @@ async fn boot_one(
     spec: &WarmSpec,
 ) -> Result<Booted> {
     let macos = spec.os != "linux";
-    if available_mib() < spec.memory_mib + MEMORY_FLOOR_MIB {
+    // A guest's memory is taken as it touches it, not at boot: what must be free is what
+    // a booting guest uses, not its whole share (which a job's VM beside it counts too).
+    if available_mib() < 2 * MEMORY_FLOOR_MIB {
         return Ok(Booted::NoRoom(format!(
             "less than {} MiB of memory available",
-            spec.memory_mib + MEMORY_FLOOR_MIB
+            2 * MEMORY_FLOOR_MIB
         )));
     }
     let Some(slots) = capacity::take_for_warm(settings, root, macos)? else {
