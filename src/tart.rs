@@ -133,7 +133,20 @@ impl Tart {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.exe);
+        self.command_through(&[])
+    }
+
+    /// `tart` started by `wrapper` (a program and its leading arguments, Tart's path and
+    /// arguments after them), with the environment of [`Tart::command`].
+    pub fn command_through(&self, wrapper: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.exe);
+                cmd
+            }
+            None => Command::new(&self.exe),
+        };
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         // Tart needs none of the job's variables; registry credentials are added back, for
         // the one host they belong to, by the commands that fetch images.

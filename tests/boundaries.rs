@@ -229,6 +229,44 @@ fn a_sigkilled_exec_stage_releases_the_runners_output_at_once() {
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 
+/// `tart exec` runs outside the stage's process group, where gitlab-runner's SIGKILL does
+/// not reach it. It must die with the driver anyway, by a mechanism macOS has too (no
+/// parent-death signal): no `tart exec` of the job, nor its lifeline, outlives the stage.
+#[test]
+fn a_sigkilled_exec_stage_leaves_no_tart_exec_running() {
+    let bed = Bed::new().option(["--transport", "exec"]);
+    let job = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let script = job.dir.path().join("script-build");
+    std::fs::write(&script, "echo started; sleep 60; echo finished\n").unwrap();
+    let mut stage = bed
+        .stage_command(&job, &["run", script.to_str().unwrap(), "build_script"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run stage");
+    let mut out = BufReader::new(stage.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "started");
+    let vm = job.vm_name();
+    assert!(!common::pids_with_args(&["exec", "-i", &vm]).is_empty());
+    kill_group(stage.id(), libc::SIGKILL);
+    let _ = stage.wait();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || common::pids_with_args(&[
+            "exec", "-i", &vm
+        ])
+        .is_empty()),
+        "`tart exec` outlived the SIGKILLed stage: {:?}",
+        common::pids_with_args(&["exec", "-i", &vm])
+    );
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
 /// The wall clock jumps (NTP after a dead RTC, an admin): a live job's VM must not look
 /// like one gitlab-runner forgot, so `gc` with the clock two years ahead leaves it alone.
 #[test]

@@ -12,6 +12,7 @@ use anyhow::{anyhow, Result};
 use tokio::io::AsyncWriteExt;
 
 use super::exec_status::{StatusFilter, StatusRecord};
+use super::lifeline::{self, Lifeline};
 use super::relay::{Cancel, Output};
 use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::tart::Tart;
@@ -45,7 +46,7 @@ impl ExecTransport {
         let pid_file = pid_file_for_stage();
         let record = StatusRecord::new();
         let (output, out_write, err_write) = Output::pipes()?;
-        let mut command = self.tart.command();
+        let mut command = self.tart.command_through(&lifeline::wrapper());
         command
             .args(["exec", "-i", self.vm.as_str()])
             .args(record.wrap(&stage_wrapper(stage, &pid_file)))
@@ -54,8 +55,9 @@ impl ExecTransport {
             .stderr(Stdio::from(err_write))
             // Out of the runner's process group: a cancel's SIGTERM is ours to handle, by
             // killing the script in the guest; `tart exec` itself must not die of it first.
+            // Out of reach of the runner's SIGKILL too, so it dies with us by the lifeline.
             .process_group(0);
-        die_with_parent(&mut command);
+        let _lifeline = Lifeline::hand_over(&mut command)?;
         let mut child = command.spawn()?;
         // `command` holds the pipes' write ends: the relay ends only once they are closed.
         drop(command);
@@ -81,7 +83,12 @@ impl ExecTransport {
             .is_err()
         {
             self.quick(&cancel_command(pid_file, "KILL")).await;
-            let _ = child.kill().await;
+            // `tart exec` and its lifeline's watcher share the wrapper's process group.
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                // SAFETY: kill(2) of the process group our child leads.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
         }
         RemoteExit::Code(143)
     }
@@ -177,22 +184,6 @@ impl ExecTransport {
             )))
         }
     }
-}
-
-/// `tart exec` lives in a process group of its own (see `run_stage`), so the runner's
-/// SIGKILL of ours does not reach it. Where the platform allows, it dies with us instead of
-/// running on unwatched; elsewhere it only holds our pipes, never the runner's.
-fn die_with_parent(command: &mut tokio::process::Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            Ok(())
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = command;
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod askpass;
 pub mod exec;
 pub mod exec_status;
+pub mod lifeline;
 pub mod reach;
 pub mod relay;
 pub mod ssh;

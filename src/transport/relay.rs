@@ -126,7 +126,7 @@ fn dup_stdio(fd: i32) -> Result<OwnedFd> {
 
 /// A pipe whose ends close on exec, atomically where the platform can: another thread's
 /// spawn between `pipe` and `fcntl` would otherwise inherit them and hold the output open.
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     {
