@@ -425,6 +425,12 @@ let
         "gc.log"
       ]
       && has "-gt 10485760" logsScript;
+    "user declared with a home: nix-darwin's primaryUserHome is used" =
+      let
+        e = evalHost [ { users.users.ci.home = "/Volumes/Data/ci"; } ];
+      in
+      (cfgOf e).stateDir == "/Volumes/Data/ci/.gitlab-runner"
+      && e.config.system.primaryUserHome == "/Volumes/Data/ci";
     "user declared without home: home is /Users/<user>" =
       (cfgOf systems.user-without-home).stateDir == "/Users/ci/.gitlab-runner"
       && has "home='/Users/ci'" (activationOf systems.user-without-home);
