@@ -364,6 +364,8 @@ in
 
     # Renders config.toml again whenever the spec changes (its plist names the spec, so a
     # switch reloads it) or a token file changes; gitlab-runner then reloads config.toml.
+    # Then fills the runners' warm pools (at login, and after such a switch); the gc agent's
+    # sweeps pull the warm images again and refill the pools.
     launchd.user.agents.gitlab-runner-tart-config = {
       path = agentPath;
       environment.HOME = home;
@@ -375,6 +377,15 @@ in
           specFile = "${specFile}";
           inherit (cfg) configFile;
         }}
+        status=0
+        ${render.warmCommands {
+          driver = driverExe;
+          configs = lib.mapAttrs (n: c: {
+            config = c;
+            file = "${driverConfigFiles.${n}}";
+          }) driverConfigs;
+        }}
+        exit "$status"
       '';
       serviceConfig = agentDefaults // {
         RunAtLoad = true;

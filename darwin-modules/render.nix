@@ -103,6 +103,10 @@ rec {
       softnet = if orchard then null else softnet;
       inherit concurrency;
       backend = if orchard then "orchard" else null;
+      # Only with a pool: a driver without the warm pool refuses these keys.
+      warm_pool = if warmPool runner > 0 then warmPool runner else null;
+      warm_images = if warmPool runner > 0 then runner.warm.images or [ ] else [ ];
+      warm_expiry = if warmPool runner > 0 then runner.warm.expiry or null else null;
       orchard = if orchard then orchardSection runner.orchard else null;
       builds_dir = runner.buildsDir or null;
       cache_dir = runner.cacheDir or null;
@@ -123,6 +127,8 @@ rec {
     }) (runner.settings or { });
 
   isOrchard = runner: (runner.backend or "tart") == "orchard";
+
+  warmPool = runner: (runner.warm or { }).pool or 0;
 
   # The driver's `orchard:` section from a runner's `orchard` options.
   orchardSection =
@@ -266,6 +272,23 @@ rec {
   # Where the setuid copy of softnet lives; first on the agents' PATH when Softnet is on.
   softnetDir = "/usr/local/libexec/gitlab-runner-tart";
 
+  # Fills the warm pool of each driver config that has one (`configs`: name -> driver config
+  # and its file), keeping the first failure's status.
+  warmCommands =
+    {
+      driver,
+      configs,
+    }:
+    concatStringsSep "" (
+      map (
+        n:
+        if (configs.${n}.config.warm_pool or 0) > 0 then
+          "${escapeShellArg driver} warm --config ${escapeShellArg configs.${n}.file} || status=$?\n"
+        else
+          ""
+      ) (attrNames configs)
+    );
+
   # The command that renders config.toml from a spec and the token files.
   renderCommand =
     {
@@ -364,6 +387,9 @@ rec {
   refusedSettings = {
     concurrency = "it is set from services.gitlab-runner-tart.concurrency";
     backend = "use the runner's backend option";
+    warm_pool = "use the runner's warm.pool option";
+    warm_images = "use the runner's warm.images option";
+    warm_expiry = "use the runner's warm.expiry option";
     orchard = "use the runner's orchard options";
     state_dir = "the driver counts running VMs in its state directory, so every runner of the host must share the default one";
   };
@@ -454,7 +480,21 @@ rec {
             message = "${at}.authenticationTokenFile (${token}) is not an absolute path; give the quoted absolute path of the token file.";
           }
         ]
-        ++ (if isOrchard r then orchardAssertions else [ notOrchard ]);
+        ++ (if isOrchard r then orchardAssertions else [ notOrchard ])
+        ++ [
+          {
+            assertion = warmPool r == 0 || !(isOrchard r);
+            message = "${at}.warm.pool is set, but a warm pool keeps VMs booted on this Mac and an Orchard runner's VMs run on the fleet; set it to 0.";
+          }
+          {
+            assertion =
+              warmPool r == 0
+              || (r.warm.images or [ ]) != [ ]
+              || (r.defaultImage or null) != null
+              || (r.settings or { }) ? default_image;
+            message = "${at}.warm.pool is ${toString (warmPool r)} but names no image to boot; set ${at}.warm.images or ${at}.defaultImage.";
+          }
+        ];
       globalNulls = nullPaths "${prefix}.extraConfig" (cfg.extraConfig or { });
     in
     refused "${prefix}.extraConfig" refusedGlobalKeys (cfg.extraConfig or { })

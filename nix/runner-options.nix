@@ -167,6 +167,24 @@ in
       };
       description = "Free-form keys merged (deeply) into this runner's `[[runners]]` table of config.toml. `token` is refused: use `authenticationTokenFile`.";
     };
+    warm = {
+      pool = mkOption {
+        type = types.ints.unsigned;
+        default = 0;
+        description = "VMs kept cloned and booted ahead of jobs, so a job skips the boot (driver `warm_pool`); 0 is off. On a Mac, the config agent fills the pool when it loads (at login and after a switch that changes the runner), and the gc agent's sweep pulls the warm images again and refills it.";
+      };
+      images = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "ghcr.io/cirruslabs/macos-sequoia-xcode:latest" ];
+        description = "Images the warm pool boots (driver `warm_images`); empty means `defaultImage`.";
+      };
+      expiry = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        description = "Minutes a warm VM may wait for a job before it is replaced (driver `warm_expiry`; driver default 240).";
+      };
+    };
     backend = mkOption {
       type = types.enum [
         "tart"

@@ -443,6 +443,44 @@ let
       && has "export PATH='${toolPath}'" (agentScriptOf oneAtATime)
       && (cfgOf oneAtATime).rendered.driverConfigs.macos.softnet == false;
     "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
+    "warm pool: in the driver yaml, filled by the config agent for that runner only" =
+      let
+        e = evalHost [ { services.gitlab-runner-tart.runners.macos.warm.pool = 1; } ];
+        files = (cfgOf e).rendered.driverConfigFiles;
+        script = e.config.launchd.user.agents.gitlab-runner-tart-config.command.text;
+      in
+      failedMessages e == [ ]
+      && (cfgOf e).rendered.driverConfigs.macos.warm_pool == 1
+      && !((cfgOf e).rendered.driverConfigs.linux ? warm_pool)
+      && has "gitlab-runner-tart-driver' warm --config '${files.macos}' || status=$?" script
+      && !(has "warm --config '${files.linux}'" script)
+      && agentPlistOf e == agentPlist;
+    "warm pool: images and expiry reach the driver" =
+      let
+        e = evalHost [
+          {
+            services.gitlab-runner-tart.runners.linux.warm = {
+              pool = 2;
+              images = [ "ghcr.io/cirruslabs/ubuntu:24.04" ];
+              expiry = 60;
+            };
+          }
+        ];
+        y = (cfgOf e).rendered.driverConfigs.linux;
+      in
+      y.warm_pool == 2
+      && y.warm_images == [ "ghcr.io/cirruslabs/ubuntu:24.04" ]
+      && y.warm_expiry == 60;
+    "refused: a warm pool without an image" =
+      refusedAt "${runnerAt}.warm.pool is 1 but names no image" {
+        runners.macos = {
+          defaultImage = lib.mkForce null;
+          warm.pool = 1;
+        };
+      };
+    "refused: settings.warm_pool" = refusedAt "${runnerAt}.settings.warm_pool" {
+      runners.macos.settings.warm_pool = 1;
+    };
     "orchard runner on a Mac: concurrency 6 allowed, driver yaml for the fleet" =
       let
         e = systems.orchard-runner;
@@ -570,5 +608,16 @@ in
   inherit specText activation activateScripts;
   yamlTexts = lib.mapAttrs (_: f: f.text) r.driverConfigFiles;
   agentScriptText = agentScript;
+  warmYamlText =
+    let
+      e = evalHost [ { services.gitlab-runner-tart.runners.macos.warm.pool = 1; } ];
+    in
+    (cfgOf e).rendered.driverConfigFiles.macos.text;
+  # With a warm pool, so that the script has its `warm` line.
+  configScriptText =
+    let
+      e = evalHost [ { services.gitlab-runner-tart.runners.macos.warm.pool = 1; } ];
+    in
+    e.config.launchd.user.agents.gitlab-runner-tart-config.command.text;
   agentPlistText = agentPlist;
 }

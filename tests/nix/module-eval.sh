@@ -35,7 +35,13 @@ NL_ARCHIVE=$vendor/nixpkgs-lib-de42d442.tar.gz
 NL_HASH=sha256-0iaTCZDEORJeWamOjfDZaoZZx686f7QO5oL3ynmj+ew=
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+sim_pid=
+# shellcheck disable=SC2317,SC2329 # run by the trap below
+cleanup() {
+  if [ -n "$sim_pid" ]; then kill "$sim_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 # Unpacks archive $1 as $work/$2/source; prints the directory.
 unpack() {
@@ -129,6 +135,11 @@ nix eval --raw --impure --expr "($expr).agentScriptText" >"$work/agent.sh"
   echo "module-eval: shellcheck fails the runner agent's script" >&2
   exit 1
 }
+nix eval --raw --impure --expr "($expr).configScriptText" >"$work/config-agent.sh"
+"$shellcheck" "$work/config-agent.sh" || {
+  echo "module-eval: shellcheck fails the config agent's script" >&2
+  exit 1
+}
 tests/nix/agent-stop.sh
 tests/nix/agent-activation.sh
 
@@ -179,6 +190,18 @@ SH
     exit 1
   fi
   echo "ok: the driver loads the rendered driver configs (gc --dry-run exits 0)"
+  # With a warm pool (keys a driver without the pool refuses).
+  if "$driver" --help | grep -q '^  warm '; then
+    nix eval --raw --impure --expr "($expr).warmYamlText" >"$work/warm.yaml"
+    loads "$work/warm.yaml" || {
+      echo "module-eval: the driver refuses the rendered warm-pool config:" >&2
+      cat "$work/gc.out" >&2
+      exit 1
+    }
+    echo "ok: the driver loads a rendered driver config with a warm pool"
+  else
+    echo "SKIP: the rendered warm-pool config was not loaded: this driver has no warm pool"
+  fi
 else
   echo "module-eval: no driver binary with runner-config at $driver; run cargo build first" >&2
   exit 1
@@ -210,8 +233,55 @@ nix-instantiate --eval --strict -E "
   else throw \"the NixOS config.toml does not match its spec\"" >/dev/null
 echo "ok: the NixOS spec renders (concurrent = the fleet's capacity, 6; the token from its file)"
 nix eval --raw --impure --expr "($nixos).yamlText" >"$work/orchard.yaml"
-# Loading it needs the driver's Orchard backend (`backend: orchard`), not on main yet.
-echo "SKIP: the rendered Orchard driver config was not loaded: the driver on this branch has no Orchard backend yet"
+# The driver loads the rendered Orchard config and, with it, talks to a controller: the
+# fake one (orchard-sim, HTTPS with a fresh certificate), trusted by the fingerprint and
+# authenticated by the token file the module names; a wrong token in that file fails.
+if "$driver" gc --help | grep -q -- '--backend'; then
+  sim=${ORCHARD_SIM_BIN:-$repo/target/debug/orchard-sim}
+  [ -x "$sim" ] || {
+    echo "module-eval: no orchard-sim at $sim; run cargo build -p orchard-sim first" >&2
+    exit 1
+  }
+  cat >"$work/orchard-sim.json" <<JSON
+{"listen": "127.0.0.1:0", "tls": true, "workers": [{"name": "mac-1"}],
+ "accounts": [{"name": "gitlab-runner", "token": "orchard-$token",
+               "roles": ["compute:read", "compute:write"]}]}
+JSON
+  "$sim" "$work/orchard-sim.json" >"$work/orchard-sim.out" 2>"$work/orchard-sim.err" &
+  sim_pid=$!
+  for _ in $(seq 100); do
+    [ -s "$work/orchard-sim.out" ] && break
+    sleep 0.1
+  done
+  sim_field() {
+    python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])' \
+      "$work/orchard-sim.out" "$1"
+  }
+  if ! sim_url=$(sim_field url) || ! sim_fp=$(sim_field fingerprint); then
+    echo "module-eval: orchard-sim did not start:" >&2
+    cat "$work/orchard-sim.err" >&2
+    exit 1
+  fi
+  nix eval --raw --impure --expr "(import $repo/tests/nix/nixos-eval.nix {
+    lib = import $NL/lib; tokenDir = \"$tokens\"; token = \"$token\";
+    orchardUrl = \"$sim_url\"; orchardFingerprint = \"$sim_fp\"; }).yamlText" >"$work/orchard.yaml"
+  orchard_gc() { HOME=$work/home "$driver" gc --dry-run --config "$work/orchard.yaml" >"$work/gc.out" 2>&1; }
+  orchard_gc || {
+    echo "module-eval: the driver cannot use the rendered Orchard config:" >&2
+    cat "$work/gc.out" >&2
+    exit 1
+  }
+  printf 'wrong\n' >"$tokens/orchard.token"
+  if orchard_gc; then
+    echo "module-eval: gc --dry-run succeeds with a wrong Orchard token; the check above proves nothing" >&2
+    exit 1
+  fi
+  kill "$sim_pid" && wait "$sim_pid" 2>/dev/null || true
+  sim_pid=
+  echo "ok: the driver uses the rendered Orchard config against a controller (gc --dry-run: token file, pinned fingerprint)"
+else
+  echo "SKIP: the rendered Orchard driver config was not loaded: this driver has no Orchard backend (--backend)"
+fi
 
 # 7. Offline flake checks: the lock resolves from the seeded store, and outputs evaluate
 # with nixpkgs replaced by nixpkgs.lib (enough for outputs that need only lib).

@@ -9,6 +9,9 @@
   tokenDir ? "/tmp/gitlab-runner-tart-test",
   # A token value written into those files, to prove it reaches no store text.
   token ? "glrt-TEST-never-in-the-store",
+  # The controller and its certificate's fingerprint (module-eval.sh passes a fake one's).
+  orchardUrl ? "https://orchard.example.com:6120",
+  orchardFingerprint ? "AB:CD",
 }:
 let
   inherit (import ./fakes.nix) fakeDrv textDrv;
@@ -72,10 +75,10 @@ let
         sshPasswordFile = "/var/lib/gitlab-runner-tart/guest-password";
         defaultImage = "ghcr.io/cirruslabs/macos-sequoia-base:latest";
         orchard = {
-          url = "https://orchard.example.com:6120";
+          url = orchardUrl;
           serviceAccount = "gitlab-runner";
           tokenFile = "${tokenDir}/orchard.token";
-          caFingerprint = "AB:CD";
+          caFingerprint = orchardFingerprint;
           labels.xcode = "16";
           queueTimeout = 1800;
           hostDirs.tools = "/opt/ci-tools";
@@ -158,10 +161,10 @@ let
       ssh_username = "admin";
       ssh_password_file = "/var/lib/gitlab-runner-tart/guest-password";
       orchard = {
-        url = "https://orchard.example.com:6120";
+        url = orchardUrl;
         service_account = "gitlab-runner";
         token_file = "${tokenDir}/orchard.token";
-        ca_fingerprint = "AB:CD";
+        ca_fingerprint = orchardFingerprint;
         labels.xcode = "16";
         queue_timeout = 1800;
         host_dirs.tools = "/opt/ci-tools";
@@ -239,6 +242,9 @@ let
     "refused: this host's builds dir for fleet VMs" = refusedAt "${at}.runners.fleet: buildsDir" {
       runners.fleet.buildsDir = "/var/lib/builds";
     };
+    "refused: a warm pool, which keeps VMs on this host" =
+      refusedAt "${at}.runners.fleet.warm.pool is set"
+        { runners.fleet.warm.pool = 1; };
     "refused: settings.orchard" = refusedAt "${at}.runners.fleet.settings.orchard" {
       runners.fleet.settings.orchard.url = "https://x";
     };
