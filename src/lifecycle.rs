@@ -118,20 +118,8 @@ pub struct Swept {
 /// Removes VMs of this state directory that no live job owns (see `ownership`): their
 /// record is here and its lock is free (no prepare, supervisor or `tart run` holds it), or
 /// their marker names this state directory and their record is lost. `keep` is the calling
-/// job's own VM. Other VMs with our prefix are left alone.
-pub async fn sweep(
-    tart: &Tart,
-    settings: &Settings,
-    root: &StateDir,
-    keep: Option<&VmName>,
-    dry_run: bool,
-) -> Result<Swept> {
-    let list = tart.list().await?;
-    sweep_listed(tart, settings, root, keep, dry_run, &list).await
-}
-
-/// [`sweep`] with the `tart list` the caller already has. Debug lines name no VM: a job's
-/// log must not show other jobs.
+/// job's own VM. Other VMs with our prefix are left alone. `list` is the caller's `tart
+/// list`; debug lines name no VM: a job's log must not show other jobs.
 pub async fn sweep_listed(
     tart: &Tart,
     settings: &Settings,

@@ -73,6 +73,11 @@ pub fn redact(text: &str) -> String {
     .into_owned()
 }
 
+/// Prints one job-log line for a finished phase, with its duration.
+pub fn phase_done(what: &str, started: std::time::Instant) {
+    eprintln!("{what} ({:.1}s)", started.elapsed().as_secs_f64());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! a fresh Tart VM. `main` only parses the command line, dispatches to a stage and turns
 //! the stage's outcome into the exit code gitlab-runner expects.
 
+mod backend;
 mod cli;
 mod clock;
 mod dhcp;

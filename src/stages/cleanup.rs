@@ -2,28 +2,26 @@
 //! its state and host builds directory, then sweep orphans. Safe with nothing to clean, safe
 //! twice, safe while a run stage is still alive.
 
+use crate::backend::Backend;
 use crate::cli::StageArgs;
 use crate::failure::StageResult;
 use crate::job::JobContext;
-use crate::lifecycle;
 use crate::settings::Settings;
 use crate::state_dir::StateDir;
-use crate::tart::Tart;
 use crate::vm::VmState;
 
 pub fn cleanup(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
-    let tart = Tart::new(&settings.tart_executable);
+    let backend = Backend::for_settings(&settings);
     let vm = job.vm_name();
     let root = StateDir::open(&settings.state_dir)?;
-    // The job's own VM, or the warm VM it claimed.
-    let state = crate::warm::record::job_vm(&root, &vm);
+    let state = backend.job_vm(&root, &vm);
     super::runtime().block_on(async {
         let started = std::time::Instant::now();
         let summary = state.timing_summary();
-        lifecycle::teardown(&tart, &settings, &state, None).await?;
+        backend.destroy(&state, None).await?;
         if state.name != vm {
             // The job's own record, which named the warm VM it ran in.
             VmState::new(&root, &vm).remove()?;
@@ -32,7 +30,11 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
         if let Some(summary) = summary {
             eprintln!("{summary}, cleanup {:.1}s", started.elapsed().as_secs_f64());
         }
-        match lifecycle::sweep(&tart, &settings, &root, Some(&vm), false).await {
+        let swept = match backend.list().await {
+            Ok(listing) => backend.sweep(&listing, &root, Some(&vm), false).await,
+            Err(e) => Err(e),
+        };
+        match swept {
             Ok(swept) if !swept.removed.is_empty() => eprintln!(
                 "Removed {} orphaned VM(s) of earlier jobs",
                 swept.removed.len()
@@ -40,7 +42,7 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
             Ok(_) => {}
             Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
         }
-        super::claimed::replenish(&settings, &root);
+        backend.refill(&root);
         Ok(())
     })
 }

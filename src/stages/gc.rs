@@ -1,22 +1,18 @@
 //! `gc`: the orphan sweep on demand, and optionally pruning of old cached images.
 
-use std::time::Duration;
-
-use anyhow::bail;
-
+use crate::backend::Backend;
 use crate::cli::GcArgs;
 use crate::failure::StageResult;
-use crate::lifecycle;
 use crate::settings::Settings;
 use crate::state_dir::StateDir;
-use crate::tart::Tart;
 
 pub fn gc(args: &GcArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
-    let tart = Tart::new(&settings.tart_executable);
+    let backend = Backend::for_settings(&settings);
     let swept: anyhow::Result<()> = super::runtime().block_on(async {
         let root = StateDir::open(&settings.state_dir)?;
-        let swept = lifecycle::sweep(&tart, &settings, &root, None, args.dry_run).await?;
+        let listing = backend.list().await?;
+        let swept = backend.sweep(&listing, &root, None, args.dry_run).await?;
         let verb = if args.dry_run {
             "would remove"
         } else {
@@ -44,16 +40,7 @@ pub fn gc(args: &GcArgs) -> StageResult {
             if args.dry_run {
                 eprintln!("would prune cached images not used for {days} days");
             } else {
-                let days = days.to_string();
-                let done = tart
-                    .capture(
-                        &["prune", "--entries", "caches", "--older-than", &days],
-                        Duration::from_secs(600),
-                    )
-                    .await?;
-                if !done.ok() {
-                    bail!("`tart prune` failed: {}", done.message());
-                }
+                backend.prune_images(days).await?;
                 eprintln!("pruned cached images not used for {days} days");
             }
         }

@@ -1,21 +1,14 @@
 //! The stages gitlab-runner calls, one module each. Each is a thin sequence of steps from
 //! the modules that own the concerns; what can go wrong is told in `Failure`.
 
-pub mod claimed;
 pub mod cleanup;
 pub mod config;
-pub mod connect;
 pub mod gc;
 pub mod prepare;
 pub mod run;
 pub mod warm;
 
-use std::time::Instant;
-
-/// Prints one job-log line for a finished phase, with its duration.
-pub fn phase_done(what: &str, started: Instant) {
-    eprintln!("{what} ({:.1}s)", started.elapsed().as_secs_f64());
-}
+pub use crate::logging::phase_done;
 
 /// A runtime for the stages that talk to Tart or the guest: one thread is plenty, and
 /// starts fastest.

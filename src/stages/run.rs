@@ -6,21 +6,21 @@
 
 use anyhow::{anyhow, Context};
 
+use crate::backend::Backend;
 use crate::cli::RunArgs;
 use crate::failure::{Failure, StageResult};
 use crate::job::JobContext;
 use crate::settings::Settings;
 use crate::state_dir::StateDir;
-use crate::tart::Tart;
-use crate::transport::{RemoteExit, Stage, Transport};
+use crate::transport::{RemoteExit, Stage};
 
 pub fn run(args: &RunArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let root = StateDir::open(&settings.state_dir)?;
-    // The job's own VM, or the warm VM it claimed.
-    let state = crate::warm::record::job_vm(&root, &job.vm_name());
+    let backend = Backend::for_settings(&settings);
+    let state = backend.job_vm(&root, &job.vm_name());
     let conn = state.load_connection()?.ok_or_else(|| {
         anyhow!(
             "no VM is ready for this job ({}): prepare did not finish",
@@ -29,10 +29,9 @@ pub fn run(args: &RunArgs) -> StageResult {
     })?;
     let script = std::fs::File::open(&args.script)
         .with_context(|| format!("cannot open the script {}", args.script.display()))?;
-    let tart = Tart::new(&settings.tart_executable);
     let started = std::time::Instant::now();
     let exit = super::runtime().block_on(async {
-        let transport = Transport::from_connection(&conn, &state, &tart)?;
+        let transport = backend.transport(&conn, &state)?;
         transport
             .run_stage(
                 &Stage {

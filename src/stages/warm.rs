@@ -335,7 +335,7 @@ async fn boot(
     tart.clone_vm(&request.image.name, vm, &local, Duration::from_secs(3600))
         .await?;
     ownership::mark(&state.name, root)?;
-    let info = super::prepare::configure(tart, settings, request, vm)
+    let info = crate::backend::tart::create::configure(tart, settings, request, vm)
         .await
         .map_err(explain)?;
     let mut started_as = spec.clone();
@@ -349,7 +349,7 @@ async fn boot(
         project_id: None,
         job_timeout_secs: None,
     };
-    let shares = super::prepare::shares(settings, &nobody, vm)?;
+    let shares = crate::backend::tart::create::shares(settings, &nobody, vm)?;
     let mut run_args = request.run_args(settings, &info.os);
     for share in &shares {
         run_args.push("--dir".into());
@@ -368,7 +368,7 @@ async fn boot(
         "dhcp"
     };
     let deadline = crate::clock::deadline_after(request.boot_timeout);
-    let conn = super::connect::connect(
+    let conn = crate::backend::tart::connect::connect(
         tart, state, request, &identity, &info.os, resolver, deadline,
     )
     .await

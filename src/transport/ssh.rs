@@ -32,6 +32,45 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// Where the job's ControlMaster connects: the guest's address, or a command whose stdin
+/// and stdout are a byte stream to the guest's sshd (ssh's `ProxyCommand`), for backends
+/// whose VMs this host cannot route to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Ip {
+        host: String,
+        port: u16,
+    },
+    // Constructed by a backend without routable guests (Orchard's port-forward).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Proxy {
+        /// The VM's name, for ssh's messages and `%h`.
+        name: String,
+        /// The command line ssh runs (through the user's shell) to reach the guest. It must
+        /// hold no secret: ssh's argv is visible to every user of the host.
+        command: String,
+    },
+}
+
+impl Target {
+    /// The arguments that point `ssh` at the guest, as `user`.
+    fn ssh_args(&self, user: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        let host = match self {
+            Target::Ip { host, port } => {
+                args.extend(["-p".to_string(), port.to_string()]);
+                host
+            }
+            Target::Proxy { name, command } => {
+                args.extend(["-o".to_string(), format!("ProxyCommand={command}")]);
+                name
+            }
+        };
+        args.extend(["-l".to_string(), user.to_string(), host.clone()]);
+        args
+    }
+}
+
 /// Why a master could not be started.
 pub enum MasterError {
     /// The guest refused the credentials: retrying cannot help.
@@ -45,7 +84,7 @@ pub enum MasterError {
 /// Starts the job's ControlMaster: `ssh -M -f -N` forks into the background once logged in.
 pub async fn start_master(
     state: &VmState,
-    ip: &str,
+    target: &Target,
     user: &str,
     auth: &Auth,
 ) -> Result<(), MasterError> {
@@ -114,7 +153,7 @@ pub async fn start_master(
             None
         }
     };
-    cmd.args(["-p", "22", "-l", user, ip]);
+    cmd.args(target.ssh_args(user));
     let status = match tokio::time::timeout(Duration::from_secs(30), cmd.status()).await {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
@@ -313,4 +352,44 @@ pub fn describe_refusal(user: &str, ip: &str, reason: &str) -> String {
     format!(
         "the VM refused SSH login as `{user}` at {ip} ({reason}): check the image's credentials (TART_SSH_USERNAME / TART_SSH_PASSWORD job variables, or --ssh-username / --ssh-password-file / --ssh-key-file)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn a_guest_with_an_address_is_reached_on_its_port() {
+        let target = Target::Ip {
+            host: "192.168.64.5".into(),
+            port: 22,
+        };
+        assert_eq!(
+            target.ssh_args("admin"),
+            ["-p", "22", "-l", "admin", "192.168.64.5"]
+        );
+    }
+
+    #[test]
+    fn a_guest_behind_a_proxy_command_is_reached_through_it_by_name() {
+        let target = Target::Proxy {
+            name: "tartdrv-abc-1".into(),
+            command: "/usr/bin/driver orchard-proxy tartdrv-abc-1 22".into(),
+        };
+        let args = target.ssh_args("admin");
+        assert_eq!(
+            args,
+            [
+                "-o",
+                "ProxyCommand=/usr/bin/driver orchard-proxy tartdrv-abc-1 22",
+                "-l",
+                "admin",
+                "tartdrv-abc-1"
+            ]
+        );
+        assert!(
+            !args.contains(&"-p".to_string()),
+            "no port of our own: {args:?}"
+        );
+    }
 }

@@ -1,12 +1,15 @@
-//! Prepare through the warm pool: claim a booted VM that matches the job, connect to it as
-//! the job, and set the guest up as for a VM of the job's own. Prepare calls this before
-//! its cold path, which runs unchanged whenever no warm VM is claimed.
+//! Making a job's VM through the warm pool: claim a booted VM that matches the job and
+//! connect to it as the job. [`LocalTart::create`](super::LocalTart) tries this before its
+//! cold path, which runs unchanged whenever no warm VM is claimed.
 
+use std::fs::File;
 use std::time::{Duration, Instant};
 
-use crate::failure::StageResult;
+use crate::backend::Made;
+use crate::failure::Failure;
 use crate::identity::Identity;
 use crate::job::JobContext;
+use crate::logging::phase_done;
 use crate::request::Request;
 use crate::settings::Settings;
 use crate::state_dir::StateDir;
@@ -37,19 +40,20 @@ pub async fn try_warm(
     }
 }
 
-/// The rest of prepare in a claimed warm VM: the job's own login (its user, its transport),
-/// the identity proof the VM was started with, and the guest setup.
-pub async fn prepare(
+/// The rest of making the job's VM when a warm one was claimed: the job's own login (its
+/// user, its transport) and the identity proof the VM was started with. Guest setup is
+/// the caller's, as for a VM of the job's own.
+pub async fn connect_claimed(
     tart: &Tart,
     settings: &Settings,
     job: &JobContext,
     request: &Request,
     claimed: Claimed,
-    started: Instant,
-) -> StageResult {
+    held: File,
+) -> Result<Made, Failure> {
     let state = claimed.state;
     let identity = Identity::existing(&state)?;
-    let shares = super::prepare::shares(settings, job, state.name.as_str())?;
+    let shares = super::create::shares(settings, job, state.name.as_str())?;
     let resolver = if settings.bridged.is_some() {
         "arp"
     } else {
@@ -67,7 +71,7 @@ pub async fn prepare(
         deadline,
     )
     .await?;
-    super::phase_done(
+    phase_done(
         &format!(
             "Connected to the warm VM over {}",
             super::connect::transport_name(&conn)
@@ -75,19 +79,12 @@ pub async fn prepare(
         t,
     );
     state.record_phase("connect", t.elapsed());
-    super::prepare::set_up_guest(
-        tart,
-        settings,
-        request,
-        &state,
-        &conn,
-        &claimed.os,
-        &shares,
-        started,
-    )
-    .await?;
-    replenish(settings, &StateDir::open(&settings.state_dir)?);
-    Ok(())
+    Ok(Made {
+        state,
+        conn,
+        shares,
+        held,
+    })
 }
 
 /// Starts the replenisher, detached, when this host keeps a warm pool: a claim took a VM

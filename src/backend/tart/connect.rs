@@ -1,4 +1,4 @@
-//! The end of prepare's boot wait: from a running `tart run` to the job's open connection,
+//! The end of a local VM's boot wait: from a running `tart run` to the job's open connection,
 //! over the transport the job asked for.
 //!
 //! With `auto`, Tart's guest agent is preferred when it answers; SSH serves images without
@@ -18,7 +18,7 @@ use crate::settings::TransportKind;
 use crate::tart::Tart;
 use crate::transport::exec::ExecTransport;
 use crate::transport::reach::{self, Reach};
-use crate::transport::ssh::{self, MasterError};
+use crate::transport::ssh::{self, MasterError, Target};
 use crate::vm::{Connection, VmState};
 
 /// How long "No route to host" must last before it is taken for Local Network privacy
@@ -63,6 +63,10 @@ pub async fn connect(
     if auto && exec.agent_answers(Duration::from_secs(5)).await {
         return Ok(exec_connection());
     }
+    let target = Target::Ip {
+        host: ip.clone(),
+        port: 22,
+    };
     loop {
         if let Some(ending) = state.run_ending() {
             return Err(anyhow!("the VM stopped while booting: {ending}").into());
@@ -85,7 +89,7 @@ pub async fn connect(
                 return Err(anyhow!("SSH at {ip}:22 did not answer within the boot timeout: is Remote Login enabled in the image? On macOS 15+, has the runner the Local Network permission?").into())
             }
         }
-        match ssh::start_master(state, &ip, &request.user, &request.auth).await {
+        match ssh::start_master(state, &target, &request.user, &request.auth).await {
             Ok(()) => break,
             Err(MasterError::Broken(reason)) => return Err(anyhow!(reason).into()),
             Err(MasterError::Refused(reason)) => {

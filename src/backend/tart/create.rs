@@ -1,0 +1,276 @@
+//! Making a local Tart VM for a job: the image fetched under the pull policy, cloned and
+//! sized, its host directories chosen, `tart run` started by the supervisor in a slot, and
+//! the boot waited for until the job's connection is open.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+
+use super::connect;
+use super::LocalTart;
+use crate::backend::{Made, NewVm};
+use crate::failure::Failure;
+use crate::foreign;
+use crate::guest::Share;
+use crate::host;
+use crate::identity::Identity;
+use crate::job::JobContext;
+use crate::logging::phase_done;
+use crate::ownership;
+use crate::registry_access::{self, CredentialFreeHome};
+use crate::request::Request;
+use crate::settings::Settings;
+use crate::supervisor;
+use crate::tart::{Fetch, ListEntry, Tart};
+use crate::tart_home::{self, VmConfig};
+
+impl LocalTart<'_> {
+    /// Replaces a leftover of an earlier attempt, fetches and clones the image, sizes the
+    /// clone, starts it in a slot and waits until the job's connection is open. `list` is
+    /// the `tart list` the caller's sweep used.
+    pub async fn create(&self, list: &[ListEntry], new: NewVm<'_>) -> Result<Made, Failure> {
+        let NewVm {
+            job,
+            request,
+            root,
+            state,
+            lock,
+            job_limit,
+        } = new;
+        let (tart, settings) = (&self.tart, self.settings);
+        let vm = &state.name;
+        // A leftover of an earlier attempt: its processes are gone (we hold the lock).
+        if list.iter().any(|e| e.name == vm.as_str()) {
+            tart.delete(vm.as_str()).await?;
+        }
+        let fetch = Fetch {
+            creds: request.registry.clone(),
+            home: CredentialFreeHome::for_host(&settings.registry, &settings.state_dir)?,
+            insecure: settings.insecure_pull,
+            concurrency: settings.pull_concurrency,
+            auto_prune: settings.auto_prune,
+        };
+        let t = Instant::now();
+        if registry_access::fetch_image(
+            tart,
+            &settings.registry,
+            &request.image,
+            request.pull_policy,
+            &fetch,
+            job_limit,
+            list.iter().any(|e| e.name == request.image.name),
+        )
+        .await?
+        {
+            phase_done(&format!("Pulled {}", request.image.name), t);
+            state.record_phase("pull", t.elapsed());
+        }
+
+        if let Some(claimed) =
+            super::claimed::try_warm(settings, root, request, state, job_limit).await?
+        {
+            return super::claimed::connect_claimed(tart, settings, job, request, claimed, lock)
+                .await;
+        }
+
+        let t = Instant::now();
+        // The image is on this host now (pulled, or cached and vetted): the clone needs no login.
+        let local = fetch.without_credentials();
+        tart.clone_vm(&request.image.name, vm.as_str(), &local, job_limit)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc --state-dir {}` and `tart prune`",
+                    root.path().display()
+                )
+            })?;
+        // From now on the VM exists: mark it as this state directory's, for the sweeps.
+        ownership::mark(vm, root)?;
+        let info = configure(tart, settings, request, vm.as_str()).await?;
+        phase_done(
+            &format!(
+                "Cloned {} ({} guest, {} CPUs, {} MiB)",
+                request.image.name, info.os, info.cpu, info.memory_mib
+            ),
+            t,
+        );
+        state.record_phase("clone", t.elapsed());
+
+        let shares = shares(settings, job, &vm.to_string())?;
+        if request.nested && info.os != "linux" {
+            eprintln!(
+                "Nested virtualization (--nested, TART_EXECUTOR_NESTED) ignored: Tart offers it to Linux guests only, and refuses to start a {} guest with it",
+                info.os
+            );
+        }
+        let mut run_args = request.run_args(settings, &info.os);
+        for share in &shares {
+            run_args.push("--dir".into());
+            run_args.push(share.dir_arg(&info.os));
+        }
+        let identity = Identity::create(state)?;
+        run_args.push("--dir".into());
+        run_args.push(identity.dir_arg());
+
+        // Our own hold on the VM's lock lasts until prepare ends. When `tart run` dies at once,
+        // the supervisor lets go of it; a concurrent job's sweep would then take the VM for an
+        // orphan and delete it with its state, including how `tart run` ended, and this prepare
+        // would wait out the whole boot timeout instead of reporting Tart's message.
+        let lock_fd = std::os::unix::io::AsRawFd::as_raw_fd(&lock);
+        let resolver = if settings.bridged.is_some() {
+            "arp"
+        } else {
+            "dhcp"
+        };
+        let macos = info.os != "linux";
+        let slot_deadline = crate::clock::deadline_after(job_limit);
+        let mut at_limit = foreign::LimitWait::new();
+        let (conn, t) = loop {
+            let t = Instant::now();
+            let slots =
+                crate::warm::capacity::acquire_for_job(tart, settings, root, macos, slot_deadline)
+                    .await?;
+            if t.elapsed() > Duration::from_millis(500) {
+                phase_done("Got a VM slot", t);
+            }
+            state.record_phase("waiting for a slot", t.elapsed());
+            let t = Instant::now();
+            let mut fds = slots.raw_fds();
+            fds.push(lock_fd);
+            supervisor::start(state, tart.exe(), &run_args, fds)?;
+            drop(slots);
+            let deadline = crate::clock::deadline_after(request.boot_timeout);
+            match connect::connect(
+                tart, state, request, &identity, &info.os, resolver, deadline,
+            )
+            .await
+            {
+                Ok(conn) => break (conn, t),
+                // Apple's limit is full of macOS VMs this driver did not start: wait for them
+                // as for a slot, then start the same VM again.
+                Err(_) if macos && foreign::hit_the_limit(state) => {
+                    if Instant::now() + foreign::RETRY_PAUSE >= slot_deadline {
+                        return Err(at_limit.gave_up(state).into());
+                    }
+                    at_limit.notice(state);
+                    tokio::time::sleep(foreign::RETRY_PAUSE).await;
+                    state.forget_run_log()?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        phase_done(
+            &format!(
+                "VM booted and reachable over {}",
+                connect::transport_name(&conn)
+            ),
+            t,
+        );
+        state.record_phase("boot and connect", t.elapsed());
+        Ok(Made {
+            state: state.clone(),
+            conn,
+            shares,
+            held: lock,
+        })
+    }
+}
+
+/// Applies CPU, memory and display in one `tart set`, and only when something changes:
+/// the clone's `config.json` tells what it has (`tart get` only when that cannot be read).
+pub async fn configure(
+    tart: &Tart,
+    settings: &Settings,
+    request: &Request,
+    vm: &str,
+) -> Result<VmConfig, Failure> {
+    let mut config = match tart_home::vm_config(vm) {
+        Some(config) => config,
+        None => {
+            let info = tart.get(vm).await?;
+            VmConfig {
+                os: info.os,
+                cpu: info.cpu,
+                memory_mib: info.memory,
+                minimum: host::Minimum::default(),
+            }
+        }
+    };
+    let sizing = host::vm_resources(settings, config.minimum, config.os != "linux").map_err(
+        |too_small| match too_small {
+            host::TooSmall::Image(why) => {
+                Failure::rejected(format!("image `{}`: {why}", request.image.name))
+            }
+            host::TooSmall::Settings(why) => {
+                Failure::System(anyhow!("image `{}`: {why}", request.image.name))
+            }
+        },
+    )?;
+    let mut flags = Vec::new();
+    if let Some(cpu) = sizing.cpu.filter(|&cpu| cpu != config.cpu) {
+        flags.extend(["--cpu".to_string(), cpu.to_string()]);
+        config.cpu = cpu;
+    }
+    if let Some(memory) = sizing.memory_mib.filter(|&m| m != config.memory_mib) {
+        flags.extend(["--memory".to_string(), memory.to_string()]);
+        config.memory_mib = memory;
+    }
+    if let Some(display) = &request.display {
+        flags.extend(["--display".to_string(), display.0.clone()]);
+    }
+    if request.random_mac {
+        flags.push("--random-mac".to_string());
+    }
+    if !flags.is_empty() {
+        tart.set(vm, &flags).await?;
+    }
+    Ok(config)
+}
+/// The host directories this job's VM gets: its own builds directory, its project's cache
+/// directory and the admin's volumes.
+pub fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec<Share>> {
+    let mut shares = Vec::new();
+    if let Some(builds) = &settings.builds_dir {
+        let dir = builds.join(vm);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the builds directory {}", dir.display()))?;
+        shares.push(Share {
+            name: "tartdrv-builds".into(),
+            host: dir,
+            guest: settings.guest_builds_dir.clone(),
+            read_only: false,
+        });
+    }
+    if let Some(cache) = &settings.cache_dir {
+        // One cache per project, keyed by the id in GitLab's payload (not by a variable the
+        // job could set): a job cannot read or poison another project's cache.
+        let project = match job.project_id {
+            Some(id) => format!("project-{id}"),
+            None => "project-unknown".to_string(),
+        };
+        let dir = cache.join(project);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+        shares.push(Share {
+            name: "tartdrv-cache".into(),
+            host: dir,
+            guest: settings.guest_cache_dir.clone(),
+            read_only: false,
+        });
+    }
+    for (i, volume) in settings.volumes.iter().enumerate() {
+        if !volume.host.is_dir() {
+            anyhow::bail!(
+                "volume host directory {} does not exist: create it or fix --volume",
+                volume.host.display()
+            );
+        }
+        shares.push(Share {
+            name: format!("tartdrv-vol{i}"),
+            host: volume.host.clone(),
+            guest: volume.guest.clone(),
+            read_only: volume.read_only,
+        });
+    }
+    Ok(shares)
+}

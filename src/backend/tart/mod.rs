@@ -1,0 +1,78 @@
+//! Local Tart: the job's VM is a clone of an OCI image on this Mac, started by a detached
+//! supervisor around `tart run`, reached at the IP of its DHCP lease (or through Tart's
+//! guest agent), and found again by `tart list` for the sweep.
+//!
+//! May use: the host side (Tart's client, VM state, slots, supervisor, lifecycle), the
+//! guest's transports, settings and the job's request.
+
+mod claimed;
+pub mod connect;
+pub mod create;
+
+use std::fs::File;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::lifecycle::{self, Swept};
+use crate::settings::Settings;
+use crate::state_dir::StateDir;
+use crate::tart::{ListEntry, Tart};
+use crate::transport::Transport;
+use crate::vm::{Connection, VmName, VmState};
+
+/// Tart on this Mac, as the admin configured it.
+pub struct LocalTart<'a> {
+    tart: Tart,
+    settings: &'a Settings,
+}
+
+impl<'a> LocalTart<'a> {
+    pub fn new(settings: &'a Settings) -> LocalTart<'a> {
+        LocalTart {
+            tart: Tart::new(&settings.tart_executable),
+            settings,
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<ListEntry>> {
+        self.tart.list().await
+    }
+
+    pub async fn sweep(
+        &self,
+        list: &[ListEntry],
+        root: &StateDir,
+        keep: Option<&VmName>,
+        dry_run: bool,
+    ) -> Result<Swept> {
+        lifecycle::sweep_listed(&self.tart, self.settings, root, keep, dry_run, list).await
+    }
+
+    pub fn refill(&self, root: &StateDir) {
+        claimed::replenish(self.settings, root);
+    }
+
+    pub fn transport(&self, conn: &Connection, state: &VmState) -> Result<Transport> {
+        Transport::from_connection(conn, state, &self.tart)
+    }
+
+    pub async fn destroy(&self, state: &VmState, held: Option<File>) -> Result<()> {
+        lifecycle::teardown(&self.tart, self.settings, state, held).await
+    }
+
+    pub async fn prune_images(&self, days: u32) -> Result<()> {
+        let days = days.to_string();
+        let done = self
+            .tart
+            .capture(
+                &["prune", "--entries", "caches", "--older-than", &days],
+                Duration::from_secs(600),
+            )
+            .await?;
+        if !done.ok() {
+            bail!("`tart prune` failed: {}", done.message());
+        }
+        Ok(())
+    }
+}
