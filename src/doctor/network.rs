@@ -2,10 +2,13 @@
 //! PATH: where `tart` and `softnet` were found, the DHCP pool, and whether this process may connect to a running VM at all (macOS 15+ Local Network
 //! privacy).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{entry_is_running, entry_name, run_bounded, Report, TartList};
+use super::probe::{is_executable, resolve, run_bounded};
+use super::report::Report;
+use super::tart::{entry_is_running, entry_name, TartList};
 use crate::dhcp::{self, PoolUse};
 use crate::settings::Settings;
 use crate::tool_path;
@@ -153,6 +156,43 @@ pub fn check_local_network(tart: Option<&Path>, list: Option<&TartList>, r: &mut
             NAME,
             format!("cannot connect to {ip}:22 (VM {vm}): {e}"),
             "check the VM's network; `tart ip` and `ping` show whether it is up",
+        ),
+    }
+}
+
+pub fn check_softnet(settings: &Settings, r: &mut Report) {
+    const NAME: &str = "softnet";
+    if let Some(exposure) = crate::isolation::exposure(settings) {
+        let fix = "keep Softnet on (drop --no-softnet / `softnet: false`) when jobs of different trust share this Mac";
+        return r.warn(NAME, exposure, fix);
+    }
+    if !settings.softnet {
+        let found = resolve("softnet").map(|p| format!("; found at {}", p.display()));
+        let found = found.unwrap_or_default();
+        return r.skip(NAME, format!("one VM at a time, no neighbour to isolate from (jobs may still ask for Softnet){found}"));
+    }
+    let Some(path) = resolve("softnet").filter(|p| is_executable(p)) else {
+        r.fail(
+            NAME,
+            "--softnet is set but `softnet` is not on PATH: `tart run` fails with \"softnet not found in PATH\"",
+            "install Softnet (`brew install cirruslabs/cli/softnet`) and make sure it is on gitlab-runner's PATH",
+        );
+        return;
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.uid() == 0 && m.mode() & 0o4000 != 0 => r.pass(
+            NAME,
+            format!("{}, setuid root", path.display()),
+        ),
+        Ok(_) => r.warn(
+            NAME,
+            format!("{} is not setuid root: Tart would ask for sudo on a terminal a CI job does not have, so VMs fail to start", path.display()),
+            format!("`sudo chown root {p} && sudo chmod u+s {p}`", p = path.display()),
+        ),
+        Err(e) => r.warn(
+            NAME,
+            format!("cannot inspect {}: {e}", path.display()),
+            "check its owner and mode by hand (`ls -l`)",
         ),
     }
 }
