@@ -60,21 +60,24 @@ rec {
       path,
       drainTimeout,
     }:
+    let
+      # Directories, and the log file unless systemd keeps the output.
+      setup =
+        if logFile == null then
+          "mkdir -p ${escapeShellArg stateDir}\n"
+        else
+          ''
+            mkdir -p ${escapeShellArg stateDir} "$(dirname ${escapeShellArg logFile})"
+            exec >>${escapeShellArg logFile} 2>&1
+          '';
+    in
     ''
       #!${shell}
       set -eu
       umask 077
       export PATH=${escapeShellArg (concatStringsSep ":" path)}
       export HOME=${escapeShellArg home}
-      ${
-        if logFile == null then
-          "mkdir -p ${escapeShellArg stateDir}"
-        else
-          ''
-            mkdir -p ${escapeShellArg stateDir} "$(dirname ${escapeShellArg logFile})"
-            exec >>${escapeShellArg logFile} 2>&1''
-      }
-      printf '%s\n' "$generation" >${escapeShellArg (generationFile stateDir)}
+      ${setup}printf '%s\n' "$generation" >${escapeShellArg (generationFile stateDir)}
       ${renderCommand { inherit driver specFile configFile; }}
       cd ${escapeShellArg stateDir}
       # A script's background command starts with SIGQUIT ignored; gitlab-runner needs it.

@@ -377,7 +377,6 @@ in
           specFile = "${specFile}";
           inherit (cfg) configFile;
         }}
-        status=0
         ${render.warmCommands {
           driver = driverExe;
           configs = lib.mapAttrs (n: c: {
@@ -385,10 +384,10 @@ in
             file = "${driverConfigFiles.${n}}";
           }) driverConfigs;
         }}
-        exit "$status"
       '';
       serviceConfig = agentDefaults // {
         RunAtLoad = true;
+        AbandonProcessGroup = true;
         WatchPaths = tokenFiles;
         ProcessType = "Background";
         WorkingDirectory = cfg.stateDir;

@@ -273,7 +273,9 @@ rec {
   softnetDir = "/usr/local/libexec/gitlab-runner-tart";
 
   # Fills the warm pool of each driver config that has one (`configs`: name -> driver config
-  # and its file), keeping the first failure's status.
+  # and its file), in the background: booting takes a while, and the agent that runs this
+  # must return at once (launchd must not kill these: AbandonProcessGroup), so that a switch
+  # never finds it busy.
   warmCommands =
     {
       driver,
@@ -283,7 +285,7 @@ rec {
       map (
         n:
         if (configs.${n}.config.warm_pool or 0) > 0 then
-          "${escapeShellArg driver} warm --config ${escapeShellArg configs.${n}.file} || status=$?\n"
+          "${escapeShellArg driver} warm --config ${escapeShellArg configs.${n}.file} &\n"
         else
           ""
       ) (attrNames configs)

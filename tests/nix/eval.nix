@@ -443,7 +443,7 @@ let
       && has "export PATH='${toolPath}'" (agentScriptOf oneAtATime)
       && (cfgOf oneAtATime).rendered.driverConfigs.macos.softnet == false;
     "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
-    "warm pool: in the driver yaml, filled by the config agent for that runner only" =
+    "warm pool: in the driver yaml, filled in the background by the config agent, per runner" =
       let
         e = evalHost [ { services.gitlab-runner-tart.runners.macos.warm.pool = 1; } ];
         files = (cfgOf e).rendered.driverConfigFiles;
@@ -452,7 +452,8 @@ let
       failedMessages e == [ ]
       && (cfgOf e).rendered.driverConfigs.macos.warm_pool == 1
       && !((cfgOf e).rendered.driverConfigs.linux ? warm_pool)
-      && has "gitlab-runner-tart-driver' warm --config '${files.macos}' || status=$?" script
+      && has "gitlab-runner-tart-driver' warm --config '${files.macos}' &" script
+      && has "<key>AbandonProcessGroup</key>\n<true/>" (configPlistOf e)
       && !(has "warm --config '${files.linux}'" script)
       && agentPlistOf e == agentPlist;
     "warm pool: images and expiry reach the driver" =
