@@ -123,6 +123,27 @@ rec {
     in
     builtins.elemAt lines 0 + "generation=${generation args}\n" + builtins.elemAt lines 1;
 
+  # A periodic agent's script (installed at `/etc/gitlab-runner-tart/<name>` like the
+  # runner's, so that its plist does not change either): the environment, then `body`.
+  periodicScript =
+    {
+      shell,
+      path,
+      home,
+      stateDir,
+      logFile ? null,
+      body,
+    }:
+    ''
+      #!${shell}
+      set -u
+      export PATH=${escapeShellArg (concatStringsSep ":" path)}
+      export HOME=${escapeShellArg home}
+      cd ${escapeShellArg stateDir} || exit 1
+    ''
+    + (if logFile == null then "" else "exec >>${escapeShellArg logFile} 2>&1\n")
+    + body;
+
   # Activation (runs as root, after every other step): hands a new script to the agent.
   # - no GUI session for the user: says so (the agent runs only there);
   # - the agent not loaded (an earlier reload failed, or it was never loaded): loads it, as

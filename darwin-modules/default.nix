@@ -88,6 +88,31 @@ let
   };
   agentScript = pkgs.writeScript "gitlab-runner-tart-agent" (agent.script agentArgs);
 
+  # A periodic agent's script, linked at /etc/gitlab-runner-tart/<name>.
+  periodicScript =
+    name: logFile: body:
+    pkgs.writeScript "gitlab-runner-tart-${name}" (
+      agent.periodicScript {
+        inherit (agentArgs) shell path home;
+        inherit (cfg) stateDir;
+        inherit logFile body;
+      }
+    );
+  gcScript = periodicScript "gc" "${cfg.logDir}/gc.log" (
+    render.gcScript {
+      driver = driverExe;
+      configFiles = map (f: "${f}") (lib.attrValues driverConfigFiles);
+      inherit (cfg.gc) extraArgs;
+    }
+  );
+  logsScript = periodicScript "logs" null (
+    render.logRotateScript {
+      logs = logFiles;
+      maxBytes = cfg.logs.maxSize;
+      inherit (cfg.logs) keep;
+    }
+  );
+
   tokenFiles = map (r: render.pathString r.authenticationTokenFile) (lib.attrValues cfg.runners);
 
   # Every agent of the module runs in the user's GUI (Aqua) session only, where Tart works.
@@ -332,6 +357,8 @@ in
 
     environment.etc."gitlab-runner-tart/spec.json".source = specFile;
     environment.etc."gitlab-runner-tart/agent".source = agentScript;
+    environment.etc."gitlab-runner-tart/logs".source = logsScript;
+    environment.etc."gitlab-runner-tart/gc" = mkIf cfg.gc.enable { source = gcScript; };
 
     # After users are created and before launch agents are (re)loaded; custom activation
     # script names are never run by nix-darwin.
@@ -396,36 +423,23 @@ in
       };
     };
 
+    # The periodic agents run fixed paths too: an upgrade changes neither plist, and a
+    # sweep in progress finishes with the old version.
     launchd.user.agents.gitlab-runner-tart-logs = {
-      path = agentPath;
-      script = render.logRotateScript {
-        logs = logFiles;
-        maxBytes = cfg.logs.maxSize;
-        inherit (cfg.logs) keep;
-      };
+      command = "/etc/gitlab-runner-tart/logs";
       serviceConfig = agentDefaults // {
         StartInterval = 3600;
         RunAtLoad = true;
         ProcessType = "Background";
-        WorkingDirectory = cfg.stateDir;
       };
     };
 
     launchd.user.agents.gitlab-runner-tart-gc = mkIf cfg.gc.enable {
-      path = agentPath;
-      environment.HOME = home;
-      script = render.gcScript {
-        driver = driverExe;
-        configFiles = map (f: "${f}") (lib.attrValues driverConfigFiles);
-        inherit (cfg.gc) extraArgs;
-      };
+      command = "/etc/gitlab-runner-tart/gc";
       serviceConfig = agentDefaults // {
         StartInterval = cfg.gc.interval;
         RunAtLoad = false;
         ProcessType = "Background";
-        WorkingDirectory = cfg.stateDir;
-        StandardOutPath = "${cfg.logDir}/gc.log";
-        StandardErrorPath = "${cfg.logDir}/gc.log";
       };
     };
   };

@@ -218,11 +218,11 @@ let
   agentPlist = untab c.environment.userLaunchAgents."org.nixos.gitlab-runner-tart.plist".text;
   gcPlist = untab c.environment.userLaunchAgents."org.nixos.gitlab-runner-tart-gc.plist".text;
   agentScript = agentScriptOf good;
-  gcScript = c.launchd.user.agents.gitlab-runner-tart-gc.command.text;
+  gcScript = c.environment.etc."gitlab-runner-tart/gc".source.text;
   configPlist = configPlistOf good;
   configScript = c.launchd.user.agents.gitlab-runner-tart-config.command.text;
   logsPlist = plistOf "gitlab-runner-tart-logs" good;
-  logsScript = c.launchd.user.agents.gitlab-runner-tart-logs.command.text;
+  logsScript = c.environment.etc."gitlab-runner-tart/logs".source.text;
   activation = c.system.activationScripts.launchd.text;
   specText = r.specFile.text;
   spec = builtins.fromJSON specText;
@@ -388,6 +388,15 @@ let
     "the runner's plist is the same text in every configuration" = lib.all (
       e: agentPlistOf e == agentPlist
     ) (lib.attrValues samePlist);
+    "the gc and logs agents' plists are the same text in every configuration" = lib.all (
+      e:
+      plistOf "gitlab-runner-tart-gc" e == gcPlist
+      && plistOf "gitlab-runner-tart-logs" e == logsPlist
+    ) (lib.attrValues samePlist);
+    "gc script: the agents' PATH and HOME, logs to gc.log" =
+      has "export PATH='${toolPath}'" gcScript
+      && has "export HOME='/Users/ci'" gcScript
+      && has "exec >>'/Users/ci/Library/Logs/gitlab-runner-tart/gc.log' 2>&1" gcScript;
     "switch upgrading the driver, gitlab-runner or Tart: a new generation (a drained restart)" =
       lib.all (e: generationOf e != generationOf good) [
         driverUpgraded
@@ -609,6 +618,7 @@ in
   inherit specText activation activateScripts;
   yamlTexts = lib.mapAttrs (_: f: f.text) r.driverConfigFiles;
   agentScriptText = agentScript;
+  inherit gcScript logsScript;
   warmYamlText =
     let
       e = evalHost [ { services.gitlab-runner-tart.runners.macos.warm.pool = 1; } ];

@@ -135,11 +135,13 @@ nix eval --raw --impure --expr "($expr).agentScriptText" >"$work/agent.sh"
   echo "module-eval: shellcheck fails the runner agent's script" >&2
   exit 1
 }
-nix eval --raw --impure --expr "($expr).configScriptText" >"$work/config-agent.sh"
-"$shellcheck" "$work/config-agent.sh" || {
-  echo "module-eval: shellcheck fails the config agent's script" >&2
-  exit 1
-}
+for script in configScriptText gcScript logsScript; do
+  nix eval --raw --impure --expr "($expr).$script" >"$work/$script.sh"
+  "$shellcheck" "$work/$script.sh" || {
+    echo "module-eval: shellcheck fails the agent script $script" >&2
+    exit 1
+  }
+done
 tests/nix/agent-stop.sh
 tests/nix/agent-activation.sh
 
