@@ -149,7 +149,8 @@ rec {
   # - the agent not loaded (an earlier reload failed, or it was never loaded): loads it, as
   #   nix-darwin would;
   # - the agent runs another generation: SIGTERM to its script, which drains gitlab-runner;
-  #   KeepAlive starts the new script once the jobs are done.
+  #   KeepAlive starts the new script once the jobs are done. No recorded generation means
+  #   an agent that is just starting (this switch loaded it), which runs the new script.
   activation =
     {
       user,
@@ -170,7 +171,8 @@ rec {
           echo "gitlab-runner-tart: the runner's agent is not loaded; loading it" >&2
           launchctl asuser "$uid" sudo --user="$owner" -- launchctl load -w "$plist" \
             || echo "gitlab-runner-tart: loading $plist failed; run as $owner: launchctl load -w $plist" >&2
-        elif [ "$(cat ${escapeShellArg (generationFile stateDir)} 2>/dev/null || true)" != ${escapeShellArg generation} ]; then
+        elif running=$(cat ${escapeShellArg (generationFile stateDir)} 2>/dev/null) \
+          && [ -n "$running" ] && [ "$running" != ${escapeShellArg generation} ]; then
           echo "gitlab-runner-tart: the runner restarts with this generation once its running jobs finish (no new jobs meanwhile; at most ${toString drainTimeout} s)" >&2
           launchctl kill SIGTERM "gui/$uid/${label}" \
             || echo "gitlab-runner-tart: could not signal the runner; it runs the old version until it restarts" >&2

@@ -3,7 +3,7 @@
 # `activation`), run with a stand-in `launchctl`, `id` and `sudo` that log their calls:
 # - the agent runs another generation: SIGTERM to it (its script drains gitlab-runner) and
 #   nothing else; the switch does not wait;
-# - the agent runs this generation: nothing;
+# - the agent runs this generation, or has not recorded one yet (just loaded): nothing;
 # - the agent is not loaded (an earlier reload failed): it is loaded, as nix-darwin would;
 # - the user has no GUI session: a message saying to log in, and no launchctl load or kill.
 set -euo pipefail
@@ -73,6 +73,8 @@ grep -q 'once its running jobs finish' "$work/out" || {
   fail=1
 }
 expect "an agent of this generation is left alone" "$(activate 'gui loaded running=new')" ""
+expect "an agent just loaded, before it records its generation, is left alone" \
+  "$(activate 'gui loaded')" ""
 expect "an agent left unloaded by an earlier switch is loaded" "$(activate 'gui')" \
   "launchctl asuser 501 sudo --user=ci -- launchctl load -w /Users/ci/Library/LaunchAgents/org.nixos.gitlab-runner-tart.plist;"
 expect "without a GUI session nothing is loaded or signalled" "$(activate 'running=old')" ""
