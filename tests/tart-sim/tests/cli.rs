@@ -685,6 +685,54 @@ fn login_validates_and_keeps_no_secret_and_logout_forgets() {
     b.ok(&["logout", host]);
 }
 
+/// macOS finds the login keychain through the user database: a `tart login` serves later
+/// pulls whatever HOME says, and `security find-internet-password` sees it (no secret shown).
+#[test]
+fn the_keychain_is_found_through_the_user_database_whatever_home_says() {
+    use std::io::Write;
+    let b = Bed::new();
+    b.catalogue(AUTH_CAT);
+    let host = "registry.example.com:5000";
+    let mut c = b.cmd(&["login", host, "--username", "u", "--password-stdin"]);
+    let mut ch = c.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    ch.stdin.take().unwrap().write_all(b"p\n").unwrap();
+    assert!(ch.wait().unwrap().success());
+    let elsewhere = b.root.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let o = b.tart_env(
+        &["pull", PRIVATE],
+        &[
+            ("HOME", elsewhere.to_str().unwrap()),
+            ("CFFIXED_USER_HOME", elsewhere.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let security = b.root.join("security");
+    std::os::unix::fs::symlink(TART, &security).unwrap();
+    let find = |server: &str| {
+        std::process::Command::new(&security)
+            .args([
+                "find-internet-password",
+                "-s",
+                server,
+                "-l",
+                "Tart Credentials",
+            ])
+            .env("TART_SIM_USER_HOME", &b.root)
+            .env("HOME", &elsewhere)
+            .output()
+            .unwrap()
+    };
+    let found = find(host);
+    assert_eq!(found.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        text.contains("\"acct\"<blob>=\"u\"") && !text.contains("\"p\""),
+        "{text}"
+    );
+    assert_eq!(find("ghcr.io").status.code(), Some(44));
+}
+
 #[test]
 fn tmp_entries_are_garbage_collected_by_most_commands() {
     let b = Bed::new();

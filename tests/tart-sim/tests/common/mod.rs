@@ -85,7 +85,9 @@ impl Bed {
             .env_remove("TART_REGISTRY_USERNAME")
             .env_remove("TART_REGISTRY_PASSWORD")
             .env_remove("TART_REGISTRY_HOSTNAME")
-            .env("HOME", &self.root);
+            .env("HOME", &self.root)
+            // The simulated user database's home for this user (its keychain).
+            .env("TART_SIM_USER_HOME", &self.root);
         c
     }
 
