@@ -351,3 +351,44 @@ fn without_a_warm_pool_nothing_is_booted_ahead_and_the_log_is_unchanged() {
     assert!(!bed.state_dir.join("warm").exists());
     bed.assert_nothing_left();
 }
+
+#[test]
+fn a_job_arriving_while_a_matching_warm_vm_boots_waits_for_it_instead_of_booting_its_own() {
+    let bed = Bed::new()
+        .image(
+            "ghcr.io/cirruslabs/slow:latest",
+            Image::linux().agent(true).boot_delay_ms(3000),
+        )
+        .option([
+            "--warm-pool",
+            "1",
+            "--warm-image",
+            "ghcr.io/cirruslabs/slow:latest",
+        ]);
+    let state = bed.state_dir.display().to_string();
+    let mut args = vec!["warm".to_string(), "--state-dir".into(), state];
+    args.extend(bed.options.iter().cloned());
+    let mut filling = std::process::Command::new(common::DRIVER)
+        .args(&args)
+        .envs(bed.sim.env())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Cloned and started: its record says what it is started with.
+    assert!(wait_until(Duration::from_secs(30), || warm_records(&bed)
+        .iter()
+        .any(|p| p.join("warm.json").exists())));
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image("ghcr.io/cirruslabs/slow:latest")
+            .script(["true"]),
+    );
+    out.assert_success()
+        .assert_log_contains("Waiting for a warm VM that is still booting")
+        .assert_log_contains("Claimed a warm VM booted");
+    let _ = filling.wait();
+    drain_and_check(&bed);
+}

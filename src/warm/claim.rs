@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::pool::{self, Status};
 use super::record::CLAIMED_VM;
+use super::replenish;
 use super::spec::WarmSpec;
 use crate::request::Request;
 use crate::settings::Settings;
@@ -33,7 +34,7 @@ pub enum Outcome {
 /// Claims a warm VM for `job` (whose record exists and whose lock prepare holds). On
 /// success the job's record names the VM, the VM's claim names the job, and the VM's
 /// expiry is the job's: from here on it is the job's VM in every respect.
-pub fn claim(
+pub async fn claim(
     settings: &Settings,
     root: &StateDir,
     job: &VmState,
@@ -51,58 +52,74 @@ pub fn claim(
         Ok(spec) => spec,
         Err(why) => return cold(why),
     };
-    let members = pool::members(root)?;
-    let mut booting = 0;
-    let mut differences: Vec<&'static str> = Vec::new();
-    for member in &members {
-        let ready_at = match member.status {
-            Status::Ready(at) => at,
-            Status::Booting => {
-                booting += 1;
+    // A matching VM still booting is worth waiting for: it is ready sooner than a VM of
+    // the job's own, which would start its boot from the beginning.
+    let deadline = Instant::now() + request.boot_timeout;
+    let mut told = false;
+    let (booting, differences) = loop {
+        let members = pool::members(root)?;
+        let mut booting = 0;
+        let mut differences: Vec<&'static str> = Vec::new();
+        for member in &members {
+            let Some(record) = &member.record else {
                 continue;
-            }
-            Status::Claimed | Status::Dead => continue,
-        };
-        let Some(record) = &member.record else {
-            continue;
-        };
-        if member.state.expires_within(EXPIRY_MARGIN) {
-            continue;
-        }
-        let differs = record.spec.differences(&wanted);
-        if !differs.is_empty() {
-            for d in differs {
-                if !differences.contains(&d) {
+            };
+            let waiting = matches!(member.status, Status::Ready(_) | Status::Booting);
+            let differs = record.spec.differences(&wanted);
+            for d in differs.iter().filter(|_| waiting) {
+                if !differences.contains(d) {
                     differences.push(d);
                 }
             }
-            continue;
+            let ready_at = match member.status {
+                Status::Ready(at) if differs.is_empty() => at,
+                Status::Booting if differs.is_empty() => {
+                    booting += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            if member.state.expires_within(EXPIRY_MARGIN) {
+                continue;
+            }
+            // The job's record names the VM before the claim exists: a claim never names a
+            // job whose record does not point back (the sweeps take that VM for abandoned).
+            job.create()?
+                .write_atomic(CLAIMED_VM, member.state.name.as_str().as_bytes())?;
+            if !pool::take(&member.state, job.name.as_str())? {
+                continue;
+            }
+            member.state.set_expiry(job_expiry)?;
+            return Ok(Outcome::Claimed(Claimed {
+                state: member.state.clone(),
+                os: record.spec.os.clone(),
+                ready_for: pool::now_unix().saturating_sub(ready_at),
+            }));
         }
-        // The job's record names the VM before the claim exists: a claim never names a
-        // job whose record does not point back (the sweeps take that VM for abandoned).
-        job.create()?
-            .write_atomic(CLAIMED_VM, member.state.name.as_str().as_bytes())?;
-        if !pool::take(&member.state, job.name.as_str())? {
-            continue;
+        // Only a replenisher at work finishes a boot; without one, a booting VM never will.
+        if booting == 0 || !replenish::at_work(root) || Instant::now() >= deadline {
+            break (booting, differences);
         }
-        member.state.set_expiry(job_expiry)?;
-        return Ok(Outcome::Claimed(Claimed {
-            state: member.state.clone(),
-            os: record.spec.os.clone(),
-            ready_for: pool::now_unix().saturating_sub(ready_at),
-        }));
-    }
+        if !told {
+            eprintln!("Waiting for a warm VM that is still booting...");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     if let Some(dir) = job.record()? {
         dir.remove(CLAIMED_VM)?;
+    }
+    if booting > 0 {
+        return cold(format!(
+            "the matching warm VM did not become ready within the boot timeout ({}s)",
+            request.boot_timeout.as_secs()
+        ));
     }
     if !differences.is_empty() {
         return cold(format!(
             "the warm VMs differ from this job's in {}",
             differences.join(", ")
         ));
-    }
-    if booting > 0 {
-        return cold(format!("{booting} warm VM(s) still booting, none ready"));
     }
     cold("the pool has no warm VM right now".into())
 }

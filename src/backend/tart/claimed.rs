@@ -29,7 +29,7 @@ pub async fn try_warm(
     let t = Instant::now();
     // The same expiry a cold VM gets: the job's timeout and an hour for cleanup.
     let expiry = job_limit + Duration::from_secs(3600);
-    let outcome = claim::claim(settings, root, state, request, expiry)?;
+    let outcome = claim::claim(settings, root, state, request, expiry).await?;
     claim::report(&outcome, t);
     match outcome {
         Outcome::Claimed(claimed) => {
