@@ -156,6 +156,11 @@ class Bench:
         for d in (self.tart_home, self.sim_host, self.bin, self.floor_dir, self.scripts):
             os.makedirs(d)
         os.symlink(args.tart_sim, os.path.join(self.bin, "tart"))
+        # macOS's `security`, answering about the simulated login keychain (the driver asks
+        # it whether the runner user has a `tart login` for a registry).
+        os.symlink(args.tart_sim, os.path.join(self.bin, "security"))
+        self.user_home = os.path.join(self.tmp, "home")
+        os.makedirs(self.user_home)
         self.tart = os.path.join(self.bin, "tart")
         self.askpass = os.path.join(self.tmp, "askpass")
         with open(self.askpass, "w") as f:
@@ -177,7 +182,8 @@ class Bench:
             json.dump(catalogue, f)
         self.base_env = {
             "PATH": f"{self.bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": os.environ.get("HOME", "/root"),
+            "HOME": self.user_home,
+            "TART_SIM_USER_HOME": self.user_home,
             "LANG": "C.UTF-8",
             "TART_HOME": self.tart_home,
             "TART_SIM_HOST": self.sim_host,

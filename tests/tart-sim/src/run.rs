@@ -82,6 +82,11 @@ struct Plan {
     /// Behind Softnet: a network namespace of its own (see softnet.rs).
     #[serde(default)]
     softnet: bool,
+    /// The guest OS's boot: its sshd answers only after this long, whatever an older DHCP
+    /// lease for its MAC address tells `tart ip` (as on a Mac, where a clone of the same
+    /// image keeps the MAC and the lease file still names an address for it).
+    #[serde(default)]
+    boot_delay_ms: u64,
 }
 
 fn parse_dir(spec: &str) -> Result<(String, Share), Fail> {
@@ -577,6 +582,7 @@ pub fn run(args: &[String]) -> R<()> {
         shares,
         homebrew: sim.homebrew,
         softnet: nets[1],
+        boot_delay_ms: sim.faults.boot_delay_ms,
     };
     let plan_path = gdir.join("plan.json");
     fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap())
@@ -1112,6 +1118,7 @@ pub fn guest_init(args: &[String]) -> R<()> {
     if plan.softnet {
         crate::softnet::loopback_up().map_err(fail)?;
     }
+    std::thread::sleep(std::time::Duration::from_millis(plan.boot_delay_ms));
     let sshd = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f", "/run/tart-sim/sshd_config"])
         .stdin(Stdio::null())
