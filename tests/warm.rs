@@ -392,3 +392,38 @@ fn a_job_arriving_while_a_matching_warm_vm_boots_waits_for_it_instead_of_booting
     let _ = filling.wait();
     drain_and_check(&bed);
 }
+
+#[test]
+fn doctor_shows_the_pool_and_its_failed_boots() {
+    let bed = Bed::new()
+        .image(BROKEN, Image::linux().run_dies(Some("VM crashed at boot")))
+        .option([
+            "--warm-pool",
+            "2",
+            "--warm-image",
+            LINUX,
+            "--warm-image",
+            BROKEN,
+        ]);
+    let (_, log) = warm(&bed, &[]);
+    assert!(log.contains("failed to boot"), "{log}");
+    let state = bed.state_dir.display().to_string();
+    let mut args = vec!["doctor", "--state-dir", state.as_str()];
+    args.extend(bed.options.iter().map(String::as_str));
+    let out = bed.driver(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("warm pool:"))
+        .unwrap_or_else(|| panic!("no warm pool line in:\n{text}"));
+    assert!(line.starts_with("WARN"), "{line}");
+    assert!(
+        line.contains("1 of 2 ready") && line.contains(&format!("{LINUX} ready since")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("{BROKEN} (sha256:")) && line.contains("VM crashed at boot"),
+        "{line}"
+    );
+    drain_and_check(&bed);
+}

@@ -23,6 +23,7 @@ mod report;
 mod runner_toml;
 mod state;
 mod tart;
+mod warm;
 
 use std::path::PathBuf;
 
@@ -97,6 +98,7 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     network::check_dhcp_pool(&args.network, &settings, &mut r);
     network::check_local_network(tart.as_deref(), list.as_ref(), &mut r);
     host::check_gui_session(&mut r);
+    warm::check_pool(&settings, &mut r);
     finish(args.format, &r)
 }
 
