@@ -118,6 +118,15 @@ impl<'a> Backend<'a> {
         }
     }
 
+    /// One pass over what the backend keeps ready ahead of jobs (local Tart's warm pool):
+    /// retire what no job can use, then boot up to `--warm-pool`. The caller holds the
+    /// replenisher's lock (`warm::replenish::lock`).
+    pub async fn fill_pool(&self, root: &StateDir, pull: bool) -> Result<()> {
+        match self {
+            Backend::Tart(b) => b.fill_pool(root, pull).await,
+        }
+    }
+
     /// The transport over the connection prepare left for the later stages.
     pub fn transport(&self, conn: &Connection, state: &VmState) -> Result<Transport> {
         match self {

@@ -8,6 +8,7 @@
 mod claimed;
 pub mod connect;
 pub mod create;
+mod fill;
 
 use std::fs::File;
 use std::time::Duration;
@@ -51,6 +52,10 @@ impl<'a> LocalTart<'a> {
 
     pub fn refill(&self, root: &StateDir) {
         claimed::replenish(self.settings, root);
+    }
+
+    pub async fn fill_pool(&self, root: &StateDir, pull: bool) -> Result<()> {
+        fill::fill(self.settings, root, pull).await
     }
 
     pub fn transport(&self, conn: &Connection, state: &VmState) -> Result<Transport> {
