@@ -10,7 +10,12 @@ use crate::warm::replenish;
 const NAME: &str = "warm pool";
 
 pub fn check_pool(settings: &Settings, r: &mut Report) {
-    let root = StateDir::open_ignoring_socket_limit(&settings.state_dir).ok();
+    // Doctor creates nothing: no state directory, no pool.
+    let root = settings
+        .state_dir
+        .is_dir()
+        .then(|| StateDir::open_ignoring_socket_limit(&settings.state_dir).ok())
+        .flatten();
     let members = root
         .as_ref()
         .and_then(|root| pool::members(root).ok())

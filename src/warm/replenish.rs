@@ -94,8 +94,9 @@ pub struct Failure {
 }
 
 pub fn failures(root: &StateDir) -> BTreeMap<String, Failure> {
-    dir(root)
+    root.existing_subdir(WARM_DIR)
         .ok()
+        .flatten()
         .and_then(|d| d.read(FAILURES).ok().flatten())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
