@@ -12,6 +12,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::cli::{switch, Options};
+use crate::orchard::settings::Backend;
 use crate::request::Overridable;
 
 /// How many CPUs or how much memory a VM gets.
@@ -160,6 +161,7 @@ struct FileSettings {
     pull_concurrency: Option<u32>,
     auto_prune: Option<bool>,
     copy_gitlab_runner: Option<bool>,
+    backend: Option<Backend>,
     orchard: Option<crate::orchard::settings::OrchardFile>,
     unsafe_job_identity_from_variables: Option<bool>,
     warm_pool: Option<u32>,
@@ -277,6 +279,7 @@ pub struct Settings {
     pub auto_prune: bool,
     pub copy_gitlab_runner: bool,
     /// The Orchard controller, when one is configured (admin only).
+    pub backend: Backend,
     pub orchard: Option<crate::orchard::settings::OrchardSettings>,
     /// Runners older than 14.1 write no job payload: take the job's identity from its
     /// variables, which the job itself can change. Unsafe.
@@ -430,6 +433,7 @@ impl Settings {
         if let Some(zone) = &timezone {
             validate_timezone(zone).context("--timezone")?;
         }
+        let backend = o.orchard.backend.or(file.backend).unwrap_or_default();
         let pull_concurrency = o.pull_concurrency.or(file.pull_concurrency);
         if pull_concurrency == Some(0) {
             bail!("--pull-concurrency must be at least 1");
@@ -490,6 +494,7 @@ impl Settings {
             pull_concurrency,
             auto_prune: switch(o.auto_prune, o.no_auto_prune, file.auto_prune, true),
             copy_gitlab_runner: o.copy_gitlab_runner || file.copy_gitlab_runner.unwrap_or(false),
+            backend,
             orchard: crate::orchard::settings::OrchardSettings::merge(&o.orchard, file.orchard)?,
             unsafe_job_identity_from_variables: o.unsafe_job_identity_from_variables
                 || file.unsafe_job_identity_from_variables.unwrap_or(false),

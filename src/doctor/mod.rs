@@ -52,10 +52,6 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "PATH")]
     pub gitlab_runner: Option<String>,
 
-    /// Which VMs to check for: this Mac's Tart, or an Orchard controller's fleet
-    #[arg(long, value_enum, default_value_t = Backend::Tart)]
-    pub backend: Backend,
-
     #[command(flatten)]
     pub network: network::NetworkArgs,
 }
@@ -63,7 +59,7 @@ pub struct DoctorArgs {
 pub fn doctor(args: &DoctorArgs) -> StageResult {
     let mut r = Report::default();
     let settings = load_settings(&args.options, &mut r);
-    if args.backend == Backend::Orchard {
+    if settings.backend == Backend::Orchard {
         orchard::check(&settings, &mut r);
         return finish(args.format, &r);
     }
@@ -133,11 +129,12 @@ fn load_settings(options: &Options, r: &mut Report) -> Settings {
                 format!("{e:#}"),
                 "correct that option on the command line or in the --config file; every stage would fail the same way",
             );
-            let fallback = Options {
+            let mut fallback = Options {
                 tart_executable: options.tart_executable.clone(),
                 state_dir: options.state_dir.clone(),
                 ..Default::default()
             };
+            fallback.orchard.backend = options.orchard.backend;
             Settings::load(&fallback)
                 .or_else(|_| Settings::load(&Options::default()))
                 .expect("default settings are valid")

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use super::settings::{ControllerUrl, OrchardSettings};
 use super::trust::{client_config, Tls};
-use super::types::{ControllerInfo, ErrorBody, Vm, Worker};
+use super::types::{ControllerInfo, ErrorBody, Vm, VmSpec, Worker};
 
 /// Sent with every request: without one, port-forward falls back to text messages, and a
 /// `Orchard/0…` agent would turn a VM update into a worker's state report (§1.3).
@@ -339,10 +339,35 @@ impl Client {
     pub async fn list_workers(&self) -> Result<Vec<Worker>, ApiError> {
         decode(self.call(Method::GET, "/workers", None).await?)
     }
+
+    pub async fn get_vm(&self, name: &str) -> Result<Vm, ApiError> {
+        decode(
+            self.call(Method::GET, &format!("/vms/{name}"), None)
+                .await?,
+        )
+    }
+
+    /// `POST /v1/vms`, once: a lost answer may still have created the VM, so retrying is
+    /// the caller's decision (it knows the name, and can look).
+    pub async fn create_vm(&self, spec: &VmSpec) -> Result<Vm, ApiError> {
+        let body = serde_json::to_vec(spec).expect("a VM spec serializes");
+        decode(self.call(Method::POST, "/vms", Some(&body)).await?)
+    }
+
+    /// `DELETE /v1/vms/{name}`; a VM that is already gone is not an error.
+    pub async fn delete_vm(&self, name: &str) -> Result<(), ApiError> {
+        match self
+            .call(Method::DELETE, &format!("/vms/{name}"), None)
+            .await
+        {
+            Ok(_) | Err(ApiError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(&body).map_err(|e| ApiError::Rejected {
+    super::types::decode(&body).map_err(|e| ApiError::Rejected {
         status: 200,
         message: format!("unreadable answer from the controller: {e}"),
     })
@@ -409,15 +434,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, "tok-3f9a2c\n").unwrap();
-        let settings = OrchardSettings {
-            url: ControllerUrl::parse("http://127.0.0.1:6120").unwrap(),
-            service_account: "ci".into(),
+        let settings = OrchardSettings::example(
+            "http://127.0.0.1:6120",
             token_file,
-            trust: super::super::trust::Trust::SystemRoots,
-        };
+            super::super::trust::Trust::SystemRoots,
+        );
         let client = Client::new(&settings).unwrap();
         assert!(!format!("{client:?}").contains("tok-3f9a2c"));
-        let encoded = base64::engine::general_purpose::STANDARD.encode("ci:tok-3f9a2c");
+        let encoded = base64::engine::general_purpose::STANDARD.encode("gitlab:tok-3f9a2c");
         assert!(!format!("{client:?}").contains(&encoded));
+        assert_eq!(client.account, "gitlab");
     }
 }

@@ -3,12 +3,12 @@
 //! Parsing is lenient on purpose (spec/orchard.md §1.3, §1.5): the wire names are a mix of
 //! camelCase, snake_case and hyphenated keys; Go sends `null` for empty lists and maps and
 //! its zero time `0001-01-01T00:00:00Z` for unset times; newer controllers add fields. So
-//! every field has a default, `null` reads as empty, zero times read as `None`, unknown
-//! fields and unknown status values are kept rather than refused. What we send uses the
-//! controller's exact names.
+//! answers go through [`decode`], which drops `null` members before the typed structs see
+//! them; every field has a default, zero times read as `None`, unknown fields and unknown
+//! status values are kept rather than refused. What we send uses the controller's exact
+//! names.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -53,42 +53,45 @@ fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Er
         .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}")))
 }
 
-/// `null` reads as the type's default (Go marshals nil slices and maps as `null`).
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+/// Reads one of the controller's answers. Go marshals nil slices and maps as `null`: such
+/// members are dropped first, so each field falls back to its default.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    fn drop_nulls(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, m| !m.is_null());
+                map.values_mut().for_each(drop_nulls);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    drop_nulls(&mut value);
+    T::deserialize(value)
 }
 
 /// A VM as the controller reports it. Only what the driver looks at.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Vm {
-    #[serde(deserialize_with = "null_default")]
     pub name: String,
-    #[serde(deserialize_with = "null_default")]
     pub uid: String,
     #[serde(rename = "createdAt", deserialize_with = "timestamp")]
     pub created_at: Option<Timestamp>,
-    #[serde(deserialize_with = "null_default")]
     pub image: String,
+    /// `darwin` or `linux`.
+    pub os: String,
     pub status: VmStatus,
-    #[serde(deserialize_with = "null_default")]
     pub status_message: String,
     /// The worker (Mac) it was placed on; empty while unscheduled.
-    #[serde(deserialize_with = "null_default")]
     pub worker: String,
-    #[serde(deserialize_with = "null_default")]
     pub restart_count: u64,
     #[serde(deserialize_with = "timestamp")]
     pub scheduled_at: Option<Timestamp>,
     #[serde(deserialize_with = "timestamp")]
     pub started_at: Option<Timestamp>,
-    #[serde(deserialize_with = "null_default")]
     pub resources: BTreeMap<String, u64>,
-    #[serde(deserialize_with = "null_default")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -96,28 +99,20 @@ pub struct Vm {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Worker {
-    #[serde(deserialize_with = "null_default")]
     pub name: String,
     #[serde(deserialize_with = "timestamp")]
     pub last_seen: Option<Timestamp>,
-    #[serde(deserialize_with = "null_default")]
     pub scheduling_paused: bool,
-    #[serde(deserialize_with = "null_default")]
     pub resources: BTreeMap<String, u64>,
-    #[serde(deserialize_with = "null_default")]
     pub labels: BTreeMap<String, String>,
 }
 
 /// One line of a VM's events (startup-script output and status notes).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
-#[allow(dead_code)] // read by the backend's prepare stage (docs/orchard.md)
 pub struct Event {
-    #[serde(deserialize_with = "null_default")]
     pub kind: String,
-    #[serde(deserialize_with = "null_default")]
     pub timestamp: i64,
-    #[serde(deserialize_with = "null_default")]
     pub payload: String,
 }
 
@@ -125,17 +120,15 @@ pub struct Event {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ControllerInfo {
-    #[serde(deserialize_with = "null_default")]
     pub version: String,
-    #[serde(deserialize_with = "null_default")]
     pub commit: String,
-    #[serde(deserialize_with = "null_default")]
     pub capabilities: Vec<String>,
 }
 
-/// What `POST /v1/vms` gets from this driver (§1.5): headless always, no restarts.
-#[derive(Clone, Serialize, PartialEq)]
-#[allow(dead_code)] // sent by the backend's prepare stage (docs/orchard.md)
+/// What `POST /v1/vms` gets from this driver (§1.5): headless always, no restarts. No
+/// guest credentials: Orchard would show them to every `compute:read` account, and it
+/// needs them only for its own startup scripts and exec, which the driver does not use.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct VmSpec {
     pub name: String,
     pub image: String,
@@ -146,22 +139,23 @@ pub struct VmSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
     pub headless: bool,
-    pub username: String,
-    pub password: String,
+    #[serde(rename = "netSoftnet")]
+    pub net_softnet: bool,
+    #[serde(rename = "netSoftnetAllow", skip_serializing_if = "Vec::is_empty")]
+    pub net_softnet_allow: Vec<String>,
     pub restart_policy: &'static str,
     pub resources: BTreeMap<String, u64>,
     pub labels: BTreeMap<String, String>,
+    #[serde(rename = "hostDirs", skip_serializing_if = "Vec::is_empty")]
+    pub host_dirs: Vec<HostDir>,
 }
 
-impl fmt::Debug for VmSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VmSpec")
-            .field("name", &self.name)
-            .field("image", &self.image)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+/// A worker directory shared into the VM.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostDir {
+    pub name: String,
+    pub path: String,
+    pub ro: bool,
 }
 
 /// `{"message": …}`, the body of Orchard's errors that have one.
@@ -226,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_running_vm_reads_despite_mixed_names_nulls_and_unknown_fields() {
-        let vm: Vm = serde_json::from_str(RUNNING).unwrap();
+        let vm: Vm = decode(RUNNING.as_bytes()).unwrap();
         assert_eq!(vm.status, VmStatus::Running);
         assert_eq!(vm.status_message, "VM started");
         assert_eq!(vm.worker, "mini-07");
@@ -238,8 +232,8 @@ mod tests {
 
     #[test]
     fn zero_times_and_missing_fields_read_as_absent() {
-        let vm: Vm = serde_json::from_str(
-            r#"{"name": "a", "status": "pending", "scheduled_at": "0001-01-01T00:00:00Z"}"#,
+        let vm: Vm = decode(
+            br#"{"name": "a", "status": "pending", "scheduled_at": "0001-01-01T00:00:00Z"}"#,
         )
         .unwrap();
         assert_eq!(vm.scheduled_at, None);
@@ -249,20 +243,20 @@ mod tests {
 
     #[test]
     fn a_failed_vm_keeps_orchards_message_and_unknown_statuses_are_kept() {
-        let vm: Vm = serde_json::from_str(
-            r#"{"name": "a", "status": "failed", "status_message": "VM failed: VM exited unexpectedly"}"#,
+        let vm: Vm = decode(
+            br#"{"name": "a", "status": "failed", "status_message": "VM failed: VM exited unexpectedly"}"#,
         )
         .unwrap();
         assert_eq!(vm.status, VmStatus::Failed);
         assert_eq!(vm.status_message, "VM failed: VM exited unexpectedly");
-        let odd: Vm = serde_json::from_str(r#"{"status": "suspended"}"#).unwrap();
+        let odd: Vm = decode(br#"{"status": "suspended"}"#).unwrap();
         assert_eq!(odd.status, VmStatus::Other("suspended".into()));
     }
 
     #[test]
     fn a_worker_and_its_capacity_read_from_the_wire() {
-        let w: Worker = serde_json::from_str(
-            r#"{"name": "mini-07", "machine_id": "x", "last_seen": "2026-05-11T10:00:00Z",
+        let w: Worker = decode(
+            br#"{"name": "mini-07", "machine_id": "x", "last_seen": "2026-05-11T10:00:00Z",
                 "scheduling_paused": false, "labels": null,
                 "resources": {"org.cirruslabs.tart-vms": 2, "org.cirruslabs.memory-mib": 24576},
                 "defaultCPU": 4}"#,
@@ -274,20 +268,19 @@ mod tests {
 
     #[test]
     fn events_and_controller_info_read_from_the_wire() {
-        let e: Vec<Event> = serde_json::from_str(
-            r#"[{"kind":"log_line","timestamp":1715421600,"payload":"attempt 1"}]"#,
-        )
-        .unwrap();
+        let e: Vec<Event> =
+            decode(br#"[{"kind":"log_line","timestamp":1715421600,"payload":"attempt 1"}]"#)
+                .unwrap();
         assert_eq!(e[0].payload, "attempt 1");
-        let i: ControllerInfo = serde_json::from_str(
-            r#"{"version":"0.55.0","commit":"b30bb5b","capabilities":["rpc-v1","rpc-v2"]}"#,
+        let i: ControllerInfo = decode(
+            br#"{"version":"0.55.0","commit":"b30bb5b","capabilities":["rpc-v1","rpc-v2"]}"#,
         )
         .unwrap();
         assert_eq!(i.version, "0.55.0");
     }
 
     #[test]
-    fn the_create_request_uses_the_controllers_names_and_hides_the_password() {
+    fn the_create_request_uses_the_controllers_names_and_carries_no_guest_credentials() {
         let spec = VmSpec {
             name: "gl-a-1-1".into(),
             image: "img".into(),
@@ -295,18 +288,24 @@ mod tests {
             cpu: Some(4),
             memory: None,
             headless: true,
-            username: "admin".into(),
-            password: "pw-secret".into(),
+            net_softnet: false,
+            net_softnet_allow: Vec::new(),
             restart_policy: "Never",
             resources: [(TART_VMS.to_string(), 1)].into(),
             labels: BTreeMap::new(),
+            host_dirs: vec![HostDir {
+                name: "xcode".into(),
+                path: "/Applications/Xcode.app".into(),
+                ro: true,
+            }],
         };
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(v["imagePullPolicy"], "IfNotPresent");
         assert_eq!(v["restart_policy"], "Never");
         assert_eq!(v["headless"], true);
+        assert_eq!(v["hostDirs"][0]["ro"], true);
         assert!(v.get("memory").is_none());
-        assert!(!format!("{spec:?}").contains("pw-secret"));
+        assert!(v.get("password").is_none() && v.get("username").is_none());
     }
 
     #[test]

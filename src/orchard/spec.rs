@@ -1,0 +1,53 @@
+//! The VM a job asks Orchard for: the job's image (already vetted by the same image policy
+//! as on one Mac), headless, never restarted, placed by the admin's labels and resources,
+//! with the admin's read-only worker directories.
+//!
+//! Nothing of the job's credentials goes into it: Orchard has no field for registry
+//! credentials (workers pull with their own `tart login`), and the guest's password would be
+//! readable by every `compute:read` account (spec/orchard.md §1.2, §2.7).
+
+use super::settings::OrchardSettings;
+use super::types::{HostDir, VmSpec};
+use crate::request::Request;
+use crate::settings::{PullPolicy, Resource, Settings};
+
+pub fn for_job(
+    name: &str,
+    request: &Request,
+    settings: &Settings,
+    orchard: &OrchardSettings,
+) -> VmSpec {
+    let fixed = |r: Option<Resource>| match r {
+        Some(Resource::Fixed(n)) => Some(n),
+        // `auto` sizes from this host, which is not where the VM runs: the worker's
+        // defaults apply instead.
+        _ => None,
+    };
+    VmSpec {
+        name: name.to_string(),
+        image: request.image.name.clone(),
+        image_pull_policy: match request.pull_policy {
+            PullPolicy::Always => "Always",
+            // A worker without the image pulls it as it clones: Orchard has no "never".
+            PullPolicy::IfNotPresent | PullPolicy::Never => "IfNotPresent",
+        },
+        cpu: fixed(settings.cpu),
+        memory: fixed(settings.memory),
+        headless: true,
+        net_softnet: request.softnet || !request.softnet_allow.is_empty(),
+        net_softnet_allow: request.softnet_allow.clone(),
+        restart_policy: "Never",
+        resources: orchard.placement.resources.clone(),
+        labels: orchard.placement.labels.clone(),
+        host_dirs: orchard
+            .placement
+            .host_dirs
+            .iter()
+            .map(|(name, path)| HostDir {
+                name: name.clone(),
+                path: path.display().to_string(),
+                ro: true,
+            })
+            .collect(),
+    }
+}

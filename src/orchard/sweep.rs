@@ -1,0 +1,171 @@
+//! Getting rid of this runner's VMs on the controller: one job's VM at cleanup, and the
+//! sweep of those left behind (failed, or older than any job can be).
+//!
+//! Orchard keeps a `failed` VM until someone deletes it, and a VM whose driver died holds a
+//! worker slot forever (spec/orchard.md §2.5, §7.7), so every prepare, cleanup and `gc`
+//! sweeps. Only names this runner made are touched ([`RunnerTag::parse`]): the controller
+//! has no namespaces, and the service account could delete anyone's VMs.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use ring::rand::SecureRandom;
+
+use super::client::{ApiError, Client};
+use super::name::RunnerTag;
+use super::types::{Vm, VmStatus};
+use crate::state_dir::StateDir;
+
+/// How long a delete keeps trying through network errors and 5xx (a controller restart).
+const DELETE_BOUND: Duration = Duration::from_secs(60);
+const RUNNER_ID: &str = "runner-id";
+
+/// Deletes one VM. A VM that is already gone is fine, so this can run after every failed
+/// prepare attempt and again at cleanup; network errors and 5xx are retried with back-off
+/// for a minute.
+pub async fn delete(client: &Client, name: &str) -> Result<()> {
+    let deadline = Instant::now() + DELETE_BOUND;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match client.delete_vm(name).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (ApiError::Network(_) | ApiError::Server { .. }))
+                if Instant::now() + pause < deadline =>
+            {
+                tracing::debug!("deleting Orchard VM {name}: {e}; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!(
+                    "cannot delete Orchard VM {name}: it may still hold a worker slot; `gitlab-runner-tart-driver gc --backend orchard` retries"
+                )))
+            }
+        }
+    }
+}
+
+/// This runner's VMs that nobody needs any more: `failed` ones, and ones older than
+/// `max_age`; never `keep` (the calling job's own).
+pub fn stale<'a>(
+    all: &'a [Vm],
+    tag: &RunnerTag,
+    max_age: Duration,
+    now: i64,
+    keep: Option<&str>,
+) -> Vec<&'a Vm> {
+    let oldest = now - i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    all.iter()
+        .filter(|vm| tag.parse(&vm.name).is_some() && Some(vm.name.as_str()) != keep)
+        .filter(|vm| vm.status == VmStatus::Failed || vm.created_at.is_some_and(|t| t.0 < oldest))
+        .collect()
+}
+
+/// This runner's VMs for one job (every prepare attempt's), except `keep`.
+pub fn of_job<'a>(all: &'a [Vm], tag: &RunnerTag, job_id: u64, keep: Option<&str>) -> Vec<&'a Vm> {
+    all.iter()
+        .filter(|vm| tag.parse(&vm.name).is_some_and(|(job, _)| job == job_id))
+        .filter(|vm| Some(vm.name.as_str()) != keep)
+        .collect()
+}
+
+/// Deletes `doomed` (or, in a dry run, only names them); the names removed.
+pub async fn remove(client: &Client, doomed: &[&Vm], dry_run: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for vm in doomed {
+        if !dry_run {
+            delete(client, &vm.name).await?;
+        }
+        removed.push(vm.name.clone());
+    }
+    Ok(removed)
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The identity hashed into this runner's VM names: a random id kept in the state
+/// directory, so VMs of two runners (two hosts, two GitLab instances) sharing a controller
+/// never share names, and `gc` outside any job knows which VMs are ours.
+pub fn runner_tag(root: &StateDir, prefix: &str) -> Result<RunnerTag> {
+    let dir = root.subdir("orchard")?;
+    let id = match dir.read_string(RUNNER_ID).filter(|s| !s.trim().is_empty()) {
+        Some(id) => id,
+        None => {
+            let mut bytes = [0u8; 16];
+            ring::rand::SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| anyhow!("no randomness for the runner's Orchard id"))?;
+            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            dir.write_atomic(RUNNER_ID, id.as_bytes())?;
+            // Two first prepares may race: both use whichever id won.
+            dir.read_string(RUNNER_ID).unwrap_or(id)
+        }
+    };
+    RunnerTag::new(prefix, id.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::types::Timestamp;
+    use super::*;
+
+    fn vm(name: &str, created: i64, status: VmStatus) -> Vm {
+        Vm {
+            name: name.into(),
+            created_at: Some(Timestamp(created)),
+            status,
+            ..Vm::default()
+        }
+    }
+
+    #[test]
+    fn the_sweep_takes_only_this_runners_failed_or_too_old_vms() {
+        let ours = RunnerTag::new("gl", "runner a").unwrap();
+        let theirs = RunnerTag::new("gl", "runner b").unwrap();
+        let now = 100_000;
+        let all = [
+            vm(ours.vm_name(1, 1).as_str(), now - 10, VmStatus::Running),
+            vm(ours.vm_name(2, 1).as_str(), now - 10, VmStatus::Failed),
+            vm(ours.vm_name(3, 1).as_str(), now - 7200, VmStatus::Running),
+            vm(ours.vm_name(4, 1).as_str(), now - 7200, VmStatus::Pending),
+            vm(theirs.vm_name(5, 1).as_str(), now - 7200, VmStatus::Failed),
+            vm("someone-elses-vm", now - 7200, VmStatus::Failed),
+        ];
+        let keep = ours.vm_name(4, 1);
+        let doomed: Vec<&str> = stale(
+            &all,
+            &ours,
+            Duration::from_secs(3600),
+            now,
+            Some(keep.as_str()),
+        )
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+        assert_eq!(
+            doomed,
+            [ours.vm_name(2, 1).as_str(), ours.vm_name(3, 1).as_str()]
+        );
+    }
+
+    #[test]
+    fn a_jobs_earlier_attempts_are_found_by_job_id() {
+        let tag = RunnerTag::new("gl", "r").unwrap();
+        let all = [
+            vm(tag.vm_name(7, 1).as_str(), 0, VmStatus::Failed),
+            vm(tag.vm_name(7, 2).as_str(), 0, VmStatus::Running),
+            vm(tag.vm_name(70, 1).as_str(), 0, VmStatus::Running),
+        ];
+        let keep = tag.vm_name(7, 2);
+        let found: Vec<&str> = of_job(&all, &tag, 7, Some(keep.as_str()))
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(found, [tag.vm_name(7, 1).as_str()]);
+    }
+}
