@@ -56,3 +56,38 @@ fn every_subcommand_has_help_that_names_its_options() {
         );
     }
 }
+
+#[test]
+fn the_readme_orchard_config_loads_with_its_token_file_in_place() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let config = readme
+        .split("```yaml\n")
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.starts_with("# orchard driver config"))
+        .expect("no Orchard driver config example in the README");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok\n").unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let config = config
+        .replace("/etc/gitlab-runner/orchard-token", token.to_str().unwrap())
+        .replace(
+            "/etc/gitlab-runner-tart-driver/guest-password",
+            password.to_str().unwrap(),
+        );
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let out = Command::new(DRIVER)
+        .args(["config", "--config"])
+        .arg(&path)
+        .env_remove("TART_DRIVER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{config}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

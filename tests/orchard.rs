@@ -544,3 +544,35 @@ fn doctor_without_orchard_settings_says_which_options_to_give() {
     assert!(settings.fix.contains("--orchard-url"), "{settings:?}");
     assert_eq!(code, Some(2));
 }
+
+#[test]
+fn per_job_host_directories_are_refused_with_the_orchard_backend() {
+    let fleet = Fleet::start(|_| {});
+    let out = driver()
+        .args([
+            "config",
+            "--backend",
+            "orchard",
+            "--builds-dir",
+            "/srv/builds",
+        ])
+        .args(fleet.options(ACCOUNT, TOKEN))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--builds-dir"), "{stderr}");
+    assert!(stderr.contains("distributed cache"), "{stderr}");
+    assert!(out.stdout.is_empty(), "config printed JSON anyway");
+}
+
+#[test]
+fn the_orchard_backend_without_a_controller_names_the_options_to_give() {
+    let out = driver()
+        .args(["config", "--backend", "orchard", "--config", "/dev/null"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--orchard-url"), "{stderr}");
+}

@@ -4,10 +4,10 @@
 //! and lock, the guest's transports with one SSH ControlMaster per job, guest setup) stays
 //! outside it.
 //!
-//! Today's only backend is local Tart ([`tart`]). Another one (an Orchard fleet) is an
-//! addition: a variant here, a variant of [`Listing`], and its own folder; its VMs are
-//! reached through ssh's `ProxyCommand` ([`crate::transport::ssh::Target::Proxy`]) instead
-//! of an IP.
+//! Two backends: local Tart ([`tart`]), and an Orchard fleet ([`crate::orchard::fleet`]),
+//! whose VMs are reached through ssh's `ProxyCommand`
+//! ([`crate::transport::ssh::Target::Proxy`]) instead of an IP. The admin picks one with
+//! `--backend`; no job variable can.
 //!
 //! May use: everything below the stages (settings, the job's request, host and guest
 //! modules). Used by: the stages.
@@ -25,21 +25,44 @@ use crate::job::JobContext;
 use crate::request::Request;
 use crate::settings::Settings;
 use crate::state_dir::StateDir;
-use crate::transport::Transport;
+use crate::transport::{RemoteExit, Transport};
 use crate::vm::{Connection, VmName, VmState};
 
-pub use crate::lifecycle::Swept;
+use crate::orchard::fleet::Fleet;
+use crate::orchard::settings::Backend as Kind;
 
 /// Where the job's VMs come from, chosen by the admin's settings (never by a job).
 pub enum Backend<'a> {
     /// Tart on this Mac.
     Tart(tart::LocalTart<'a>),
+    /// Macs behind an Orchard controller.
+    Orchard(Fleet<'a>),
 }
 
 /// The VMs a backend sees, read once so that one listing serves a stage's sweep and its
 /// own look-ups (prepare's leftover check and pull policy).
 pub enum Listing {
     Tart(Vec<crate::tart::ListEntry>),
+    Orchard(Vec<crate::orchard::types::Vm>),
+}
+
+/// What a sweep did, by VM name.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Orphans removed (or, in a dry run, that would be).
+    pub removed: Vec<String>,
+    /// VMs that look like ours but are not provably this host's: left alone.
+    pub foreign: Vec<String>,
+}
+
+impl From<crate::lifecycle::Swept> for Swept {
+    fn from(s: crate::lifecycle::Swept) -> Swept {
+        let names = |v: Vec<VmName>| v.into_iter().map(|n| n.to_string()).collect();
+        Swept {
+            removed: names(s.removed),
+            foreign: names(s.foreign),
+        }
+    }
 }
 
 /// What a backend needs to make one job's VM.
@@ -69,15 +92,19 @@ pub struct Made {
 }
 
 impl<'a> Backend<'a> {
-    /// The backend the admin configured.
-    pub fn for_settings(settings: &'a Settings) -> Backend<'a> {
-        Backend::Tart(tart::LocalTart::new(settings))
+    /// The backend the admin configured (an Orchard one reads its token file here).
+    pub fn for_settings(settings: &'a Settings) -> Result<Backend<'a>> {
+        Ok(match settings.backend {
+            Kind::Tart => Backend::Tart(tart::LocalTart::new(settings)),
+            Kind::Orchard => Backend::Orchard(Fleet::new(settings)?),
+        })
     }
 
     /// The VMs this backend sees now.
     pub async fn list(&self) -> Result<Listing> {
         match self {
             Backend::Tart(b) => Ok(Listing::Tart(b.list().await?)),
+            Backend::Orchard(b) => Ok(Listing::Orchard(b.list().await?)),
         }
     }
 
@@ -91,7 +118,13 @@ impl<'a> Backend<'a> {
         dry_run: bool,
     ) -> Result<Swept> {
         match (self, listing) {
-            (Backend::Tart(b), Listing::Tart(list)) => b.sweep(list, root, keep, dry_run).await,
+            (Backend::Tart(b), Listing::Tart(list)) => {
+                Ok(b.sweep(list, root, keep, dry_run).await?.into())
+            }
+            (Backend::Orchard(b), Listing::Orchard(list)) => {
+                b.sweep(list, root, keep, dry_run).await
+            }
+            _ => unreachable!("a listing is its backend's"),
         }
     }
 
@@ -100,6 +133,8 @@ impl<'a> Backend<'a> {
     pub async fn create(&self, listing: &Listing, new: NewVm<'_>) -> Result<Made, Failure> {
         match (self, listing) {
             (Backend::Tart(b), Listing::Tart(list)) => b.create(list, new).await,
+            (Backend::Orchard(b), Listing::Orchard(list)) => b.create(list, new).await,
+            _ => unreachable!("a listing is its backend's"),
         }
     }
 
@@ -107,6 +142,7 @@ impl<'a> Backend<'a> {
     pub fn job_vm(&self, root: &StateDir, job: &VmName) -> VmState {
         match self {
             Backend::Tart(_) => crate::warm::record::job_vm(root, job),
+            Backend::Orchard(_) => VmState::new(root, job),
         }
     }
 
@@ -115,6 +151,7 @@ impl<'a> Backend<'a> {
     pub fn refill(&self, root: &StateDir) {
         match self {
             Backend::Tart(b) => b.refill(root),
+            Backend::Orchard(_) => {}
         }
     }
 
@@ -124,13 +161,28 @@ impl<'a> Backend<'a> {
     pub async fn fill_pool(&self, root: &StateDir, pull: bool) -> Result<()> {
         match self {
             Backend::Tart(b) => b.fill_pool(root, pull).await,
+            Backend::Orchard(_) => Ok(()),
         }
     }
 
-    /// The transport over the connection prepare left for the later stages.
-    pub fn transport(&self, conn: &Connection, state: &VmState) -> Result<Transport> {
+    /// The transport over the connection prepare left for the later stages (an Orchard
+    /// VM's connection, cut by the controller meanwhile, is opened again once).
+    pub async fn transport(&self, conn: &Connection, state: &VmState) -> Result<Transport> {
         match self {
             Backend::Tart(b) => b.transport(conn, state),
+            Backend::Orchard(b) => b.transport(conn, state).await,
+        }
+    }
+
+    /// How a stage's ending reads for this backend. An Orchard VM outlives its connection
+    /// through the controller (a restart, a cut WebSocket), so a lost connection is a broken
+    /// one there: the VM is fine, the script's fate unknown.
+    pub fn interpret(&self, exit: RemoteExit) -> RemoteExit {
+        match (self, exit) {
+            (Backend::Orchard(_), RemoteExit::Lost(why)) => RemoteExit::Broken(format!(
+                "{why} (the Orchard controller carries it: a controller restart or a cut connection)"
+            )),
+            (_, exit) => exit,
         }
     }
 
@@ -139,6 +191,7 @@ impl<'a> Backend<'a> {
     pub async fn destroy(&self, state: &VmState, held: Option<File>) -> Result<()> {
         match self {
             Backend::Tart(b) => b.destroy(state, held).await,
+            Backend::Orchard(b) => b.destroy(state, held).await,
         }
     }
 
@@ -146,6 +199,7 @@ impl<'a> Backend<'a> {
     pub async fn prune_images(&self, days: u32) -> Result<()> {
         match self {
             Backend::Tart(b) => b.prune_images(days).await,
+            Backend::Orchard(b) => b.prune_images(days).await,
         }
     }
 }

@@ -1,14 +1,15 @@
-//! Orchard, Tart's orchestrator: the client side of a backend that runs jobs on a fleet of
-//! Macs through an Orchard controller (spec/orchard.md).
+//! Orchard, Tart's orchestrator: the backend that runs each job's VM on whichever Mac of an
+//! Orchard fleet has room (spec/orchard.md; design notes in docs/orchard.md).
 //!
-//! What works today without the stages' backend seam: the REST client ([`client`]) with its
-//! TLS trust ([`trust`]), the port-forward bridge ([`portforward`]) behind the hidden
-//! `orchard-proxy` subcommand ([`proxy`], ssh's `ProxyCommand`), the admin settings
-//! ([`settings`]) and `doctor --backend orchard`. [`name`] and the create-side types wait for
-//! the backend's prepare stage (docs/orchard.md). Nothing here runs, nor is TLS set up,
-//! unless an Orchard command is given: the stages' startup stays as cheap as before.
+//! [`fleet`] is the backend the stages reach through `crate::backend`: it creates the VM from
+//! a [`spec`], waits for it in the [`queue`], reaches it by ssh through the hidden
+//! `orchard-proxy` subcommand ([`proxy`], over the controller's [`portforward`]), and deletes
+//! it, sweeping what this runner left behind ([`sweep`], by [`name`]). Underneath: the REST
+//! [`client`] with its TLS [`trust`], the wire [`types`], and the admin's [`settings`]. None of
+//! it runs, nor is TLS set up, with the default `--backend tart`.
 
 pub mod client;
+pub mod fleet;
 pub mod name;
 pub mod portforward;
 pub mod proxy;

@@ -5,7 +5,6 @@
 //! runner's VMs from everyone else's. The form is the strict one the Orchard CLI announces
 //! (spec/orchard.md §1.5): lowercase `[a-z0-9-]`, alphanumeric at both ends, at most 63
 //! characters, which the construction guarantees for any job id and attempt.
-#![allow(dead_code)] // used by the backend's prepare stage and sweep (docs/orchard.md)
 
 use std::fmt;
 
@@ -56,7 +55,9 @@ impl RunnerTag {
     }
 
     pub fn vm_name(&self, job_id: u64, attempt: u32) -> VmName {
-        VmName(format!("{}-{}-{job_id}-{attempt}", self.prefix, self.hash))
+        let name = VmName(format!("{}-{}-{job_id}-{attempt}", self.prefix, self.hash));
+        debug_assert!(name.as_str().len() <= MAX_NAME, "{name}");
+        name
     }
 
     /// The job id and attempt of one of this runner's VM names; `None` for anyone else's.

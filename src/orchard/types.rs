@@ -107,15 +107,6 @@ pub struct Worker {
     pub labels: BTreeMap<String, String>,
 }
 
-/// One line of a VM's events (startup-script output and status notes).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Event {
-    pub kind: String,
-    pub timestamp: i64,
-    pub payload: String,
-}
-
 /// `GET /v1/controller/info`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
@@ -267,11 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn events_and_controller_info_read_from_the_wire() {
-        let e: Vec<Event> =
-            decode(br#"[{"kind":"log_line","timestamp":1715421600,"payload":"attempt 1"}]"#)
-                .unwrap();
-        assert_eq!(e[0].payload, "attempt 1");
+    fn controller_info_reads_from_the_wire() {
         let i: ControllerInfo = decode(
             br#"{"version":"0.55.0","commit":"b30bb5b","capabilities":["rpc-v1","rpc-v2"]}"#,
         )

@@ -14,7 +14,7 @@ pub fn cleanup(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
-    let backend = Backend::for_settings(&settings);
+    let backend = Backend::for_settings(&settings)?;
     let vm = job.vm_name();
     let root = StateDir::open(&settings.state_dir)?;
     let state = backend.job_vm(&root, &vm);

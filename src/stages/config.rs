@@ -11,6 +11,8 @@ use crate::settings::Settings;
 /// first stage with a message that names the option.
 pub fn config(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
+    // The backend's own settings too (an Orchard controller's token file, say).
+    crate::backend::Backend::for_settings(&settings)?;
     let hostname = hostname();
     let mut value = json!({
         "builds_dir": settings.guest_builds_dir,

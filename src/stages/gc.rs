@@ -8,7 +8,7 @@ use crate::state_dir::StateDir;
 
 pub fn gc(args: &GcArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
-    let backend = Backend::for_settings(&settings);
+    let backend = Backend::for_settings(&settings)?;
     let swept: anyhow::Result<()> = super::runtime().block_on(async {
         let root = StateDir::open(&settings.state_dir)?;
         let listing = backend.list().await?;

@@ -54,7 +54,7 @@ async fn cancel(settings: &Settings, job: &JobContext) -> StageResult {
     let vm = job.vm_name();
     eprintln!("Prepare cancelled: removing VM {vm}...");
     let root = StateDir::open(&settings.state_dir)?;
-    let backend = Backend::for_settings(settings);
+    let backend = Backend::for_settings(settings)?;
     let state = backend.job_vm(&root, &vm);
     backend.destroy(&state, None).await?;
     if state.name != vm {
@@ -67,7 +67,7 @@ async fn cancel(settings: &Settings, job: &JobContext) -> StageResult {
 
 async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) -> StageResult {
     let started = Instant::now();
-    let backend = Backend::for_settings(settings);
+    let backend = Backend::for_settings(settings)?;
     let vm = job.vm_name();
     let root = StateDir::open(&settings.state_dir)?;
     let state = VmState::new(&root, &vm);
@@ -127,7 +127,7 @@ async fn set_up_guest(
     } = made;
     let os = conn.os.as_str();
     let t = Instant::now();
-    let transport = backend.transport(conn, state)?;
+    let transport = backend.transport(conn, state).await?;
     if request.install.copy_from_host && (request.install.wanted || request.install.force) {
         copy_gitlab_runner(&transport, os).await?;
     }

@@ -19,7 +19,7 @@ pub fn run(args: &RunArgs) -> StageResult {
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let root = StateDir::open(&settings.state_dir)?;
-    let backend = Backend::for_settings(&settings);
+    let backend = Backend::for_settings(&settings)?;
     let state = backend.job_vm(&root, &job.vm_name());
     let conn = state.load_connection()?.ok_or_else(|| {
         anyhow!(
@@ -31,7 +31,7 @@ pub fn run(args: &RunArgs) -> StageResult {
         .with_context(|| format!("cannot open the script {}", args.script.display()))?;
     let started = std::time::Instant::now();
     let exit = super::runtime().block_on(async {
-        let transport = backend.transport(&conn, &state)?;
+        let transport = backend.transport(&conn, &state).await?;
         transport
             .run_stage(
                 &Stage {
@@ -41,6 +41,7 @@ pub fn run(args: &RunArgs) -> StageResult {
                 script,
             )
             .await
+            .map(|exit| backend.interpret(exit))
     })?;
     state.record_phase(&format!("stage {}", args.stage), started.elapsed());
     if is_last_stage(&args.stage, &exit) {

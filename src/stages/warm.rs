@@ -38,7 +38,7 @@ pub fn warm(args: &WarmArgs) -> StageResult {
         replenish::forget_failures(&root)?;
     }
     let pull = args.pull;
-    let backend = Backend::for_settings(&settings);
+    let backend = Backend::for_settings(&settings)?;
     super::runtime().block_on(backend.fill_pool(&root, pull))?;
     Ok(())
 }
@@ -53,5 +53,5 @@ pub async fn fill_from_gc(settings: &Settings, root: &StateDir) -> Result<()> {
         eprintln!("warm pool: a replenisher is at work; skipped");
         return Ok(());
     };
-    Backend::for_settings(settings).fill_pool(root, true).await
+    Backend::for_settings(settings)?.fill_pool(root, true).await
 }

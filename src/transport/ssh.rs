@@ -41,8 +41,6 @@ pub enum Target {
         host: String,
         port: u16,
     },
-    // Constructed by a backend without routable guests (Orchard's port-forward).
-    #[cfg_attr(not(test), allow(dead_code))]
     Proxy {
         /// The VM's name, for ssh's messages and `%h`.
         name: String,
@@ -332,6 +330,20 @@ impl SshTransport {
             other => anyhow!("SSH: {other}"),
         }
     }
+}
+
+/// Whether the job's master still answers on its control socket (it is gone when its
+/// connection died: a VM that stopped, a proxy whose WebSocket was cut).
+pub async fn master_answers(state: &VmState) -> bool {
+    if !state.owns_control_socket() {
+        return false;
+    }
+    let session = Session::resume_mux(state.control_socket().into_boxed_path(), None);
+    // A resumed session leaves the master alone when dropped.
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), session.check()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Ends the job's master connection (idempotent) and removes its socket. A socket that is

@@ -1,0 +1,382 @@
+//! Whole jobs on the Orchard backend: the harness calls the driver exactly as gitlab-runner
+//! does, and the driver talks to the fake controller (tests/orchard-sim), whose Tart worker
+//! runs each VM on the simulator with a real OpenSSH guest. After every job nothing of it
+//! may be left: no VM on the controller, no Tart VM on the worker, no ssh master, proxy or
+//! state on the runner's host.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Bed, MACOS};
+use harness::sim::Image;
+use harness::{run_job, Job, Verdict};
+use orchard_sim::{Account, Config, Sim, TartEnv, WorkerSpec, ALL_ROLES};
+
+const ACCOUNT: &str = "gitlab";
+const TOKEN: &str = "tok-5be17c0d";
+
+/// The fake controller with one Tart worker (the bed's simulated Mac), and a runner host
+/// whose driver uses `--backend orchard`.
+struct Fleet {
+    // Dropped first: the controller deletes its VMs while the worker's Mac still exists.
+    sim: Sim,
+    bed: Bed,
+    _tokens: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start(change: impl FnOnce(&mut Config)) -> Fleet {
+        Fleet::with_options(change, &[])
+    }
+
+    fn with_options(change: impl FnOnce(&mut Config), extra: &[&str]) -> Fleet {
+        Fleet::on(Bed::new(), change, extra)
+    }
+
+    /// The fleet's one worker is `bed`'s simulated Mac; the runner's host is `bed` too.
+    fn on(bed: Bed, change: impl FnOnce(&mut Config), extra: &[&str]) -> Fleet {
+        let mut cfg = Config {
+            accounts: vec![Account::new(ACCOUNT, TOKEN, ALL_ROLES)],
+            workers: vec![WorkerSpec {
+                name: "mini-1".into(),
+                tart: Some(TartEnv {
+                    tart: bed.sim.tart_path(),
+                    env: bed.sim.env(),
+                }),
+                ..WorkerSpec::default()
+            }],
+            scheduler_interval_ms: 100,
+            ..Config::default()
+        };
+        change(&mut cfg);
+        let sim = Sim::start(cfg).expect("start the fake controller");
+        let tokens = tempfile::tempdir().unwrap();
+        let token_file: PathBuf = tokens.path().join("orchard-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let fingerprint = sim.fingerprint.clone().unwrap();
+        let mut options = vec![
+            "--backend".to_string(),
+            "orchard".into(),
+            "--orchard-url".into(),
+            sim.url.clone(),
+            "--orchard-service-account".into(),
+            ACCOUNT.into(),
+            "--orchard-token-file".into(),
+            token_file.display().to_string(),
+            "--orchard-ca-fingerprint".into(),
+            fingerprint,
+            "--timeout".into(),
+            "60".into(),
+        ];
+        options.extend(extra.iter().map(|s| s.to_string()));
+        Fleet {
+            sim,
+            bed: bed.option(options),
+            _tokens: tokens,
+        }
+    }
+
+    /// Nothing of the job anywhere: not on the controller, not on the worker's Mac, not on
+    /// the runner's host.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.sim.vms().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(self.sim.vms(), Vec::new(), "VMs left on the controller");
+        self.bed.assert_nothing_left_within(Duration::from_secs(15));
+    }
+}
+
+fn job() -> Job {
+    Job::new().image(MACOS)
+}
+
+#[test]
+fn a_job_runs_on_the_fleet_with_one_ssh_login_and_leaves_nothing_behind() {
+    let fleet = Fleet::start(|_| {});
+    let out = run_job(
+        &fleet.bed.runner(),
+        &job().script(["echo built-on-$(whoami)", "uname -s"]),
+    );
+    out.assert_success()
+        .assert_log_contains("built-on-admin")
+        .assert_log_contains("Orchard: placed on worker mini-1")
+        .assert_log_contains("Orchard: VM started");
+    assert_eq!(
+        fleet.sim.port_forwards_served(),
+        1,
+        "one SSH login (one port-forward) for prepare and every run stage"
+    );
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_failing_script_is_a_build_failure_with_its_exit_code() {
+    let fleet = Fleet::start(|_| {});
+    let out = run_job(
+        &fleet.bed.runner(),
+        &job().script(["echo about-to-fail", "exit 3"]),
+    );
+    out.assert_build_failure(3)
+        .assert_log_contains("about-to-fail");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_cancelled_job_stops_its_script_and_its_vm_is_deleted() {
+    let fleet = Fleet::start(|_| {});
+    let started = Instant::now();
+    let out = run_job(
+        &fleet.bed.runner(),
+        &job()
+            .script(["echo sleeping", "sleep 60", "echo never-printed"])
+            .cancel_after("build_script", Duration::from_secs(2)),
+    );
+    out.assert_verdict(Verdict::Canceled);
+    assert!(!out.log.contains("never-printed"), "{}", out.log);
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the cancel did not wait for the script"
+    );
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_vm_orchard_fails_is_a_system_failure_with_orchards_message_and_every_attempt_is_cleaned_up() {
+    let fleet = Fleet::start(|c| {
+        c.faults.fail_vms_with =
+            Some("failed to clone the VM: tart command failed: \"no space left on device\"".into());
+    });
+    let out = run_job(&fleet.bed.runner(), &job());
+    out.assert_system_failure()
+        .assert_log_contains("no space left on device")
+        .assert_log_contains("mini-1");
+    assert_eq!(out.prepare_attempts, 3, "{:?}", out.call_sequence());
+    assert_eq!(out.cleanups.len(), 3, "{:?}", out.call_sequence());
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_vm_no_worker_takes_fails_the_job_at_the_queue_timeout_and_is_deleted() {
+    let fleet = Fleet::with_options(
+        |c| c.faults.pending_forever = true,
+        &["--orchard-queue-timeout", "3"],
+    );
+    let started = Instant::now();
+    let out = run_job(&fleet.bed.runner(), &job());
+    out.assert_system_failure()
+        .assert_log_contains("queue timeout (3s")
+        .assert_log_contains("--orchard-queue-timeout")
+        .assert_log_contains("waiting for a free worker");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "three attempts of 3 s each, not Orchard's forever"
+    );
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn sshd_that_comes_up_late_is_waited_for_within_the_boot_timeout() {
+    let fleet = Fleet::start(|c| c.faults.slow_sshd_ms = 4000);
+    let out = run_job(&fleet.bed.runner(), &job().script(["echo late-but-fine"]));
+    out.assert_success().assert_log_contains("late-but-fine");
+    assert_eq!(out.prepare_attempts, 1);
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn port_forward_refusals_while_the_vm_comes_up_are_retried() {
+    let fleet = Fleet::start(|c| c.faults.port_forward_errors = vec![503, 500, 408]);
+    let out = run_job(&fleet.bed.runner(), &job().script(["echo through"]));
+    out.assert_success().assert_log_contains("through");
+    assert_eq!(out.prepare_attempts, 1);
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_controller_restart_mid_script_is_a_system_failure_and_nothing_is_left() {
+    let fleet = Fleet::start(|_| {});
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| {
+            run_job(
+                &fleet.bed.runner(),
+                &job().script(["echo long-step", "sleep 30", "echo never-printed"]),
+            )
+        });
+        // The master is up once the port-forward was served; then prepare's guest setup
+        // and the first short stages pass, and the 30 s step runs.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while fleet.sim.port_forwards_served() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(8));
+        fleet.sim.restart(Duration::from_millis(500));
+        job.join().unwrap()
+    });
+    out.assert_system_failure()
+        .assert_log_contains("whether the script finished is unknown");
+    assert!(!out.log.contains("never-printed"), "{}", out.log);
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_connection_cut_between_stages_is_reopened_once_and_the_job_goes_on() {
+    let fleet = Fleet::start(|_| {});
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    fleet.sim.cut_port_forwards();
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, log) = fleet
+        .bed
+        .run_script(&job, "build_script", b"echo after-the-cut\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("reconnecting once"), "{log}");
+    assert!(log.contains("after-the-cut"), "{log}");
+    assert_eq!(
+        fleet.sim.port_forwards_served(),
+        2,
+        "one login, one reconnect"
+    );
+    let (code, log) = fleet.bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_worker_that_vanishes_fails_the_next_stage_as_a_system_failure() {
+    let fleet = Fleet::start(|c| c.worker_offline_timeout_ms = 1000);
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    fleet.sim.vanish_worker("mini-1");
+    fleet.sim.cut_port_forwards();
+    let name = fleet.sim.vms()[0].name.clone();
+    assert!(
+        fleet
+            .sim
+            .wait_status(&name, "failed", Duration::from_secs(20)),
+        "the fake controller never failed the vanished worker's VM"
+    );
+    let (code, log) = fleet.bed.run_script(&job, "build_script", b"echo never\n");
+    assert_eq!(code, 2, "a system failure: {log}");
+    assert!(log.contains("lost connection with the controller"), "{log}");
+    let (code, log) = fleet.bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(fleet.sim.vms(), Vec::new(), "VMs left on the controller");
+}
+
+#[test]
+fn gc_deletes_this_runners_failed_vms_and_leaves_other_clients_vms_alone() {
+    let fleet = Fleet::start(|c| c.worker_offline_timeout_ms = 1000);
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let ours = fleet.sim.vms()[0].name.clone();
+    let stranger = orchard_sim::Vm {
+        name: "someone-elses-vm".into(),
+        image: MACOS.into(),
+        ..orchard_sim::Vm::default()
+    };
+    fleet.sim.create_vm(stranger).unwrap();
+    assert!(fleet
+        .sim
+        .wait_status("someone-elses-vm", "running", Duration::from_secs(60)));
+    // The worker goes away: Orchard fails both VMs, and keeps them until someone deletes them.
+    fleet.sim.vanish_worker("mini-1");
+    assert!(fleet
+        .sim
+        .wait_status(&ours, "failed", Duration::from_secs(20)));
+    assert!(fleet
+        .sim
+        .wait_status("someone-elses-vm", "failed", Duration::from_secs(20)));
+    let out = std::process::Command::new(common::DRIVER)
+        .arg("gc")
+        .arg("--state-dir")
+        .arg(&fleet.bed.state_dir)
+        .args(&fleet.bed.options)
+        .envs(fleet.bed.sim.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("removed orphaned VM {ours}")),
+        "{text}"
+    );
+    let left: Vec<String> = fleet.sim.vms().into_iter().map(|v| v.name).collect();
+    assert_eq!(left, ["someone-elses-vm"], "{text}");
+    let (code, log) = fleet.bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+}
+
+/// Every command line on this machine, one string each.
+fn all_command_lines() -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            lines.push(String::from_utf8_lossy(&raw).replace('\0', " "));
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_token_and_the_guest_password_stay_out_of_argv_logs_and_the_vm_object() {
+    // The test bed's second guest account (tests/bed/setup-guest-users.sh).
+    const PASSWORD: &str = "b-uild3r!pw";
+    const IMAGE: &str = "ghcr.io/example/macos-builder-login:latest";
+    let bed = Bed::new().image(IMAGE, Image::darwin().credentials("builder", PASSWORD));
+    let password_file = bed.sim.root().join("guest-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let file_option = password_file.display().to_string();
+    let fleet = Fleet::on(
+        bed,
+        |_| {},
+        &[
+            "--ssh-username",
+            "builder",
+            "--ssh-password-file",
+            &file_option,
+        ],
+    );
+    let (out, seen, vm_objects) = std::thread::scope(|s| {
+        let job = s.spawn(|| {
+            run_job(
+                &fleet.bed.runner(),
+                &Job::new()
+                    .image(IMAGE)
+                    .script(["sleep 4", "echo logged-in-as-$(whoami)"]),
+            )
+        });
+        let mut seen = Vec::new();
+        let mut vm_objects = Vec::new();
+        while !job.is_finished() {
+            seen.extend(
+                all_command_lines()
+                    .into_iter()
+                    .filter(|l| l.contains(TOKEN) || l.contains(PASSWORD)),
+            );
+            vm_objects.extend(fleet.sim.vms());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (job.join().unwrap(), seen, vm_objects)
+    });
+    out.assert_success()
+        .assert_log_contains("logged-in-as-builder");
+    assert_eq!(seen, Vec::<String>::new(), "secrets in a command line");
+    for text in [&out.log, &out.runner_log] {
+        assert!(!text.contains(TOKEN) && !text.contains(PASSWORD), "{text}");
+    }
+    assert!(!vm_objects.is_empty(), "the job's VM was never seen");
+    for vm in &vm_objects {
+        assert_ne!(vm.password, PASSWORD, "the guest password reached Orchard");
+    }
+    fleet.assert_nothing_left();
+}
