@@ -26,19 +26,7 @@ fn the_readme_driver_config_loads_and_sets_the_guest_paths() {
     );
     for config in configs {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.yaml");
-        std::fs::write(&path, &config).unwrap();
-        let out = Command::new(DRIVER)
-            .args(["config", "--config"])
-            .arg(&path)
-            .env_remove("TART_DRIVER_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{config}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = config_stage(dir.path(), &config);
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["builds_dir"], "/tmp/builds");
     }
@@ -77,8 +65,13 @@ fn the_readme_orchard_config_loads_with_its_token_file_in_place() {
             "/etc/gitlab-runner-tart-driver/guest-password",
             password.to_str().unwrap(),
         );
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, &config).unwrap();
+    config_stage(dir.path(), &config);
+}
+
+/// The config stage with `config` as its YAML file (written into `dir`); it must succeed.
+fn config_stage(dir: &std::path::Path, config: &str) -> std::process::Output {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config).unwrap();
     let out = Command::new(DRIVER)
         .args(["config", "--config"])
         .arg(&path)
@@ -90,4 +83,5 @@ fn the_readme_orchard_config_loads_with_its_token_file_in_place() {
         "{}\n{config}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
