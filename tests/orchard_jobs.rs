@@ -380,3 +380,15 @@ fn the_token_and_the_guest_password_stay_out_of_argv_logs_and_the_vm_object() {
     }
     fleet.assert_nothing_left();
 }
+
+#[test]
+fn a_job_cancelled_while_its_vm_waits_in_orchards_queue_deletes_the_vm() {
+    let fleet = Fleet::start(|c| c.faults.pending_forever = true);
+    let out = run_job(
+        &fleet.bed.runner(),
+        &job().cancel_after("prepare", Duration::from_secs(3)),
+    );
+    out.assert_verdict(Verdict::Canceled)
+        .assert_log_contains("waiting for a free worker");
+    fleet.assert_nothing_left();
+}
