@@ -392,3 +392,34 @@ fn a_job_cancelled_while_its_vm_waits_in_orchards_queue_deletes_the_vm() {
         .assert_log_contains("waiting for a free worker");
     fleet.assert_nothing_left();
 }
+
+#[test]
+fn gc_ends_a_dead_jobs_connection_and_deletes_its_vm_once_the_job_has_expired() {
+    let fleet = Fleet::start(|_| {});
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    // gitlab-runner died after prepare: no run, no cleanup. The VM runs and counts as
+    // live until its job's time is up.
+    let gc = || {
+        let out = std::process::Command::new(common::DRIVER)
+            .arg("gc")
+            .arg("--state-dir")
+            .arg(&fleet.bed.state_dir)
+            .args(&fleet.bed.options)
+            .envs(fleet.bed.sim.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    gc();
+    assert_eq!(fleet.sim.vms().len(), 1, "a live job's VM was swept");
+    let record = fleet.bed.vm_state_dirs().pop().expect("the job's record");
+    std::fs::write(record.join("expires"), "boot 0").unwrap();
+    gc();
+    fleet.assert_nothing_left();
+}

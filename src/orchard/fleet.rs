@@ -25,7 +25,7 @@ use crate::backend::{Made, NewVm, Swept};
 use crate::failure::Failure;
 use crate::request::Request;
 use crate::settings::{Settings, TransportKind};
-use crate::state_dir::StateDir;
+use crate::state_dir::{StateDir, VMS};
 use crate::transport::ssh::{self, MasterError, Target};
 use crate::transport::Transport;
 use crate::vm::{Connection, VmName, VmState};
@@ -82,7 +82,28 @@ impl<'a> Fleet<'a> {
             unix_now(),
             kept.as_deref(),
         );
-        let removed = sweep::remove(&self.client, &doomed, dry_run).await?;
+        let mut removed = sweep::remove(&self.client, &doomed, dry_run).await?;
+        // Records of jobs whose driver died: their master (and its proxy) may still run.
+        if let Some(vms) = root.existing_subdir(VMS)? {
+            for entry in vms.entries() {
+                let Some(name) = VmName::parse_ours(&entry).filter(|n| Some(n) != keep) else {
+                    continue;
+                };
+                let state = VmState::new(root, &name);
+                if !state.expired() {
+                    continue;
+                }
+                if let Some(lock) = state.lock(Duration::ZERO)? {
+                    let vm = recorded_vm(&state);
+                    if !dry_run {
+                        self.destroy(&state, Some(lock)).await?;
+                    }
+                    removed.extend(vm);
+                }
+            }
+        }
+        removed.sort();
+        removed.dedup();
         Ok(Swept {
             removed,
             foreign: Vec::new(),
@@ -232,7 +253,7 @@ impl<'a> Fleet<'a> {
 
     /// The job's transport for a run stage. A master that is gone (a controller restart or a
     /// cut WebSocket between stages) is opened again, once; the stage runs only on a live one.
-    pub async fn transport(&self, conn: &Connection, state: &VmState) -> Result<Transport> {
+    pub async fn transport(&self, _conn: &Connection, state: &VmState) -> Result<Transport> {
         if !ssh::master_answers(state).await {
             // The job's login (user, password) as prepare had it.
             let job = crate::job::JobContext::from_env(self.settings).map_err(failure_text)?;
@@ -255,11 +276,8 @@ impl<'a> Fleet<'a> {
                 .context("reconnecting to the job's VM through the Orchard controller failed")?;
             eprintln!("Reconnected to VM {name}");
         }
-        Transport::from_connection(
-            conn,
-            state,
-            &crate::tart::Tart::new(&self.settings.tart_executable),
-        )
+        // Always SSH: Tart's guest agent is on the worker, out of this host's reach.
+        Ok(Transport::Ssh(ssh::SshTransport::attach(state)?))
     }
 
     /// Closes the master, deletes the job's VM (every attempt's), removes the record.
