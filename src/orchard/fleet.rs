@@ -332,6 +332,8 @@ fn refuse_host_dirs(settings: &Settings) -> Result<()> {
         ("cache", "--cache-dir")
     } else if !settings.volumes.is_empty() {
         ("volume", "--volume")
+    } else if settings.warm.enabled() {
+        bail!("--warm-pool: a warm pool boots VMs on this host, which --backend orchard does not use: remove it (Orchard workers pull and clone on their own)");
     } else {
         return Ok(());
     };
