@@ -17,6 +17,17 @@ pub const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How often the job log is reminded that the job is still waiting.
 const NOTICE_EVERY: Duration = Duration::from_secs(30);
 
+/// The longest a job waits for macOS VMs it did not start, whatever its timeout: a Mac
+/// whose places stay taken for an hour needs a person, not more patience.
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+
+/// Apple's limit: macOS guests a Mac runs at once.
+const APPLE_LIMIT: usize = 2;
+
+/// The executable of Virtualization's per-VM XPC process: one runs for every VM on the Mac,
+/// whoever started it and whatever its guest.
+pub const VM_PROCESS: &str = "com.apple.Virtualization.VirtualMachine";
+
 /// Whether this VM's `tart run` ended at Apple's limit.
 pub fn hit_the_limit(state: &VmState) -> bool {
     state
@@ -24,41 +35,109 @@ pub fn hit_the_limit(state: &VmState) -> bool {
         .is_some_and(|ending| ending.contains(LIMIT_MESSAGE))
 }
 
+/// How many VMs run on this Mac, from Virtualization's per-VM processes (every user's;
+/// macOS and Linux guests alike, so it is at least the number of macOS guests).
+pub fn virtualization_vms() -> usize {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, UpdateKind};
+    let root = crate::host_root::root();
+    let mut system = sysinfo::System::new();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing().with_exe(UpdateKind::Always),
+    );
+    system
+        .processes()
+        .values()
+        .filter(|p| p.thread_kind().is_none())
+        .filter_map(|p| p.exe())
+        .filter(|exe| exe.file_name() == Some(VM_PROCESS.as_ref()) && exe.starts_with(&root))
+        .count()
+}
+
 /// A job waiting for macOS VMs it did not start to leave room.
 pub struct LimitWait {
     started: Instant,
+    deadline: Instant,
     last_notice: Option<Instant>,
+    /// Limit errors in a row with fewer than two VMs on the Mac.
+    refused_with_room: u32,
+}
+
+/// Why a job stops waiting at the limit.
+pub enum GiveUp {
+    /// macOS 26's stale-slot bug: the limit is reached with fewer VMs running.
+    StaleSlots(anyhow::Error),
+    /// The job's share of its timeout is spent.
+    TimeUp(anyhow::Error),
 }
 
 impl LimitWait {
-    pub fn new() -> LimitWait {
+    /// `started` is when prepare began: the wait ends a tenth of the job's timeout (at
+    /// least 10 s) before the timeout counted from then (gitlab-runner ends the job at its
+    /// timeout, and the reason must reach the job log first), and never after an hour.
+    pub fn new(started: Instant, job_limit: Duration) -> LimitWait {
         LimitWait {
             started: Instant::now(),
+            deadline: started + wait_limit(job_limit),
             last_notice: None,
+            refused_with_room: 0,
         }
     }
 
+    /// After `tart run` failed at the limit: whether to try again after [`RETRY_PAUSE`]
+    /// (telling the job log why), or to give up. `vms` is [`virtualization_vms`]. Twice in
+    /// a row with fewer than two VMs on the Mac is the stale-slot bug, not a VM that was
+    /// just leaving.
+    pub fn next(&mut self, state: &VmState, vms: usize) -> Result<(), GiveUp> {
+        let tart = state.run_ending().unwrap_or_default();
+        if vms < APPLE_LIMIT {
+            self.refused_with_room += 1;
+        } else {
+            self.refused_with_room = 0;
+        }
+        if self.refused_with_room >= 2 {
+            return Err(GiveUp::StaleSlots(anyhow::anyhow!(
+                "macOS refuses to start a macOS VM at its limit of two although only {vms} VM(s) run on this Mac (Tart: {tart}): this is macOS 26's stale-slot bug (a VM that shut itself down keeps its place). Fix: reboot the Mac; jobs of other Macs are not affected"
+            )));
+        }
+        if Instant::now() + RETRY_PAUSE >= self.deadline {
+            return Err(GiveUp::TimeUp(anyhow::anyhow!(
+                "macOS VMs not started by this driver kept Apple's two-VM limit full for {}s (Tart: {tart}): stop them, or run macOS jobs on another Mac; `gitlab-runner-tart-driver doctor` lists the VMs it can see",
+                self.started.elapsed().as_secs(),
+            )));
+        }
+        self.notice(&tart);
+        Ok(())
+    }
+
     /// Tells the job log why it waits, once and then every half minute.
-    pub fn notice(&mut self, state: &VmState) {
+    fn notice(&mut self, tart: &str) {
         if self.last_notice.is_some_and(|t| t.elapsed() < NOTICE_EVERY) {
             return;
         }
-        let tart = state.run_ending().unwrap_or_default();
         eprintln!(
-            "Waiting for the Mac's macOS VM limit: macOS VMs not started by this driver (another user's, another TART_HOME's, a developer's) fill Apple's two places although this runner's slots are free; retrying until the job's timeout (waited {}s; Tart: {tart}). `gitlab-runner-tart-driver doctor` lists the VMs it can see",
+            "Waiting for the Mac's macOS VM limit: macOS VMs not started by this driver (another user's, another TART_HOME's, a developer's) fill Apple's two places although this runner's slots are free; retrying for up to {}s (waited {}s; Tart: {tart}). `gitlab-runner-tart-driver doctor` lists the VMs it can see",
+            self.deadline.saturating_duration_since(self.started).as_secs(),
             self.started.elapsed().as_secs()
         );
         self.last_notice = Some(Instant::now());
     }
+}
 
-    /// The error once the job's time to wait is up.
-    pub fn gave_up(&self, state: &VmState) -> anyhow::Error {
-        anyhow::anyhow!(
-            "macOS VMs not started by this driver kept Apple's two-VM limit full for {}s (Tart: {}): stop them, or run macOS jobs on another Mac; `gitlab-runner-tart-driver doctor` lists the VMs it can see",
-            self.started.elapsed().as_secs(),
-            state.run_ending().unwrap_or_default()
-        )
+impl From<GiveUp> for crate::failure::Failure {
+    fn from(give_up: GiveUp) -> Self {
+        match give_up {
+            GiveUp::StaleSlots(e) | GiveUp::TimeUp(e) => crate::failure::Failure::System(e),
+        }
     }
+}
+
+/// How long a job may wait at the limit: its timeout less a tenth (at least 10 s) left
+/// for the message to reach the job log, and at most an hour.
+fn wait_limit(job_limit: Duration) -> Duration {
+    let margin = (job_limit / 10).max(Duration::from_secs(10));
+    job_limit.saturating_sub(margin).min(LONGEST_WAIT)
 }
 
 /// What `doctor` can see of the VMs on this Mac, whoever started them.
@@ -180,4 +259,21 @@ fn locked(config: &std::path::Path) -> bool {
     lock.l_whence = libc::SEEK_SET as _;
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
     rc == 0 && i64::from(lock.l_type) != i64::from(libc::F_UNLCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_at_the_limit_ends_before_the_job_timeout_and_after_at_most_an_hour() {
+        assert_eq!(
+            wait_limit(Duration::from_secs(600)),
+            Duration::from_secs(540)
+        );
+        assert_eq!(wait_limit(Duration::from_secs(30)), Duration::from_secs(20));
+        assert_eq!(wait_limit(Duration::from_secs(5)), Duration::ZERO);
+        assert_eq!(wait_limit(Duration::from_secs(3 * 3600)), LONGEST_WAIT);
+        assert_eq!(wait_limit(Duration::from_secs(u64::MAX)), LONGEST_WAIT);
+    }
 }

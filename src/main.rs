@@ -11,6 +11,7 @@ mod failure;
 mod foreign;
 mod guest;
 mod host;
+mod host_root;
 #[cfg(test)]
 mod hostile_input_tests;
 mod identity;

@@ -219,41 +219,111 @@ fn nested_virtualization_on_a_mac_before_the_m3_fails_with_tarts_reason() {
 
 // --- macOS VMs this driver did not start (point 4) -------------------------------------------
 
+/// A developer on the same Mac, in a TART_HOME of their own, running two macOS VMs: Apple's
+/// limit is full. Dropping it stops them.
+struct Developer {
+    host: harness::sim::SimHost,
+    runs: Vec<std::process::Child>,
+}
+
+impl Developer {
+    fn fills_the_limit(bed: &Bed) -> Developer {
+        let host = bed.sim.another_user();
+        let mut runs = Vec::new();
+        for name in ["dev-1", "dev-2"] {
+            host.tart_ok(["clone", common::MACOS_VANILLA, name]);
+            runs.push(
+                host.command(["run", name, "--no-graphics"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("tart run"),
+            );
+        }
+        assert!(
+            common::wait_until(Duration::from_secs(20), || host.running_count() == 2),
+            "the developer's VMs did not start"
+        );
+        Developer { host, runs }
+    }
+}
+
+impl Drop for Developer {
+    fn drop(&mut self) {
+        self.host.stop_and_delete_all();
+        for run in &mut self.runs {
+            let _ = run.wait();
+        }
+    }
+}
+
 #[test]
 fn a_job_waits_while_another_users_macos_vms_fill_apples_limit_then_runs() {
     let bed = Bed::new().image(IMAGE, Image::darwin());
-    // A developer on the same Mac, in a TART_HOME of their own, runs two macOS VMs.
-    let developer = bed.sim.another_user();
-    let mut runs = Vec::new();
-    for name in ["dev-1", "dev-2"] {
-        developer.tart_ok(["clone", common::MACOS_VANILLA, name]);
-        runs.push(
-            developer
-                .command(["run", name, "--no-graphics"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("tart run"),
-        );
-    }
-    assert!(
-        common::wait_until(Duration::from_secs(20), || developer.running_count() == 2),
-        "the developer's VMs did not start"
-    );
+    let developer = Developer::fills_the_limit(&bed);
     let out = std::thread::scope(|s| {
         let job = s.spawn(|| run_job(&bed.runner(), &Job::new().image(IMAGE).script(["echo ran"])));
         std::thread::sleep(Duration::from_secs(5));
-        developer.tart_ok(["stop", "dev-1"]);
+        developer.host.tart_ok(["stop", "dev-1"]);
         job.join().expect("job thread")
     });
     out.assert_success()
         .assert_log_contains("ran")
         .assert_log_contains("macOS VMs not started by this driver");
     assert_eq!(out.prepare_attempts, 1, "{}", out.log);
-    developer.stop_and_delete_all();
-    for mut run in runs {
-        let _ = run.wait();
-    }
+    drop(developer);
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+#[test]
+fn a_job_gives_up_waiting_for_a_full_limit_before_its_timeout_and_says_why() {
+    let bed = Bed::new().image(IMAGE, Image::darwin());
+    let developer = Developer::fills_the_limit(&bed);
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(IMAGE)
+            .timeout(Duration::from_secs(30))
+            .script(["echo ran"]),
+    );
+    // Said in the job log before gitlab-runner ends the job at its timeout (its retry of
+    // prepare then waits until the timeout).
+    assert!(
+        matches!(
+            out.verdict,
+            Verdict::SystemFailure { .. } | Verdict::TimedOut
+        ),
+        "verdict {:?}\n{}",
+        out.verdict,
+        out.log
+    );
+    out.assert_log_contains("ERROR: prepare failed: macOS VMs not started by this driver kept Apple's two-VM limit full");
+    assert!(!out.log.contains("\nran"), "{}", out.log);
+    drop(developer);
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+#[test]
+fn a_macos_job_refused_at_the_limit_with_no_vm_running_fails_at_once_naming_the_stale_slot_bug() {
+    // macOS 26 kept both places of VMs that shut themselves down: nothing runs, yet every
+    // start fails at the limit until the Mac reboots. Waiting would take the job's timeout.
+    let bed = Bed::new().image(IMAGE, Image::darwin());
+    bed.sim.leave_stale_macos_slots(2);
+    let started = Instant::now();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .image(IMAGE)
+            .timeout(Duration::from_secs(120))
+            .script(["echo ran"]),
+    );
+    assert_system_failure(&out, "stale-slot bug");
+    out.assert_log_contains("reboot the Mac");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "waited {:?} for a limit nothing fills",
+        started.elapsed()
+    );
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 

@@ -37,6 +37,7 @@ impl LocalTart<'_> {
             lock,
             job_limit,
         } = new;
+        let started = Instant::now();
         let (tart, settings) = (&self.tart, self.settings);
         let vm = &state.name;
         // A leftover of an earlier attempt: its processes are gone (we hold the lock).
@@ -124,7 +125,7 @@ impl LocalTart<'_> {
         };
         let macos = info.os != "linux";
         let slot_deadline = crate::clock::deadline_after(job_limit);
-        let mut at_limit = foreign::LimitWait::new();
+        let mut at_limit = foreign::LimitWait::new(started, job_limit);
         let (conn, t) = loop {
             let t = Instant::now();
             let slots =
@@ -149,10 +150,7 @@ impl LocalTart<'_> {
                 // Apple's limit is full of macOS VMs this driver did not start: wait for them
                 // as for a slot, then start the same VM again.
                 Err(_) if macos && foreign::hit_the_limit(state) => {
-                    if Instant::now() + foreign::RETRY_PAUSE >= slot_deadline {
-                        return Err(at_limit.gave_up(state).into());
-                    }
-                    at_limit.notice(state);
+                    at_limit.next(state, foreign::virtualization_vms())?;
                     tokio::time::sleep(foreign::RETRY_PAUSE).await;
                     state.forget_run_log()?;
                 }

@@ -405,6 +405,13 @@ impl SimHost {
         .expect("write hardware.json");
     }
 
+    /// macOS 26's stale-slot bug: `n` of Apple's two places for macOS guests stay taken
+    /// with no VM in them, until the (simulated) Mac reboots.
+    pub fn leave_stale_macos_slots(&self, n: u32) {
+        std::fs::write(self.sim_host.join("stale-macos-slots"), n.to_string())
+            .expect("write stale-macos-slots");
+    }
+
     /// How Softnet is installed on this simulated Mac (default: [`Softnet::SetuidRoot`]).
     pub fn set_softnet(&self, setup: Softnet) {
         let bin = self.bin_dir.join("softnet");
@@ -487,9 +494,9 @@ impl SimHost {
     }
 
     /// Environment for `Runner::envs`: PATH with the simulator (and `security`) first, HOME
-    /// (the runner user's own), TART_HOME, TART_SIM_HOST, and TART_SIM_USER_HOME: the
-    /// simulated user database's home for this user, which Tart's Foundation and Security
-    /// calls use whatever HOME says.
+    /// (the runner user's own), TART_HOME, TART_SIM_HOST, TART_SIM_USER_HOME (the simulated
+    /// user database's home for this user, which Tart's Foundation and Security calls use
+    /// whatever HOME says) and TART_DRIVER_HOST_ROOT (the simulated Mac's root).
     pub fn env(&self) -> Vec<(String, String)> {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         vec![
@@ -501,6 +508,11 @@ impl SimHost {
             ("HOME".into(), self.home_dir().display().to_string()),
             ("TART_HOME".into(), self.tart_home.display().to_string()),
             ("TART_SIM_HOST".into(), self.sim_host.display().to_string()),
+            // The driver finds this Mac's leases file and VM processes under it.
+            (
+                "TART_DRIVER_HOST_ROOT".into(),
+                self.sim_host.display().to_string(),
+            ),
         ]
     }
 

@@ -19,6 +19,7 @@ mod security;
 #[cfg(target_os = "linux")]
 mod softnet;
 mod util;
+mod vz;
 
 use std::io::Write;
 

@@ -240,21 +240,6 @@ fn allocate_ip(mac: &str) -> Option<(String, File, bool)> {
     None
 }
 
-/// Takes one of the host's two macOS-guest slots. They count every macOS guest of the
-/// simulated Mac, whatever its TART_HOME, as Apple's quota counts every user's VMs.
-fn take_macos_slot(name: &str) -> Option<File> {
-    let dir = sim_host().join("macos-slots");
-    for i in 0..2 {
-        let p = dir.join(format!("slot{i}"));
-        if let Some(mut f) = try_flock(&p) {
-            let _ = f.set_len(0);
-            let _ = f.write_all(name.as_bytes());
-            return Some(f);
-        }
-    }
-    None
-}
-
 /// Tart's hint on the VM limit names only the running VMs it can see: those of its own
 /// TART_HOME (and any kind, Linux guests included).
 fn limit_error(home: &Path, name: &str) -> Fail {
@@ -536,7 +521,7 @@ pub fn run(args: &[String]) -> R<()> {
         }
     }
     let _slot = if darwin {
-        Some(take_macos_slot(&name).ok_or_else(|| limit_error(&home, &name))?)
+        Some(crate::vz::take_macos_slot(&name).ok_or_else(|| limit_error(&home, &name))?)
     } else {
         None
     };
@@ -609,7 +594,8 @@ pub fn run(args: &[String]) -> R<()> {
         )));
     }
     let exe = std::env::current_exe().map_err(|e| sim_err(e.to_string()))?;
-    let mut cmd = Command::new(exe);
+    // As on a Mac, a process listing shows each VM as Virtualization's VM process.
+    let mut cmd = Command::new(crate::vz::vm_process_exe(&exe).map_err(sim_err)?);
     cmd.arg("__guest-init").arg(&plan_path).stdin(Stdio::null());
     cmd.stdout(log.try_clone().map_err(|e| sim_err(e.to_string()))?);
     cmd.stderr(log);
