@@ -252,14 +252,14 @@ mod tests {
         );
     }
 
-    /// At most two macOS guests run at once, whatever --concurrency says: on an 8 GB Mac
-    /// at concurrency 3 a Cirrus image (4096 MiB minimum) still runs.
+    /// At most two macOS guests run at once, whatever --concurrency says: on a 12 GB Mac
+    /// at concurrency 3 a Cirrus image (4096 MiB minimum) gets (12 − 2) GiB ÷ 2, not ÷ 3.
     #[test]
     fn a_macos_vm_shares_the_host_with_at_most_the_macos_limit_of_vms() {
-        let s = size(&settings(3), min(2, 2048), true, 8, || 8 * 1024).unwrap();
-        assert_eq!((s.cpu, s.memory_mib), (Some(4), Some(3 * 1024)));
-        let s = size(&settings(3), Minimum::default(), false, 9, || 8 * 1024).unwrap();
-        assert_eq!((s.cpu, s.memory_mib), (Some(3), Some(2 * 1024)));
+        let s = size(&settings(3), min(2, 4096), true, 8, || 12 * 1024).unwrap();
+        assert_eq!((s.cpu, s.memory_mib), (Some(4), Some(5 * 1024)));
+        let s = size(&settings(3), Minimum::default(), false, 9, || 12 * 1024).unwrap();
+        assert_eq!((s.cpu, s.memory_mib), (Some(3), Some(10 * 1024 / 3)));
     }
 
     /// The image fits this host; the runner's sharing is what leaves too little: the admin's

@@ -45,7 +45,7 @@ fn usable_host_mib() -> u64 {
 
 /// Apple runs at most two macOS guests, so at `--concurrency 3` a macOS VM shares the host
 /// with one other macOS VM, not two: a macOS image needing more than a third of the host
-/// (every Cirrus image on an 8 GB Mac) still runs.
+/// (a Cirrus image on a 12 GB Mac) still runs.
 #[test]
 fn at_concurrency_3_a_macos_vm_gets_half_the_host_as_only_two_macos_vms_can_run() {
     const BIG_MAC: &str = "ghcr.io/cirruslabs/macos-big:latest";

@@ -87,3 +87,34 @@ fn doctor_tells_a_live_jobs_vm_from_an_orphan_and_names_the_fix() {
     assert_eq!(check(&doctor(&bed), "orphaned VMs").1, "pass");
     bed.assert_nothing_left();
 }
+
+/// A `tart login` in the runner user's keychain makes the driver refuse jobs without
+/// credentials for that registry: doctor says so, with the fix, before a job finds out.
+#[test]
+fn doctor_warns_about_a_tart_login_in_the_runner_users_keychain() {
+    use std::io::Write;
+    let bed = Bed::new();
+    let report = doctor(&bed);
+    let logins = check(&report, "registry logins");
+    assert_eq!(logins.1, "pass", "{logins:?}");
+    let mut login = bed
+        .sim
+        .command([
+            "login",
+            "ghcr.io",
+            "--username",
+            "robot",
+            "--password-stdin",
+            "--no-validate",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    login.stdin.take().unwrap().write_all(b"secret-pw").unwrap();
+    assert!(login.wait().unwrap().success());
+    let report = doctor(&bed);
+    let logins = check(&report, "registry logins");
+    assert_eq!(logins.1, "warn", "{logins:?}");
+    assert!(logins.2.contains("`tart login` for ghcr.io"), "{logins:?}");
+    assert!(!logins.2.contains("secret-pw"), "{logins:?}");
+}

@@ -19,6 +19,7 @@ mod macho;
 mod network;
 mod orchard;
 mod probe;
+mod registry;
 mod report;
 mod runner_toml;
 mod state;
@@ -91,6 +92,7 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     host::check_ssh(&settings, &mut r);
     network::check_tool_path(&mut r);
     network::check_softnet(&settings, &mut r);
+    registry::check_keychain_logins(&settings, &mut r);
     network::check_dhcp_pool(&args.network, &settings, &mut r);
     network::check_local_network(tart.as_deref(), list.as_ref(), &mut r);
     host::check_gui_session(&mut r);
