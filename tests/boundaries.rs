@@ -118,7 +118,16 @@ fn without_tart_home_the_image_minimum_is_read_where_tart_keeps_the_vm_not_under
 /// runner's SIGKILL.
 #[test]
 fn a_cancel_after_the_script_closed_its_output_stops_the_remote_script_within_seconds() {
-    let bed = Bed::new();
+    cancel_after_the_script_closed_its_output(Bed::new());
+}
+
+/// The same over `tart exec`, whose process runs under its lifeline's wrapper.
+#[test]
+fn over_tart_exec_a_cancel_after_the_script_closed_its_output_stops_it_within_seconds() {
+    cancel_after_the_script_closed_its_output(Bed::new().option(["--transport", "exec"]));
+}
+
+fn cancel_after_the_script_closed_its_output(bed: Bed) {
     let out = run_job(
         &bed.runner(),
         &Job::new()
