@@ -423,3 +423,36 @@ fn gc_ends_a_dead_jobs_connection_and_deletes_its_vm_once_the_job_has_expired() 
     gc();
     fleet.assert_nothing_left();
 }
+
+#[test]
+fn a_controller_restart_while_the_vm_waits_in_the_queue_is_ridden_out() {
+    let fleet = Fleet::start(|c| c.faults.pending_forever = true);
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| run_job(&fleet.bed.runner(), &job().script(["echo placed-at-last"])));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.sim.vms().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        // Down longer than the client's own retries (3.5 s), then the fleet has room.
+        fleet.sim.restart(Duration::from_secs(6));
+        std::thread::sleep(Duration::from_secs(7));
+        fleet.sim.faults(|f| f.pending_forever = false);
+        job.join().unwrap()
+    });
+    out.assert_success().assert_log_contains("placed-at-last");
+    assert_eq!(out.prepare_attempts, 1, "{:?}", out.call_sequence());
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_service_account_without_compute_write_fails_the_job_naming_the_role() {
+    let fleet = Fleet::start(|c| {
+        c.accounts = vec![Account::new(ACCOUNT, TOKEN, &["compute:read"])];
+    });
+    let out = run_job(&fleet.bed.runner(), &job());
+    out.assert_system_failure()
+        .assert_log_contains("compute:write")
+        .assert_log_contains("lacks a role");
+    fleet.assert_nothing_left();
+}

@@ -300,14 +300,19 @@ impl<'a> Fleet<'a> {
         }
         names.sort();
         names.dedup();
+        let mut failed = None;
         for name in &names {
-            sweep::delete(&self.client, name).await?;
+            if let Err(e) = sweep::delete(&self.client, name).await {
+                failed.get_or_insert(e);
+            }
         }
+        // The record goes even so: a VM the controller would not delete now carries this
+        // runner's name, and the controller-side sweep finds it once it fails or ages out.
         if state.exists() {
             state.remove()?;
         }
         drop(held);
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     pub async fn prune_images(&self, _days: u32) -> Result<()> {

@@ -20,6 +20,8 @@ use super::types::{Vm, VmStatus};
 const POLL: Duration = Duration::from_secs(1);
 /// How often the whole list is read for the queue position, while unscheduled.
 const POSITION_EVERY: Duration = Duration::from_secs(5);
+/// How long the wait rides out a controller that does not answer.
+const UNREACHABLE_BOUND: Duration = Duration::from_secs(60);
 
 /// Why the VM did not reach `running`.
 #[derive(Debug)]
@@ -63,10 +65,24 @@ pub async fn until_running(client: &Client, name: &str, limit: Duration) -> Resu
     let mut progress = Progress::default();
     let mut position_read: Option<Instant> = None;
     let mut position = None;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         let vm = match client.get_vm(name).await {
-            Ok(vm) => vm,
+            Ok(vm) => {
+                unreachable_since = None;
+                vm
+            }
             Err(ApiError::NotFound) => return Err(NotRunning::Gone),
+            // A controller restart takes longer than the client's own retries: the VM
+            // waits in its store meanwhile, so keep looking, for a while.
+            Err(e @ (ApiError::Network(_) | ApiError::Server { .. })) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNREACHABLE_BOUND || Instant::now() + POLL > deadline {
+                    return Err(NotRunning::Api(e));
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
             Err(e) => return Err(NotRunning::Api(e)),
         };
         match vm.status {
