@@ -404,4 +404,36 @@ mod tests {
             "no port of our own: {args:?}"
         );
     }
+
+    /// A master that accepts the mux connection and never answers (stopped, its host
+    /// asleep): a stage that must ask it whether the connection lives gets "lost" within
+    /// the check's 5 s, not a wait without end.
+    #[test]
+    fn a_master_that_never_answers_counts_as_lost_within_seconds() {
+        use super::{RemoteExit, SshError, SshTransport};
+        // Short: a socket path must fit 104 bytes, and build directories can be long.
+        let dir = tempfile::Builder::new()
+            .prefix("tartdrv-mux")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("m");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let mute = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+        let transport = SshTransport {
+            session: openssh::Session::resume_mux(socket.clone().into_boxed_path(), None),
+            socket,
+        };
+        let started = std::time::Instant::now();
+        let exit = crate::stages::runtime().block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                transport.exit(Err(SshError::RemoteProcessTerminated)),
+            )
+            .await
+        });
+        let exit = exit.expect("the check of a mute master was not bounded");
+        assert!(matches!(exit, Ok(RemoteExit::Lost(_))), "{exit:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        drop(mute);
+    }
 }
