@@ -554,6 +554,14 @@ rec {
           [ ]
       )
       ++ (
+        if warmPool r > 0 && (r.cacheDir or null) != null then
+          [
+            "services.gitlab-runner-tart.runners.${n}.warm.pool is ${toString (warmPool r)}, but the driver uses no warm VM while the runner has a cacheDir (a warm VM cannot share a project's cache before it knows the project): the pool would only take memory. Remove cacheDir (use GitLab's distributed cache) or the pool."
+          ]
+        else
+          [ ]
+      )
+      ++ (
         if isStorePath ((r.orchard or { }).tokenFile or null) then
           [
             "services.gitlab-runner-tart.runners.${n}.orchard.tokenFile (${pathString r.orchard.tokenFile}) is in the Nix store, which every local user can read; keep the service account's token in a file outside the store (a quoted absolute path), mode 0600, owned by ${toString cfg.user}."

@@ -481,6 +481,12 @@ let
       y.warm_pool == 2
       && y.warm_images == [ "ghcr.io/cirruslabs/ubuntu:24.04" ]
       && y.warm_expiry == 60;
+    "warm pool with a cache dir: a warning (the driver would not use the pool)" =
+      let
+        e = evalHost [ { services.gitlab-runner-tart.runners.macos.warm.pool = 1; } ];
+      in
+      lib.any (has "warm.pool is 1, but the driver uses no warm VM") e.config.warnings
+      && c.warnings == [ ];
     "refused: a warm pool without an image" =
       refusedAt "${runnerAt}.warm.pool is 1 but names no image" {
         runners.macos = {
