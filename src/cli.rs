@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::settings::{PullPolicy, Resource, TransportKind};
+use crate::model::{PullPolicy, Resource, TransportKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -265,7 +265,7 @@ pub struct Options {
 
     /// Job variables jobs may use, by setting name (repeatable, e.g. shell, pull_policy) [default: the original driver's set]
     #[arg(long = "job-override", value_name = "SETTING")]
-    pub job_overrides: Vec<crate::request::Overridable>,
+    pub job_overrides: Vec<crate::model::Overridable>,
 
     /// CIDRs the VM may reach with Softnet, e.g. 10.0.0.0/8 (repeatable; implies --softnet)
     #[arg(long = "softnet-allow", value_name = "CIDR")]

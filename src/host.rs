@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::settings::{Resource, Settings};
+use crate::settings::Settings;
+
+use crate::model::Resource;
 use crate::state_dir::{Dir, StateDir, SLOTS};
 use crate::vm::try_lock;
 

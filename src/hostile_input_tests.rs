@@ -9,9 +9,9 @@ use proptest::prelude::*;
 use crate::cli::Options;
 use crate::guest::quote;
 use crate::image::Image;
+use crate::model::{PullPolicy, Resource, TransportKind};
 use crate::settings::{
-    validate_guest_path, validate_shell, validate_user, Display, PullPolicy, Resource, Settings,
-    TransportKind, Volume,
+    validate_guest_path, validate_shell, validate_user, Display, Settings, Volume,
 };
 use crate::tart::{ListEntry, VmInfo};
 use crate::vm::VmName;

@@ -9,7 +9,8 @@ use regex::Regex;
 
 use crate::failure::Failure;
 use crate::job::JobContext;
-use crate::settings::{PullPolicy, Settings};
+use crate::model::PullPolicy;
+use crate::settings::Settings;
 use crate::tart::{Fetch, Tart};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -169,17 +169,3 @@ impl JobContext {
         VmName::for_job(&self.runner_token, self.job_id)
     }
 }
-
-/// Names of the variables in our environment that carry the job's data: its variables
-/// (`CUSTOM_ENV_*`: registry and SSH passwords, `CI_JOB_TOKEN`) and the payload file. A
-/// process that outlives the stage (the supervisor, `tart run`, the ssh master) must not
-/// inherit them, or any local user who can read its /proc environ reads the secrets.
-pub fn job_env_names() -> Vec<std::ffi::OsString> {
-    std::env::vars_os()
-        .map(|(k, _)| k)
-        .filter(|k| {
-            let k = k.to_string_lossy();
-            k.starts_with("CUSTOM_ENV_") || k == "JOB_RESPONSE_FILE"
-        })
-        .collect()
-}

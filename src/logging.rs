@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use crate::job::JobContext;
-use crate::request::Overridable;
+use crate::model::Overridable;
 
 /// The admin's switch, read before anything else; true when debug lines are on.
 pub fn init_from_admin() -> bool {

@@ -22,6 +22,7 @@ mod lifecycle;
 mod logging;
 mod login;
 mod manuals;
+mod model;
 mod orchard;
 mod ownership;
 mod registry_access;

@@ -25,7 +25,7 @@ use regex::Regex;
 use crate::cli::Options;
 use crate::failure::Failure;
 use crate::image::Image;
-use crate::settings::PullPolicy;
+use crate::model::PullPolicy;
 use crate::tart::{Fetch, Tart};
 
 /// The admin's registry trust settings.

@@ -9,73 +9,18 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Deserialize;
 
 use crate::failure::Failure;
 use crate::guest::RunnerInstall;
 use crate::image::Image;
 use crate::job::JobContext;
-use crate::settings::{
-    validate_shell, validate_timezone, validate_user, Display, PullPolicy, Settings, TransportKind,
-};
+use crate::model::Overridable;
+use crate::model::{PullPolicy, TransportKind};
+use crate::settings::{validate_shell, validate_timezone, validate_user, Display, Settings};
 use crate::tart::RegistryCredentials;
 use crate::transport::ssh::Auth;
 
-/// A setting that jobs may be allowed to change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum Overridable {
-    SshCredentials,
-    Shell,
-    PullPolicy,
-    Display,
-    Timeout,
-    Softnet,
-    SoftnetAllow,
-    Headless,
-    Vnc,
-    InstallGitlabRunner,
-    Transport,
-    RegistryCredentials,
-    Timezone,
-    RandomMac,
-    Nested,
-    RootDiskOpts,
-    /// `TART_DRIVER_DEBUG`: debug lines in the job log.
-    Debug,
-}
-
 use Overridable as O;
-
-impl Overridable {
-    /// What jobs may change unless the admin says otherwise: everything the original driver
-    /// let jobs set, and gitlab-tart-executor's per-VM options, but nothing that widens the
-    /// VM's network access, changes its disk semantics, or spends the host's DHCP pool
-    /// (a random MAC takes a new 24-hour lease from about 253), and no debug output (it
-    /// describes the host).
-    pub const DEFAULT: &'static [Overridable] = &[
-        O::SshCredentials,
-        O::Shell,
-        O::PullPolicy,
-        O::Display,
-        O::Timeout,
-        O::Softnet,
-        O::Headless,
-        O::Vnc,
-        O::InstallGitlabRunner,
-        O::Transport,
-        O::RegistryCredentials,
-        O::Timezone,
-        O::Nested,
-    ];
-
-    fn name(self) -> String {
-        clap::ValueEnum::to_possible_value(&self)
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default()
-    }
-}
 
 /// Variables of the two older drivers that this one ignores on purpose, and why.
 const IGNORED: &[(&str, &str)] = &[

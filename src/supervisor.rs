@@ -73,7 +73,7 @@ pub fn start(
         .stderr(log)
         .current_dir(Path::new("/"));
     // The supervisor and `tart run` live as long as the VM: none of the job's secrets.
-    for name in crate::job::job_env_names() {
+    for name in crate::model::job_env_names() {
         cmd.env_remove(name);
     }
     // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.

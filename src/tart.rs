@@ -150,7 +150,7 @@ impl Tart {
         cmd.stdin(Stdio::null()).kill_on_drop(true);
         // Tart needs none of the job's variables; registry credentials are added back, for
         // the one host they belong to, by the commands that fetch images.
-        for name in crate::job::job_env_names() {
+        for name in crate::model::job_env_names() {
             cmd.env_remove(name);
         }
         cmd

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::TransportKind;
+use crate::model::TransportKind;
 use crate::state_dir::{Dir, StateDir, CONTROL_SOCKET, VMS};
 
 pub const PREFIX: &str = "tartdrv-";

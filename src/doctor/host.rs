@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use super::probe::{is_executable, resolve, run_bounded, COMMAND_LIMIT};
 use super::report::Report;
 use super::DoctorArgs;
-use crate::settings::{Settings, TransportKind};
+use crate::model::TransportKind;
+use crate::settings::Settings;
 
 const LOW_SPACE_BYTES: u64 = 10_000_000_000;
 pub(super) const GB: f64 = 1e9;

@@ -30,8 +30,9 @@ use std::path::PathBuf;
 
 use crate::cli::Options;
 use crate::failure::StageResult;
+use crate::model::TransportKind;
 use crate::orchard::settings::Backend;
-use crate::settings::{Settings, TransportKind};
+use crate::settings::Settings;
 
 pub use report::Format;
 use report::{finish, Report, Status};

@@ -7,8 +7,9 @@ use std::time::Duration;
 use super::host::{free_bytes, gb, GB};
 use super::probe::{is_executable, parse_version, resolve, run_bounded, COMMAND_LIMIT};
 use super::report::Report;
+use crate::model::TransportKind;
 use crate::ownership::{self, Claim};
-use crate::settings::{Settings, TransportKind};
+use crate::settings::Settings;
 use crate::state_dir::{self, StateDir, VMS};
 use crate::vm::{VmName, VmState, PREFIX};
 

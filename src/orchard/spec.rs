@@ -8,8 +8,9 @@
 
 use super::settings::OrchardSettings;
 use super::types::{HostDir, VmSpec};
+use crate::model::{PullPolicy, Resource};
 use crate::request::Request;
-use crate::settings::{PullPolicy, Resource, Settings};
+use crate::settings::Settings;
 
 pub fn for_job(
     name: &str,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::settings::TransportKind;
+use crate::model::TransportKind;
 use crate::tart::Tart;
 use crate::vm::{Connection, VmState};
 

@@ -126,7 +126,7 @@ pub async fn start_master(
         .stderr(Stdio::null())
         .env_remove("SSH_AUTH_SOCK");
     // The master lives as long as the job: none of the job's secrets in its environment.
-    for name in crate::job::job_env_names() {
+    for name in crate::model::job_env_names() {
         cmd.env_remove(name);
     }
     // Held until ssh has logged in; dropping it deletes the file.

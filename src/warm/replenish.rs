@@ -40,7 +40,7 @@ pub fn spawn_detached(root: &StateDir) -> Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .current_dir("/");
-    for name in crate::job::job_env_names() {
+    for name in crate::model::job_env_names() {
         cmd.env_remove(name);
     }
     // SAFETY: only setsid, async-signal-safe, between fork and exec.

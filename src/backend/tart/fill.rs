@@ -14,10 +14,11 @@ use crate::failure::Failure;
 use crate::identity::Identity;
 use crate::job::JobContext;
 use crate::lifecycle;
+use crate::model::PullPolicy;
 use crate::ownership;
 use crate::registry_access::{self, CredentialFreeHome};
 use crate::request::Request;
-use crate::settings::{PullPolicy, Settings};
+use crate::settings::Settings;
 use crate::state_dir::StateDir;
 use crate::supervisor;
 use crate::tart::{Fetch, Tart};
@@ -333,7 +334,7 @@ async fn boot(
     .await
     .map_err(explain)?;
     // The login proved the VM ready; the job opens its own.
-    if conn.transport == crate::settings::TransportKind::Ssh {
+    if conn.transport == crate::model::TransportKind::Ssh {
         crate::transport::ssh::close_master(state).await?;
     }
     state.forget_connection()?;
