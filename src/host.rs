@@ -228,7 +228,7 @@ fn size(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Options;
+    use crate::settings::Options;
 
     fn settings(concurrency: u32) -> Settings {
         Settings::load(&Options {

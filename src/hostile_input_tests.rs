@@ -6,10 +6,10 @@ use std::str::FromStr;
 
 use proptest::prelude::*;
 
-use crate::cli::Options;
 use crate::guest::quote;
 use crate::image::Image;
 use crate::model::{PullPolicy, Resource, TransportKind};
+use crate::settings::Options;
 use crate::settings::{
     validate_guest_path, validate_shell, validate_user, Display, Settings, Volume,
 };

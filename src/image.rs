@@ -151,7 +151,7 @@ pub async fn pull(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Options;
+    use crate::settings::Options;
 
     fn settings() -> Settings {
         Settings::load(&Options::default()).unwrap()

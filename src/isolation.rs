@@ -7,15 +7,7 @@
 //! on by default whenever more than one VM can run; the admin may turn it off, a job may
 //! only turn it on.
 
-use crate::cli::{switch, Options};
 use crate::settings::Settings;
-
-/// Whether VMs use Softnet: the admin's `--softnet`/`--no-softnet` or the file's `softnet`,
-/// on by default when the host runs more than one VM; any `--softnet-allow` range (which
-/// only Softnet can honour) turns it on.
-pub fn softnet_wanted(o: &Options, file: Option<bool>, concurrency: u32, allow: &[String]) -> bool {
-    switch(o.softnet, o.no_softnet, file, concurrency > 1) || !allow.is_empty()
-}
 
 /// Why jobs on this host are not isolated from each other, if they are not.
 pub fn exposure(settings: &Settings) -> Option<String> {
@@ -38,7 +30,7 @@ pub fn explain(tart_run_ending: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Options;
+    use crate::settings::Options;
 
     fn settings(options: Options) -> Settings {
         Settings::load(&options).unwrap()

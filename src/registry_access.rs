@@ -22,10 +22,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use regex::Regex;
 
-use crate::cli::Options;
 use crate::failure::Failure;
 use crate::image::Image;
 use crate::model::PullPolicy;
+use crate::settings::Options;
 use crate::tart::{Fetch, Tart};
 
 /// The admin's registry trust settings.

@@ -28,10 +28,10 @@ mod warm;
 
 use std::path::PathBuf;
 
-use crate::cli::Options;
 use crate::failure::StageResult;
 use crate::model::TransportKind;
 use crate::orchard::settings::Backend;
+use crate::settings::Options;
 use crate::settings::Settings;
 
 pub use report::Format;

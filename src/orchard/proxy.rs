@@ -12,8 +12,8 @@ use super::client::Client;
 use super::portforward::{bridge, open_within};
 use super::settings::OrchardSettings;
 use super::trust::Trust;
-use crate::cli::Options;
 use crate::failure::StageResult;
+use crate::settings::Options;
 use crate::settings::Settings;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -3,145 +3,28 @@
 //! Precedence: a command-line flag wins over the `--config` file, which wins over the
 //! default. Job variables are *not* read here: `job.rs` owns them, and `JobRequest` decides
 //! what a job may change within what these settings allow.
+//!
+//! [`options`] holds the flags (the command line parses into them), [`file`] the YAML file,
+//! [`values`] the parsing and validation of single values; this file merges them into
+//! [`Settings`]. May use: the shared kinds (`model`) and the settings of the parts that
+//! have their own (registry policy, Orchard, warm pool); never the command line.
 
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+mod file;
+pub mod options;
+mod values;
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use regex::Regex;
-use serde::Deserialize;
 
-use crate::cli::{switch, Options};
-use crate::model::Overridable;
-use crate::model::{PullPolicy, Resource, TransportKind};
+use crate::model::{Overridable, PullPolicy, Resource, TransportKind};
 use crate::orchard::settings::Backend;
 
-/// The `--config` file. Same names as the long flags, in snake_case.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    tart_executable: Option<String>,
-    state_dir: Option<PathBuf>,
-    concurrency: Option<u32>,
-    macos_vm_limit: Option<u32>,
-    cpu: Option<Resource>,
-    memory: Option<Resource>,
-    auto_resources: Option<bool>,
-    display: Option<String>,
-    timeout: Option<u64>,
-    builds_dir: Option<PathBuf>,
-    cache_dir: Option<PathBuf>,
-    #[serde(default)]
-    volumes: Vec<String>,
-    #[serde(default)]
-    exclude_images: Vec<String>,
-    #[serde(default)]
-    allow_images: Vec<String>,
-    default_image: Option<String>,
-    pull_policy: Option<PullPolicy>,
-    #[serde(default)]
-    allowed_pull_policies: Vec<PullPolicy>,
-    transport: Option<TransportKind>,
-    shell: Option<String>,
-    ssh_username: Option<String>,
-    ssh_password_file: Option<PathBuf>,
-    ssh_key_file: Option<PathBuf>,
-    install_gitlab_runner: Option<bool>,
-    force_install_gitlab_runner: Option<bool>,
-    gitlab_runner_version: Option<String>,
-    softnet: Option<bool>,
-    #[serde(default)]
-    public_images: Vec<String>,
-    #[serde(rename = "host_registry_credentials")]
-    host_creds: Option<bool>,
-    allow_local_images: Option<bool>,
-    #[serde(default)]
-    allow_image_globs: Vec<String>,
-    guest_builds_dir: Option<String>,
-    guest_cache_dir: Option<String>,
-    job_overrides: Option<Vec<Overridable>>,
-    #[serde(default)]
-    softnet_allow: Vec<String>,
-    bridged: Option<String>,
-    random_mac: Option<bool>,
-    nested: Option<bool>,
-    root_disk_opts: Option<String>,
-    timezone: Option<String>,
-    insecure_pull: Option<bool>,
-    pull_concurrency: Option<u32>,
-    auto_prune: Option<bool>,
-    copy_gitlab_runner: Option<bool>,
-    backend: Option<Backend>,
-    orchard: Option<crate::orchard::settings::OrchardFile>,
-    unsafe_job_identity_from_variables: Option<bool>,
-    warm_pool: Option<u32>,
-    #[serde(default)]
-    warm_images: Vec<String>,
-    warm_expiry: Option<u64>,
-}
-
-/// A host directory shared into every VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
-    pub host: PathBuf,
-    pub guest: String,
-    pub read_only: bool,
-}
-
-impl FromStr for Volume {
-    type Err = String;
-    fn from_str(spec: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = spec.split(':').collect();
-        let (host, guest, read_only) = match parts.as_slice() {
-            [host, guest] => (*host, *guest, false),
-            [host, guest, "ro"] => (*host, *guest, true),
-            [host, guest, "rw"] => (*host, *guest, false),
-            [_, _, flag] => {
-                return Err(format!(
-                    "volume `{spec}`: unknown flag `{flag}`, use `ro` or `rw`"
-                ))
-            }
-            _ => return Err(format!("volume `{spec}`: expected HOST:GUEST[:ro]")),
-        };
-        if !host.starts_with('/') || !guest.starts_with('/') {
-            return Err(format!("volume `{spec}`: both paths must be absolute"));
-        }
-        if guest.split('/').any(|c| c == "..") || host.split('/').any(|c| c == "..") {
-            return Err(format!("volume `{spec}`: paths must not contain `..`"));
-        }
-        if guest
-            .chars()
-            .any(|c| c.is_control() || c == '\'' || c == '"' || c == '\\')
-        {
-            return Err(format!(
-                "volume `{spec}`: guest path has quotes or control characters"
-            ));
-        }
-        Ok(Volume {
-            host: host.into(),
-            guest: guest.trim_end_matches('/').to_string(),
-            read_only,
-        })
-    }
-}
-
-/// A display resolution, `WIDTHxHEIGHT` with an optional `pt`/`px` unit as Tart takes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Display(pub String);
-
-impl FromStr for Display {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let re = Regex::new(r"^([1-9][0-9]{2,4})x([1-9][0-9]{2,4})(pt|px)?$").expect("valid regex");
-        if re.is_match(s.trim()) {
-            Ok(Display(s.trim().to_string()))
-        } else {
-            Err(format!(
-                "display `{s}`: expected WIDTHxHEIGHT such as 1920x1200"
-            ))
-        }
-    }
-}
+use file::{default_config_file, read_file_settings, FileSettings};
+pub use options::Options;
+use options::{softnet_wanted, switch};
+pub use values::*;
 
 /// The validated admin settings every stage works from.
 #[derive(Debug, Clone)]
@@ -392,7 +275,7 @@ impl Settings {
             guest_builds_dir,
             guest_cache_dir,
             job_overrides,
-            softnet: crate::isolation::softnet_wanted(o, file.softnet, concurrency, &softnet_allow),
+            softnet: softnet_wanted(o, file.softnet, concurrency, &softnet_allow),
             registry: crate::registry_access::Policy::load(o, file.public_images, file.host_creds)?,
             softnet_allow,
             bridged,
@@ -418,150 +301,6 @@ impl Settings {
             default_image,
         })
     }
-}
-
-/// Where the driver looks for its config file when `--config` is not given:
-/// `~/.config/gitlab-runner-tart-driver/config.yaml`, then
-/// `/etc/gitlab-runner-tart-driver/config.yaml`.
-fn default_config_file() -> Option<PathBuf> {
-    let user = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".config/gitlab-runner-tart-driver/config.yaml"));
-    let system = Some(PathBuf::from("/etc/gitlab-runner-tart-driver/config.yaml"));
-    [user, system].into_iter().flatten().find(|p| p.is_file())
-}
-
-fn read_file_settings(path: &Path) -> Result<FileSettings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the driver config file {}", path.display()))?;
-    if text.trim().is_empty() {
-        return Ok(FileSettings::default());
-    }
-    serde_saphyr::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("driver config file {} is invalid: {e}", path.display()))
-}
-
-pub fn compile_all(patterns: &[String], option: &str) -> Result<Vec<Regex>> {
-    patterns
-        .iter()
-        .map(|p| {
-            Regex::new(p).with_context(|| {
-                format!("{option} `{p}` is not a valid regular expression (Rust regex syntax: no look-around or backreferences)")
-            })
-        })
-        .collect()
-}
-
-/// gitlab-tart-executor's image globs: `*` and `?` stay within a path segment, `**` crosses
-/// segments; the whole name must match.
-pub fn glob_to_regex(glob: &str) -> Result<Regex> {
-    let mut re = String::from("^");
-    let mut chars = glob.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '*' if chars.peek() == Some(&'*') => {
-                chars.next();
-                re.push_str(".*");
-            }
-            '*' => re.push_str("[^/]*"),
-            '?' => re.push_str("[^/]"),
-            c => re.push_str(&regex::escape(&c.to_string())),
-        }
-    }
-    re.push('$');
-    Regex::new(&re).with_context(|| format!("`{glob}` is not a valid image glob"))
-}
-
-/// Guest paths end up in shell commands and `tart run` arguments: plain characters only.
-pub fn validate_guest_path(path: &str) -> Result<()> {
-    let ok = path.starts_with('/')
-        && path.len() > 1
-        && !path.split('/').any(|c| c == "..")
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
-    if !ok {
-        bail!("guest path `{path}` must be absolute, without `..`, made of letters, digits and / . _ -");
-    }
-    Ok(())
-}
-
-pub fn validate_cidr(cidr: &str) -> Result<()> {
-    let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
-        ip.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
-    });
-    if !ok {
-        bail!("`{cidr}` is not an IPv4 network such as 10.0.0.0/8");
-    }
-    Ok(())
-}
-
-pub fn validate_disk_opts(opts: &str) -> Result<()> {
-    for opt in opts.split(',') {
-        let ok = matches!(
-            opt,
-            "ro" | "sync=none"
-                | "sync=fsync"
-                | "sync=full"
-                | "caching=automatic"
-                | "caching=cached"
-                | "caching=uncached"
-        );
-        if !ok {
-            bail!("unknown disk option `{opt}`: use ro, sync=none|fsync|full, caching=automatic|cached|uncached");
-        }
-    }
-    Ok(())
-}
-
-/// A time zone name as in the tz database (Europe/Berlin, UTC), or `auto`.
-pub fn validate_timezone(zone: &str) -> Result<()> {
-    let ok = !zone.is_empty()
-        && zone.len() < 64
-        && !zone.starts_with('/')
-        && !zone.split('/').any(|c| c == ".." || c.is_empty())
-        && zone
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
-    if !ok {
-        bail!("`{zone}` is not a time zone name such as Europe/Berlin");
-    }
-    Ok(())
-}
-
-/// A shell is a path or a bare program name; anything else could inject commands.
-pub fn validate_shell(shell: &str) -> Result<()> {
-    let ok = !shell.is_empty()
-        && shell.len() < 256
-        && shell
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
-    if !ok {
-        bail!(
-            "shell `{shell}` must be a program name or absolute path (letters, digits, / . _ - +)"
-        );
-    }
-    Ok(())
-}
-
-pub fn validate_user(user: &str) -> Result<()> {
-    let ok = !user.is_empty()
-        && user.len() <= 64
-        && !user.starts_with('-')
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if !ok {
-        bail!("user name `{user}` may contain only letters, digits, `.`, `_` and `-`");
-    }
-    Ok(())
-}
-
-fn validate_runner_version(version: &str) -> Result<()> {
-    let re = Regex::new(r"^(latest|v?[0-9]+\.[0-9]+\.[0-9]+)$").expect("valid regex");
-    if !re.is_match(version) {
-        bail!("`{version}` is not a gitlab-runner version: use `latest` or a version like 17.6.0");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
