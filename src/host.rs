@@ -16,6 +16,7 @@ use crate::settings::Settings;
 
 use crate::model::Resource;
 use crate::state_dir::{Dir, StateDir, SLOTS};
+use crate::tart_home::Minimum;
 use crate::vm::try_lock;
 
 /// Held slot locks. Dropping this in prepare does not free them once the supervisor has
@@ -97,14 +98,6 @@ pub fn take_any(dir: &Dir, names: &[String]) -> Result<Option<File>> {
 
 /// Memory left to the host itself when VMs are sized automatically.
 const HOST_RESERVE_MIB: u64 = 2048;
-
-/// The smallest CPU count and memory (MiB) a VM accepts: macOS images carry a minimum,
-/// and `tart set` refuses anything below it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Minimum {
-    pub cpu: u64,
-    pub memory_mib: u64,
-}
 
 /// What the VM should get: explicit values as given, automatic shares of the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

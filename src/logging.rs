@@ -10,7 +10,6 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::job::JobContext;
 use crate::model::Overridable;
 
 /// The admin's switch, read before anything else; true when debug lines are on.
@@ -31,7 +30,8 @@ pub fn init_for_job(allowed: &[Overridable], own_vm: &str) {
     if std::env::var("TART_DRIVER_LOG").is_ok_and(|s| !s.is_empty()) {
         return; // the admin's setting is in force already
     }
-    let wanted = JobContext::var("TART_DRIVER_DEBUG")
+    let wanted = std::env::var("CUSTOM_ENV_TART_DRIVER_DEBUG")
+        .ok()
         .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
     if !wanted {
         return;

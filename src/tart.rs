@@ -36,7 +36,7 @@ impl std::fmt::Debug for RegistryCredentials {
 pub struct Fetch {
     pub creds: Option<RegistryCredentials>,
     /// Instead of the runner user's home, unless the admin lets jobs use its logins.
-    pub home: Option<crate::registry_access::CredentialFreeHome>,
+    pub home: Option<crate::registry_access::policy::CredentialFreeHome>,
     pub insecure: bool,
     pub concurrency: Option<u32>,
     pub auto_prune: bool,

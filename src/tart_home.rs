@@ -7,7 +7,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::host::Minimum;
+/// The smallest CPU count and memory (MiB) a VM accepts: macOS images carry a minimum,
+/// and `tart set` refuses anything below it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Minimum {
+    pub cpu: u64,
+    pub memory_mib: u64,
+}
 
 /// The parts of a VM's `config.json` prepare needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,9 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::settings::{ControllerUrl, OrchardSettings};
+use super::settings::OrchardSettings;
 use super::trust::{client_config, Tls};
 use super::types::{ControllerInfo, ErrorBody, Vm, VmSpec, Worker};
+use super::url::ControllerUrl;
 
 /// Sent with every request: without one, port-forward falls back to text messages, and a
 /// `Orchard/0…` agent would turn a VM update into a worker's state report (§1.3).

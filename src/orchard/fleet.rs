@@ -21,7 +21,7 @@ use super::queue;
 use super::settings::{required, OrchardSettings};
 use super::sweep::{self, runner_tag, unix_now};
 use super::types::{Vm, VmStatus};
-use crate::backend::{Made, NewVm, Swept};
+use crate::backend::types::{Made, NewVm, Swept};
 use crate::failure::Failure;
 use crate::model::TransportKind;
 use crate::request::Request;

@@ -19,3 +19,4 @@ pub mod spec;
 pub mod sweep;
 pub mod trust;
 pub mod types;
+pub mod url;

@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::settings::ControllerUrl;
+use super::url::ControllerUrl;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {

@@ -55,7 +55,7 @@ pub struct Settings {
     pub force_install_gitlab_runner: bool,
     pub gitlab_runner_version: String,
     pub softnet: bool,
-    pub registry: crate::registry_access::Policy,
+    pub registry: crate::registry_access::policy::Policy,
     pub allow_local_images: bool,
     pub guest_builds_dir: String,
     pub guest_cache_dir: String,
@@ -276,7 +276,17 @@ impl Settings {
             guest_cache_dir,
             job_overrides,
             softnet: softnet_wanted(o, file.softnet, concurrency, &softnet_allow),
-            registry: crate::registry_access::Policy::load(o, file.public_images, file.host_creds)?,
+            registry: crate::registry_access::policy::Policy {
+                public_images: compile_all(
+                    if o.public_images.is_empty() {
+                        &file.public_images
+                    } else {
+                        &o.public_images
+                    },
+                    "--public-image",
+                )?,
+                host_credentials: o.host_registry_credentials || file.host_creds == Some(true),
+            },
             softnet_allow,
             bridged,
             random_mac: o.random_mac || file.random_mac.unwrap_or(false),

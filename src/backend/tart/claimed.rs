@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use crate::backend::Made;
+use crate::backend::types::Made;
 use crate::failure::Failure;
 use crate::identity::Identity;
 use crate::job::JobContext;
@@ -53,7 +53,7 @@ pub async fn connect_claimed(
 ) -> Result<Made, Failure> {
     let state = claimed.state;
     let identity = Identity::existing(&state)?;
-    let shares = super::create::shares(settings, job, state.name.as_str())?;
+    let shares = super::shares::shares(settings, job, state.name.as_str())?;
     let resolver = if settings.bridged.is_some() {
         "arp"
     } else {

@@ -4,20 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 
 use super::connect;
 use super::LocalTart;
-use crate::backend::{Made, NewVm};
+use crate::backend::types::{Made, NewVm};
 use crate::failure::Failure;
 use crate::foreign;
-use crate::guest::Share;
 use crate::host;
 use crate::identity::Identity;
-use crate::job::JobContext;
 use crate::logging::phase_done;
 use crate::ownership;
-use crate::registry_access::{self, CredentialFreeHome};
+use crate::registry_access;
+use crate::registry_access::policy::CredentialFreeHome;
 use crate::request::Request;
 use crate::settings::Settings;
 use crate::supervisor;
@@ -97,7 +96,7 @@ impl LocalTart<'_> {
         );
         state.record_phase("clone", t.elapsed());
 
-        let shares = shares(settings, job, &vm.to_string())?;
+        let shares = super::shares::shares(settings, job, &vm.to_string())?;
         if request.nested && info.os != "linux" {
             eprintln!(
                 "Nested virtualization (--nested, TART_EXECUTOR_NESTED) ignored: Tart offers it to Linux guests only, and refuses to start a {} guest with it",
@@ -190,7 +189,7 @@ pub async fn configure(
                 os: info.os,
                 cpu: info.cpu,
                 memory_mib: info.memory,
-                minimum: host::Minimum::default(),
+                minimum: tart_home::Minimum::default(),
             }
         }
     };
@@ -223,52 +222,4 @@ pub async fn configure(
         tart.set(vm, &flags).await?;
     }
     Ok(config)
-}
-/// The host directories this job's VM gets: its own builds directory, its project's cache
-/// directory and the admin's volumes.
-pub fn shares(settings: &Settings, job: &JobContext, vm: &str) -> anyhow::Result<Vec<Share>> {
-    let mut shares = Vec::new();
-    if let Some(builds) = &settings.builds_dir {
-        let dir = builds.join(vm);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the builds directory {}", dir.display()))?;
-        shares.push(Share {
-            name: "tartdrv-builds".into(),
-            host: dir,
-            guest: settings.guest_builds_dir.clone(),
-            read_only: false,
-        });
-    }
-    if let Some(cache) = &settings.cache_dir {
-        // One cache per project, keyed by the id in GitLab's payload (not by a variable the
-        // job could set): a job cannot read or poison another project's cache.
-        let project = match job.project_id {
-            Some(id) => format!("project-{id}"),
-            None => "project-unknown".to_string(),
-        };
-        let dir = cache.join(project);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
-        shares.push(Share {
-            name: "tartdrv-cache".into(),
-            host: dir,
-            guest: settings.guest_cache_dir.clone(),
-            read_only: false,
-        });
-    }
-    for (i, volume) in settings.volumes.iter().enumerate() {
-        if !volume.host.is_dir() {
-            anyhow::bail!(
-                "volume host directory {} does not exist: create it or fix --volume",
-                volume.host.display()
-            );
-        }
-        shares.push(Share {
-            name: format!("tartdrv-vol{i}"),
-            host: volume.host.clone(),
-            guest: volume.guest.clone(),
-            read_only: volume.read_only,
-        });
-    }
-    Ok(shares)
 }

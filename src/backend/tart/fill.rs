@@ -16,7 +16,8 @@ use crate::job::JobContext;
 use crate::lifecycle;
 use crate::model::PullPolicy;
 use crate::ownership;
-use crate::registry_access::{self, CredentialFreeHome};
+use crate::registry_access;
+use crate::registry_access::policy::CredentialFreeHome;
 use crate::request::Request;
 use crate::settings::Settings;
 use crate::state_dir::StateDir;
@@ -309,7 +310,7 @@ async fn boot(
         project_id: None,
         job_timeout_secs: None,
     };
-    let shares = super::create::shares(settings, &nobody, vm)?;
+    let shares = super::shares::shares(settings, &nobody, vm)?;
     let mut run_args = request.run_args(settings, &info.os);
     for share in &shares {
         run_args.push("--dir".into());

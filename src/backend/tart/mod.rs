@@ -9,6 +9,7 @@ mod claimed;
 pub mod connect;
 pub mod create;
 mod fill;
+pub mod shares;
 
 use std::fs::File;
 use std::time::Duration;

@@ -16,82 +16,17 @@
 //!   marked it public (`--public-image`). Nothing is remembered between jobs: an image
 //!   cached before this driver ran, or by a neighbour, is vetted the same way.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use regex::Regex;
 
 use crate::failure::Failure;
 use crate::image::Image;
 use crate::model::PullPolicy;
-use crate::settings::Options;
 use crate::tart::{Fetch, Tart};
 
-/// The admin's registry trust settings.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {
-    /// Cached images any job may clone without credentials.
-    pub public_images: Vec<Regex>,
-    /// Tart may use the runner user's logins for jobs without credentials.
-    pub host_credentials: bool,
-}
-
-impl Policy {
-    pub fn load(o: &Options, file_public: Vec<String>, file_host: Option<bool>) -> Result<Policy> {
-        let public = if o.public_images.is_empty() {
-            file_public
-        } else {
-            o.public_images.clone()
-        };
-        Ok(Policy {
-            public_images: crate::settings::compile_all(&public, "--public-image")?,
-            host_credentials: o.host_registry_credentials || file_host == Some(true),
-        })
-    }
-
-    fn is_public(&self, image: &str) -> bool {
-        self.public_images.iter().any(|r| r.is_match(image))
-    }
-}
-
-/// The environment Tart's registry commands get instead of the runner user's: a home with no
-/// `~/.docker/config.json` and no keychain, and Tart's home where it was.
-#[derive(Debug, Clone)]
-pub struct CredentialFreeHome {
-    pub home: PathBuf,
-    pub tart_home: PathBuf,
-}
-
-impl CredentialFreeHome {
-    /// None when the admin lets Tart use the runner user's logins.
-    pub fn for_host(policy: &Policy, state_dir: &Path) -> Result<Option<CredentialFreeHome>> {
-        if policy.host_credentials {
-            return Ok(None);
-        }
-        // The swapped home below would move Tart's own default home: name it explicitly.
-        let tart_home = crate::tart_home::home().context(
-            "cannot tell where Tart keeps its VMs: TART_HOME is not set and the user database has no home for this user; set TART_HOME",
-        )?;
-        let home = state_dir.join("registry-home");
-        crate::state_dir::StateDir::open(state_dir)?.subdir("registry-home")?;
-        // Nothing Tart could mistake for a login may live here.
-        for entry in std::fs::read_dir(&home)?.flatten() {
-            let path = entry.path();
-            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-        }
-        Ok(Some(CredentialFreeHome { home, tart_home }))
-    }
-
-    pub fn apply(&self, cmd: &mut tokio::process::Command) {
-        // Tart finds ~/.docker/config.json through Foundation's home directory, which
-        // macOS takes from CFFIXED_USER_HOME before the user database. (The keychain it
-        // finds through the user database alone: see `refuse_keychain_login`.)
-        cmd.env("HOME", &self.home)
-            .env("CFFIXED_USER_HOME", &self.home)
-            .env("TART_HOME", &self.tart_home);
-    }
-}
+pub mod policy;
+pub use policy::Policy;
 
 /// Makes the job's image available as its pull policy says, under the rules above; returns
 /// whether it pulled.

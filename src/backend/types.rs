@@ -1,0 +1,57 @@
+//! The values that cross the backend seam: what a backend is given to make a job's VM
+//! ([`NewVm`]), what it hands back ([`Made`]) and what a sweep did ([`Swept`]). Backends
+//! import them from here; the seam's dispatch in `mod.rs` imports the backends.
+
+use std::fs::File;
+use std::time::Duration;
+
+use crate::guest::Share;
+use crate::job::JobContext;
+use crate::request::Request;
+use crate::state_dir::StateDir;
+use crate::vm::{Connection, VmName, VmState};
+
+/// What a sweep did, by VM name.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Orphans removed (or, in a dry run, that would be).
+    pub removed: Vec<String>,
+    /// VMs that look like ours but are not provably this host's: left alone.
+    pub foreign: Vec<String>,
+}
+
+impl From<crate::lifecycle::Swept> for Swept {
+    fn from(s: crate::lifecycle::Swept) -> Swept {
+        let names = |v: Vec<VmName>| v.into_iter().map(|n| n.to_string()).collect();
+        Swept {
+            removed: names(s.removed),
+            foreign: names(s.foreign),
+        }
+    }
+}
+
+/// What a backend needs to make one job's VM.
+pub struct NewVm<'a> {
+    pub job: &'a JobContext,
+    pub request: &'a Request,
+    pub root: &'a StateDir,
+    /// The VM's host-side record, created and locked by the caller.
+    pub state: &'a VmState,
+    /// The VM's lock, held until prepare ends (see [`Made::held`]).
+    pub lock: File,
+    /// The job's timeout: the bound of waits that can last as long as the job may.
+    pub job_limit: Duration,
+}
+
+/// A VM that is booted and reachable over its open connection.
+pub struct Made {
+    /// The VM's host-side record: the job's own, or (local Tart) the warm VM it claimed.
+    pub state: VmState,
+    pub conn: Connection,
+    /// Host directories shared into the guest, for guest setup to link or mount.
+    pub shares: Vec<Share>,
+    /// The VM's lock: prepare holds it to its end, so no sweep takes the VM meanwhile.
+    /// Never read: dropping it is what lets go.
+    #[allow(dead_code)]
+    pub held: File,
+}

@@ -1,0 +1,75 @@
+//! The Orchard controller's address as the admin gives it, parsed once: what the settings
+//! hold and the TLS trust and the client use.
+
+use anyhow::{bail, Context, Result};
+
+/// A parsed `http(s)://host[:port][/prefix]` (default port 6120, as the controller's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// The API prefix without a trailing slash (`""` or `/orchard`).
+    pub prefix: String,
+}
+
+impl ControllerUrl {
+    pub fn parse(text: &str) -> Result<ControllerUrl> {
+        let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = text.strip_prefix("http://") {
+            (false, r)
+        } else {
+            bail!("`{text}` is not an http:// or https:// URL");
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains('@') || path.contains(['?', '#']) {
+            bail!("`{text}`: no credentials, query or fragment in the URL (the token goes in --orchard-token-file)");
+        }
+        let port_of = |p: &str| {
+            p.parse::<u16>()
+                .with_context(|| format!("`{text}`: bad port `{p}`"))
+        };
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .with_context(|| format!("`{text}`: unclosed `[`"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, port_of(p)?),
+                None if after.is_empty() => (host, 6120),
+                None => bail!("`{text}`: unexpected `{after}` after the address"),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, p)) => (host, port_of(p)?),
+                None => (authority, 6120),
+            }
+        };
+        if host.is_empty() {
+            bail!("`{text}` has no host");
+        }
+        let prefix = path.trim_end_matches('/').trim_end_matches("/v1");
+        Ok(ControllerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// `host:port` for connecting (IPv6 hosts in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for ControllerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.prefix)
+    }
+}
