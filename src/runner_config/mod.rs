@@ -10,28 +10,24 @@
 //! Every runner gets `executor = "custom"`, `shell = "bash"` and a `[runners.custom]` table
 //! whose `*_exec` is the driver and whose `prepare_args` carry `--concurrency N` with the
 //! same N as the global `concurrent`, so the two can never drift apart.
+//!
+//! [`spec`] reads and checks the spec, [`token`] the token files, [`render`] writes the
+//! TOML and [`write`] puts it in place. May use: nothing of the driver's own layers; it is
+//! a command of its own.
 
-use std::fmt;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod render;
+mod spec;
+mod token;
+mod write;
 
-use anyhow::{bail, Context, Result};
-use serde::Deserialize;
-use toml::{Table, Value};
+use std::path::PathBuf;
 
-/// Default `[runners.custom]` timeouts, in seconds. `prepare` may pull a multi-gigabyte
-/// image and boot a VM, so it keeps GitLab's one-hour default; `config` is quick.
-const CONFIG_EXEC_TIMEOUT: i64 = 300;
-const PREPARE_EXEC_TIMEOUT: i64 = 3600;
-const CLEANUP_EXEC_TIMEOUT: i64 = 600;
-/// Time between SIGTERM and SIGKILL: enough for the driver to stop and delete its VM.
-const GRACEFUL_KILL_TIMEOUT: i64 = 120;
-const FORCE_KILL_TIMEOUT: i64 = 30;
+use anyhow::Result;
 
-/// Guest-side defaults; the driver's config stage may report other paths.
-const DEFAULT_BUILDS_DIR: &str = "/var/tmp/builds";
-const DEFAULT_CACHE_DIR: &str = "/var/tmp/cache";
+use render::render;
+use spec::load_spec;
+use token::read_token;
+use write::write_atomically;
 
 /// Render GitLab Runner's config.toml from a spec file and the runners' token files.
 ///
@@ -51,65 +47,6 @@ pub struct RunnerConfigArgs {
     /// Where to write config.toml; its directory must exist and be writable.
     #[arg(long, value_name = "CONFIG.toml")]
     pub output: PathBuf,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct Spec {
-    concurrent: u32,
-    #[serde(default = "default_check_interval")]
-    check_interval: u32,
-    #[serde(default)]
-    shutdown_timeout: Option<u32>,
-    #[serde(default)]
-    log_level: Option<String>,
-    runners: Vec<RunnerSpec>,
-    #[serde(default)]
-    extra: serde_json::Map<String, serde_json::Value>,
-}
-
-fn default_check_interval() -> u32 {
-    3
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct RunnerSpec {
-    name: String,
-    url: String,
-    token_file: PathBuf,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    executor: Option<String>,
-    driver: String,
-    #[serde(default)]
-    driver_config: Option<String>,
-    #[serde(default)]
-    concurrency: Option<u32>,
-    #[serde(default)]
-    builds_dir: Option<String>,
-    #[serde(default)]
-    cache_dir: Option<String>,
-    #[serde(default)]
-    environment: Vec<String>,
-    #[serde(default)]
-    extra: serde_json::Map<String, serde_json::Value>,
-}
-
-/// A token read from a file. Its `Debug` and `Display` never show the value.
-struct Token(String);
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// Runs the subcommand: validate the spec, read the tokens, write config.toml.
@@ -135,327 +72,14 @@ pub fn execute(args: &RunnerConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_spec(path: &Path) -> Result<Spec> {
-    let raw = fs::read_to_string(path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read spec file {}: {e}; pass the JSON spec with --spec <file>",
-            path.display()
-        )
-    })?;
-    let spec: Spec = serde_json::from_str(&raw).map_err(|e| {
-        anyhow::anyhow!(
-            "spec file {} is not a valid runner spec: {e}; see `runner-config --help` for the format",
-            path.display()
-        )
-    })?;
-    validate(&spec, path)?;
-    Ok(spec)
-}
-
-fn validate(spec: &Spec, path: &Path) -> Result<()> {
-    let p = path.display();
-    if spec.concurrent == 0 {
-        bail!("spec file {p}: concurrent is 0, so no job would ever run; set it to 1 or more");
-    }
-    if spec.runners.is_empty() {
-        bail!("spec file {p}: runners is empty; declare at least one runner");
-    }
-    for key in ["concurrent", "runners", "check_interval"] {
-        if spec.extra.contains_key(key) {
-            bail!("spec file {p}: extra.{key} is not allowed; set the top-level `{key}` field instead");
-        }
-    }
-    for (i, r) in spec.runners.iter().enumerate() {
-        let at = format!("spec file {p}: runners[{i}] ({:?})", r.name);
-        if r.name.trim().is_empty() {
-            bail!("spec file {p}: runners[{i}] has an empty name; give every runner a name");
-        }
-        if !(r.url.starts_with("https://") || r.url.starts_with("http://")) {
-            bail!("{at}: url {:?} is not an http(s) URL; use the GitLab instance URL, e.g. https://gitlab.example.com", r.url);
-        }
-        if let Some(e) = &r.executor {
-            if e != "custom" {
-                bail!("{at}: executor {e:?} is not supported; this driver needs executor \"custom\" (or leave it out)");
-            }
-        }
-        if r.driver.trim().is_empty() {
-            bail!("{at}: driver is empty; give the path of the gitlab-runner-tart-driver binary");
-        }
-        if let Some(c) = r.concurrency {
-            if c != spec.concurrent {
-                bail!(
-                    "{at}: concurrency {c} differs from concurrent {}; they must be equal (or leave concurrency out)",
-                    spec.concurrent
-                );
-            }
-        }
-        if r.limit == Some(0) {
-            // 0 means unlimited to GitLab Runner, but the host cannot run unlimited VMs.
-            bail!(
-                "{at}: limit 0 means unlimited; set a limit between 1 and concurrent ({})",
-                spec.concurrent
-            );
-        }
-        if r.extra.contains_key("token") {
-            bail!(
-                "{at}: extra.token is not allowed; put the token in the file named by token_file"
-            );
-        }
-        for d in [&r.builds_dir, &r.cache_dir].into_iter().flatten() {
-            if d.trim().is_empty() {
-                bail!("{at}: builds_dir and cache_dir must not be empty; leave them out to use the defaults");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads a runner's token file; returns the token and an optional warning.
-fn read_token(r: &RunnerSpec) -> Result<(Token, Option<String>)> {
-    let path = &r.token_file;
-    let raw = fs::read(path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read token file {} for runner {:?}: {e}; create it (readable by the runner's user, mode 0600) containing the runner's glrt- authentication token",
-            path.display(),
-            r.name
-        )
-    })?;
-    let text = String::from_utf8(raw).map_err(|_| {
-        anyhow::anyhow!(
-            "token file {} for runner {:?} is not UTF-8 text; it must contain only the glrt- authentication token",
-            path.display(),
-            r.name
-        )
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!(
-            "token file {} for runner {:?} is empty; write the runner's glrt- authentication token into it",
-            path.display(),
-            r.name
-        );
-    }
-    if token.chars().any(char::is_whitespace) {
-        bail!(
-            "token file {} for runner {:?} contains whitespace inside the token; it must contain only the token",
-            path.display(),
-            r.name
-        );
-    }
-    let warning = (!token.starts_with("glrt-")).then(|| {
-        format!(
-            "the token in {} for runner {:?} does not start with glrt-; runner authentication tokens created in GitLab 16+ do",
-            path.display(),
-            r.name
-        )
-    });
-    Ok((Token(token.to_owned()), warning))
-}
-
-fn json_to_toml(v: &serde_json::Value, at: &str) -> Result<Value> {
-    use serde_json::Value as J;
-    Ok(match v {
-        J::Null => bail!("{at} is null, which TOML cannot represent; remove the key instead"),
-        J::Bool(b) => Value::Boolean(*b),
-        J::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::Integer(i)
-            } else if let Some(f) = n.as_f64().filter(|_| n.as_u64().is_none()) {
-                Value::Float(f)
-            } else {
-                bail!("{at} is {n}, too large for a TOML integer")
-            }
-        }
-        J::String(s) => Value::String(s.clone()),
-        J::Array(a) => Value::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, x)| json_to_toml(x, &format!("{at}[{i}]")))
-                .collect::<Result<_>>()?,
-        ),
-        J::Object(o) => Value::Table(map_to_table(o, at)?),
-    })
-}
-
-fn map_to_table(o: &serde_json::Map<String, serde_json::Value>, at: &str) -> Result<Table> {
-    o.iter()
-        .map(|(k, v)| Ok((k.clone(), json_to_toml(v, &format!("{at}.{k}"))?)))
-        .collect()
-}
-
-/// Deep-merges `extra` into `base`: tables merge key by key, anything else is replaced.
-fn merge(base: &mut Table, extra: Table) {
-    for (k, v) in extra {
-        match (base.get_mut(&k), v) {
-            (Some(Value::Table(b)), Value::Table(e)) => merge(b, e),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
-fn strings<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Value {
-    Value::Array(items.into_iter().map(|s| Value::String(s.into())).collect())
-}
-
-fn render(spec: &Spec, tokens: &[Token], spec_path: &Path) -> Result<String> {
-    let n = spec.concurrent;
-    let mut top = Table::new();
-    top.insert("concurrent".into(), Value::Integer(n.into()));
-    top.insert(
-        "check_interval".into(),
-        Value::Integer(spec.check_interval.into()),
-    );
-    if let Some(t) = spec.shutdown_timeout {
-        top.insert("shutdown_timeout".into(), Value::Integer(t.into()));
-    }
-    if let Some(l) = &spec.log_level {
-        top.insert("log_level".into(), Value::String(l.clone()));
-    }
-    merge(&mut top, map_to_table(&spec.extra, "extra")?);
-
-    let mut runners = Vec::with_capacity(spec.runners.len());
-    for (i, (r, token)) in spec.runners.iter().zip(tokens).enumerate() {
-        let with_config = |stage: &[&str], tail: &[String]| {
-            let mut args: Vec<String> = stage.iter().map(|s| (*s).to_owned()).collect();
-            if let Some(c) = &r.driver_config {
-                args.push("--config".into());
-                args.push(c.clone());
-            }
-            args.extend(tail.iter().cloned());
-            strings(args)
-        };
-        let mut custom = Table::new();
-        custom.insert("config_exec".into(), Value::String(r.driver.clone()));
-        custom.insert("config_args".into(), with_config(&["config"], &[]));
-        custom.insert(
-            "config_exec_timeout".into(),
-            Value::Integer(CONFIG_EXEC_TIMEOUT),
-        );
-        custom.insert("prepare_exec".into(), Value::String(r.driver.clone()));
-        custom.insert(
-            "prepare_args".into(),
-            with_config(&["prepare"], &["--concurrency".into(), n.to_string()]),
-        );
-        custom.insert(
-            "prepare_exec_timeout".into(),
-            Value::Integer(PREPARE_EXEC_TIMEOUT),
-        );
-        custom.insert("run_exec".into(), Value::String(r.driver.clone()));
-        custom.insert("run_args".into(), with_config(&["run"], &[]));
-        custom.insert("cleanup_exec".into(), Value::String(r.driver.clone()));
-        custom.insert("cleanup_args".into(), with_config(&["cleanup"], &[]));
-        custom.insert(
-            "cleanup_exec_timeout".into(),
-            Value::Integer(CLEANUP_EXEC_TIMEOUT),
-        );
-        custom.insert(
-            "graceful_kill_timeout".into(),
-            Value::Integer(GRACEFUL_KILL_TIMEOUT),
-        );
-        custom.insert(
-            "force_kill_timeout".into(),
-            Value::Integer(FORCE_KILL_TIMEOUT),
-        );
-
-        let mut flags = Table::new();
-        flags.insert("FF_RESOLVE_FULL_TLS_CHAIN".into(), Value::Boolean(false));
-
-        let mut t = Table::new();
-        t.insert("name".into(), Value::String(r.name.clone()));
-        t.insert("url".into(), Value::String(r.url.clone()));
-        t.insert("token".into(), Value::String(token.0.clone()));
-        t.insert("executor".into(), Value::String("custom".into()));
-        t.insert("shell".into(), Value::String("bash".into()));
-        t.insert("limit".into(), Value::Integer(r.limit.unwrap_or(n).into()));
-        t.insert(
-            "builds_dir".into(),
-            Value::String(r.builds_dir.as_deref().unwrap_or(DEFAULT_BUILDS_DIR).into()),
-        );
-        t.insert(
-            "cache_dir".into(),
-            Value::String(r.cache_dir.as_deref().unwrap_or(DEFAULT_CACHE_DIR).into()),
-        );
-        if !r.environment.is_empty() {
-            t.insert("environment".into(), strings(r.environment.iter().cloned()));
-        }
-        t.insert("feature_flags".into(), Value::Table(flags));
-        t.insert("custom".into(), Value::Table(custom));
-        merge(
-            &mut t,
-            map_to_table(&r.extra, &format!("runners[{i}].extra"))?,
-        );
-        runners.push(Value::Table(t));
-    }
-    top.insert("runners".into(), Value::Array(runners));
-
-    let body = toml::to_string(&top).context(
-        "cannot render config.toml (an extra value has a shape TOML cannot express); simplify the extra keys",
-    )?;
-    Ok(format!(
-        "# Generated by `gitlab-runner-tart-driver runner-config --spec {}`.\n# Do not edit: changes are overwritten the next time it runs.\n\n{body}",
-        spec_path.display()
-    ))
-}
-
-/// Writes `data` to `path` atomically with mode 0600: a temporary file in the same
-/// directory, fsync, rename over `path`, fsync of the directory. On error nothing is left
-/// behind and an existing `path` is untouched.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-
-    let file_name = path.file_name().ok_or_else(|| {
-        anyhow::anyhow!(
-            "output {} is not a file path; pass --output <dir>/config.toml",
-            path.display()
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let cant = |what: &str, e: std::io::Error| {
-        anyhow::anyhow!(
-            "cannot write {}: {what}: {e}; make sure {} exists and is writable by this user",
-            path.display(),
-            dir.display()
-        )
-    };
-
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| cant("creating a temporary file", e))?;
-    let result = (|| {
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| cant("setting mode 0600", e))?;
-        file.write_all(data).map_err(|e| cant("writing", e))?;
-        file.sync_all().map_err(|e| cant("syncing", e))?;
-        fs::rename(&tmp, path).map_err(|e| cant("renaming the temporary file", e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    if let Ok(d) = fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use toml::{Table, Value};
+
+    use super::render::{DEFAULT_BUILDS_DIR, DEFAULT_CACHE_DIR};
+    use super::spec::Spec;
     use std::os::unix::fs::PermissionsExt;
 
     const TOKEN: &str = "glrt-SECRET-abc123xyz";
