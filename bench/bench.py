@@ -414,7 +414,7 @@ class Bench:
         # A first prepare with no DHCP lease yet for the image's MAC address, untimed in the
         # medians: every later clone of the image reuses the MAC and finds a (stale) lease.
         for d in ("ours", "floor"):
-            leases = os.path.join(self.sim_host, "dhcpd_leases")
+            leases = os.path.join(self.sim_host, "var", "db", "dhcpd_leases")
             if os.path.exists(leases):
                 os.remove(leases)
             job = self.next_job()

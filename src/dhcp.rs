@@ -149,6 +149,100 @@ impl PoolUse {
     }
 }
 
+/// The unexpired leases of `/var/db/dhcpd_leases` (under the host root); none when the
+/// file is missing or unreadable: this check only ever adds a MAC change.
+pub fn active_leases() -> Vec<Lease> {
+    let path = crate::host_root::path(LEASES_FILE);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let now = now_secs();
+    parse_leases(&text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l.expires > now)
+        .collect()
+}
+
+/// A MAC address as bootpd and Tart may write it (`7a:7:0:..` or `7A:07:00:..`), in one form.
+pub fn normal_mac(mac: &str) -> String {
+    mac.split(':')
+        .map(|o| format!("{:0>2}", o.to_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The lease that makes booting a clone with `mac` unsafe, if any. bootpd answers a MAC with
+/// the address of its lease, so a clone that kept its image's MAC while another VM with that
+/// MAC runs (another TART_HOME's clone of the same image: Tart re-MACs only against its own
+/// VMs) shares that VM's address, and `tart ip` names the other VM. Leases this runner's
+/// own earlier VMs took (`own`, as remembered) are safe: reusing them keeps the pool small.
+pub fn unsafe_lease<'a>(leases: &'a [Lease], mac: &str, own: &[Lease]) -> Option<&'a Lease> {
+    let mac = normal_mac(mac);
+    leases.iter().find(|l| {
+        normal_mac(&l.hw_address) == mac
+            && !own
+                .iter()
+                .any(|o| normal_mac(&o.hw_address) == mac && o.expires == l.expires)
+    })
+}
+
+/// The leases this runner's own VMs took: `own-leases` in a state directory, one
+/// `<mac> <expiry>` per line, the newest 64.
+pub struct OwnLeases {
+    dir: crate::state_dir::Dir,
+}
+
+const OWN_LEASES: &str = "own-leases";
+
+impl OwnLeases {
+    pub fn open(root: &crate::state_dir::StateDir) -> Result<OwnLeases> {
+        Ok(OwnLeases {
+            dir: root.subdir("dhcp")?,
+        })
+    }
+
+    pub fn list(&self) -> Vec<Lease> {
+        let text = self.dir.read_string(OWN_LEASES).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (mac, expires) = line.split_once(' ')?;
+                Some(Lease {
+                    ip: String::new(),
+                    hw_address: mac.to_string(),
+                    expires: expires.trim().parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers the lease a VM of this runner now holds for `mac`.
+    pub fn remember(&self, mac: &str) -> Result<()> {
+        let mac = normal_mac(mac);
+        let Some(lease) = active_leases()
+            .into_iter()
+            .filter(|l| normal_mac(&l.hw_address) == mac)
+            .max_by_key(|l| l.expires)
+        else {
+            return Ok(());
+        };
+        let mut own = self.list();
+        own.retain(|o| normal_mac(&o.hw_address) != mac);
+        own.push(lease);
+        let start = own.len().saturating_sub(64);
+        let text: String = own[start..]
+            .iter()
+            .map(|l| format!("{} {}\n", normal_mac(&l.hw_address), l.expires))
+            .collect();
+        self.dir.write_atomic(OWN_LEASES, text.as_bytes())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// What to do about a full pool.
 pub const FIX: &str = "lower bootpd's lease time to 10 minutes: `sudo defaults write /Library/Preferences/SystemConfiguration/com.apple.InternetSharing.default.plist bootpd -dict DHCPLeaseTimeSecs -int 600`; then, while no VM runs, `sudo rm /var/db/dhcpd_leases` frees the old leases (or use --softnet, which needs no lease)";
 
@@ -181,6 +275,27 @@ mod tests {
         let err = parse_leases("{\nip_address 1.2.3.4\n}\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
         assert!(parse_leases("{\nip_address=1.2.3.4\n").is_err());
+    }
+
+    fn lease(mac: &str, expires: u64) -> Lease {
+        Lease {
+            ip: "192.168.64.2".into(),
+            hw_address: mac.into(),
+            expires,
+        }
+    }
+
+    #[test]
+    fn a_lease_of_the_clones_mac_is_unsafe_unless_this_runner_took_it() {
+        let leases = [lease("7a:7:0:5f:97:c9", 100)];
+        assert!(unsafe_lease(&leases, "7a:07:00:5f:97:c9", &[]).is_some());
+        assert!(unsafe_lease(&leases, "7a:07:00:5f:97:c8", &[]).is_none());
+        // Our own earlier VM's lease, untouched since: reused, no new lease taken.
+        let own = [lease("7a:07:00:5f:97:c9", 100)];
+        assert!(unsafe_lease(&leases, "7a:07:00:5f:97:c9", &own).is_none());
+        // Granted again since (another VM with the MAC booted): unsafe again.
+        let own = [lease("7a:07:00:5f:97:c9", 50)];
+        assert!(unsafe_lease(&leases, "7a:07:00:5f:97:c9", &own).is_some());
     }
 
     #[test]

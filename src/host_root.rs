@@ -15,3 +15,8 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"));
     root.canonicalize().unwrap_or(root)
 }
+
+/// A system file's path, e.g. `/var/db/dhcpd_leases`, under the system root.
+pub fn path(system_path: &str) -> PathBuf {
+    root().join(system_path.trim_start_matches('/'))
+}

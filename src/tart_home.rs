@@ -23,6 +23,8 @@ pub struct VmConfig {
     pub cpu: u64,
     pub memory_mib: u64,
     pub minimum: Minimum,
+    /// `macAddress`.
+    pub mac: Option<String>,
 }
 
 /// Tart's home, found as Tart finds it: `$TART_HOME`, else `.tart` in Foundation's
@@ -91,6 +93,7 @@ fn parse(text: &[u8]) -> Option<VmConfig> {
             cpu: config["cpuCountMin"].as_u64().unwrap_or(0),
             memory_mib: mib("memorySizeMin").unwrap_or(0),
         },
+        mac: config["macAddress"].as_str().map(String::from),
     })
 }
 

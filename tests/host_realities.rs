@@ -183,8 +183,8 @@ fn foreign_leases(bed: &Bed, skip: u32, n: u32) {
         .unwrap()
         .as_secs()
         + 86_400;
-    let mut text =
-        std::fs::read_to_string(bed.sim.sim_host_dir().join("dhcpd_leases")).unwrap_or_default();
+    let mut text = std::fs::read_to_string(bed.sim.sim_host_dir().join("var/db/dhcpd_leases"))
+        .unwrap_or_default();
     for i in skip..skip + n {
         let mac = format!("2:0:0:0:{:x}:{:x}", i / 256, i % 256);
         text.push_str(&format!(
@@ -193,11 +193,11 @@ fn foreign_leases(bed: &Bed, skip: u32, n: u32) {
             254 - i
         ));
     }
-    std::fs::write(bed.sim.sim_host_dir().join("dhcpd_leases"), text).unwrap();
+    std::fs::write(bed.sim.sim_host_dir().join("var/db/dhcpd_leases"), text).unwrap();
 }
 
 fn doctor_dhcp(bed: &Bed) -> String {
-    let leases = bed.sim.sim_host_dir().join("dhcpd_leases");
+    let leases = bed.sim.sim_host_dir().join("var/db/dhcpd_leases");
     let out = bed.driver(&[
         "doctor",
         "--state-dir",

@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use super::connect;
 use super::LocalTart;
 use crate::backend::types::{Made, NewVm};
+use crate::dhcp;
 use crate::failure::Failure;
 use crate::foreign;
 use crate::host;
@@ -19,6 +20,7 @@ use crate::registry_access;
 use crate::registry_access::policy::CredentialFreeHome;
 use crate::request::Request;
 use crate::settings::Settings;
+use crate::state_dir::StateDir;
 use crate::supervisor;
 use crate::tart::{Fetch, ListEntry, Tart};
 use crate::tart_home::{self, VmConfig};
@@ -86,7 +88,7 @@ impl LocalTart<'_> {
             })?;
         // From now on the VM exists: mark it as this state directory's, for the sweeps.
         ownership::mark(vm, root)?;
-        let info = configure(tart, settings, request, vm.as_str()).await?;
+        let info = configure(tart, settings, root, request, vm.as_str()).await?;
         phase_done(
             &format!(
                 "Cloned {} ({} guest, {} CPUs, {} MiB)",
@@ -164,6 +166,12 @@ impl LocalTart<'_> {
             t,
         );
         state.record_phase("boot and connect", t.elapsed());
+        // The lease this VM took is this runner's: the next clone with its MAC may reuse it.
+        if let Some(mac) = tart_home::vm_config(vm.as_str()).and_then(|c| c.mac) {
+            if let Err(e) = dhcp::OwnLeases::open(root).and_then(|o| o.remember(&mac)) {
+                eprintln!("WARNING: cannot remember this VM's DHCP lease: {e:#}");
+            }
+        }
         Ok(Made {
             state: state.clone(),
             conn,
@@ -173,11 +181,13 @@ impl LocalTart<'_> {
     }
 }
 
-/// Applies CPU, memory and display in one `tart set`, and only when something changes:
-/// the clone's `config.json` tells what it has (`tart get` only when that cannot be read).
+/// Applies CPU, memory, display and a new MAC address in one `tart set`, and only when
+/// something changes: the clone's `config.json` tells what it has (`tart get` only when that
+/// cannot be read).
 pub async fn configure(
     tart: &Tart,
     settings: &Settings,
+    root: &StateDir,
     request: &Request,
     vm: &str,
 ) -> Result<VmConfig, Failure> {
@@ -190,6 +200,7 @@ pub async fn configure(
                 cpu: info.cpu,
                 memory_mib: info.memory,
                 minimum: tart_home::Minimum::default(),
+                mac: None,
             }
         }
     };
@@ -215,11 +226,29 @@ pub async fn configure(
     if let Some(display) = &request.display {
         flags.extend(["--display".to_string(), display.0.clone()]);
     }
-    if request.random_mac {
+    if request.random_mac || lease_taken(root, config.mac.as_deref()) {
         flags.push("--random-mac".to_string());
     }
     if !flags.is_empty() {
         tart.set(vm, &flags).await?;
     }
     Ok(config)
+}
+
+/// Whether the clone's MAC address has a DHCP lease this runner did not take (another
+/// user's VM cloned from the same image, or a stale one): then it needs a MAC of its own.
+fn lease_taken(root: &StateDir, mac: Option<&str>) -> bool {
+    let Some(mac) = mac else { return false };
+    let own = dhcp::OwnLeases::open(root)
+        .map(|o| o.list())
+        .unwrap_or_default();
+    let leases = dhcp::active_leases();
+    let Some(lease) = dhcp::unsafe_lease(&leases, mac, &own) else {
+        return false;
+    };
+    eprintln!(
+        "The clone's MAC address {mac} already has a DHCP lease ({}) that no VM of this runner took (another user's clone of the image, or a stale one): giving the clone a new MAC address, so that the address it boots with is its own",
+        lease.ip
+    );
+    true
 }

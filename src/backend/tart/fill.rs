@@ -296,7 +296,7 @@ async fn boot(
     tart.clone_vm(&request.image.name, vm, &local, Duration::from_secs(3600))
         .await?;
     ownership::mark(&state.name, root)?;
-    let info = super::create::configure(tart, settings, request, vm)
+    let info = super::create::configure(tart, settings, root, request, vm)
         .await
         .map_err(explain)?;
     let mut started_as = spec.clone();

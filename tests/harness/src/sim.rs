@@ -50,6 +50,10 @@ pub struct Faults {
     /// The guest agent answers only this long after `tart run` started.
     #[serde(default)]
     pub agent_starts_after_ms: Option<u64>,
+    /// With `run_dies`: Virtualization reports the failed start only this long after
+    /// `tart run` began (a start can fail late); `tart stop` ends it before.
+    #[serde(default)]
+    pub run_dies_after_ms: Option<u64>,
 }
 
 impl Default for Faults {
@@ -67,6 +71,7 @@ impl Default for Faults {
             local_network_denied: false,
             exec_breaks_after_ms: None,
             agent_starts_after_ms: None,
+            run_dies_after_ms: None,
         }
     }
 }

@@ -138,6 +138,9 @@ pub struct Faults {
     pub run_dies: bool,
     #[serde(default)]
     pub run_dies_message: Option<String>,
+    /// With `run_dies`: the failure comes this long after the start (SIGINT ends it before).
+    #[serde(default)]
+    pub run_dies_after_ms: Option<u64>,
     #[serde(default)]
     pub guest_dies_after_ms: Option<u64>,
     #[serde(default)]

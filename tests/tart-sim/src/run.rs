@@ -208,7 +208,10 @@ fn host_block() -> Option<String> {
 /// Picks an address of this simulated host's block and holds its lock file. The second
 /// value says whether bootpd has it to give: as on a Mac, once every address of the pool is
 /// leased to other MACs (leases outlive their VMs), a new VM boots without a lease, and
-/// only its sshd needs an address to listen on.
+/// only its sshd needs an address to listen on. bootpd answers a MAC with the address of
+/// its lease: when another running VM (another TART_HOME's clone of the same image) holds
+/// that address, both claim it and the host keeps reaching the first one, so this VM's
+/// sshd gets an address nobody knows and the lease keeps naming the other VM.
 fn allocate_ip(mac: &str) -> Option<(String, File, bool)> {
     let prev = lease_for(mac).ok().flatten();
     let avoid = leased_ips_except(mac);
@@ -217,6 +220,9 @@ fn allocate_ip(mac: &str) -> Option<(String, File, bool)> {
         .into_iter()
         .filter(|ip| ip.starts_with(&format!("{block}.")))
         .collect();
+    let taken_by_its_twin = cands
+        .first()
+        .is_some_and(|ip| try_flock(&ips_dir().join(ip)).is_none());
     for n in 2..=254 {
         cands.push(format!("{block}.{n}"));
     }
@@ -234,7 +240,7 @@ fn allocate_ip(mac: &str) -> Option<(String, File, bool)> {
                 continue;
             }
             crate::netfault::allow(ip);
-            return Some((ip.clone(), lock, pass == 0));
+            return Some((ip.clone(), lock, pass == 0 && !taken_by_its_twin));
         }
     }
     None
@@ -507,6 +513,14 @@ pub fn run(args: &[String]) -> R<()> {
     let _ = fs::remove_file(dir.join("sim-run.json"));
 
     if sim.faults.run_dies {
+        if let Some(ms) = sim.faults.run_dies_after_ms {
+            let set = sigset(&[libc::SIGINT]);
+            unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+            if sigwait_timeout(&set, ms) == libc::SIGINT {
+                println!("Stopping VM...");
+                return Ok(());
+            }
+        }
         let msg = sim.faults.run_dies_message.clone().unwrap_or_else(|| {
             "Error Domain=VZErrorDomain Code=1 \"Internal Virtualization error. The virtual machine failed to start.\" UserInfo={NSLocalizedFailure=Internal Virtualization error., NSLocalizedFailureReason=The virtual machine failed to start.}".into()
         });

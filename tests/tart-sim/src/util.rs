@@ -415,8 +415,9 @@ pub struct Lease {
     pub expiry: i64,
 }
 
+/// bootpd's leases file, at its place under the simulated Mac's root.
 pub fn leases_path() -> PathBuf {
-    sim_host().join("dhcpd_leases")
+    sim_host().join("var/db/dhcpd_leases")
 }
 
 fn norm_mac(m: &str) -> String {
@@ -532,7 +533,9 @@ pub fn write_lease(name: &str, mac: &str, ip: &str) {
             l.name, l.ip, hw, hw, l.expiry
         ));
     }
-    let tmp = host.join(format!("dhcpd_leases.{}", std::process::id()));
+    let path = leases_path();
+    let tmp = path.with_file_name(format!("dhcpd_leases.{}", std::process::id()));
+    let _ = fs::create_dir_all(path.parent().expect("a nested path"));
     if fs::write(&tmp, s).is_ok() {
         let _ = fs::rename(&tmp, leases_path());
     }

@@ -614,7 +614,8 @@ fn ip_of_a_vm_that_never_ran_says_is_your_vm_running() {
 fn ip_reports_a_malformed_lease_file_as_unexpected_format() {
     let b = Bed::new();
     b.clone_vm(UBUNTU, "vm");
-    std::fs::write(b.host.join("dhcpd_leases"), "garbage\n").unwrap();
+    std::fs::create_dir_all(b.host.join("var/db")).unwrap();
+    std::fs::write(b.host.join("var/db/dhcpd_leases"), "garbage\n").unwrap();
     let o = b.tart(&["ip", "vm"]);
     assert_eq!(o.code, 1);
     assert!(
