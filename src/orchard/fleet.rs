@@ -5,8 +5,9 @@
 //! The host keeps what it keeps for a local VM: the VM's record in the state directory
 //! (lock, control socket, connection) under the job's usual name, plus the Orchard VM's name
 //! (`orchard-vm`) written before the VM is created, so a cleanup or a sweep after any crash
-//! knows what to delete. Each prepare attempt makes a VM of its own name (`-<attempt>`), so
-//! a delete that did not get through never blocks the retry.
+//! knows what to delete. Before creating, prepare deletes whatever VM of the same job an
+//! earlier attempt left on the controller (found by name), so a cleanup whose delete did not
+//! get through never blocks the retry.
 //!
 //! May use: settings, the job's request, VM state, the guest's transports, and the rest of
 //! `crate::orchard`. Used by: the backend seam.
@@ -37,8 +38,10 @@ const ORCHARD_VM: &str = "orchard-vm";
 const ATTEMPTS: &str = "orchard-attempts";
 /// Where the `ProxyCommand` writes why a port-forward failed, in the job's record.
 const PROXY_LOG: &str = "orchard-proxy.log";
-/// Longest single ssh login attempt; the boot timeout bounds them all.
-const LOGIN_TRY: Duration = Duration::from_secs(20);
+/// How long one login's proxy retries the port-forward: under the master's ConnectTimeout
+/// (10 s), which with a ProxyCommand bounds the wait for sshd's banner, so the proxy gives up
+/// first and says why in its log. The boot timeout bounds the attempts together.
+const LOGIN_TRY: Duration = Duration::from_secs(8);
 /// How long run's one reconnect may take.
 const RECONNECT_BOUND: Duration = Duration::from_secs(60);
 
@@ -52,7 +55,7 @@ pub struct Fleet<'a> {
 impl<'a> Fleet<'a> {
     pub fn new(settings: &'a Settings) -> Result<Fleet<'a>> {
         let orchard = required(settings.orchard.as_ref())?;
-        refuse_host_dirs(settings)?;
+        refuse_local_only(settings)?;
         Ok(Fleet {
             settings,
             orchard,
@@ -328,10 +331,11 @@ fn failure_text(f: Failure) -> anyhow::Error {
     }
 }
 
-/// Per-job writable host directories cannot exist on a fleet: the job's worker is not
-/// known in advance, Orchard cannot create or clean directories there, and two VMs on one
-/// Mac would share them (spec/orchard.md §2.6, §7.5).
-fn refuse_host_dirs(settings: &Settings) -> Result<()> {
+/// Settings that only make sense on this host. Per-job writable host directories cannot
+/// exist on a fleet: the job's worker is not known in advance, Orchard cannot create or clean
+/// directories there, and two VMs on one Mac would share them (spec/orchard.md §2.6, §7.5).
+/// A warm pool would boot VMs here.
+fn refuse_local_only(settings: &Settings) -> Result<()> {
     let (what, flag) = if settings.builds_dir.is_some() {
         ("builds", "--builds-dir")
     } else if settings.cache_dir.is_some() {
