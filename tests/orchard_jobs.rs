@@ -456,3 +456,21 @@ fn a_service_account_without_compute_write_fails_the_job_naming_the_role() {
         .assert_log_contains("lacks a role");
     fleet.assert_nothing_left();
 }
+
+#[test]
+fn sshd_that_never_answers_fails_the_job_at_the_boot_timeout_and_the_vm_is_deleted() {
+    let fleet = Fleet::with_options(
+        |c| c.faults.slow_sshd_ms = 600_000,
+        &["--orchard-boot-timeout", "5"],
+    );
+    let started = Instant::now();
+    let out = run_job(&fleet.bed.runner(), &job());
+    out.assert_system_failure()
+        .assert_log_contains("did not answer within the boot timeout (5s)")
+        .assert_log_contains("port-forward");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "three attempts of about 5 s each"
+    );
+    fleet.assert_nothing_left();
+}

@@ -268,8 +268,7 @@ impl<'a> Fleet<'a> {
             match self.client.get_vm(&name).await {
                 Ok(vm) if vm.status == VmStatus::Running => {}
                 Ok(vm) => bail!(
-                    "the job's VM {name} is {:?} on the controller: {}",
-                    vm.status,
+                    "the job's VM {name} is no longer running on the controller: {}",
                     vm.status_message
                 ),
                 Err(ApiError::NotFound) => bail!("the job's VM {name} is gone from the controller"),
