@@ -99,8 +99,9 @@ impl<'a> Backend<'a> {
         }
     }
 
-    /// After a prepare or a cleanup: lets the backend top up what it keeps ready ahead of
-    /// jobs (local Tart's warm pool, replenished by a detached process). Never fails a job.
+    /// After a cleanup: lets the backend top up what it keeps ready ahead of jobs (local
+    /// Tart's warm pool, replenished by a detached process; prepare's `create` starts that
+    /// itself as soon as it sees the pool short). Never fails a job.
     pub fn refill(&self, root: &StateDir) {
         match self {
             Backend::Tart(b) => b.refill(root),

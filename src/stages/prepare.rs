@@ -106,7 +106,6 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     // The VM's lock stays held until prepare ends.
     let made = backend.create(&listing, new).await?;
     set_up_guest(&backend, settings, request, &made, started).await?;
-    backend.refill(&root);
     Ok(())
 }
 

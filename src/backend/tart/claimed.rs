@@ -31,6 +31,11 @@ pub async fn try_warm(
     let expiry = job_limit + Duration::from_secs(3600);
     let outcome = claim::claim(settings, root, state, request, expiry).await?;
     claim::report(&outcome, t);
+    // The pool is short from now on (a claim took its VM; a cold job found none that
+    // fits): its replacement boots beside this job's own boot and work, not after them.
+    if !matches!(outcome, Outcome::Cold(None)) {
+        replenish(settings, root);
+    }
     match outcome {
         Outcome::Claimed(claimed) => {
             state.record_phase("warm claim", t.elapsed());
