@@ -275,8 +275,10 @@ in
     softnet = {
       enable = mkOption {
         type = types.bool;
-        default = cfg.concurrency > 1;
-        defaultText = literalExpression "config.services.gitlab-runner-tart.concurrency > 1";
+        # Orchard runners' VMs run on the fleet, not here.
+        default =
+          cfg.concurrency > 1 && lib.any (r: !render.isOrchard r) (lib.attrValues cfg.runners);
+        defaultText = literalExpression "concurrency > 1 && any runner uses the tart backend";
         description = ''
           Provision Softnet, which isolates each VM's network from the host's other VMs (the
           driver uses it when more than one VM can run): installs a setuid-root copy of

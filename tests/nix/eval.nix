@@ -511,6 +511,9 @@ let
           token_file = "/Users/ci/.config/gitlab-runner/orchard.token";
         };
       };
+    "orchard runners only: no setuid Softnet on this Mac" =
+      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf systems.orchard-runner)
+      && has "install -m 4755" activation;
     "orchard runner on a Mac: this host's builds dir is refused" =
       refusedAt "${runnerAt}: buildsDir" {
         runners.macos = {
