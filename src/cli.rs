@@ -59,7 +59,7 @@ pub enum Command {
     },
     /// Internal: watches `tart run` for one VM. Started by prepare, detached.
     #[command(hide = true)]
-    Supervise(SuperviseArgs),
+    Supervise(crate::host::supervisor::SuperviseArgs),
     /// Internal: ssh's ProxyCommand to an Orchard VM's port through the controller.
     #[command(hide = true)]
     OrchardProxy(crate::orchard::proxy::ProxyArgs),
@@ -103,17 +103,4 @@ pub struct WarmArgs {
     pub background: bool,
     #[command(flatten)]
     pub options: Options,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct SuperviseArgs {
-    #[arg(long)]
-    pub vm: String,
-    #[arg(long)]
-    pub state: PathBuf,
-    #[arg(long)]
-    pub tart: String,
-    /// The arguments of `tart run`.
-    #[arg(last = true)]
-    pub run_args: Vec<String>,
 }

@@ -5,39 +5,20 @@
 mod backend;
 mod cli;
 mod clock;
-mod dhcp;
 mod doctor;
 mod failure;
-mod foreign;
 mod guest;
 mod host;
-mod host_root;
-#[cfg(test)]
-mod hostile_input_tests;
-mod identity;
-mod image;
-mod isolation;
 mod job;
-mod lifecycle;
 mod logging;
-mod login;
 mod manuals;
 mod model;
 mod orchard;
-mod ownership;
-mod registry_access;
-mod request;
 mod runner_config;
 mod settings;
 mod stages;
-mod state_dir;
-mod supervisor;
-mod tart;
-mod tart_home;
-mod tart_message;
-mod tool_path;
-mod transport;
-mod vm;
+#[cfg(test)]
+mod tests;
 mod warm;
 
 use clap::Parser;
@@ -46,10 +27,10 @@ use cli::{Cli, Command};
 use failure::{ExitCodes, Failure};
 
 fn main() {
-    if let Some(code) = transport::askpass::answer_if_asked() {
+    if let Some(code) = guest::transport::askpass::answer_if_asked() {
         std::process::exit(code);
     }
-    tool_path::complete_path();
+    host::tool_path::complete_path();
     logging::init_from_admin();
     let codes = ExitCodes::from_env();
     let cli = match Cli::try_parse() {
@@ -88,7 +69,7 @@ fn main() {
         Command::OrchardProxy(args) => ("orchard-proxy", orchard::proxy::proxy(args)),
         Command::Supervise(args) => (
             "supervise",
-            supervisor::supervise(args).map_err(Failure::System),
+            host::supervisor::supervise(args).map_err(Failure::System),
         ),
     };
     std::process::exit(codes.settle(&result, stage));

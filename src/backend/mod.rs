@@ -6,7 +6,7 @@
 //!
 //! Two backends: local Tart ([`tart`]), and an Orchard fleet ([`crate::orchard::fleet`]),
 //! whose VMs are reached through ssh's `ProxyCommand`
-//! ([`crate::transport::ssh::Target::Proxy`]) instead of an IP. The admin picks one with
+//! ([`crate::guest::transport::ssh::Target::Proxy`]) instead of an IP. The admin picks one with
 //! `--backend`; no job variable can.
 //!
 //! May use: everything below the stages (settings, the job's request, host and guest
@@ -20,10 +20,10 @@ use std::fs::File;
 use anyhow::Result;
 
 use crate::failure::Failure;
+use crate::guest::transport::{RemoteExit, Transport};
+use crate::host::state_dir::StateDir;
+use crate::host::vm::{Connection, VmName, VmState};
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::transport::{RemoteExit, Transport};
-use crate::vm::{Connection, VmName, VmState};
 
 use crate::orchard::fleet::Fleet;
 use crate::orchard::settings::Backend as Kind;
@@ -40,7 +40,7 @@ pub enum Backend<'a> {
 /// The VMs a backend sees, read once so that one listing serves a stage's sweep and its
 /// own look-ups (prepare's leftover check and pull policy).
 pub enum Listing {
-    Tart(Vec<crate::tart::ListEntry>),
+    Tart(Vec<crate::host::tart::ListEntry>),
     Orchard(Vec<crate::orchard::types::Vm>),
 }
 

@@ -6,10 +6,10 @@ use std::fs::File;
 use std::time::Duration;
 
 use crate::guest::Share;
+use crate::host::state_dir::StateDir;
+use crate::host::vm::{Connection, VmName, VmState};
+use crate::job::request::Request;
 use crate::job::JobContext;
-use crate::request::Request;
-use crate::state_dir::StateDir;
-use crate::vm::{Connection, VmName, VmState};
 
 /// What a sweep did, by VM name.
 #[derive(Debug, Default)]
@@ -20,8 +20,8 @@ pub struct Swept {
     pub foreign: Vec<String>,
 }
 
-impl From<crate::lifecycle::Swept> for Swept {
-    fn from(s: crate::lifecycle::Swept) -> Swept {
+impl From<crate::backend::tart::lifecycle::Swept> for Swept {
+    fn from(s: crate::backend::tart::lifecycle::Swept) -> Swept {
         let names = |v: Vec<VmName>| v.into_iter().map(|n| n.to_string()).collect();
         Swept {
             removed: names(s.removed),

@@ -9,10 +9,10 @@ use std::time::Duration;
 use super::probe::{is_executable, resolve, run_bounded};
 use super::report::Report;
 use super::tart::{entry_is_running, entry_name, TartList};
-use crate::dhcp::{self, PoolUse};
+use crate::guest::transport::reach::{self, Reach};
+use crate::host::dhcp::{self, PoolUse};
+use crate::host::tool_path;
 use crate::settings::Settings;
-use crate::tool_path;
-use crate::transport::reach::{self, Reach};
 
 /// Where doctor reads bootpd's state; the defaults are macOS's own files.
 #[derive(clap::Args, Debug, Clone)]
@@ -162,7 +162,7 @@ pub fn check_local_network(tart: Option<&Path>, list: Option<&TartList>, r: &mut
 
 pub fn check_softnet(settings: &Settings, r: &mut Report) {
     const NAME: &str = "softnet";
-    if let Some(exposure) = crate::isolation::exposure(settings) {
+    if let Some(exposure) = crate::settings::isolation::exposure(settings) {
         let fix = "keep Softnet on (drop --no-softnet / `softnet: false`) when jobs of different trust share this Mac";
         return r.warn(NAME, exposure, fix);
     }

@@ -48,8 +48,8 @@ impl Output {
     }
     /// The error line of stderr (past Tart's housekeeping warning), else of stdout.
     pub(super) fn message(&self) -> String {
-        match crate::tart_message::error_line(&self.stderr) {
-            line if line.is_empty() => crate::tart_message::error_line(&self.stdout),
+        match crate::host::tart_message::error_line(&self.stderr) {
+            line if line.is_empty() => crate::host::tart_message::error_line(&self.stdout),
             line => line,
         }
     }

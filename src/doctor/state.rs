@@ -2,8 +2,8 @@
 //! SSH control sockets it will hold.
 
 use super::report::Report;
+use crate::host::state_dir;
 use crate::settings::Settings;
-use crate::state_dir;
 
 pub(super) fn check_state_dir(settings: &Settings, r: &mut Report) {
     const NAME: &str = "state dir";

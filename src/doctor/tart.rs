@@ -7,11 +7,11 @@ use std::time::Duration;
 use super::host::{free_bytes, gb, GB};
 use super::probe::{is_executable, parse_version, resolve, run_bounded, COMMAND_LIMIT};
 use super::report::Report;
+use crate::host::ownership::{self, Claim};
+use crate::host::state_dir::{self, StateDir, VMS};
+use crate::host::vm::{VmName, VmState, PREFIX};
 use crate::model::TransportKind;
-use crate::ownership::{self, Claim};
 use crate::settings::Settings;
-use crate::state_dir::{self, StateDir, VMS};
-use crate::vm::{VmName, VmState, PREFIX};
 
 /// Tart reads every VM's config for `list`, which can take longer on a big cache.
 const LIST_LIMIT: Duration = Duration::from_secs(10);
@@ -199,7 +199,7 @@ pub(super) fn check_macos_limit(settings: &Settings, list: Option<&TartList>, r:
 
 pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
     const NAME: &str = "tart home";
-    let Some(home) = crate::tart_home::home() else {
+    let Some(home) = crate::host::tart_home::home() else {
         r.fail(
             NAME,
             "TART_HOME is not set and the user database has no home for this user",

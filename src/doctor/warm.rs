@@ -2,8 +2,8 @@
 //! doing, and the boots that failed.
 
 use super::Report;
+use crate::host::state_dir::StateDir;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
 use crate::warm::pool::{self, Status};
 use crate::warm::replenish;
 

@@ -24,13 +24,13 @@ use super::sweep::{self, runner_tag, unix_now};
 use super::types::{Vm, VmStatus};
 use crate::backend::types::{Made, NewVm, Swept};
 use crate::failure::Failure;
+use crate::guest::transport::ssh::{self, MasterError, Target};
+use crate::guest::transport::Transport;
+use crate::host::state_dir::{StateDir, VMS};
+use crate::host::vm::{Connection, VmName, VmState};
+use crate::job::request::Request;
 use crate::model::TransportKind;
-use crate::request::Request;
 use crate::settings::Settings;
-use crate::state_dir::{StateDir, VMS};
-use crate::transport::ssh::{self, MasterError, Target};
-use crate::transport::Transport;
-use crate::vm::{Connection, VmName, VmState};
 
 /// The Orchard VM's name, in the job's record.
 const ORCHARD_VM: &str = "orchard-vm";
@@ -174,7 +174,7 @@ impl<'a> Fleet<'a> {
         let vm = queue::until_running(&self.client, name, queue_limit)
             .await
             .map_err(|e| anyhow!("{e}"))?;
-        crate::stages::phase_done(&format!("VM {name} running on worker {}", vm.worker), t);
+        crate::logging::phase_done(&format!("VM {name} running on worker {}", vm.worker), t);
         new.state.record_phase("queue", t.elapsed());
 
         let t = Instant::now();
@@ -185,7 +185,7 @@ impl<'a> Fleet<'a> {
         self.open_master(name, new.state, new.request, limit)
             .await
             .map_err(Failure::System)?;
-        crate::stages::phase_done("VM reachable over SSH through the Orchard controller", t);
+        crate::logging::phase_done("VM reachable over SSH through the Orchard controller", t);
         new.state.record_phase("boot and connect", t.elapsed());
         Ok(Connection {
             transport: TransportKind::Ssh,

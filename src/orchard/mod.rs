@@ -7,6 +7,8 @@
 //! it, sweeping what this runner left behind ([`sweep`], by [`name`]). Underneath: the REST
 //! [`client`] with its TLS [`trust`], the wire [`types`], and the admin's [`settings`]. None of
 //! it runs, nor is TLS set up, with the default `--backend tart`.
+//!
+//! May use: settings, the job's request, guest transports, the host's state, and the seam's value types (`backend`).
 
 pub mod client;
 pub mod fleet;

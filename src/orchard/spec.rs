@@ -8,8 +8,8 @@
 
 use super::settings::OrchardSettings;
 use super::types::{HostDir, VmSpec};
+use crate::job::request::Request;
 use crate::model::{PullPolicy, Resource};
-use crate::request::Request;
 use crate::settings::Settings;
 
 pub fn for_job(

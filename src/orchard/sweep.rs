@@ -14,7 +14,7 @@ use ring::rand::SecureRandom;
 use super::client::{ApiError, Client};
 use super::name::RunnerTag;
 use super::types::{Vm, VmStatus};
-use crate::state_dir::StateDir;
+use crate::host::state_dir::StateDir;
 
 /// How long a delete keeps trying through network errors and 5xx (a controller restart).
 const DELETE_BOUND: Duration = Duration::from_secs(60);

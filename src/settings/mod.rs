@@ -10,6 +10,7 @@
 //! have their own (registry policy, Orchard, warm pool); never the command line.
 
 mod file;
+pub mod isolation;
 pub mod options;
 mod values;
 
@@ -55,7 +56,7 @@ pub struct Settings {
     pub force_install_gitlab_runner: bool,
     pub gitlab_runner_version: String,
     pub softnet: bool,
-    pub registry: crate::registry_access::policy::Policy,
+    pub registry: crate::host::registry_policy::Policy,
     pub allow_local_images: bool,
     pub guest_builds_dir: String,
     pub guest_cache_dir: String,
@@ -241,7 +242,7 @@ impl Settings {
                 .state_dir
                 .clone()
                 .or(file.state_dir)
-                .unwrap_or_else(crate::state_dir::default_path),
+                .unwrap_or_else(crate::host::state_dir::default_path),
             concurrency,
             macos_vm_limit,
             cpu: o.cpu.or(file.cpu),
@@ -276,7 +277,7 @@ impl Settings {
             guest_cache_dir,
             job_overrides,
             softnet: softnet_wanted(o, file.softnet, concurrency, &softnet_allow),
-            registry: crate::registry_access::policy::Policy {
+            registry: crate::host::registry_policy::Policy {
                 public_images: compile_all(
                     if o.public_images.is_empty() {
                         &file.public_images

@@ -5,10 +5,10 @@
 use crate::backend::Backend;
 use crate::cli::StageArgs;
 use crate::failure::StageResult;
+use crate::host::state_dir::StateDir;
+use crate::host::vm::VmState;
 use crate::job::JobContext;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::vm::VmState;
 
 pub fn cleanup(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;

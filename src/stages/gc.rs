@@ -3,8 +3,8 @@
 use crate::backend::Backend;
 use crate::cli::GcArgs;
 use crate::failure::StageResult;
+use crate::host::state_dir::StateDir;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
 
 pub fn gc(args: &GcArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;

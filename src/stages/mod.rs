@@ -1,5 +1,7 @@
 //! The stages gitlab-runner calls, one module each. Each is a thin sequence of steps from
-//! the modules that own the concerns; what can go wrong is told in `Failure`.
+//! the modules that own the concerns; what can go wrong is told in `Failure`. May use:
+//! every layer below (the backend seam, the job's request, guest, host, settings, model);
+//! nothing but `main` imports them (Orchard's proxy and the warm pool share `runtime()`).
 
 pub mod cleanup;
 pub mod config;

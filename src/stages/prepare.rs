@@ -12,12 +12,12 @@ use crate::backend::{Backend, Made, NewVm};
 use crate::cli::StageArgs;
 use crate::failure::{Failure, StageResult};
 use crate::guest;
+use crate::guest::transport::{RemoteExit, Transport};
+use crate::host::state_dir::StateDir;
+use crate::host::vm::VmState;
+use crate::job::request::Request;
 use crate::job::JobContext;
-use crate::request::Request;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::transport::{RemoteExit, Transport};
-use crate::vm::VmState;
 
 pub fn prepare(args: &StageArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;
@@ -25,7 +25,7 @@ pub fn prepare(args: &StageArgs) -> StageResult {
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let request = Request::resolve(&settings, &job)?;
     super::runtime().block_on(async {
-        let mut cancelled = crate::transport::relay::Cancel::listen()?;
+        let mut cancelled = crate::guest::transport::relay::Cancel::listen()?;
         let finished = tokio::select! {
             biased;
             _ = cancelled.recv() => None,
@@ -137,7 +137,7 @@ async fn set_up_guest(
     let script = guest::setup_script(os, shares, &dirs, &request.install);
     match transport
         .run_captured(
-            &crate::login::in_login_env("exec sh -s"),
+            &crate::guest::login::in_login_env("exec sh -s"),
             script.as_bytes(),
             Duration::from_secs(600),
         )

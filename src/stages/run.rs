@@ -9,10 +9,10 @@ use anyhow::{anyhow, Context};
 use crate::backend::Backend;
 use crate::cli::RunArgs;
 use crate::failure::{Failure, StageResult};
+use crate::guest::transport::{RemoteExit, Stage};
+use crate::host::state_dir::StateDir;
 use crate::job::JobContext;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::transport::{RemoteExit, Stage};
 
 pub fn run(args: &RunArgs) -> StageResult {
     let settings = Settings::load(&args.options)?;

@@ -13,8 +13,8 @@ use anyhow::Result;
 use crate::backend::Backend;
 use crate::cli::WarmArgs;
 use crate::failure::StageResult;
+use crate::host::state_dir::StateDir;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
 use crate::warm::{pool, replenish};
 
 pub fn warm(args: &WarmArgs) -> StageResult {

@@ -13,10 +13,10 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::pool::{self, Status};
+use crate::host::state_dir::{StateDir, SLOTS};
+use crate::host::tart::Tart;
 use crate::host::{self, Slots, MACOS_SLOT};
 use crate::settings::Settings;
-use crate::state_dir::{StateDir, SLOTS};
-use crate::tart::Tart;
 
 /// The slots a new warm VM takes, if the host has room for one now (never waiting).
 pub fn take_for_warm(settings: &Settings, root: &StateDir, macos: bool) -> Result<Option<Slots>> {

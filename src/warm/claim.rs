@@ -9,10 +9,10 @@ use super::pool::{self, Status};
 use super::record::CLAIMED_VM;
 use super::replenish;
 use super::spec::WarmSpec;
-use crate::request::Request;
+use crate::host::state_dir::StateDir;
+use crate::host::vm::VmState;
+use crate::job::request::Request;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::vm::VmState;
 
 /// A warm VM that never gets claimed this close to its expiry: the sweep may be stopping it.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(120);

@@ -7,6 +7,8 @@
 //! top use it: prepare claims (`stages::claimed`), prepare and cleanup start the
 //! replenisher, which is the `warm` subcommand (`stages::warm`). A warm VM belongs to the
 //! local Tart backend: an ordinary VM record, swept by the same rules as a job's.
+//!
+//! May use: settings, the job's request, host, guest, and local Tart's backend parts (`backend::tart`).
 
 pub mod capacity;
 pub mod claim;

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{self, CLAIM, EVICTED, READY, SPEC};
 use super::spec::WarmSpec;
-use crate::lifecycle;
+use crate::backend::tart::lifecycle;
+use crate::host::state_dir::StateDir;
+use crate::host::tart::Tart;
+use crate::host::vm::VmState;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::tart::Tart;
-use crate::vm::VmState;
 
 /// `warm.json`: what the VM was started with, and when (Unix seconds).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,8 +16,8 @@
 
 use anyhow::Result;
 
-use crate::state_dir::{StateDir, VMS};
-use crate::vm::{VmName, VmState};
+use crate::host::state_dir::{StateDir, VMS};
+use crate::host::vm::{VmName, VmState};
 
 /// The runner part of warm VMs' names: `tartdrv-warm-<n>`.
 const WARM: &str = "warm";
@@ -37,12 +37,12 @@ pub fn new_name() -> VmName {
         .unwrap_or(0);
     // Nanoseconds with the process id mixed in: two replenishers never pick the same name.
     let n = nanos ^ (u64::from(std::process::id()) << 48);
-    VmName::parse_ours(&format!("{}{WARM}-{n}", crate::vm::PREFIX)).expect("a valid name")
+    VmName::parse_ours(&format!("{}{WARM}-{n}", crate::host::vm::PREFIX)).expect("a valid name")
 }
 
 pub fn is_warm(name: &VmName) -> bool {
     name.as_str()
-        .strip_prefix(crate::vm::PREFIX)
+        .strip_prefix(crate::host::vm::PREFIX)
         .and_then(|rest| rest.strip_prefix(WARM))
         .is_some_and(|rest| rest.starts_with('-'))
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::state_dir::{Dir, StateDir};
-use crate::vm::try_lock;
+use crate::host::state_dir::{Dir, StateDir};
+use crate::host::vm::try_lock;
 
 /// `<state dir>/warm/`: the replenisher's lock, log and failures.
 const WARM_DIR: &str = "warm";
@@ -80,7 +80,7 @@ pub fn at_work(root: &StateDir) -> bool {
         return false;
     }
     match dir.open(LOCK, libc::O_RDONLY) {
-        Ok(file) => !crate::vm::try_flock(&file).unwrap_or(true),
+        Ok(file) => !crate::host::vm::try_flock(&file).unwrap_or(true),
         Err(_) => false,
     }
 }

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::host;
-use crate::request::Request;
+use crate::host::tart_home::{self, VmConfig};
+use crate::job::request::Request;
 use crate::settings::Settings;
-use crate::tart_home::{self, VmConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarmSpec {

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use crate::backend::types::Made;
 use crate::failure::Failure;
-use crate::identity::Identity;
+use crate::guest::identity::Identity;
+use crate::host::state_dir::StateDir;
+use crate::host::tart::Tart;
+use crate::host::vm::VmState;
+use crate::job::request::Request;
 use crate::job::JobContext;
 use crate::logging::phase_done;
-use crate::request::Request;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::tart::Tart;
-use crate::vm::VmState;
 use crate::warm::claim::{self, Claimed, Outcome};
 
 /// Claims a warm VM for the job, telling the job log which way it goes and why. `job` is

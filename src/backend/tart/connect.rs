@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 
+use crate::backend::tart::lifecycle;
 use crate::failure::Failure;
-use crate::identity::{self, Identity};
-use crate::lifecycle;
+use crate::guest::identity::{self, Identity};
+use crate::guest::transport::exec::ExecTransport;
+use crate::guest::transport::reach::{self, Reach};
+use crate::guest::transport::ssh::{self, MasterError, Target};
+use crate::host::tart::Tart;
+use crate::host::vm::{Connection, VmState};
+use crate::job::request::Request;
 use crate::model::TransportKind;
-use crate::request::Request;
-use crate::tart::Tart;
-use crate::transport::exec::ExecTransport;
-use crate::transport::reach::{self, Reach};
-use crate::transport::ssh::{self, MasterError, Target};
-use crate::vm::{Connection, VmState};
 
 /// How long "No route to host" must last before it is taken for Local Network privacy
 /// rather than a guest whose network is still coming up.

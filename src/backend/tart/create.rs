@@ -9,21 +9,21 @@ use anyhow::anyhow;
 use super::connect;
 use super::LocalTart;
 use crate::backend::types::{Made, NewVm};
-use crate::dhcp;
 use crate::failure::Failure;
-use crate::foreign;
+use crate::guest::identity::Identity;
 use crate::host;
-use crate::identity::Identity;
+use crate::host::dhcp;
+use crate::host::foreign;
+use crate::host::ownership;
+use crate::host::registry_policy::CredentialFreeHome;
+use crate::host::state_dir::StateDir;
+use crate::host::supervisor;
+use crate::host::tart::{Fetch, ListEntry, Tart};
+use crate::host::tart_home::{self, VmConfig};
+use crate::job::registry_access;
+use crate::job::request::Request;
 use crate::logging::phase_done;
-use crate::ownership;
-use crate::registry_access;
-use crate::registry_access::policy::CredentialFreeHome;
-use crate::request::Request;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::supervisor;
-use crate::tart::{Fetch, ListEntry, Tart};
-use crate::tart_home::{self, VmConfig};
 
 impl LocalTart<'_> {
     /// Replaces a leftover of an earlier attempt, fetches and clones the image, sizes the

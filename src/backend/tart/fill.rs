@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::backend::tart::lifecycle;
 use crate::failure::Failure;
-use crate::identity::Identity;
+use crate::guest::identity::Identity;
+use crate::host::ownership;
+use crate::host::registry_policy::CredentialFreeHome;
+use crate::host::state_dir::StateDir;
+use crate::host::supervisor;
+use crate::host::tart::{Fetch, Tart};
+use crate::host::vm::VmState;
+use crate::job::registry_access;
+use crate::job::request::Request;
 use crate::job::JobContext;
-use crate::lifecycle;
 use crate::model::PullPolicy;
-use crate::ownership;
-use crate::registry_access;
-use crate::registry_access::policy::CredentialFreeHome;
-use crate::request::Request;
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::supervisor;
-use crate::tart::{Fetch, Tart};
-use crate::vm::VmState;
 use crate::warm::pool::{self, Member, Status};
 use crate::warm::spec::WarmSpec;
 use crate::warm::{capacity, record, replenish};
@@ -336,7 +336,7 @@ async fn boot(
     .map_err(explain)?;
     // The login proved the VM ready; the job opens its own.
     if conn.transport == crate::model::TransportKind::Ssh {
-        crate::transport::ssh::close_master(state).await?;
+        crate::guest::transport::ssh::close_master(state).await?;
     }
     state.forget_connection()?;
     pool::mark_ready(state)

@@ -9,6 +9,7 @@ mod claimed;
 pub mod connect;
 pub mod create;
 mod fill;
+pub mod lifecycle;
 pub mod shares;
 
 use std::fs::File;
@@ -16,12 +17,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::lifecycle::{self, Swept};
+use crate::guest::transport::Transport;
+use crate::host::state_dir::StateDir;
+use crate::host::tart::{ListEntry, Tart};
+use crate::host::vm::{Connection, VmName, VmState};
 use crate::settings::Settings;
-use crate::state_dir::StateDir;
-use crate::tart::{ListEntry, Tart};
-use crate::transport::Transport;
-use crate::vm::{Connection, VmName, VmState};
+use lifecycle::Swept;
 
 /// Tart on this Mac, as the admin configured it.
 pub struct LocalTart<'a> {

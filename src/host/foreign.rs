@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::vm::VmState;
+use crate::host::vm::VmState;
 
 /// The start of Tart's error when Apple's limit is reached.
 const LIMIT_MESSAGE: &str = "The number of VMs exceeds the system limit";
@@ -39,7 +39,7 @@ pub fn hit_the_limit(state: &VmState) -> bool {
 /// macOS and Linux guests alike, so it is at least the number of macOS guests).
 pub fn virtualization_vms() -> usize {
     use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, UpdateKind};
-    let root = crate::host_root::root();
+    let root = crate::host::host_root::root();
     let mut system = sysinfo::System::new();
     system.refresh_processes_specifics(
         ProcessesToUpdate::All,
@@ -178,7 +178,7 @@ pub fn survey(own_tart_home: Option<&std::path::Path>) -> Survey {
         match tart_run {
             Some(i) => {
                 let vm = args.get(i + 2).copied().unwrap_or("?");
-                if !vm.starts_with(crate::vm::PREFIX) {
+                if !vm.starts_with(crate::host::vm::PREFIX) {
                     runs.push(format!("`tart run {vm}` (user {user}, pid {pid})"));
                 }
             }

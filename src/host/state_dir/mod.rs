@@ -13,6 +13,8 @@
 //!   to this user.
 //!
 //! Anything else is refused as a system failure that names the path and the fix.
+//!
+//! May use: nothing above the standard library and `libc`.
 
 mod dir;
 

@@ -1,3 +1,10 @@
+//! The host side: this Mac's Tart (client, home, messages), each VM's state directory and
+//! record (`vm`, `state_dir`), the supervisor around `tart run`, the registry policy Tart's
+//! pulls run under (`registry_policy`), ownership markers, VMs this driver did not start (`foreign`),
+//! the DHCP pool, where the Mac's system files are (`host_root`), and, in this file, the slots and sizing of VMs. May use: the shared kinds
+//! (`model`), settings and the small utilities; never the job's request, the stages,
+//! backends or doctor.
+//!
 //! Host resources: the VM slots shared by every runner on this Mac, and the CPU and memory
 //! a VM gets when the admin asks for automatic sizing.
 //!
@@ -5,6 +12,19 @@
 //! the supervisor and `tart run` inherit the locked descriptors, so a slot is held exactly
 //! as long as the VM's processes live and the kernel frees it when they die, whatever kills
 //! them. A macOS guest needs one general slot and one of Apple's two macOS slots.
+
+pub mod dhcp;
+pub mod foreign;
+pub mod host_root;
+pub mod ownership;
+pub mod registry_policy;
+pub mod state_dir;
+pub mod supervisor;
+pub mod tart;
+pub mod tart_home;
+pub mod tart_message;
+pub mod tool_path;
+pub mod vm;
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -14,10 +34,10 @@ use anyhow::{bail, Result};
 
 use crate::settings::Settings;
 
+use crate::host::state_dir::{Dir, StateDir, SLOTS};
+use crate::host::tart_home::Minimum;
+use crate::host::vm::try_lock;
 use crate::model::Resource;
-use crate::state_dir::{Dir, StateDir, SLOTS};
-use crate::tart_home::Minimum;
-use crate::vm::try_lock;
 
 /// Held slot locks. Dropping this in prepare does not free them once the supervisor has
 /// inherited the descriptors.

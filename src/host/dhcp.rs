@@ -152,7 +152,7 @@ impl PoolUse {
 /// The unexpired leases of `/var/db/dhcpd_leases` (under the host root); none when the
 /// file is missing or unreadable: this check only ever adds a MAC change.
 pub fn active_leases() -> Vec<Lease> {
-    let path = crate::host_root::path(LEASES_FILE);
+    let path = crate::host::host_root::path(LEASES_FILE);
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let now = now_secs();
     parse_leases(&text)
@@ -188,13 +188,13 @@ pub fn unsafe_lease<'a>(leases: &'a [Lease], mac: &str, own: &[Lease]) -> Option
 /// The leases this runner's own VMs took: `own-leases` in a state directory, one
 /// `<mac> <expiry>` per line, the newest 64.
 pub struct OwnLeases {
-    dir: crate::state_dir::Dir,
+    dir: crate::host::state_dir::Dir,
 }
 
 const OWN_LEASES: &str = "own-leases";
 
 impl OwnLeases {
-    pub fn open(root: &crate::state_dir::StateDir) -> Result<OwnLeases> {
+    pub fn open(root: &crate::host::state_dir::StateDir) -> Result<OwnLeases> {
         Ok(OwnLeases {
             dir: root.subdir("dhcp")?,
         })

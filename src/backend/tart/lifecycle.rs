@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::ownership::{self, Claim};
+use crate::host::ownership::{self, Claim};
+use crate::host::state_dir::{StateDir, VMS};
+use crate::host::supervisor;
+use crate::host::tart::{ListEntry, Tart};
+use crate::host::vm::{VmName, VmState};
 use crate::settings::Settings;
-use crate::state_dir::{StateDir, VMS};
-use crate::supervisor;
-use crate::tart::{ListEntry, Tart};
-use crate::vm::{VmName, VmState};
 use crate::warm;
 
 /// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
@@ -74,7 +74,7 @@ pub async fn teardown(
     state: &VmState,
     held: Option<File>,
 ) -> Result<()> {
-    crate::transport::ssh::close_master(state).await?;
+    crate::guest::transport::ssh::close_master(state).await?;
     let stopped = tart.stop(state.name.as_str(), 10).await;
     // If Tart could not stop it, the processes that hold the VM's lock go the hard way.
     if stopped.is_err() && held.is_none() && state.exists() && !state.lock_is_free() {
@@ -203,7 +203,7 @@ pub async fn sweep_listed(
             }
             if let Some(lock) = state.lock(Duration::ZERO)? {
                 if !dry_run {
-                    crate::transport::ssh::close_master(&state).await?;
+                    crate::guest::transport::ssh::close_master(&state).await?;
                     state.remove()?;
                 }
                 drop(lock);

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::transport::ssh::{self, SshTransport};
-use crate::transport::RemoteExit;
-use crate::vm::VmState;
+use crate::guest::transport::ssh::{self, SshTransport};
+use crate::guest::transport::RemoteExit;
+use crate::host::vm::VmState;
 
 /// Name (macOS) and mount tag (Linux) of the identity share.
 pub const SHARE_NAME: &str = "tartdrv-identity";

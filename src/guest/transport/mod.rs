@@ -1,6 +1,9 @@
 //! How commands reach the guest: SSH through one ControlMaster per job, or `tart exec`
 //! through Tart's guest agent. Both run the same remote wrapper, stream output the same
 //! way and cancel the same way, so stages do not care which one they use.
+//!
+//! May use: the rest of the guest side (login, setup paths), the host side's VM records,
+//! state directory and Tart client, and `model`.
 
 pub mod askpass;
 pub mod exec;
@@ -15,9 +18,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::host::tart::Tart;
+use crate::host::vm::{Connection, VmState};
 use crate::model::TransportKind;
-use crate::tart::Tart;
-use crate::vm::{Connection, VmState};
 
 /// How a remote command ended.
 #[derive(Debug)]
@@ -72,7 +75,7 @@ impl Transport {
 
 /// The remote side of a stage: records the shell's PID (the leader of its process group
 /// under sshd) so that a cancel can kill the whole group, loads the guest user's login
-/// environment through their own login shell (see `crate::login`), then becomes the shell
+/// environment through their own login shell (see `crate::guest::login`), then becomes the shell
 /// that reads the script on stdin. Every step `exec`s, so the recorded PID stays the
 /// script shell's.
 pub fn stage_wrapper(stage: &Stage<'_>, pid_file: &str) -> String {
@@ -88,7 +91,7 @@ pub fn stage_wrapper(stage: &Stage<'_>, pid_file: &str) -> String {
     );
     format!(
         "echo $$ > {pid_file}; {}",
-        crate::login::in_login_env(&then)
+        crate::guest::login::in_login_env(&then)
     )
 }
 

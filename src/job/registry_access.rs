@@ -21,12 +21,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::failure::Failure;
-use crate::image::Image;
+use crate::host::tart::{Fetch, Tart};
+use crate::job::image::Image;
 use crate::model::PullPolicy;
-use crate::tart::{Fetch, Tart};
 
-pub mod policy;
-pub use policy::Policy;
+use crate::host::registry_policy::Policy;
 
 /// Makes the job's image available as its pull policy says, under the rules above; returns
 /// whether it pulled.
@@ -39,7 +38,7 @@ pub async fn fetch_image(
     limit: Duration,
     cached: bool,
 ) -> Result<bool, Failure> {
-    let pulling = crate::image::must_pull(image, pull_policy, cached)?;
+    let pulling = crate::job::image::must_pull(image, pull_policy, cached)?;
     let Some(host) = &image.host else {
         return Ok(false);
     };
@@ -49,7 +48,7 @@ pub async fn fetch_image(
         refuse_keychain_login(host).await?;
     }
     if pulling {
-        crate::image::pull(tart, image, fetch, limit).await?;
+        crate::job::image::pull(tart, image, fetch, limit).await?;
     } else if !public {
         // Cached: the registry decides, now, whether this job may have it.
         vet_cached(tart, host, image, fetch).await?;

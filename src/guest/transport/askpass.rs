@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::state_dir::Dir;
+use crate::host::state_dir::Dir;
 
 /// Set in ssh's environment; its presence puts the driver binary in askpass mode.
 pub const ENV: &str = "TARTDRV_ASKPASS_FILE";

@@ -1,7 +1,16 @@
+//! The guest side: how commands reach a VM (`transport`: one SSH ControlMaster per job,
+//! or `tart exec`), the login environment (`login`), the proof that a VM is this job's
+//! (`identity`) and, in this file, the guest setup script. May use: the shared kinds,
+//! settings and the host side's VM records; never the job's request, stages or backends.
+//!
 //! Guest setup: what prepare does inside a freshly booted VM, as one shell script sent in
 //! one round trip. It links (macOS) or mounts (Linux) the host directories Tart shares into
 //! the guest, creates the builds and cache directories, and installs gitlab-runner when the
 //! admin or the job asks for it.
+
+pub mod identity;
+pub mod login;
+pub mod transport;
 
 use std::path::PathBuf;
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::state_dir::StateDir;
-use crate::vm::{VmName, VmState};
+use crate::host::state_dir::StateDir;
+use crate::host::vm::{VmName, VmState};
 
 /// The marker's name inside the VM's directory in Tart's home.
 const MARKER: &str = "tartdrv-owner";
@@ -30,7 +30,7 @@ pub enum Claim {
 
 /// A local VM's directory in Tart's home.
 pub fn vm_dir(vm: &str) -> Option<PathBuf> {
-    crate::tart_home::home().map(|home| home.join("vms").join(vm))
+    crate::host::tart_home::home().map(|home| home.join("vms").join(vm))
 }
 
 /// How a state directory names itself in markers: its resolved path.

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::host::state_dir::{Dir, StateDir, CONTROL_SOCKET, VMS};
 use crate::model::TransportKind;
-use crate::state_dir::{Dir, StateDir, CONTROL_SOCKET, VMS};
 
 pub const PREFIX: &str = "tartdrv-";
 
@@ -298,14 +298,14 @@ impl VmState {
         let dir = self.existing().ok()?;
         let exit = dir.read_string(RUN_EXIT)?;
         let log = dir.read_string(RUN_LOG).unwrap_or_default();
-        let last = crate::tart_message::meaningful_lines(&log);
+        let last = crate::host::tart_message::meaningful_lines(&log);
         // A usage error ends with its usage block: its message is the `Error: ` line.
         let tail = if last.iter().any(|l| l.starts_with("Error: ")) {
-            crate::tart_message::error_line(&log)
+            crate::host::tart_message::error_line(&log)
         } else {
             last[last.len().saturating_sub(3)..].join(" | ")
         };
-        Some(crate::isolation::explain(if tail.is_empty() {
+        Some(crate::settings::isolation::explain(if tail.is_empty() {
             exit.trim().to_string()
         } else {
             format!("{} ({})", tail, exit.trim())
@@ -358,7 +358,7 @@ pub fn try_flock(file: &File) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_dir::MAX_VM_NAME_LEN;
+    use crate::host::state_dir::MAX_VM_NAME_LEN;
 
     #[test]
     fn names_round_trip_and_foreign_names_are_not_ours() {

@@ -7,14 +7,14 @@ use std::str::FromStr;
 use proptest::prelude::*;
 
 use crate::guest::quote;
-use crate::image::Image;
+use crate::host::tart::{ListEntry, VmInfo};
+use crate::host::vm::VmName;
+use crate::job::image::Image;
 use crate::model::{PullPolicy, Resource, TransportKind};
 use crate::settings::Options;
 use crate::settings::{
     validate_guest_path, validate_shell, validate_user, Display, Settings, Volume,
 };
-use crate::tart::{ListEntry, VmInfo};
-use crate::vm::VmName;
 
 /// Strings that lean towards the characters attacks are made of.
 fn hostile() -> impl Strategy<Value = String> {

@@ -1,3 +1,9 @@
+//! The job's request: who the job is (this file: its payload and variables), what it asks
+//! for within what the admin allows (`request`), its image (`image`) and who may pull or
+//! clone which image with which credentials (`registry_access`). May use: the shared kinds,
+//! settings, the host side (Tart's client) and the guest side's login types; never the
+//! command line, stages, backends or doctor.
+//!
 //! What gitlab-runner tells the driver about the job: the environment of each stage and
 //! the job payload in `JOB_RESPONSE_FILE`.
 //!
@@ -8,14 +14,18 @@
 //! sets a variable of that name), so VM names and cache directories built from it cannot be
 //! aimed at another job's.
 
+pub mod image;
+pub mod registry_access;
+pub mod request;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Deserialize;
 
 use crate::failure::Failure;
+use crate::host::vm::VmName;
 use crate::settings::Settings;
-use crate::vm::VmName;
 
 #[derive(Debug, Clone)]
 pub struct JobContext {

@@ -8,10 +8,10 @@ use anyhow::Result;
 use regex::Regex;
 
 use crate::failure::Failure;
+use crate::host::tart::{Fetch, Tart};
 use crate::job::JobContext;
 use crate::model::PullPolicy;
 use crate::settings::Settings;
-use crate::tart::{Fetch, Tart};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -50,7 +50,7 @@ impl Image {
         }
         if local.is_match(name) {
             // Another job's VM is no image: Tart would copy its disk while it runs.
-            if name.starts_with(crate::vm::PREFIX) {
+            if name.starts_with(crate::host::vm::PREFIX) {
                 return Err(Failure::rejected(format!(
                     "image `{name}` is a job VM of this driver, not an image"
                 )));

@@ -37,11 +37,11 @@ impl CredentialFreeHome {
             return Ok(None);
         }
         // The swapped home below would move Tart's own default home: name it explicitly.
-        let tart_home = crate::tart_home::home().context(
+        let tart_home = crate::host::tart_home::home().context(
             "cannot tell where Tart keeps its VMs: TART_HOME is not set and the user database has no home for this user; set TART_HOME",
         )?;
         let home = state_dir.join("registry-home");
-        crate::state_dir::StateDir::open(state_dir)?.subdir("registry-home")?;
+        crate::host::state_dir::StateDir::open(state_dir)?.subdir("registry-home")?;
         // Nothing Tart could mistake for a login may live here.
         for entry in std::fs::read_dir(&home)?.flatten() {
             let path = entry.path();

@@ -12,9 +12,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::cli::SuperviseArgs;
-use crate::state_dir::Dir;
-use crate::vm::{VmState, RUN_EXIT, RUN_LOG, SUPERVISOR_PID, TART_RUN_PID};
+use crate::host::state_dir::Dir;
+use crate::host::vm::{VmState, RUN_EXIT, RUN_LOG, SUPERVISOR_PID, TART_RUN_PID};
 
 /// Entry point of the hidden `supervise` subcommand.
 pub fn supervise(args: &SuperviseArgs) -> Result<()> {
@@ -101,4 +100,18 @@ pub fn kill(state: &VmState) {
         // SAFETY: plain kill(2) of a process group.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
+}
+
+/// `supervise` (hidden): what prepare starts it with.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    pub vm: String,
+    #[arg(long)]
+    pub state: std::path::PathBuf,
+    #[arg(long)]
+    pub tart: String,
+    /// The arguments of `tart run`.
+    #[arg(last = true)]
+    pub run_args: Vec<String>,
 }

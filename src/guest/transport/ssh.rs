@@ -14,8 +14,8 @@ use tokio::io::AsyncWriteExt;
 use super::askpass::{self, PasswordPipe};
 use super::relay::{Cancel, Output};
 use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
-use crate::state_dir::CONTROL_SOCKET;
-use crate::vm::VmState;
+use crate::host::state_dir::CONTROL_SOCKET;
+use crate::host::vm::VmState;
 
 /// How to log in to the guest.
 pub enum Auth {

@@ -36,7 +36,7 @@ impl std::fmt::Debug for RegistryCredentials {
 pub struct Fetch {
     pub creds: Option<RegistryCredentials>,
     /// Instead of the runner user's home, unless the admin lets jobs use its logins.
-    pub home: Option<crate::registry_access::policy::CredentialFreeHome>,
+    pub home: Option<crate::host::registry_policy::CredentialFreeHome>,
     pub insecure: bool,
     pub concurrency: Option<u32>,
     pub auto_prune: bool,
@@ -114,8 +114,8 @@ impl Finished {
     /// Tart's message, without its `Error: ` prefix, wherever it is in stderr (after a
     /// housekeeping warning, before a usage block).
     pub fn message(&self) -> String {
-        match crate::tart_message::error_line(&self.stderr) {
-            line if line.is_empty() => crate::tart_message::error_line(&self.stdout),
+        match crate::host::tart_message::error_line(&self.stderr) {
+            line if line.is_empty() => crate::host::tart_message::error_line(&self.stdout),
             line => line,
         }
     }

@@ -15,8 +15,8 @@ use super::exec_status::{StatusFilter, StatusRecord};
 use super::lifeline::{self, Lifeline};
 use super::relay::{Cancel, Output};
 use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
-use crate::tart::Tart;
-use crate::vm::VmName;
+use crate::host::tart::Tart;
+use crate::host::vm::VmName;
 
 pub struct ExecTransport {
     tart: Tart,

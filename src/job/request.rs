@@ -11,13 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::failure::Failure;
+use crate::guest::transport::ssh::Auth;
 use crate::guest::RunnerInstall;
-use crate::image::Image;
+use crate::host::tart::RegistryCredentials;
+use crate::job::image::Image;
 use crate::job::JobContext;
 use crate::model::{Overridable, PullPolicy, TransportKind};
 use crate::settings::{validate_shell, validate_timezone, validate_user, Display, Settings};
-use crate::tart::RegistryCredentials;
-use crate::transport::ssh::Auth;
 
 use Overridable as O;
 
