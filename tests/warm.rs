@@ -31,10 +31,12 @@ fn warm_records(bed: &Bed) -> Vec<PathBuf> {
 }
 
 fn ready_unclaimed(bed: &Bed) -> Vec<PathBuf> {
-    warm_records(bed)
+    let mut ready: Vec<PathBuf> = warm_records(bed)
         .into_iter()
         .filter(|p| p.join("warm-ready").exists() && !p.join("warm-claim").exists())
-        .collect()
+        .collect();
+    ready.sort();
+    ready
 }
 
 /// Runs `warm` in the foreground with the bed's options (plus `extra`).
@@ -289,6 +291,8 @@ fn a_warm_vm_that_fails_to_boot_is_removed_reported_and_not_booted_again() {
 fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove() {
     let bed = warm_bed().option(["--no-softnet"]);
     let state = bed.state_dir.display().to_string();
+    // gc alone leaves nothing but ready, unclaimed warm VMs (the pool's, which a job may
+    // still claim), each with its record.
     let gc_without_pool = |bed: &Bed| {
         let out = bed.driver(&["gc", "--state-dir", &state, "--warm-pool", "0"]);
         assert!(
@@ -296,6 +300,16 @@ fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove()
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let pool = ready_unclaimed(bed);
+        let mut records = bed.vm_state_dirs();
+        records.sort();
+        assert_eq!(records, pool, "gc left records that are not the pool's");
+        let names: Vec<String> = pool
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let vms: Vec<String> = bed.sim.local_vms().into_iter().map(|v| v.name).collect();
+        assert_eq!(vms, names, "gc left VMs that are not the pool's");
     };
     for delay_ms in [30, 150, 400, 800, 1500] {
         // The replenisher, killed mid-pass.
