@@ -289,7 +289,19 @@ fn a_warm_vm_that_fails_to_boot_is_removed_reported_and_not_booted_again() {
 
 #[test]
 fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove() {
-    let bed = warm_bed().option(["--no-softnet"]);
+    // A boot long enough that some kills land while the warm VM boots.
+    let bed = Bed::new()
+        .image(
+            "ghcr.io/cirruslabs/slow:latest",
+            Image::linux().agent(true).boot_delay_ms(1500),
+        )
+        .option([
+            "--warm-pool",
+            "1",
+            "--warm-image",
+            "ghcr.io/cirruslabs/slow:latest",
+            "--no-softnet",
+        ]);
     let state = bed.state_dir.display().to_string();
     // gc alone leaves nothing but ready, unclaimed warm VMs (the pool's, which a job may
     // still claim), each with its record.
@@ -311,7 +323,7 @@ fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove()
         let vms: Vec<String> = bed.sim.local_vms().into_iter().map(|v| v.name).collect();
         assert_eq!(vms, names, "gc left VMs that are not the pool's");
     };
-    for delay_ms in [30, 150, 400, 800, 1500] {
+    for delay_ms in [30, 300, 800, 1500, 2500] {
         // The replenisher, killed mid-pass.
         use std::os::unix::process::CommandExt;
         let mut args = vec!["warm".to_string(), "--state-dir".into(), state.clone()];
@@ -335,7 +347,7 @@ fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove()
         // A prepare killed while it claims and connects, then cleanup as gitlab-runner calls it.
         let (ok, log) = warm(&bed, &[]);
         assert!(ok, "{log}");
-        let job = bed.direct_job(LINUX);
+        let job = bed.direct_job("ghcr.io/cirruslabs/slow:latest");
         let mut child = bed.stage_command(&job, &["prepare"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         common::kill_group(child.id(), libc::SIGKILL);
