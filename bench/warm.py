@@ -30,10 +30,14 @@ class Queue(bench.Bench):
         return super().argv(driver, stage, script, stage_name) + self.extra
 
     def driver(self, *args):
-        env = dict(self.base_env)
-        return subprocess.run(
-            [self.a.driver, *args, "--state-dir", self.state_dir, *self.extra],
-            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        """Runs the driver with `args` and the state dir (not this queue's options: the
+        caller says which it needs). Fails loudly, so nothing is left behind unnoticed."""
+        r = subprocess.run(
+            [self.a.driver, *args, "--state-dir", self.state_dir],
+            env=dict(self.base_env), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} failed: {r.stderr}")
+        return r
 
     def settle(self):
         """Waits for the pool's background replenishers (they outlive the stages)."""
@@ -61,8 +65,9 @@ class Queue(bench.Bench):
 
     def close(self):
         self.settle()
-        self.driver("warm", "--warm-pool", "0")
-        self.driver("gc", "--warm-pool", "0")
+        # Empties the pool (`--cpu 2` as the jobs had: the pool's VMs were sized with it).
+        self.driver("warm", "--warm-pool", "0", "--cpu", "2")
+        self.driver("gc", "--warm-pool", "0", "--cpu", "2")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
