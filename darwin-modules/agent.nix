@@ -92,8 +92,14 @@ rec {
         trap "" TERM INT
         echo "gitlab-runner-tart: stopping: no new jobs; running jobs have ${toString drainTimeout} s to finish" >&2
         kill -QUIT "$runner" 2>/dev/null || true
+        # The timer. It would inherit the TERM ignored above and outlive the agent, and a
+        # TERM that kills only the timer leaves its `sleep` running: its handler ends (and
+        # reaps) both. Until the `sleep` starts, `$!` is still gitlab-runner's pid (a trap
+        # runs between commands, and `&` sets `$!` before the next one).
         (
-          sleep ${toString drainTimeout}
+          trap '[ "$!" = "$runner" ] || { kill "$!" 2>/dev/null; wait "$!" || true; }; exit 0' TERM
+          sleep ${toString drainTimeout} &
+          wait "$!" || exit 0
           echo "gitlab-runner-tart: jobs still running after ${toString drainTimeout} s; aborting them" >&2
           kill -TERM "$runner" 2>/dev/null || true
         ) &
@@ -107,7 +113,10 @@ rec {
         kill -0 "$runner" 2>/dev/null || break
       done
       # gitlab-runner is gone: the timer must not signal a process that reuses its pid.
-      if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
+      if [ -n "$timer" ]; then
+        kill "$timer" 2>/dev/null || true
+        wait "$timer" || true
+      fi
       exit "$status"
     '';
 

@@ -11,7 +11,7 @@ work=$(mktemp -d)
 agent_pid=
 # shellcheck disable=SC2329 # invoked by the trap below
 cleanup() {
-  if [ -n "$agent_pid" ]; then kill -KILL "$agent_pid" 2>/dev/null || true; fi
+  if [ -n "$agent_pid" ]; then kill -KILL -- "-$agent_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -54,11 +54,13 @@ stop_agent() {
       logFile = \"$work/logs/gitlab-runner.log\"; home = \"$work\";
       path = [ \"/usr/bin\" \"/bin\" ]; drainTimeout = $drain; }" 2>/dev/null)
   printf '%s' "$script" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))' >"$work/agent"
-  # As launchd starts it: no signal ignored (a script's background command has SIGQUIT
-  # and SIGINT ignored, and a shell cannot undo what it inherits ignored).
+  # As launchd starts it: in a process group of its own (launchd's, whose processes are
+  # the agent's), no signal ignored (a script's background command has SIGQUIT and SIGINT
+  # ignored, and a shell cannot undo what it inherits ignored). The subshell is no group
+  # leader, so setsid makes the agent's pid its group's id.
   (
     trap - QUIT INT
-    exec bash "$work/agent"
+    exec setsid bash "$work/agent"
   ) &
   agent_pid=$!
   for _ in $(seq 100); do
@@ -68,14 +70,21 @@ stop_agent() {
   kill -TERM "$agent_pid"
   status=0
   wait "$agent_pid" || status=$?
+  # What is left of the agent's process group once the agent is gone (the drain timer and
+  # its sleep included): nothing may be.
+  left=$(ps -e -o pgid=,pid=,args= | awk -v g="$agent_pid" '$1 == g { $1 = ""; print }')
+  if [ -n "$left" ]; then
+    kill -KILL -- "-$agent_pid" 2>/dev/null || true
+    echo "left:$(echo "$left" | tr '\n' ';') "
+  fi
   agent_pid=
   echo "$(grep -v started "$work/signals" | tr '\n' ' ')exit $status"
 }
 
 fail=0
-got=$(stop_agent 30 5)
+got=$(stop_agent 30 5 | tr '\n' ' ' | sed 's/ $//')
 if [ "$got" = "QUIT exit 0" ]; then
-  echo "ok: launchd's SIGTERM reaches gitlab-runner as SIGQUIT; the running job finishes"
+  echo "ok: launchd's SIGTERM reaches gitlab-runner as SIGQUIT; the running job finishes; no process of the agent (drain timer included) is left"
 else
   echo "FAIL: a job that finishes within the drain time: got '$got', want 'QUIT exit 0'" >&2
   cat "$work/logs/gitlab-runner.log" >&2
@@ -90,9 +99,9 @@ else
   fail=1
 fi
 started=$(date +%s)
-got=$(stop_agent 1 600)
+got=$(stop_agent 1 600 | tr '\n' ' ' | sed 's/ $//')
 if [ "$got" = "QUIT TERM exit 1" ] && [ $(($(date +%s) - started)) -lt 10 ]; then
-  echo "ok: a job still running after the drain time is aborted with SIGTERM"
+  echo "ok: a job still running after the drain time is aborted with SIGTERM; no process of the agent is left"
 else
   echo "FAIL: a job longer than the drain time: got '$got', want 'QUIT TERM exit 1' within 10 s" >&2
   cat "$work/logs/gitlab-runner.log" >&2
