@@ -13,7 +13,7 @@
 # Builtins only (no nixpkgs lib), like ./render.nix, so that CI evaluates it with Nix alone.
 let
   inherit (import ./render.nix) escapeShellArg renderCommand;
-  inherit (builtins) concatStringsSep hashString toString;
+  inherit (builtins) concatStringsSep dirOf hashString toString;
 in
 rec {
   label = "org.nixos.gitlab-runner-tart";
@@ -38,8 +38,14 @@ rec {
     ExitTimeOut = exitTimeOut;
   };
 
-  # The running script writes its generation here; activation compares it with the new one.
-  generationFile = stateDir: "${stateDir}/.tart-agent-generation";
+  # The running script records its generation here, and activation compares it with the new
+  # one. The path depends on no option: a switch that moves stateDir (or logDir, or HOME)
+  # changes the script, so activation must find the record the running script wrote under the
+  # old settings. Activation creates the directory for the user (the agent cannot, in /var/db).
+  # It must outlive a restart of the Mac (so not /var/run): the agent starts at login, before
+  # any switch could create it again.
+  generationDir = "/var/db/gitlab-runner-tart";
+  generationFile = "${generationDir}/agent-generation";
 
   # The script's body. Everything the agent needs (PATH, HOME, log file) is set here rather
   # than in the plist. With `logFile = null` (systemd) the output stays where it was.
@@ -59,6 +65,9 @@ rec {
       home,
       path,
       drainTimeout,
+      # Where to record the generation (`generationFile`), or null (systemd: no activation
+      # reads it).
+      generationFile ? null,
     }:
     let
       # Directories, and the log file unless systemd keeps the output.
@@ -70,6 +79,25 @@ rec {
             mkdir -p ${escapeShellArg stateDir} "$(dirname ${escapeShellArg logFile})"
             exec >>${escapeShellArg logFile} 2>&1
           '';
+      # A record is removed when its agent exits, so that a record names a running agent
+      # (or one that was killed): activation leaves an agent without one alone, as its next
+      # start runs the current script.
+      record =
+        if generationFile == null then
+          ""
+        else
+          let
+            file = escapeShellArg generationFile;
+          in
+          ''
+            printf '%s\n' "$generation" >${file} \
+              || echo "gitlab-runner-tart: cannot record this agent's generation in ${file}; a switch will not restart it with a new version (darwin-rebuild switch creates its directory)" >&2
+            # shellcheck disable=SC2317,SC2329 # run by the trap below
+            forget_generation() {
+              if [ "$(cat ${file} 2>/dev/null)" = "$generation" ]; then rm -f ${file}; fi
+            }
+            trap forget_generation EXIT
+          '';
     in
     ''
       #!${shell}
@@ -77,8 +105,7 @@ rec {
       umask 077
       export PATH=${escapeShellArg (concatStringsSep ":" path)}
       export HOME=${escapeShellArg home}
-      ${setup}printf '%s\n' "$generation" >${escapeShellArg (generationFile stateDir)}
-      ${renderCommand { inherit driver specFile configFile; }}
+      ${setup}${record}${renderCommand { inherit driver specFile configFile; }}
       cd ${escapeShellArg stateDir}
       # A script's background command starts with SIGQUIT ignored; gitlab-runner needs it.
       (
@@ -123,14 +150,18 @@ rec {
   # A generation names the script's text: equal texts, equal generations.
   generation = args: hashString "sha256" (body args);
 
-  # The script as installed: the body with its generation set after the `#!` line.
+  # The script as installed: the body with its generation set after the `#!` line, when it
+  # records it.
   script =
     args:
     let
       text = body args;
       lines = builtins.match "([^\n]*\n)(.*)" text;
     in
-    builtins.elemAt lines 0 + "generation=${generation args}\n" + builtins.elemAt lines 1;
+    if (args.generationFile or null) == null then
+      text
+    else
+      builtins.elemAt lines 0 + "generation=${generation args}\n" + builtins.elemAt lines 1;
 
   # A periodic agent's script (installed at `/etc/gitlab-runner-tart/<name>` like the
   # runner's, so that its plist does not change either): the environment, then `body`.
@@ -159,14 +190,16 @@ rec {
   #   nix-darwin would;
   # - the agent runs another generation: SIGTERM to its script, which drains gitlab-runner;
   #   KeepAlive starts the new script once the jobs are done. No recorded generation means
-  #   an agent that is just starting (this switch loaded it), which runs the new script.
+  #   an agent that is not running its script yet (just loaded, or waiting to be started
+  #   again), which runs the new one when it starts.
+  # `record` is where the running agent's generation is (a test sets another path).
   activation =
     {
       user,
       home,
-      stateDir,
       drainTimeout,
       generation,
+      record ? generationFile,
     }:
     ''
       # gitlab-runner-tart: the runner's agent takes up this generation
@@ -180,7 +213,7 @@ rec {
           echo "gitlab-runner-tart: the runner's agent is not loaded; loading it" >&2
           launchctl asuser "$uid" sudo --user="$owner" -- launchctl load -w "$plist" \
             || echo "gitlab-runner-tart: loading $plist failed; run as $owner: launchctl load -w $plist" >&2
-        elif running=$(cat ${escapeShellArg (generationFile stateDir)} 2>/dev/null) \
+        elif running=$(cat ${escapeShellArg record} 2>/dev/null) \
           && [ -n "$running" ] && [ "$running" != ${escapeShellArg generation} ]; then
           echo "gitlab-runner-tart: the runner restarts with this generation once its running jobs finish (no new jobs meanwhile; at most ${toString drainTimeout} s)" >&2
           launchctl kill SIGTERM "gui/$uid/${label}" \
@@ -189,13 +222,33 @@ rec {
       )
     '';
 
-  # Activation, before nix-darwin loads user agents: without a GUI session, loading them
-  # fails (LimitLoadToSessionType = Aqua); say why before that happens.
-  sessionCheck =
-    { user }:
+  # Activation, before nix-darwin loads user agents:
+  # - the directory of the generation record, the user's (the agent writes the record);
+  # - without a loaded agent, no script of it runs, and a record left behind (an agent that
+  #   was killed) is removed, so that the `activation` step after the load does not take the
+  #   agent that starts now for an older one;
+  # - without a GUI session, loading agents fails (LimitLoadToSessionType = Aqua); say why
+  #   before that happens.
+  prepare =
+    {
+      user,
+      record ? generationFile,
+    }:
     ''
-      if ! launchctl print "gui/$(id -u -- ${escapeShellArg user})" >/dev/null 2>&1; then
-        echo "gitlab-runner-tart: ${user} is not logged in to the GUI; its launch agents cannot be loaded now; log in as ${user} on the Mac's screen (or turn on automatic login) before switching; see docs/nix-darwin.md" >&2
-      fi
+      # gitlab-runner-tart: the runner's generation record
+      (
+        owner=${escapeShellArg user}
+        uid=$(id -u -- "$owner")
+        dir=${escapeShellArg (dirOf record)}
+        mkdir -p -- "$dir"
+        chown -- "$owner:$(id -gn -- "$owner")" "$dir"
+        chmod -- 0755 "$dir"
+        if ! launchctl print "gui/$uid/${label}" >/dev/null 2>&1; then
+          rm -f -- ${escapeShellArg record}
+        fi
+        if ! launchctl print "gui/$uid" >/dev/null 2>&1; then
+          echo "gitlab-runner-tart: ${user} is not logged in to the GUI; its launch agents cannot be loaded now; log in as ${user} on the Mac's screen (or turn on automatic login) before switching; see docs/nix-darwin.md" >&2
+        fi
+      )
     '';
 }

@@ -85,6 +85,7 @@ let
     path = map (p: if lib.isDerivation p then "${p}/bin" else p) agentPath;
     inherit home;
     inherit (cfg) configFile stateDir drainTimeout;
+    inherit (agent) generationFile;
   };
   agentScript = pkgs.writeScript "gitlab-runner-tart-agent" (agent.script agentArgs);
 
@@ -373,13 +374,13 @@ in
             if cfg.softnet.enable then "${cfg.softnet.package}/bin/softnet" else null;
         }
       )
-      + agent.sessionCheck { inherit (cfg) user; }
+      + agent.prepare { inherit (cfg) user; }
     );
 
     # After everything else: a running agent of another generation drains and restarts.
     system.activationScripts.postActivation.text = lib.mkAfter (
       agent.activation {
-        inherit (cfg) user stateDir drainTimeout;
+        inherit (cfg) user drainTimeout;
         inherit home;
         generation = agent.generation agentArgs;
       }

@@ -5,13 +5,18 @@
 #   nothing else; the switch does not wait;
 # - the agent runs this generation, or has not recorded one yet (just loaded): nothing;
 # - the agent is not loaded (an earlier reload failed): it is loaded, as nix-darwin would;
-# - the user has no GUI session: a message saying to log in, and no launchctl load or kill.
+# - the user has no GUI session: a message saying to log in, and no launchctl load or kill;
+# - before nix-darwin loads agents (`prepare`): a record left by an agent that is not loaded
+#   is removed, one of a loaded agent kept;
+# - a switch that moves stateDir, with the texts of the module evaluated through nix-darwin
+#   ($TART_MODULE_EVAL, set by module-eval.sh): the new activation finds the running agent's
+#   record and drains it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bin" "$work/state"
+mkdir -p "$work/bin" "$work/db"
 
 # launchctl print gui/501[/label] succeeds per $work/gui and $work/loaded; every call is logged.
 cat >"$work/bin/launchctl" <<SH
@@ -31,27 +36,37 @@ cat >"$work/bin/sudo" <<SH
 #!/usr/bin/env bash
 echo "sudo \$*" >>"$work/calls"
 SH
+cat >"$work/bin/chown" <<SH
+#!/usr/bin/env bash
+echo "chown \$*" >>"$work/calls"
+SH
 chmod +x "$work/bin/"*
 
-snippet=$(nix-instantiate --eval --strict --json -E "
-  (import ./darwin-modules/agent.nix).activation {
-    user = \"ci\"; home = \"/Users/ci\"; stateDir = \"$work/state\";
-    drainTimeout = 600; generation = \"new\"; }" 2>/dev/null \
-  | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))')
+# Prints agent.nix's snippet $1 (activation or prepare) with the record in $work/db.
+snippet_of() {
+  nix-instantiate --eval --strict --json -E "
+    (import ./darwin-modules/agent.nix).$1 ({ user = \"ci\"; record = \"$work/db/agent-generation\"; }
+      // (if \"$1\" == \"activation\" then {
+        home = \"/Users/ci\"; drainTimeout = 600; generation = \"new\"; } else { }))" 2>/dev/null \
+    | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))'
+}
+activation=$(snippet_of activation)
+prepare=$(snippet_of prepare)
 
-# Runs the snippet in state $1 (space-separated: gui, loaded, running=<generation>); prints
-# the launchctl/sudo calls that change something (not the `print` queries) and the output.
+# Runs snippet $2 (default: the activation) in state $1 (space-separated: gui, loaded,
+# running=<generation>, the agent's record); prints the launchctl/sudo calls that change
+# something (not the `print` queries, not chown) and the output.
 activate() {
-  rm -f "$work/gui" "$work/loaded" "$work/calls" "$work/state/.tart-agent-generation"
+  rm -f "$work/gui" "$work/loaded" "$work/calls" "$work/db/agent-generation"
   for s in $1; do
     case $s in
       gui) touch "$work/gui" ;;
       loaded) touch "$work/loaded" ;;
-      running=*) echo "${s#running=}" >"$work/state/.tart-agent-generation" ;;
+      running=*) echo "${s#running=}" >"$work/db/agent-generation" ;;
     esac
   done
-  PATH="$work/bin:$PATH" bash -euo pipefail -c "$snippet" >"$work/out" 2>&1
-  { grep -v '^launchctl print' "$work/calls" || true; } | tr '\n' ';'
+  PATH="$work/bin:$PATH" bash -euo pipefail -c "${2:-$activation}" >"$work/out" 2>&1
+  { grep -v '^launchctl print\|^chown' "$work/calls" || true; } | tr '\n' ';'
 }
 
 fail=0
@@ -82,4 +97,46 @@ grep -q 'ci has no GUI login session.*log in as ci' "$work/out" || {
   echo "FAIL: no message about the missing GUI session" >&2
   fail=1
 }
+
+# Before nix-darwin loads agents.
+activate 'gui running=old' "$prepare" >/dev/null
+expect "prepare: the record of an agent that is not loaded (killed, never restarted) is removed" \
+  "$([ -e "$work/db/agent-generation" ] && echo kept || echo removed)" removed
+activate 'gui loaded running=old' "$prepare" >/dev/null
+expect "prepare: the record of a loaded agent is kept" "$(cat "$work/db/agent-generation")" old
+expect "prepare: the record's directory is made the user's" \
+  "$(grep '^chown' "$work/calls")" "chown -- ci:501 $work/db"
+
+# A switch that moves stateDir, as the module renders it.
+if [ -z "${TART_MODULE_EVAL:-}" ]; then
+  echo "FAIL: TART_MODULE_EVAL is not set (tests/nix/module-eval.sh sets it); the switch that moves stateDir was not tried" >&2
+  exit 1
+fi
+switch() { nix eval --raw --impure --expr "($TART_MODULE_EVAL).stateMovedSwitch.$1"; }
+# Prints the module's block that starts with comment line $1, up to its closing `)`: only
+# that part of nix-darwin's activation text is run here.
+block() { awk -v m="$1" '$0 == m { on = 1 } on { print } on && $0 == ")" { exit }'; }
+switch runningAgent >"$work/running-agent"
+# The files the scripts name live under $work/root.
+root=$work/root
+switch prepare | block "# gitlab-runner-tart: the runner's generation record" \
+  | sed "s|'/|'$root/|g" >"$work/switch-prepare"
+switch activation | block "# gitlab-runner-tart: the runner's agent takes up this generation" \
+  | sed "s|cat '/|cat '$root/|g" >"$work/switch-activation"
+# The running agent (the old stateDir) recorded its generation where its script says.
+generation=$(sed -n 's/^generation=//p' "$work/running-agent")
+record=$(sed -n "s/^printf '%s\\\\n' \"\\\$generation\" >'\([^']*\)'.*/\1/p" "$work/running-agent")
+if [ -z "$generation" ] || [ -z "$record" ]; then
+  echo "FAIL: no generation or record path in the running agent's script" >&2
+  exit 1
+fi
+rm -f "$work/calls"
+touch "$work/gui" "$work/loaded"
+mkdir -p "$root$(dirname "$record")"
+echo "$generation" >"$root$record"
+PATH="$work/bin:$PATH" bash -euo pipefail "$work/switch-prepare" >"$work/out" 2>&1
+PATH="$work/bin:$PATH" bash -euo pipefail "$work/switch-activation" >>"$work/out" 2>&1
+expect "a switch that moves stateDir drains the running agent (of the old stateDir)" \
+  "$({ grep -v '^launchctl print\|^chown' "$work/calls" || true; } | tr '\n' ';')" \
+  "launchctl kill SIGTERM gui/501/org.nixos.gitlab-runner-tart;"
 exit "$fail"

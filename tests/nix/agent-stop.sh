@@ -44,7 +44,8 @@ chmod +x "$work/driver" "$work/gitlab-runner"
 # stops it like launchd; prints the signals gitlab-runner got and the agent's exit status.
 stop_agent() {
   local drain=$1 job=$2 script status
-  rm -f "$work/signals"
+  rm -f "$work/signals" "$work/record-while-running"
+  mkdir -p "$work/db"
   echo "$job" >"$work/job-tenths"
   script=$(nix-instantiate --eval --strict --json -E "
     (import ./darwin-modules/agent.nix).script {
@@ -52,7 +53,8 @@ stop_agent() {
       gitlabRunner = \"$work/gitlab-runner\"; specFile = \"$work/spec.json\";
       configFile = \"$work/state/config.toml\"; stateDir = \"$work/state\";
       logFile = \"$work/logs/gitlab-runner.log\"; home = \"$work\";
-      path = [ \"/usr/bin\" \"/bin\" ]; drainTimeout = $drain; }" 2>/dev/null)
+      path = [ \"/usr/bin\" \"/bin\" ]; drainTimeout = $drain;
+      generationFile = \"$work/db/agent-generation\"; }" 2>/dev/null)
   printf '%s' "$script" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))' >"$work/agent"
   # As launchd starts it: in a process group of its own (launchd's, whose processes are
   # the agent's), no signal ignored (a script's background command has SIGQUIT and SIGINT
@@ -67,6 +69,7 @@ stop_agent() {
     grep -q started "$work/signals" 2>/dev/null && break
     sleep 0.1
   done
+  cp "$work/db/agent-generation" "$work/record-while-running" 2>/dev/null || true
   kill -TERM "$agent_pid"
   status=0
   wait "$agent_pid" || status=$?
@@ -90,12 +93,19 @@ else
   cat "$work/logs/gitlab-runner.log" >&2
   fail=1
 fi
-# The running script told activation which generation it is (agent-activation.sh).
+# The running script told activation which generation it is (agent-activation.sh), and
+# took the record back when it stopped.
 want=$(sed -n 's/^generation=//p' "$work/agent")
-if [ -n "$want" ] && [ "$(cat "$work/state/.tart-agent-generation")" = "$want" ]; then
-  echo "ok: the running agent records its generation in the state directory"
+if [ -n "$want" ] && [ "$(cat "$work/record-while-running")" = "$want" ]; then
+  echo "ok: the running agent records its generation"
 else
-  echo "FAIL: the agent did not record generation '$want' in $work/state/.tart-agent-generation" >&2
+  echo "FAIL: the running agent did not record generation '$want' in $work/db/agent-generation" >&2
+  fail=1
+fi
+if [ ! -e "$work/db/agent-generation" ]; then
+  echo "ok: the stopped agent's generation record is gone"
+else
+  echo "FAIL: the stopped agent left its generation record behind" >&2
   fail=1
 fi
 started=$(date +%s)

@@ -190,6 +190,7 @@ let
   oneAtATime = evalHost [ { services.gitlab-runner-tart.concurrency = lib.mkForce 1; } ];
   shutdownSet = evalHost [ { services.gitlab-runner-tart.shutdownTimeout = 120; } ];
   movedLogs = evalHost [ { services.gitlab-runner-tart.logDir = "/Users/ci/logs"; } ];
+  stateMoved = evalHost [ { services.gitlab-runner-tart.stateDir = "/Users/ci/runner-state"; } ];
   moreTools = evalHost [ { services.gitlab-runner-tart.extraPackages = [ (fakeDrv "git") ]; } ];
   # Configurations that must leave the runner's plist as it is (nix-darwin would reload it).
   samePlist = {
@@ -202,6 +203,7 @@ let
       oneAtATime
       shutdownSet
       movedLogs
+      stateMoved
       moreTools
       ;
     readme = systems.readme-quick-start;
@@ -210,6 +212,8 @@ let
   };
   generationOf = e: lib.head (builtins.match ".*\ngeneration=([0-9a-f]+)\n.*" (agentScriptOf e));
   postActivationOf = e: e.config.system.activationScripts.postActivation.text;
+  # Where the running agent records its generation, whatever the options.
+  agentRecord = "/var/db/gitlab-runner-tart/agent-generation";
   c = good.config;
   r = (cfgOf good).rendered;
 
@@ -345,9 +349,14 @@ let
     "agent script: HOME" = has "export HOME='/Users/ci'" agentScript;
     "agent script: PATH has softnet's dir, driver, tart, gitlab-runner, system dirs" =
       has "export PATH='${toolPath}'" agentScript;
-    "agent script: records its generation in the state dir" =
-      has ">'/Users/ci/.gitlab-runner/.tart-agent-generation'" agentScript
-      && has "printf '%s\\n' \"$generation\"" agentScript;
+    "agent script: records its generation at a path no option changes" =
+      has "printf '%s\\n' \"$generation\" >'${agentRecord}'" agentScript;
+    "switch moving stateDir: a new generation, whose activation reads the agent's record" =
+      generationOf stateMoved != generationOf good
+      && has "cat '${agentRecord}'" (postActivationOf stateMoved);
+    "activation: the record's directory is the user's, before agents are loaded" =
+      has "dir='/var/db/gitlab-runner-tart'" activation
+      && has "chown -- \"$owner:$(id -gn -- \"$owner\")\" \"$dir\"" activation;
     "agent plist: Interactive" = has "<string>Interactive</string>" agentPlist;
     "agent script: renders config.toml from the spec at its stable path" =
       has
@@ -419,7 +428,7 @@ let
         "# gitlab-runner-tart: the runner's agent takes up this generation"
         "!= '${generationOf good}' ]"
         "launchctl kill SIGTERM \"gui/$uid/org.nixos.gitlab-runner-tart\""
-        "cat '/Users/ci/.gitlab-runner/.tart-agent-generation'"
+        "cat '${agentRecord}'"
       ];
     "activation: warns before loading agents when the user has no GUI session" =
       has "ci is not logged in to the GUI" activation;
@@ -640,4 +649,11 @@ in
     in
     e.config.launchd.user.agents.gitlab-runner-tart-config.command.text;
   agentPlistText = agentPlist;
+  # A switch that moves stateDir (tests/nix/agent-activation.sh runs it): the running agent's
+  # script, and the next generation's activation, before and after nix-darwin loads agents.
+  stateMovedSwitch = {
+    runningAgent = agentScript;
+    prepare = activationOf stateMoved;
+    activation = postActivationOf stateMoved;
+  };
 }

@@ -143,7 +143,7 @@ for script in configScriptText gcScript logsScript; do
   }
 done
 tests/nix/agent-stop.sh
-tests/nix/agent-activation.sh
+TART_MODULE_EVAL=$expr tests/nix/agent-activation.sh
 
 # 5. The rendered spec, through the real runner-config, gives a config.toml whose
 # `concurrent` equals every runner's --concurrency.

@@ -17,6 +17,7 @@ let
       "/usr/bin"
     ];
     drainTimeout = 60;
+    generationFile = "/var/db/r/agent-generation";
   };
   agentText = agent.script agentArgs;
   inherit (builtins)
@@ -361,6 +362,9 @@ let
     "agent script: its shell, then its generation" =
       builtins.substring 0 (builtins.stringLength "#!/bin/bash\ngeneration=") agentText
       == "#!/bin/bash\ngeneration=";
+    "agent script without a generation record (systemd): no generation line" =
+      agent.script (agentArgs // { generationFile = null; })
+      == agent.body (agentArgs // { generationFile = null; });
     "agent generation: changes with the driver" =
       agent.generation agentArgs != agent.generation (agentArgs // { driver = "/d2"; });
     "agent plist settings: a constant ExitTimeOut beyond the longest drain and shutdown" =
