@@ -14,6 +14,7 @@ mod logging;
 mod manuals;
 mod model;
 mod orchard;
+mod rt;
 mod runner_config;
 mod settings;
 mod stages;
@@ -47,12 +48,21 @@ fn main() {
         }
     };
     let (stage, result) = match &cli.command {
-        Command::Config(args) => ("config", stages::config::config(args)),
-        Command::Prepare(args) => ("prepare", stages::prepare::prepare(args)),
-        Command::Run(args) => ("run", stages::run::run(args)),
-        Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(args)),
-        Command::Gc(args) => ("gc", stages::gc::gc(args)),
-        Command::Warm(args) => ("warm", stages::warm::warm(args)),
+        Command::Config(args) => ("config", stages::config::config(&args.options)),
+        Command::Prepare(args) => ("prepare", stages::prepare::prepare(&args.options)),
+        Command::Run(args) => (
+            "run",
+            stages::run::run(&args.options, &args.script, &args.stage),
+        ),
+        Command::Cleanup(args) => ("cleanup", stages::cleanup::cleanup(&args.options)),
+        Command::Gc(args) => (
+            "gc",
+            stages::gc::gc(&args.options, args.dry_run, args.prune_images_older_than),
+        ),
+        Command::Warm(args) => (
+            "warm",
+            stages::warm::warm(&args.options, args.pull, args.background),
+        ),
         Command::Doctor(args) => ("doctor", doctor::doctor(args)),
         Command::RunnerConfig(args) => (
             "runner-config",

@@ -137,7 +137,7 @@ pub fn check_local_network(tart: Option<&Path>, list: Option<&TartList>, r: &mut
             return;
         }
     };
-    let rt = crate::stages::runtime();
+    let rt = crate::rt::runtime();
     match rt.block_on(reach::probe(&ip, Duration::from_secs(3))) {
         Reach::Open => r.pass(NAME, format!("SSH port of VM {vm} at {ip} answers")),
         Reach::Refused => r.pass(

@@ -49,10 +49,7 @@ pub(super) fn check(settings: &Settings, r: &mut Report) {
             return;
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = crate::rt::runtime();
     runtime.block_on(async {
         if !check_reachable(orchard, &client, r).await {
             return;

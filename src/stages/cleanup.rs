@@ -3,22 +3,21 @@
 //! twice, safe while a run stage is still alive.
 
 use crate::backend::Backend;
-use crate::cli::StageArgs;
 use crate::failure::StageResult;
 use crate::host::state_dir::StateDir;
 use crate::host::vm::VmState;
 use crate::job::JobContext;
-use crate::settings::Settings;
+use crate::settings::{Options, Settings};
 
-pub fn cleanup(args: &StageArgs) -> StageResult {
-    let settings = Settings::load(&args.options)?;
+pub fn cleanup(options: &Options) -> StageResult {
+    let settings = Settings::load(options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let backend = Backend::for_settings(&settings)?;
     let vm = job.vm_name();
     let root = StateDir::open(&settings.state_dir)?;
     let state = backend.job_vm(&root, &vm);
-    super::runtime().block_on(async {
+    crate::rt::runtime().block_on(async {
         let started = std::time::Instant::now();
         let summary = state.timing_summary();
         backend.destroy(&state, None).await?;

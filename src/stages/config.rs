@@ -2,15 +2,14 @@
 
 use serde_json::json;
 
-use crate::cli::StageArgs;
 use crate::failure::StageResult;
 use crate::job::JobContext;
-use crate::settings::Settings;
+use crate::settings::{Options, Settings};
 
 /// Validates the admin's settings first, so a broken configuration fails the job at its
 /// first stage with a message that names the option.
-pub fn config(args: &StageArgs) -> StageResult {
-    let settings = Settings::load(&args.options)?;
+pub fn config(options: &Options) -> StageResult {
+    let settings = Settings::load(options)?;
     // The backend's own settings too (an Orchard controller's token file, say).
     crate::backend::Backend::for_settings(&settings)?;
     let hostname = hostname();

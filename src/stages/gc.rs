@@ -1,19 +1,20 @@
 //! `gc`: the orphan sweep on demand, and optionally pruning of old cached images.
 
 use crate::backend::Backend;
-use crate::cli::GcArgs;
 use crate::failure::StageResult;
 use crate::host::state_dir::StateDir;
-use crate::settings::Settings;
+use crate::settings::{Options, Settings};
 
-pub fn gc(args: &GcArgs) -> StageResult {
-    let settings = Settings::load(&args.options)?;
+/// Sweeps orphans (only reports them with `dry_run`), fills the warm pool, and prunes cached
+/// images unused for `prune_images_older_than` days when given.
+pub fn gc(options: &Options, dry_run: bool, prune_images_older_than: Option<u32>) -> StageResult {
+    let settings = Settings::load(options)?;
     let backend = Backend::for_settings(&settings)?;
-    let swept: anyhow::Result<()> = super::runtime().block_on(async {
+    let swept: anyhow::Result<()> = crate::rt::runtime().block_on(async {
         let root = StateDir::open(&settings.state_dir)?;
         let listing = backend.list().await?;
-        let swept = backend.sweep(&listing, &root, None, args.dry_run).await?;
-        let verb = if args.dry_run {
+        let swept = backend.sweep(&listing, &root, None, dry_run).await?;
+        let verb = if dry_run {
             "would remove"
         } else {
             "removed"
@@ -31,13 +32,13 @@ pub fn gc(args: &GcArgs) -> StageResult {
             );
         }
         // The pool's periodic pass: pull the warm images, replace stale warm VMs, refill.
-        if !args.dry_run {
+        if !dry_run {
             if let Err(e) = super::warm::fill_from_gc(&settings, &root).await {
                 eprintln!("warm pool: {e:#}");
             }
         }
-        if let Some(days) = args.prune_images_older_than {
-            if args.dry_run {
+        if let Some(days) = prune_images_older_than {
+            if dry_run {
                 eprintln!("would prune cached images not used for {days} days");
             } else {
                 backend.prune_images(days).await?;

@@ -1,7 +1,9 @@
-//! The stages gitlab-runner calls, one module each. Each is a thin sequence of steps from
-//! the modules that own the concerns; what can go wrong is told in `Failure`. May use:
-//! every layer below (the backend seam, the job's request, guest, host, settings, model);
-//! nothing but `main` imports them (Orchard's proxy and the warm pool share `runtime()`).
+//! The stages gitlab-runner calls, and the admin's `gc` and `warm`, one module each. Each is
+//! a thin sequence of steps from the modules that own the concerns; what can go wrong is
+//! told in `Failure`. A stage takes the admin's options as settings types (`Options` and
+//! plain values): the command line converts into them, and no stage imports it. May use:
+//! every layer below (the backend seam, the warm pool, the job's request, guest, host,
+//! settings, model, the runtime); nothing but `main` imports them.
 
 pub mod cleanup;
 pub mod config;
@@ -9,14 +11,3 @@ pub mod gc;
 pub mod prepare;
 pub mod run;
 pub mod warm;
-
-pub use crate::logging::phase_done;
-
-/// A runtime for the stages that talk to Tart or the guest: one thread is plenty, and
-/// starts fastest.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 
 use crate::backend::{Backend, Made, NewVm};
-use crate::cli::StageArgs;
 use crate::failure::{Failure, StageResult};
 use crate::guest;
 use crate::guest::transport::{RemoteExit, Transport};
@@ -17,14 +16,14 @@ use crate::host::state_dir::StateDir;
 use crate::host::vm::VmState;
 use crate::job::request::Request;
 use crate::job::JobContext;
-use crate::settings::Settings;
+use crate::settings::{Options, Settings};
 
-pub fn prepare(args: &StageArgs) -> StageResult {
-    let settings = Settings::load(&args.options)?;
+pub fn prepare(options: &Options) -> StageResult {
+    let settings = Settings::load(options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let request = Request::resolve(&settings, &job)?;
-    super::runtime().block_on(async {
+    crate::rt::runtime().block_on(async {
         let mut cancelled = crate::guest::transport::relay::Cancel::listen()?;
         let finished = tokio::select! {
             biased;
@@ -156,9 +155,9 @@ async fn set_up_guest(
         }
     }
     state.save_connection(conn)?;
-    super::phase_done("Guest ready", t);
+    crate::logging::phase_done("Guest ready", t);
     state.record_phase("guest setup", t.elapsed());
-    super::phase_done(&format!("VM {} prepared", state.name), started);
+    crate::logging::phase_done(&format!("VM {} prepared", state.name), started);
     Ok(())
 }
 

@@ -4,18 +4,20 @@
 //! The last run stage also prints where the job's time went: cleanup's output reaches only
 //! the runner's own log, never the job log.
 
+use std::path::Path;
+
 use anyhow::{anyhow, Context};
 
 use crate::backend::Backend;
-use crate::cli::RunArgs;
 use crate::failure::{Failure, StageResult};
 use crate::guest::transport::{RemoteExit, Stage};
 use crate::host::state_dir::StateDir;
 use crate::job::JobContext;
-use crate::settings::Settings;
+use crate::settings::{Options, Settings};
 
-pub fn run(args: &RunArgs) -> StageResult {
-    let settings = Settings::load(&args.options)?;
+/// Runs `script` (a file on this host) as the job's stage `stage` (`build_script`, ...).
+pub fn run(options: &Options, script: &Path, stage: &str) -> StageResult {
+    let settings = Settings::load(options)?;
     let job = JobContext::from_env(&settings)?;
     crate::logging::init_for_job(&settings.job_overrides, job.vm_name().as_str());
     let root = StateDir::open(&settings.state_dir)?;
@@ -27,10 +29,10 @@ pub fn run(args: &RunArgs) -> StageResult {
             state.name
         )
     })?;
-    let script = std::fs::File::open(&args.script)
-        .with_context(|| format!("cannot open the script {}", args.script.display()))?;
+    let script_file = std::fs::File::open(script)
+        .with_context(|| format!("cannot open the script {}", script.display()))?;
     let started = std::time::Instant::now();
-    let exit = super::runtime().block_on(async {
+    let exit = crate::rt::runtime().block_on(async {
         let transport = backend.transport(&conn, &state).await?;
         transport
             .run_stage(
@@ -38,13 +40,13 @@ pub fn run(args: &RunArgs) -> StageResult {
                     shell: &conn.shell,
                     env: &conn.env,
                 },
-                script,
+                script_file,
             )
             .await
             .map(|exit| backend.interpret(exit))
     })?;
-    state.record_phase(&format!("stage {}", args.stage), started.elapsed());
-    if is_last_stage(&args.stage, &exit) {
+    state.record_phase(&format!("stage {stage}"), started.elapsed());
+    if is_last_stage(stage, &exit) {
         if let Some(summary) = state.timing_summary() {
             eprintln!("{summary}");
         }
@@ -53,8 +55,7 @@ pub fn run(args: &RunArgs) -> StageResult {
         RemoteExit::Code(0) => Ok(()),
         RemoteExit::Code(code) => Err(Failure::Build(code)),
         RemoteExit::Broken(why) => Err(Failure::System(anyhow!(
-            "stage {}: {why}. The VM still runs, but whether the script finished is unknown: this is not the script's failure; retry the job (GitLab `retry: when: runner_system_failure`)",
-            args.stage
+            "stage {stage}: {why}. The VM still runs, but whether the script finished is unknown: this is not the script's failure; retry the job (GitLab `retry: when: runner_system_failure`)"
         ))),
         RemoteExit::Lost(why) => {
             // The connection often drops a moment before the supervisor has recorded how
@@ -71,8 +72,7 @@ pub fn run(args: &RunArgs) -> StageResult {
             };
             let detail = ending.map(|e| format!("; Tart: {e}")).unwrap_or_default();
             Err(Failure::System(anyhow!(
-                "stage {}: {why}{detail}. The VM is gone; retry the job (GitLab `retry: when: runner_system_failure`)",
-                args.stage
+                "stage {stage}: {why}{detail}. The VM is gone; retry the job (GitLab `retry: when: runner_system_failure`)"
             )))
         }
     }

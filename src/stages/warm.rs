@@ -11,20 +11,21 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::backend::Backend;
-use crate::cli::WarmArgs;
 use crate::failure::StageResult;
 use crate::host::state_dir::StateDir;
-use crate::settings::Settings;
+use crate::settings::{Options, Settings};
 use crate::warm::{pool, replenish};
 
-pub fn warm(args: &WarmArgs) -> StageResult {
-    let settings = Settings::load(&args.options)?;
+/// One pass over the pool; `pull` pulls the warm images first, `background` (a stage started
+/// it) waits for a replenisher at work and keeps the recorded failed boots.
+pub fn warm(options: &Options, pull: bool, background: bool) -> StageResult {
+    let settings = Settings::load(options)?;
     if settings.warm.enabled() && settings.cache_dir.is_some() {
         eprintln!("The warm pool is not used while a cache dir is configured (--cache-dir): a VM booted before its job cannot share that job's project cache");
     }
     let root = StateDir::open(&settings.state_dir)?;
     // A background pass waits for the one before it: that one may have missed this change.
-    let wait = if args.background {
+    let wait = if background {
         Duration::from_secs(15 * 60)
     } else {
         Duration::ZERO
@@ -33,13 +34,12 @@ pub fn warm(args: &WarmArgs) -> StageResult {
         eprintln!("Another `warm` is filling the pool right now");
         return Ok(());
     };
-    if !args.background {
+    if !background {
         // The admin asks again: images whose boot failed get another chance.
         replenish::forget_failures(&root)?;
     }
-    let pull = args.pull;
     let backend = Backend::for_settings(&settings)?;
-    super::runtime().block_on(backend.fill_pool(&root, pull))?;
+    crate::rt::runtime().block_on(backend.fill_pool(&root, pull))?;
     Ok(())
 }
 

@@ -204,7 +204,7 @@ mod tests {
             VmName::for_job("test", 1),
         );
         let started = std::time::Instant::now();
-        let result = crate::stages::runtime().block_on(async {
+        let result = crate::rt::runtime().block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(10),
                 exec.run_captured(

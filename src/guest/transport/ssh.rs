@@ -424,7 +424,7 @@ mod tests {
             socket,
         };
         let started = std::time::Instant::now();
-        let exit = crate::stages::runtime().block_on(async {
+        let exit = crate::rt::runtime().block_on(async {
             tokio::time::timeout(
                 std::time::Duration::from_secs(20),
                 transport.exit(Err(SshError::RemoteProcessTerminated)),
