@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Nix checks, run by .ci/run (needs Debian's nix-bin, shellcheck and a debug build):
+# Nix checks, run by .ci/run (needs Debian's nix-bin, ShellCheck 0.11 as $SHELLCHECK, see
+# tests/nix/shellcheck.sh, and a debug build):
 #   1. every .nix file parses (nix-instantiate --parse) and no line is wider than nixfmt's 100;
 #   2. the module's pure rendering (darwin-modules/render.nix) evaluates as tests expect;
 #   3. flake.lock is consistent with flake.nix, and LICENSE files match the licence declared;
 #   4. the module evaluated through nix-darwin's eval-config.nix at the pinned revision, with
-#      each configuration's activate script shellchecked as nix-darwin does (module-eval.sh).
+#      each configuration's activate script shellchecked as nix-darwin does (module-eval.sh);
+#   5. the shell scripts the flake's shellcheck check covers (tests/nix/*.sh) pass ShellCheck.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,9 +14,24 @@ if ! command -v nix-instantiate >/dev/null 2>&1; then
   echo "tests/nix/ci.sh: nix-instantiate not found; install Debian's nix-bin" >&2
   exit 1
 fi
+# The ShellCheck of every check below (module-eval.sh picks the same one): 0.11, or exit.
+# shellcheck source-path=SCRIPTDIR/../..
+. tests/nix/shellcheck.sh
+export SHELLCHECK=$shellcheck
 
 passed=0
 failed=0
+
+# ... and the entry points refuse any other (tests/nix/shellcheck-version.sh runs this
+# script, which must stop above).
+if [ -z "${TART_NIX_SHELLCHECK_TEST:-}" ]; then
+  if tests/nix/shellcheck-version.sh; then
+    passed=$((passed + 1))
+  else
+    echo "FAIL: tests/nix/shellcheck-version.sh" >&2
+    failed=$((failed + 1))
+  fi
+fi
 
 while IFS= read -r -d '' f; do
   if nix-instantiate --parse "$f" >/dev/null; then
@@ -57,6 +74,15 @@ if grep -q '^license = "MIT OR Apache-2.0"$' Cargo.toml && [ -s LICENSE-MIT ] &&
   passed=$((passed + 1))
 else
   echo "FAIL: the package declares MIT OR Apache-2.0 but LICENSE-MIT / LICENSE-APACHE are missing" >&2
+  failed=$((failed + 1))
+fi
+
+# As the flake's shellcheck check (nix/checks.nix) runs it.
+if "$shellcheck" tests/nix/*.sh; then
+  echo "ok: shellcheck $shellcheck_version passes tests/nix/*.sh"
+  passed=$((passed + 1))
+else
+  echo "FAIL: shellcheck $shellcheck_version fails tests/nix/*.sh" >&2
   failed=$((failed + 1))
 fi
 

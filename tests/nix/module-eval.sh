@@ -12,13 +12,14 @@
 #   5. the evaluated spec renders with the real `runner-config`, and the driver loads the
 #      rendered driver configs (when target/debug/gitlab-runner-tart-driver exists);
 #   6. the flake's lock resolves offline and its outputs evaluate.
-# Needs nix-bin and shellcheck (SHELLCHECK picks a binary).
+# Needs nix-bin and ShellCheck 0.11 (tests/nix/shellcheck.sh says which binary).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 export NIX_CONFIG='experimental-features = nix-command flakes
 build-users-group ='
-shellcheck=${SHELLCHECK:-shellcheck}
+# shellcheck source-path=SCRIPTDIR/../..
+. tests/nix/shellcheck.sh
 
 vendor=${TART_DRIVER_VENDOR:-}
 if [ -z "$vendor" ]; then
