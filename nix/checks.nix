@@ -1,5 +1,6 @@
 # Flake checks: the package build (its check phase runs `cargo test`), clippy with warnings
-# denied, rustfmt, nixfmt and shellcheck.
+# denied, rustfmt, nixfmt and shellcheck. `nixfmt` is the only check of the Nix files' layout:
+# CI on Debian (tests/nix/ci.sh) has no nixfmt and checks only its width of 100.
 {
   pkgs,
   package,
