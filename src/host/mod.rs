@@ -2,7 +2,8 @@
 //! record (`vm`, `state_dir`), the supervisor around `tart run`, the registry policy Tart's
 //! pulls run under (`registry_policy`), ownership markers, VMs this driver did not start (`foreign`),
 //! the DHCP pool, where the Mac's system files are (`host_root`), and, in this file, the slots and sizing of VMs. May use: the shared kinds
-//! (`model`), settings and the small utilities; never the job's request, the stages,
+//! (`model`) and the small utilities; never settings (they hand it [`Limits`] and other
+//! plain values), the job's request, the stages,
 //! backends or doctor.
 //!
 //! Host resources: the VM slots shared by every runner on this Mac, and the CPU and memory
@@ -32,12 +33,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::settings::Settings;
-
 use crate::host::state_dir::{Dir, StateDir, SLOTS};
 use crate::host::tart_home::Minimum;
 use crate::host::vm::try_lock;
 use crate::model::Resource;
+
+/// What the admin lets this runner use of the host: how many VMs run at once and how each
+/// is sized. Settings builds it (`Settings::host_limits`); host code never reads `Settings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--concurrency`: the jobs' VMs at once.
+    pub concurrency: u32,
+    /// `--macos-vm-limit`: macOS VMs at once (Apple allows at most 2).
+    pub macos_vm_limit: u32,
+    /// `--warm-pool`: warm VMs that run beside the jobs'.
+    pub warm_pool: u32,
+    /// `--cpu`: each VM's CPUs, fixed or an automatic share.
+    pub cpu: Option<Resource>,
+    /// `--memory`: each VM's memory, fixed or an automatic share.
+    pub memory: Option<Resource>,
+    /// `--auto-resources`: automatic shares where `--cpu` or `--memory` is not given.
+    pub auto_resources: bool,
+}
 
 /// Held slot locks. Dropping this in prepare does not free them once the supervisor has
 /// inherited the descriptors.
@@ -54,14 +71,14 @@ impl Slots {
 /// Waits until this host has a free VM slot (and a macOS slot for a macOS guest), telling
 /// the job log why it waits.
 pub async fn acquire(
-    settings: &Settings,
+    limits: &Limits,
     root: &StateDir,
     macos: bool,
     deadline: Instant,
 ) -> Result<Slots> {
     let dir = root.subdir(SLOTS)?;
-    let general = slot_names("vm", settings.concurrency);
-    let apple = slot_names(MACOS_SLOT, settings.macos_vm_limit);
+    let general = slot_names("vm", limits.concurrency);
+    let apple = slot_names(MACOS_SLOT, limits.macos_vm_limit);
     let started = Instant::now();
     let mut last_notice: Option<Instant> = None;
     loop {
@@ -81,15 +98,15 @@ pub async fn acquire(
             bail!(
                 "no free VM slot after {}s: this host runs at most {} VMs ({} macOS); raise the job timeout or --concurrency, or check `gitlab-runner-tart-driver gc --dry-run` for leftovers",
                 started.elapsed().as_secs(),
-                settings.concurrency,
-                settings.macos_vm_limit
+                limits.concurrency,
+                limits.macos_vm_limit
             );
         }
         if last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
             let what = if macos { "macOS VM" } else { "VM" };
             eprintln!(
                 "Waiting for a free {what} slot: this host runs at most {} VMs, {} of them macOS, and all are busy...",
-                settings.concurrency, settings.macos_vm_limit
+                limits.concurrency, limits.macos_vm_limit
             );
             last_notice = Some(Instant::now());
         }
@@ -138,11 +155,7 @@ pub enum TooSmall {
 }
 
 /// The CPU count and memory (MiB) to give a VM, or None to keep the image's.
-pub fn vm_resources(
-    settings: &Settings,
-    minimum: Minimum,
-    macos: bool,
-) -> Result<Sizing, TooSmall> {
+pub fn vm_resources(limits: &Limits, minimum: Minimum, macos: bool) -> Result<Sizing, TooSmall> {
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
@@ -151,17 +164,17 @@ pub fn vm_resources(
         sys.refresh_memory();
         sys.total_memory() / 1024 / 1024
     };
-    size(settings, minimum, macos, host_cpus, host_mib)
+    size(limits, minimum, macos, host_cpus, host_mib)
 }
 
 /// How many VMs of this kind can run at once, sharing the host: Apple's limit caps macOS
 /// guests below `--concurrency`, so a macOS VM's share is that of one of at most
 /// `--macos-vm-limit` (a third VM beside them is a Linux one, which asks for little).
-fn vms_at_once(settings: &Settings, macos: bool) -> u64 {
+fn vms_at_once(limits: &Limits, macos: bool) -> u64 {
     // Warm VMs run beside the jobs' and get the same share.
-    let vms = settings.concurrency + settings.warm.pool;
+    let vms = limits.concurrency + limits.warm_pool;
     let n = if macos {
-        vms.min(settings.macos_vm_limit)
+        vms.min(limits.macos_vm_limit)
     } else {
         vms
     };
@@ -169,15 +182,15 @@ fn vms_at_once(settings: &Settings, macos: bool) -> u64 {
 }
 
 fn size(
-    settings: &Settings,
+    limits: &Limits,
     minimum: Minimum,
     macos: bool,
     host_cpus: u64,
     host_mib: impl FnOnce() -> u64,
 ) -> Result<Sizing, TooSmall> {
-    let at_once = vms_at_once(settings, macos);
+    let at_once = vms_at_once(limits, macos);
     let share = |total: u64| (total / at_once).max(1);
-    let sharing = if macos && settings.macos_vm_limit < settings.concurrency {
+    let sharing = if macos && limits.macos_vm_limit < limits.concurrency {
         format!("the {at_once} macOS VMs --macos-vm-limit runs at once")
     } else {
         format!("the {at_once} VMs --concurrency runs at once")
@@ -194,7 +207,7 @@ fn size(
         let (value, fixed) = match explicit {
             Some(Resource::Fixed(n)) => (n, true),
             Some(Resource::Auto) => (auto(), false),
-            None if settings.auto_resources => (auto(), false),
+            None if limits.auto_resources => (auto(), false),
             None => return Ok(None),
         };
         if min <= value {
@@ -217,7 +230,7 @@ fn size(
         }))
     };
     let cpu = pick(
-        settings.cpu,
+        limits.cpu,
         "CPUs",
         "",
         "cpu",
@@ -227,7 +240,7 @@ fn size(
     )?;
     let usable_mib = host_mib().saturating_sub(HOST_RESERVE_MIB).max(1024);
     let memory_mib = pick(
-        settings.memory,
+        limits.memory,
         "of memory",
         " MiB",
         "memory",
@@ -241,14 +254,17 @@ fn size(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Options;
 
-    fn settings(concurrency: u32) -> Settings {
-        Settings::load(&Options {
-            concurrency: Some(concurrency),
-            ..Default::default()
-        })
-        .unwrap()
+    /// What `Settings` gives by default (checked in `settings`'s tests), at `concurrency`.
+    fn limits(concurrency: u32) -> Limits {
+        Limits {
+            concurrency,
+            macos_vm_limit: 2,
+            warm_pool: 0,
+            cpu: None,
+            memory: None,
+            auto_resources: true,
+        }
     }
 
     fn min(cpu: u64, memory_mib: u64) -> Minimum {
@@ -257,7 +273,7 @@ mod tests {
 
     #[test]
     fn auto_resources_split_the_host_evenly_and_keep_a_reserve() {
-        let s = size(&settings(2), Minimum::default(), false, 12, || 32 * 1024).unwrap();
+        let s = size(&limits(2), Minimum::default(), false, 12, || 32 * 1024).unwrap();
         assert_eq!(
             s,
             Sizing {
@@ -271,9 +287,9 @@ mod tests {
     /// at concurrency 3 a Cirrus image (4096 MiB minimum) gets (12 − 2) GiB ÷ 2, not ÷ 3.
     #[test]
     fn a_macos_vm_shares_the_host_with_at_most_the_macos_limit_of_vms() {
-        let s = size(&settings(3), min(2, 4096), true, 8, || 12 * 1024).unwrap();
+        let s = size(&limits(3), min(2, 4096), true, 8, || 12 * 1024).unwrap();
         assert_eq!((s.cpu, s.memory_mib), (Some(4), Some(5 * 1024)));
-        let s = size(&settings(3), Minimum::default(), false, 9, || 12 * 1024).unwrap();
+        let s = size(&limits(3), Minimum::default(), false, 9, || 12 * 1024).unwrap();
         assert_eq!((s.cpu, s.memory_mib), (Some(3), Some(10 * 1024 / 3)));
     }
 
@@ -281,7 +297,7 @@ mod tests {
     /// to fix, named as such.
     #[test]
     fn a_minimum_the_host_could_meet_but_the_share_cannot_names_the_admins_setting() {
-        let err = size(&settings(2), min(1, 8192), false, 8, || 16 * 1024).unwrap_err();
+        let err = size(&limits(2), min(1, 8192), false, 8, || 16 * 1024).unwrap_err();
         let TooSmall::Settings(why) = err else {
             panic!("{err:?}")
         };
@@ -292,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_minimum_beyond_the_whole_host_is_the_images_fault() {
-        let err = size(&settings(2), min(64, 0), false, 8, || 16 * 1024).unwrap_err();
+        let err = size(&limits(2), min(64, 0), false, 8, || 16 * 1024).unwrap_err();
         let TooSmall::Image(why) = err else {
             panic!("{err:?}")
         };
@@ -302,14 +318,14 @@ mod tests {
 
     #[test]
     fn an_image_minimum_within_the_share_is_fine() {
-        let s = size(&settings(2), min(2, 4096), false, 4, || 24 * 1024).unwrap();
+        let s = size(&limits(2), min(2, 4096), false, 4, || 24 * 1024).unwrap();
         assert_eq!(s.cpu, Some(2));
         assert_eq!(s.memory_mib, Some(11 * 1024));
     }
 
     #[test]
     fn explicit_values_win_over_auto_but_not_over_the_image_minimum() {
-        let mut st = settings(2);
+        let mut st = limits(2);
         st.cpu = Some(Resource::Fixed(3));
         st.auto_resources = true;
         assert_eq!(
@@ -327,7 +343,7 @@ mod tests {
 
     #[test]
     fn without_auto_the_image_keeps_its_resources() {
-        let mut st = settings(1);
+        let mut st = limits(1);
         st.auto_resources = false;
         assert_eq!(
             size(&st, Minimum::default(), false, 16, || 1024).unwrap(),

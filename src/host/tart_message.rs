@@ -39,6 +39,15 @@ pub fn meaningful_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// How `tart run` ended, with what to do when Softnet (the isolation between concurrent
+/// jobs' VMs) was the reason.
+pub fn explain(tart_run_ending: String) -> String {
+    if !tart_run_ending.to_ascii_lowercase().contains("softnet") {
+        return tart_run_ending;
+    }
+    format!("{tart_run_ending}. Softnet isolates concurrent jobs' VMs and needs the `softnet` binary on gitlab-runner's PATH, setuid root (`sudo chown root $(which softnet) && sudo chmod u+s $(which softnet)`) or allowed by passwordless sudo; the nix-darwin module sets this up. To run jobs without isolation, set --no-softnet")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -305,7 +305,7 @@ impl VmState {
         } else {
             last[last.len().saturating_sub(3)..].join(" | ")
         };
-        Some(crate::settings::isolation::explain(if tail.is_empty() {
+        Some(crate::host::tart_message::explain(if tail.is_empty() {
             exit.trim().to_string()
         } else {
             format!("{} ({})", tail, exit.trim())

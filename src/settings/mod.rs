@@ -5,14 +5,19 @@
 //! what a job may change within what these settings allow.
 //!
 //! [`options`] holds the flags (the command line parses into them), [`file`] the YAML file,
-//! [`values`] the parsing and validation of single values; this file merges them into
-//! [`Settings`]. May use: the shared kinds (`model`) and the settings of the parts that
-//! have their own (registry policy, Orchard, warm pool); never the command line.
+//! [`values`] the parsing and validation of single values, [`warm`] the warm pool's options,
+//! [`isolation`] whether concurrent jobs' VMs are kept apart; this file merges them into
+//! [`Settings`], and hands the host the plain values it needs ([`Settings::host_limits`]).
+//! May use: the shared kinds (`model`) and the layers below it for their value types and
+//! defaults (host: the registry policy and state dir; guest: its builds and cache dirs;
+//! orchard: the controller's options); never the command line, the job's request, the warm
+//! pool's records, the backends, the stages or doctor.
 
 mod file;
 pub mod isolation;
 pub mod options;
 mod values;
+pub mod warm;
 
 use std::path::PathBuf;
 
@@ -79,7 +84,7 @@ pub struct Settings {
     /// variables, which the job itself can change. Unsafe.
     pub unsafe_job_identity_from_variables: bool,
     /// VMs kept booted ahead of jobs (admin only).
-    pub warm: crate::warm::settings::WarmSettings,
+    pub warm: crate::settings::warm::WarmSettings,
 }
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -302,7 +307,7 @@ impl Settings {
             orchard: crate::orchard::settings::OrchardSettings::merge(&o.orchard, file.orchard)?,
             unsafe_job_identity_from_variables: o.unsafe_job_identity_from_variables
                 || file.unsafe_job_identity_from_variables.unwrap_or(false),
-            warm: crate::warm::settings::WarmSettings::merge(
+            warm: crate::settings::warm::WarmSettings::merge(
                 &o.warm,
                 file.warm_pool,
                 file.warm_images,
@@ -312,11 +317,40 @@ impl Settings {
             default_image,
         })
     }
+
+    /// What the host's slots and VM sizing need of these settings.
+    pub fn host_limits(&self) -> crate::host::Limits {
+        crate::host::Limits {
+            concurrency: self.concurrency,
+            macos_vm_limit: self.macos_vm_limit,
+            warm_pool: self.warm.pool,
+            cpu: self.cpu,
+            memory: self.memory,
+            auto_resources: self.auto_resources,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host's tests size VMs from these defaults.
+    #[test]
+    fn by_default_the_host_runs_one_vm_two_macos_at_most_sized_automatically() {
+        let settings = Settings::load(&Options::default()).unwrap();
+        assert_eq!(
+            settings.host_limits(),
+            crate::host::Limits {
+                concurrency: 1,
+                macos_vm_limit: 2,
+                warm_pool: 0,
+                cpu: None,
+                memory: None,
+                auto_resources: true,
+            }
+        );
+    }
 
     #[test]
     fn volume_with_ro_flag_is_read_only() {

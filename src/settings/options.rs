@@ -204,7 +204,7 @@ pub struct Options {
     #[command(flatten)]
     pub orchard: crate::orchard::settings::OrchardOptions,
     #[command(flatten)]
-    pub warm: crate::warm::settings::WarmOptions,
+    pub warm: crate::settings::warm::WarmOptions,
     /// UNSAFE, for gitlab-runner older than 14.1 only (no JOB_RESPONSE_FILE): take the job's id, project and runner from its variables, which a job can set to reach another job's VM
     #[arg(long)]
     pub unsafe_job_identity_from_variables: bool,

@@ -67,7 +67,7 @@ pub async fn acquire_for_job(
             }
         }
     }
-    host::acquire(settings, root, macos, deadline).await
+    host::acquire(&settings.host_limits(), root, macos, deadline).await
 }
 
 /// Whether one of Apple's macOS slots is free right now (taken and let go at once).

@@ -1,7 +1,7 @@
 //! The warm pool (`--warm-pool N`): VMs cloned and booted ahead of jobs, so that a job
 //! whose VM would be started exactly like one of them skips the boot.
 //!
-//! Owned here: the pool's settings, what a VM is started with (`spec`), the pool's records
+//! Owned here: what a VM is started with (`spec`), the pool's records
 //! in the state directory (`record`, `pool`), the atomic claim (`claim`), where warm VMs fit
 //! on the host (`capacity`) and the replenisher's bookkeeping (`replenish`). The stages on
 //! top use it: prepare claims (`stages::claimed`), prepare and cleanup start the
@@ -15,5 +15,4 @@ pub mod claim;
 pub mod pool;
 pub mod record;
 pub mod replenish;
-pub mod settings;
 pub mod spec;

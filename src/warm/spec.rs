@@ -68,11 +68,14 @@ impl WarmSpec {
     pub fn for_job(settings: &Settings, request: &Request) -> Result<WarmSpec, String> {
         let (digest, mut config) = cached_image(&request.image.name)
             .ok_or_else(|| format!("{} is not a cached OCI image here", request.image.name))?;
-        let sizing = host::vm_resources(settings, config.minimum, config.os != "linux").map_err(
-            |too_small| match too_small {
-                host::TooSmall::Image(why) | host::TooSmall::Settings(why) => why,
-            },
-        )?;
+        let sizing = host::vm_resources(
+            &settings.host_limits(),
+            config.minimum,
+            config.os != "linux",
+        )
+        .map_err(|too_small| match too_small {
+            host::TooSmall::Image(why) | host::TooSmall::Settings(why) => why,
+        })?;
         config.cpu = sizing.cpu.unwrap_or(config.cpu);
         config.memory_mib = sizing.memory_mib.unwrap_or(config.memory_mib);
         Ok(WarmSpec::new(settings, request, &digest, &config))

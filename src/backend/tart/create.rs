@@ -204,16 +204,19 @@ pub async fn configure(
             }
         }
     };
-    let sizing = host::vm_resources(settings, config.minimum, config.os != "linux").map_err(
-        |too_small| match too_small {
-            host::TooSmall::Image(why) => {
-                Failure::rejected(format!("image `{}`: {why}", request.image.name))
-            }
-            host::TooSmall::Settings(why) => {
-                Failure::System(anyhow!("image `{}`: {why}", request.image.name))
-            }
-        },
-    )?;
+    let sizing = host::vm_resources(
+        &settings.host_limits(),
+        config.minimum,
+        config.os != "linux",
+    )
+    .map_err(|too_small| match too_small {
+        host::TooSmall::Image(why) => {
+            Failure::rejected(format!("image `{}`: {why}", request.image.name))
+        }
+        host::TooSmall::Settings(why) => {
+            Failure::System(anyhow!("image `{}`: {why}", request.image.name))
+        }
+    })?;
     let mut flags = Vec::new();
     if let Some(cpu) = sizing.cpu.filter(|&cpu| cpu != config.cpu) {
         flags.extend(["--cpu".to_string(), cpu.to_string()]);
