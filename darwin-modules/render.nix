@@ -243,6 +243,13 @@ rec {
         owner=${escapeShellArg cfg.user}
         home=${escapeShellArg cfg.home}
         group=$(id -gn -- "$owner")
+        # A user that nix-darwin created without `createHome` has no home directory
+        # (`sysadminctl -addUser -home` does not create it), and cannot create one in
+        # /Users itself: every directory below it would fail.
+        if [ ! -d "$home" ]; then
+          echo "gitlab-runner-tart: creating $owner's home directory $home" >&2
+          install -d -m 0700 -o "$owner" -g "$group" "$home"
+        fi
         gitlab_runner_tart_dir() {
           # Below the home directory, missing parents are created by (and for) the user.
           case "$2" in
