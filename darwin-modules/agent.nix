@@ -22,8 +22,13 @@ rec {
   link = "/etc/gitlab-runner-tart/agent";
 
   # Longest drain and gitlab-runner shutdown the options allow (`drainTimeout`,
-  # `shutdownTimeout`). launchd's SIGKILL must come after both, and a constant keeps the
-  # plist the same when either changes.
+  # `shutdownTimeout`). ExitTimeOut is how long launchd waits between its SIGTERM and its
+  # SIGKILL when it stops the agent itself (an unload: nix-darwin does one only when the plist
+  # changes). The script ends within drainTimeout + shutdown_timeout of a SIGTERM (it passes
+  # SIGTERM on after the drain, and gitlab-runner's shutdown_timeout bounds the rest), so the
+  # SIGKILL is a backstop that must never come first. It is the options' maximum (25 h), not
+  # the configured values, so that changing either leaves the plist as it is. A switch's
+  # restart is a signal (`launchctl kill`), not a stop, so it does not apply there.
   maxDrainTimeout = 86400;
   maxShutdownTimeout = 3600;
   exitTimeOut = maxDrainTimeout + maxShutdownTimeout + 60;
