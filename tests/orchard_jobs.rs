@@ -97,6 +97,24 @@ fn job() -> Job {
     Job::new().image(MACOS)
 }
 
+impl Fleet {
+    /// `gc --backend orchard` on the runner's host; its stderr.
+    fn gc(&self, extra: &[&str]) -> String {
+        let out = std::process::Command::new(common::DRIVER)
+            .arg("gc")
+            .arg("--state-dir")
+            .arg(&self.bed.state_dir)
+            .args(&self.bed.options)
+            .args(extra)
+            .envs(self.bed.sim.env())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    }
+}
+
 #[test]
 fn a_job_runs_on_the_fleet_with_one_ssh_login_and_leaves_nothing_behind() {
     let fleet = Fleet::start(|_| {});
@@ -472,5 +490,57 @@ fn sshd_that_never_answers_fails_the_job_at_the_boot_timeout_and_the_vm_is_delet
         started.elapsed() < Duration::from_secs(90),
         "three attempts of about 5 s each"
     );
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn two_runners_sharing_a_state_dir_and_a_controller_keep_their_vms_apart() {
+    let fleet = Fleet::start(|_| {});
+    // Runners of two GitLab instances on one host: their job ids can be equal.
+    let a = fleet.bed.direct_job(MACOS).identity("runnera", 4242);
+    let b = fleet.bed.direct_job(MACOS).identity("runnerb", 4242);
+    let (code, log) = fleet.bed.stage(&a, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = fleet.bed.stage(&b, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let names: Vec<String> = fleet.sim.vms().into_iter().map(|v| v.name).collect();
+    assert_eq!(names.len(), 2, "one VM per runner: {names:?}");
+    // B's job ends, with its cleanup's sweep; A's VM and its connection stay.
+    let (code, log) = fleet.bed.stage(&b, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(fleet.sim.vms().len(), 1, "B's cleanup took A's VM too");
+    let (code, log) = fleet
+        .bed
+        .run_script(&a, "build_script", b"echo still-here\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("still-here"), "{log}");
+    assert_eq!(
+        fleet.sim.port_forwards_served(),
+        2,
+        "one login each, no reconnect"
+    );
+    let (code, log) = fleet.bed.stage(&a, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_runners_sweep_leaves_another_runners_dead_job_to_its_runner_or_gc() {
+    let fleet = Fleet::start(|_| {});
+    let a = fleet.bed.direct_job(MACOS).identity("runnera", 5151);
+    let (code, log) = fleet.bed.stage(&a, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    // A's gitlab-runner died after prepare, and the job's time is up.
+    let record = fleet.bed.state_dir.join("vms").join(a.vm_name());
+    std::fs::write(record.join("expires"), "boot 0").unwrap();
+    let b = fleet.bed.direct_job(MACOS).identity("runnerb", 6161);
+    let (code, log) = fleet.bed.stage(&b, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = fleet.bed.stage(&b, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    assert!(record.exists(), "B's sweeps took A's record");
+    assert_eq!(fleet.sim.vms().len(), 1, "B's sweeps took A's VM");
+    let text = fleet.gc(&[]);
+    assert!(text.contains("removed orphaned VM"), "{text}");
     fleet.assert_nothing_left();
 }

@@ -39,6 +39,12 @@ impl VmName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The runner part and the job id of a name this driver made for a job.
+    pub fn runner_and_job(&self) -> Option<(&str, u64)> {
+        let (runner, job) = self.0.strip_prefix(PREFIX)?.rsplit_once('-')?;
+        Some((runner, job.parse().ok()?))
+    }
 }
 
 impl std::fmt::Display for VmName {

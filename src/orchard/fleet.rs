@@ -12,15 +12,17 @@
 //! May use: settings, the job's request, VM state, the guest's transports, and the rest of
 //! `crate::orchard`. Used by: the backend seam.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::client::{ApiError, Client};
+use super::identity;
 use super::queue;
 use super::settings::{required, OrchardSettings};
-use super::sweep::{self, runner_tag, unix_now};
+use super::sweep::{self, unix_now};
 use super::types::{Vm, VmStatus};
 use crate::backend::types::{Made, NewVm, Swept};
 use crate::failure::Failure;
@@ -68,8 +70,10 @@ impl<'a> Fleet<'a> {
         Ok(self.client.list_vms().await?)
     }
 
-    /// Deletes this runner's VMs that are `failed` or older than `--orchard-max-vm-age`,
-    /// except the one of the job `keep`, and records of jobs whose driver is long gone.
+    /// Deletes this runner's VMs that are `failed` or older than `--orchard-max-vm-age`, and
+    /// the VMs and records of this runner's jobs whose driver is long gone; never a VM a
+    /// live job holds. "This runner" is the job `keep`'s runner; for `gc` (no job), every
+    /// runner that made VMs from this state directory.
     pub async fn sweep(
         &self,
         list: &[Vm],
@@ -77,15 +81,17 @@ impl<'a> Fleet<'a> {
         keep: Option<&VmName>,
         dry_run: bool,
     ) -> Result<Swept> {
-        let tag = runner_tag(root, &self.orchard.name_prefix)?;
-        let kept = keep.and_then(|k| recorded_vm(&VmState::new(root, k)));
-        let doomed = sweep::stale(
-            list,
-            &tag,
-            self.orchard.max_vm_age,
-            unix_now(),
-            kept.as_deref(),
-        );
+        let prefix = &self.orchard.name_prefix;
+        let runner = keep.and_then(|k| k.runner_and_job()).map(|(r, _)| r);
+        let tags = match runner {
+            Some(runner) => vec![identity::runner_tag(root, prefix, runner)?],
+            None => identity::registered(root, prefix)?,
+        };
+        let live: BTreeSet<String> = keep
+            .and_then(|k| recorded_vm(&VmState::new(root, k)))
+            .into_iter()
+            .collect();
+        let doomed = sweep::stale(list, &tags, self.orchard.max_vm_age, unix_now(), &live);
         let mut removed = sweep::remove(&self.client, &doomed, dry_run).await?;
         // Records of jobs whose driver died: their master (and its proxy) may still run.
         if let Some(vms) = root.existing_subdir(VMS)? {
@@ -93,6 +99,10 @@ impl<'a> Fleet<'a> {
                 let Some(name) = VmName::parse_ours(&entry).filter(|n| Some(n) != keep) else {
                     continue;
                 };
+                let theirs = name.runner_and_job().map(|(r, _)| r);
+                if runner.is_some() && theirs != runner {
+                    continue;
+                }
                 let state = VmState::new(root, &name);
                 if !state.expired() {
                     continue;
@@ -117,7 +127,7 @@ impl<'a> Fleet<'a> {
     /// Creates the job's VM, waits for a worker to run it, then opens the job's
     /// ControlMaster through the controller. Whatever fails after the create deletes the VM.
     pub async fn create(&self, list: &[Vm], new: NewVm<'_>) -> Result<Made, Failure> {
-        let tag = runner_tag(new.root, &self.orchard.name_prefix)?;
+        let tag = identity::register(new.root, &self.orchard.name_prefix, &new.job.runner_token)?;
         let record = new.state.create()?;
         let attempt = record
             .read_string(ATTEMPTS)
@@ -289,9 +299,9 @@ impl<'a> Fleet<'a> {
         ssh::close_master(state).await?;
         let mut names: Vec<String> = recorded_vm(state).into_iter().collect();
         // Earlier attempts whose name the record no longer holds.
-        if let Some(job) = job_id(&state.name) {
+        if let Some((runner, job)) = state.name.runner_and_job() {
             let root = StateDir::open(&self.settings.state_dir)?;
-            let tag = runner_tag(&root, &self.orchard.name_prefix)?;
+            let tag = identity::runner_tag(&root, &self.orchard.name_prefix, runner)?;
             match self.client.list_vms().await {
                 Ok(all) => names.extend(
                     sweep::of_job(&all, &tag, job, None)
@@ -363,9 +373,4 @@ fn last_line(state: &VmState, file: &str) -> Option<String> {
             .trim_start_matches("ERROR: orchard-proxy failed: ")
             .to_string()
     })
-}
-
-/// The job id in a local record's name (`tartdrv-<runner>-<job>`).
-fn job_id(name: &VmName) -> Option<u64> {
-    name.as_str().rsplit_once('-')?.1.parse().ok()
 }

@@ -4,7 +4,7 @@
 //! [`fleet`] is the backend the stages reach through `crate::backend`: it creates the VM from
 //! a [`spec`], waits for it in the [`queue`], reaches it by ssh through the hidden
 //! `orchard-proxy` subcommand ([`proxy`], over the controller's [`portforward`]), and deletes
-//! it, sweeping what this runner left behind ([`sweep`], by [`name`]). Underneath: the REST
+//! it, sweeping what this runner left behind ([`sweep`], by [`name`] and [`identity`]). Underneath: the REST
 //! [`client`] with its TLS [`trust`], the wire [`types`], and the admin's [`settings`]. None of
 //! it runs, nor is TLS set up, with the default `--backend tart`.
 //!
@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod fleet;
+pub mod identity;
 pub mod name;
 pub mod portforward;
 pub mod proxy;

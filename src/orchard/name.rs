@@ -18,7 +18,7 @@ pub const MAX_NAME: usize = 63;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmName(String);
 
-/// The part of every name that identifies this runner.
+/// The part of every name that identifies this runner (see `super::identity`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerTag {
     prefix: String,
@@ -52,6 +52,25 @@ impl RunnerTag {
             prefix: prefix.to_string(),
             hash,
         })
+    }
+
+    /// The tag whose hash part is `hash`, as [`RunnerTag::hash`] gave it; `None` for
+    /// anything else (a stray file in the state directory's list).
+    pub fn known(prefix: &str, hash: &str) -> Option<RunnerTag> {
+        let ok = hash.len() == HASH_CHARS
+            && hash
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        let tag = RunnerTag::new(prefix, "").ok()?;
+        ok.then(|| RunnerTag {
+            hash: hash.to_string(),
+            ..tag
+        })
+    }
+
+    /// The hashed identity, the part of the name after the prefix.
+    pub fn hash(&self) -> &str {
+        &self.hash
     }
 
     pub fn vm_name(&self, job_id: u64, attempt: u32) -> VmName {
@@ -127,6 +146,16 @@ mod tests {
         assert_eq!(a.parse(a.vm_name(7, 3).as_str()), Some((7, 3)));
         assert_eq!(b.parse(a.vm_name(7, 3).as_str()), None);
         assert_eq!(a.parse("gl-something-else"), None);
+    }
+
+    #[test]
+    fn a_tag_rebuilt_from_its_hash_recognises_the_same_names() {
+        let tag = RunnerTag::new("gl", "id runner").unwrap();
+        let again = RunnerTag::known("gl", tag.hash()).unwrap();
+        assert_eq!(again.parse(tag.vm_name(9, 2).as_str()), Some((9, 2)));
+        for stray in ["", "xyz", "0123456789", "ABCDEF01", "runner-id"] {
+            assert_eq!(RunnerTag::known("gl", stray), None, "{stray}");
+        }
     }
 
     #[test]

@@ -6,19 +6,17 @@
 //! sweeps. Only names this runner made are touched ([`RunnerTag::parse`]): the controller
 //! has no namespaces, and the service account could delete anyone's VMs.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
-use ring::rand::SecureRandom;
 
 use super::client::{ApiError, Client};
 use super::name::RunnerTag;
 use super::types::{Vm, VmStatus};
-use crate::host::state_dir::StateDir;
 
 /// How long a delete keeps trying through network errors and 5xx (a controller restart).
 const DELETE_BOUND: Duration = Duration::from_secs(60);
-const RUNNER_ID: &str = "runner-id";
 
 /// Deletes one VM. A VM that is already gone is fine, so this can run after every failed
 /// prepare attempt and again at cleanup; network errors and 5xx are retried with back-off
@@ -45,18 +43,20 @@ pub async fn delete(client: &Client, name: &str) -> Result<()> {
     }
 }
 
-/// This runner's VMs that nobody needs any more: `failed` ones, and ones older than
-/// `max_age`; never `keep` (the calling job's own).
+/// The VMs of these runners (`tags`) that nobody needs any more: `failed` ones, and ones
+/// older than `max_age`; never one a live job holds (`live`: the VMs whose job's record is
+/// locked, or whose job's time is not up), however old, since its job's cleanup deletes it.
 pub fn stale<'a>(
     all: &'a [Vm],
-    tag: &RunnerTag,
+    tags: &[RunnerTag],
     max_age: Duration,
     now: i64,
-    keep: Option<&str>,
+    live: &BTreeSet<String>,
 ) -> Vec<&'a Vm> {
     let oldest = now - i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
     all.iter()
-        .filter(|vm| tag.parse(&vm.name).is_some() && Some(vm.name.as_str()) != keep)
+        .filter(|vm| tags.iter().any(|t| t.parse(&vm.name).is_some()))
+        .filter(|vm| !live.contains(&vm.name))
         .filter(|vm| vm.status == VmStatus::Failed || vm.created_at.is_some_and(|t| t.0 < oldest))
         .collect()
 }
@@ -88,27 +88,6 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The identity hashed into this runner's VM names: a random id kept in the state
-/// directory, so VMs of two runners (two hosts, two GitLab instances) sharing a controller
-/// never share names, and `gc` outside any job knows which VMs are ours.
-pub fn runner_tag(root: &StateDir, prefix: &str) -> Result<RunnerTag> {
-    let dir = root.subdir("orchard")?;
-    let id = match dir.read_string(RUNNER_ID).filter(|s| !s.trim().is_empty()) {
-        Some(id) => id,
-        None => {
-            let mut bytes = [0u8; 16];
-            ring::rand::SystemRandom::new()
-                .fill(&mut bytes)
-                .map_err(|_| anyhow!("no randomness for the runner's Orchard id"))?;
-            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            dir.write_atomic(RUNNER_ID, id.as_bytes())?;
-            // Two first prepares may race: both use whichever id won.
-            dir.read_string(RUNNER_ID).unwrap_or(id)
-        }
-    };
-    RunnerTag::new(prefix, id.trim())
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::types::Timestamp;
@@ -136,13 +115,13 @@ mod tests {
             vm(theirs.vm_name(5, 1).as_str(), now - 7200, VmStatus::Failed),
             vm("someone-elses-vm", now - 7200, VmStatus::Failed),
         ];
-        let keep = ours.vm_name(4, 1);
+        let live = BTreeSet::from([ours.vm_name(4, 1).to_string()]);
         let doomed: Vec<&str> = stale(
             &all,
-            &ours,
+            std::slice::from_ref(&ours),
             Duration::from_secs(3600),
             now,
-            Some(keep.as_str()),
+            &live,
         )
         .iter()
         .map(|v| v.name.as_str())
@@ -151,6 +130,42 @@ mod tests {
             doomed,
             [ours.vm_name(2, 1).as_str(), ours.vm_name(3, 1).as_str()]
         );
+    }
+
+    #[test]
+    fn a_live_jobs_vm_is_never_swept_however_old_or_failed() {
+        let tag = RunnerTag::new("gl", "r").unwrap();
+        let now = 100_000;
+        let all = [
+            vm(tag.vm_name(1, 1).as_str(), now - 7200, VmStatus::Running),
+            vm(tag.vm_name(2, 1).as_str(), now - 10, VmStatus::Failed),
+        ];
+        let live: BTreeSet<String> = all.iter().map(|v| v.name.clone()).collect();
+        let doomed = stale(&all, &[tag], Duration::from_secs(3600), now, &live);
+        assert!(doomed.is_empty(), "{doomed:?}");
+    }
+
+    #[test]
+    fn gc_sweeps_every_listed_runner_and_no_other() {
+        let a = RunnerTag::new("gl", "runner a").unwrap();
+        let b = RunnerTag::new("gl", "runner b").unwrap();
+        let c = RunnerTag::new("gl", "runner c").unwrap();
+        let all = [
+            vm(a.vm_name(1, 1).as_str(), 0, VmStatus::Failed),
+            vm(b.vm_name(1, 1).as_str(), 0, VmStatus::Failed),
+            vm(c.vm_name(1, 1).as_str(), 0, VmStatus::Failed),
+        ];
+        let doomed: Vec<&str> = stale(
+            &all,
+            &[a.clone(), b.clone()],
+            Duration::from_secs(3600),
+            10,
+            &BTreeSet::new(),
+        )
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+        assert_eq!(doomed, [a.vm_name(1, 1).as_str(), b.vm_name(1, 1).as_str()]);
     }
 
     #[test]
