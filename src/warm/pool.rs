@@ -5,13 +5,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::record::{self, CLAIM, EVICTED, READY, SPEC};
+use super::record::{self, CLAIM, READY, SPEC};
 use super::spec::WarmSpec;
-use crate::backend::tart::lifecycle;
 use crate::host::state_dir::StateDir;
-use crate::host::tart::Tart;
 use crate::host::vm::VmState;
-use crate::settings::Settings;
 
 /// `warm.json`: what the VM was started with, and when (Unix seconds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,9 +97,10 @@ pub fn mark_ready(state: &VmState) -> Result<()> {
         .write_atomic(READY, now_unix().to_string().as_bytes())
 }
 
-/// Claims the warm VM in `state` for `claimant` (a job's VM name, or [`EVICTED`]): true for
-/// the one caller that got it. The claim file appears whole or not at all (a hard link of a
-/// complete file, which fails if the claim exists), so no reader sees a half-written claim.
+/// Claims the warm VM in `state` for `claimant` (a job's VM name, or
+/// [`EVICTED`](record::EVICTED)): true for the one caller that got it. The claim file appears
+/// whole or not at all (a hard link of a complete file, which fails if the claim exists), so
+/// no reader sees a half-written claim.
 pub fn take(state: &VmState, claimant: &str) -> Result<bool> {
     let Some(dir) = state.record()? else {
         return Ok(false);
@@ -116,16 +114,6 @@ pub fn take(state: &VmState, claimant: &str) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e).context("cannot claim a warm VM"),
     }
-}
-
-/// Stops and deletes an unclaimed warm VM, if nobody claims it first. Bounded: teardown's
-/// own waits.
-pub async fn evict(tart: &Tart, settings: &Settings, member: &Member) -> Result<bool> {
-    if !take(&member.state, EVICTED)? {
-        return Ok(false);
-    }
-    lifecycle::teardown(tart, settings, &member.state, None).await?;
-    Ok(true)
 }
 
 /// How long ago, in words, for the job log and `doctor`.

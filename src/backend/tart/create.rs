@@ -130,7 +130,7 @@ impl LocalTart<'_> {
         let (conn, t) = loop {
             let t = Instant::now();
             let slots =
-                crate::warm::capacity::acquire_for_job(tart, settings, root, macos, slot_deadline)
+                super::capacity::acquire_for_job(tart, settings, root, macos, slot_deadline)
                     .await?;
             if t.elapsed() > Duration::from_millis(500) {
                 phase_done("Got a VM slot", t);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::backend::tart::lifecycle;
+use super::{capacity, lifecycle};
 use crate::failure::Failure;
 use crate::guest::identity::Identity;
 use crate::host::ownership;
@@ -26,7 +26,7 @@ use crate::model::PullPolicy;
 use crate::settings::Settings;
 use crate::warm::pool::{self, Member, Status};
 use crate::warm::spec::WarmSpec;
-use crate::warm::{capacity, record, replenish};
+use crate::warm::{record, replenish};
 
 /// Memory (MiB) the host keeps for itself beyond the warm VMs: below this much available,
 /// unclaimed warm VMs are stopped and none is booted.
@@ -102,7 +102,7 @@ pub async fn fill(settings: &Settings, root: &StateDir, pull: bool) -> Result<()
         if let Some(why) = why {
             if member.status == Status::Dead {
                 lifecycle::teardown(&tart, settings, &member.state, None).await?;
-            } else if !pool::evict(&tart, settings, &member).await? {
+            } else if !lifecycle::evict(&tart, settings, &member).await? {
                 continue;
             }
             eprintln!("warm pool: removed a warm VM: {why}");

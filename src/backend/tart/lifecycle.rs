@@ -13,6 +13,8 @@ use crate::host::tart::{ListEntry, Tart};
 use crate::host::vm::{VmName, VmState};
 use crate::settings::Settings;
 use crate::warm;
+use crate::warm::pool::{self, Member};
+use crate::warm::record::EVICTED;
 
 /// Waits for the VM's IP, failing as soon as `tart run` ends, with Tart's own words.
 /// `resolver` is Tart's: `dhcp` for NAT, `arp` for bridged networking, where DHCP leases
@@ -104,6 +106,17 @@ pub async fn teardown(
         }
     }
     deleted
+}
+
+/// Stops and deletes an unclaimed warm VM, if nobody claims it first (the claim is the
+/// pool's: [`EVICTED`] takes it as a job would). Bounded: teardown's
+/// own waits.
+pub async fn evict(tart: &Tart, settings: &Settings, member: &Member) -> Result<bool> {
+    if !pool::take(&member.state, EVICTED)? {
+        return Ok(false);
+    }
+    teardown(tart, settings, &member.state, None).await?;
+    Ok(true)
 }
 
 /// What a sweep did.

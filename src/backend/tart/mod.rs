@@ -5,6 +5,7 @@
 //! May use: the host side (Tart's client, VM state, slots, supervisor, lifecycle), the
 //! guest's transports, settings and the job's request.
 
+mod capacity;
 mod claimed;
 pub mod connect;
 pub mod create;

@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::pool::{self, Status};
+use super::lifecycle;
 use crate::host::state_dir::{StateDir, SLOTS};
 use crate::host::tart::Tart;
 use crate::host::{self, Slots, MACOS_SLOT};
 use crate::settings::Settings;
+use crate::warm::pool::{self, Status};
 
 /// The slots a new warm VM takes, if the host has room for one now (never waiting).
 pub fn take_for_warm(settings: &Settings, root: &StateDir, macos: bool) -> Result<Option<Slots>> {
@@ -51,7 +52,7 @@ pub async fn acquire_for_job(
                 && m.record.as_ref().is_some_and(|r| r.spec.os != "linux")
         });
         for member in waiting {
-            match pool::evict(tart, settings, member).await {
+            match lifecycle::evict(tart, settings, member).await {
                 Ok(true) => {
                     eprintln!(
                         "Stopped a warm VM to give this job its macOS slot ({:.1}s)",
