@@ -264,7 +264,7 @@ in
       maxVmAge = mkOption {
         type = types.nullOr types.ints.positive;
         default = null;
-        description = "Seconds after which the sweep deletes a VM of this runner; longer than your longest job timeout (driver `orchard.max_vm_age`; driver default 86400).";
+        description = "Seconds after which the sweep deletes a VM of this runner that no live job holds; a job with a longer timeout is refused (driver `orchard.max_vm_age`; driver default 86400).";
       };
     };
   };

@@ -291,47 +291,47 @@ fn a_worker_that_vanishes_fails_the_next_stage_as_a_system_failure() {
 }
 
 #[test]
-fn gc_deletes_this_runners_failed_vms_and_leaves_other_clients_vms_alone() {
-    let fleet = Fleet::start(|c| c.worker_offline_timeout_ms = 1000);
+fn gc_deletes_this_runners_failed_vms_no_live_job_holds_and_leaves_other_clients_vms_alone() {
+    let fleet = Fleet::start(|_| {});
     let job = fleet.bed.direct_job(MACOS);
     let (code, log) = fleet.bed.stage(&job, &["prepare"]);
     assert_eq!(code, 0, "{log}");
     let ours = fleet.sim.vms()[0].name.clone();
-    let stranger = orchard_sim::Vm {
-        name: "someone-elses-vm".into(),
-        image: MACOS.into(),
-        ..orchard_sim::Vm::default()
-    };
-    fleet.sim.create_vm(stranger).unwrap();
-    assert!(fleet
+    // An earlier attempt of the same job whose delete never reached the controller (this
+    // runner's name, no record on the host), and another client's VM; Orchard fails both
+    // and keeps them until someone deletes them.
+    fleet
         .sim
-        .wait_status("someone-elses-vm", "running", Duration::from_secs(60)));
-    // The worker goes away: Orchard fails both VMs, and keeps them until someone deletes them.
-    fleet.sim.vanish_worker("mini-1");
-    assert!(fleet
-        .sim
-        .wait_status(&ours, "failed", Duration::from_secs(20)));
-    assert!(fleet
-        .sim
-        .wait_status("someone-elses-vm", "failed", Duration::from_secs(20)));
-    let out = std::process::Command::new(common::DRIVER)
-        .arg("gc")
-        .arg("--state-dir")
-        .arg(&fleet.bed.state_dir)
-        .args(&fleet.bed.options)
-        .envs(fleet.bed.sim.env())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+        .faults(|f| f.fail_vms_with = Some("VM failed: VM exited unexpectedly".into()));
+    let earlier = format!("{}-9", ours.rsplit_once('-').unwrap().0);
+    for name in [earlier.as_str(), "someone-elses-vm"] {
+        let vm = orchard_sim::Vm {
+            name: name.into(),
+            image: MACOS.into(),
+            ..orchard_sim::Vm::default()
+        };
+        fleet.sim.create_vm(vm).unwrap();
+        assert!(fleet
+            .sim
+            .wait_status(name, "failed", Duration::from_secs(20)));
+    }
+    let text = fleet.gc(&[]);
     assert!(
-        text.contains(&format!("removed orphaned VM {ours}")),
+        text.contains(&format!("removed orphaned VM {earlier}")),
         "{text}"
     );
-    let left: Vec<String> = fleet.sim.vms().into_iter().map(|v| v.name).collect();
-    assert_eq!(left, ["someone-elses-vm"], "{text}");
+    let mut left: Vec<String> = fleet.sim.vms().into_iter().map(|v| v.name).collect();
+    left.sort();
+    let mut want = vec![ours.clone(), "someone-elses-vm".to_string()];
+    want.sort();
+    assert_eq!(
+        left, want,
+        "the live job's VM and the stranger stay: {text}"
+    );
     let (code, log) = fleet.bed.stage(&job, &["cleanup"]);
     assert_eq!(code, 0, "{log}");
+    let left: Vec<String> = fleet.sim.vms().into_iter().map(|v| v.name).collect();
+    assert_eq!(left, ["someone-elses-vm"]);
 }
 
 /// Every command line on this machine, one string each.
@@ -542,5 +542,63 @@ fn a_runners_sweep_leaves_another_runners_dead_job_to_its_runner_or_gc() {
     assert_eq!(fleet.sim.vms().len(), 1, "B's sweeps took A's VM");
     let text = fleet.gc(&[]);
     assert!(text.contains("removed orphaned VM"), "{text}");
+    fleet.assert_nothing_left();
+}
+
+/// Whether the controller created `vm` at least `secs` seconds ago (RFC 3339 UTC times
+/// compare as text to the second).
+fn older_than(vm: &orchard_sim::Vm, secs: u64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let then = orchard_sim::model::rfc3339((now - secs) as i64, 0);
+    vm.created_at[..19] <= then[..19]
+}
+
+#[test]
+fn the_age_sweep_leaves_a_live_jobs_vm_alone_however_old() {
+    let fleet = Fleet::start(|_| {});
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let name = fleet.sim.vms()[0].name.clone();
+    // Between stages: no lock is held, but the job's time is not up.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || older_than(
+            &fleet.sim.vms()[0],
+            3
+        )),
+        "the VM never grew older than the age given to gc"
+    );
+    let text = fleet.gc(&["--orchard-max-vm-age", "1"]);
+    assert!(!text.contains(&name), "{text}");
+    assert_eq!(fleet.sim.vms().len(), 1, "the running job's VM was swept");
+    let (code, log) = fleet
+        .bed
+        .run_script(&job, "build_script", b"echo still-running\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("still-running"), "{log}");
+    let (code, log) = fleet.bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_job_that_may_outlive_the_max_vm_age_is_refused_before_any_vm_exists() {
+    let fleet = Fleet::with_options(|_| {}, &["--orchard-max-vm-age", "3600"]);
+    let out = run_job(
+        &fleet.bed.runner(),
+        &job().timeout(Duration::from_secs(7200)),
+    );
+    out.assert_build_failure(1)
+        .assert_log_contains("--orchard-max-vm-age (3600s)")
+        .assert_log_contains("timeout (7200s)");
+    assert_eq!(out.prepare_attempts, 1, "{:?}", out.call_sequence());
+    assert_eq!(
+        fleet.sim.port_forwards_served(),
+        0,
+        "no VM was made for the job"
+    );
     fleet.assert_nothing_left();
 }

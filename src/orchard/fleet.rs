@@ -87,10 +87,8 @@ impl<'a> Fleet<'a> {
             Some(runner) => vec![identity::runner_tag(root, prefix, runner)?],
             None => identity::registered(root, prefix)?,
         };
-        let live: BTreeSet<String> = keep
-            .and_then(|k| recorded_vm(&VmState::new(root, k)))
-            .into_iter()
-            .collect();
+        let mut live = live_vms(root)?;
+        live.extend(keep.and_then(|k| recorded_vm(&VmState::new(root, k))));
         let doomed = sweep::stale(list, &tags, self.orchard.max_vm_age, unix_now(), &live);
         let mut removed = sweep::remove(&self.client, &doomed, dry_run).await?;
         // Records of jobs whose driver died: their master (and its proxy) may still run.
@@ -127,6 +125,15 @@ impl<'a> Fleet<'a> {
     /// Creates the job's VM, waits for a worker to run it, then opens the job's
     /// ControlMaster through the controller. Whatever fails after the create deletes the VM.
     pub async fn create(&self, list: &[Vm], new: NewVm<'_>) -> Result<Made, Failure> {
+        // The sweep takes VMs older than this once their job's record is gone or expired: a
+        // job that may run longer is refused before anything exists.
+        if new.job_limit > self.orchard.max_vm_age {
+            return Err(Failure::rejected(format!(
+                "the job's timeout ({}s) is longer than --orchard-max-vm-age ({}s), after which a sweep may delete its VM: shorten the job's timeout, or raise --orchard-max-vm-age (YAML orchard.max_vm_age) above the longest job timeout",
+                new.job_limit.as_secs(),
+                self.orchard.max_vm_age.as_secs()
+            )));
+        }
         let tag = identity::register(new.root, &self.orchard.name_prefix, &new.job.runner_token)?;
         let record = new.state.create()?;
         let attempt = record
@@ -373,4 +380,24 @@ fn last_line(state: &VmState, file: &str) -> Option<String> {
             .trim_start_matches("ERROR: orchard-proxy failed: ")
             .to_string()
     })
+}
+
+/// The Orchard VMs that jobs of this state directory still hold: their record's lock is
+/// held (a prepare, a cleanup), or their job's time is not up (between stages no lock is
+/// held, and a script may run for the whole job timeout).
+fn live_vms(root: &StateDir) -> Result<BTreeSet<String>> {
+    let mut live = BTreeSet::new();
+    let Some(vms) = root.existing_subdir(VMS)? else {
+        return Ok(live);
+    };
+    for entry in vms.entries() {
+        let Some(name) = VmName::parse_ours(&entry) else {
+            continue;
+        };
+        let state = VmState::new(root, &name);
+        if !state.expired() || !state.lock_is_free() {
+            live.extend(recorded_vm(&state));
+        }
+    }
+    Ok(live)
 }

@@ -81,7 +81,7 @@ pub struct OrchardOptions {
     #[arg(long = "orchard-name-prefix", value_name = "PREFIX")]
     pub name_prefix: Option<String>,
 
-    /// Seconds after which a VM of this runner counts as left behind and is deleted by the sweep: longer than your longest job timeout [default: 86400]
+    /// Seconds after which a VM of this runner that no live job holds counts as left behind and is deleted by the sweep; a job with a longer timeout is refused [default: 86400]
     #[arg(long = "orchard-max-vm-age", value_name = "SECONDS")]
     pub max_vm_age: Option<u64>,
 }
