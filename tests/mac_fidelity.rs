@@ -282,9 +282,13 @@ struct Developer {
 
 impl Developer {
     fn fills_the_limit(bed: &Bed) -> Developer {
+        Developer::running(bed, &["dev-1", "dev-2"])
+    }
+
+    fn running(bed: &Bed, names: &[&str]) -> Developer {
         let host = bed.sim.another_user();
         let mut runs = Vec::new();
-        for name in ["dev-1", "dev-2"] {
+        for &name in names {
             host.tart_ok(["clone", common::MACOS_VANILLA, name]);
             runs.push(
                 host.command(["run", name, "--no-graphics"])
@@ -295,7 +299,8 @@ impl Developer {
             );
         }
         assert!(
-            common::wait_until(Duration::from_secs(20), || host.running_count() == 2),
+            common::wait_until(Duration::from_secs(20), || host.running_count()
+                == names.len()),
             "the developer's VMs did not start"
         );
         Developer { host, runs }
@@ -357,10 +362,23 @@ fn a_job_gives_up_waiting_for_a_full_limit_before_its_timeout_and_says_why() {
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 
+/// When the job's `tart run` calls ended, in ms since the epoch (refusals at the limit).
+fn job_run_ends(bed: &Bed) -> Vec<u128> {
+    bed.sim
+        .invocations()
+        .iter()
+        .filter(|i| i.args.first().is_some_and(|a| a == "run"))
+        .filter(|i| i.args.iter().any(|a| a.starts_with("tartdrv-")))
+        .filter_map(|i| i.ended_ms)
+        .collect()
+}
+
 #[test]
-fn a_macos_job_refused_at_the_limit_with_no_vm_running_fails_at_once_naming_the_stale_slot_bug() {
+fn a_macos_job_refused_at_the_limit_with_no_vm_running_fails_after_three_refusals_over_ten_seconds_naming_the_stale_slot_bug(
+) {
     // macOS 26 kept both places of VMs that shut themselves down: nothing runs, yet every
-    // start fails at the limit until the Mac reboots. Waiting would take the job's timeout.
+    // start fails at the limit until the Mac reboots. Waiting would take the job's timeout;
+    // a VM that was just leaving would have left within ten seconds.
     let bed = Bed::new().image(IMAGE, Image::darwin());
     bed.sim.leave_stale_macos_slots(2);
     let started = Instant::now();
@@ -373,11 +391,74 @@ fn a_macos_job_refused_at_the_limit_with_no_vm_running_fails_at_once_naming_the_
     );
     assert_system_failure(&out, "stale-slot bug");
     out.assert_log_contains("reboot the Mac");
+    let refusals = job_run_ends(&bed);
+    assert!(
+        refusals.len() >= 3,
+        "gave up after {refusals:?}\n{}",
+        out.log
+    );
+    let span = refusals[refusals.len() - 1] - refusals[0];
+    assert!(
+        span >= 10_000,
+        "gave up {span} ms after the first refusal\n{}",
+        out.log
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "waited {:?} for a limit nothing fills",
         started.elapsed()
     );
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+#[test]
+fn fewer_vm_processes_than_vms_of_the_runners_own_tart_home_are_not_taken_for_the_stale_slot_bug() {
+    // The Mac's process listing misses Virtualization's VM processes: it shows none while
+    // two macOS VMs fill the limit, one in the runner's own Tart home (an admin's), one a
+    // developer's. A count below the VMs the runner's Tart runs proves nothing: the job
+    // waits for the limit, and runs once the developer's VM leaves.
+    let bed = Bed::new().image(IMAGE, Image::darwin());
+    bed.sim.hide_vm_processes();
+    bed.sim
+        .tart_ok(["clone", common::MACOS_VANILLA, "admin-vm"]);
+    let mut admin = bed
+        .sim
+        .command(["run", "admin-vm", "--no-graphics"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tart run");
+    assert!(
+        common::wait_until(Duration::from_secs(20), || bed.sim.running_count() == 1),
+        "the admin's VM did not start"
+    );
+    let developer = Developer::running(&bed, &["dev-1"]);
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| {
+            run_job(
+                &bed.runner(),
+                &Job::new()
+                    .image(IMAGE)
+                    .timeout(Duration::from_secs(180))
+                    .script(["echo ran"]),
+            )
+        });
+        // Past what the stale-slot diagnosis needs: three refusals over ten seconds.
+        common::wait_until(Duration::from_secs(90), || {
+            let ends = job_run_ends(&bed);
+            ends.len() >= 4 && ends[ends.len() - 1] - ends[0] >= 12_000
+        });
+        developer.host.tart_ok(["stop", "dev-1"]);
+        job.join().expect("job thread")
+    });
+    out.assert_success().assert_log_contains("ran");
+    assert!(!out.log.contains("stale-slot"), "{}", out.log);
+    assert_eq!(out.prepare_attempts, 1, "{}", out.log);
+    assert!(job_run_ends(&bed).len() >= 4, "{}", out.log);
+    bed.sim.tart_ok(["stop", "admin-vm"]);
+    let _ = admin.wait();
+    bed.sim.tart_ok(["delete", "admin-vm"]);
+    drop(developer);
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 

@@ -24,6 +24,12 @@ const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// Apple's limit: macOS guests a Mac runs at once.
 const APPLE_LIMIT: usize = 2;
 
+/// The stale-slot bug is diagnosed only after this many refusals with room on the Mac...
+const STALE_REFUSALS: u32 = 3;
+
+/// ...over at least this long: a VM that was just shutting down has left by then.
+const STALE_SPAN: Duration = Duration::from_secs(10);
+
 /// The executable of Virtualization's per-VM XPC process: one runs for every VM on the Mac,
 /// whoever started it and whatever its guest.
 pub const VM_PROCESS: &str = "com.apple.Virtualization.VirtualMachine";
@@ -55,13 +61,55 @@ pub fn virtualization_vms() -> usize {
         .count()
 }
 
+/// How many VMs of this user's Tart home run (Tart holds a lock on a running VM's
+/// `config.json`): each is a Virtualization VM process, so [`virtualization_vms`] cannot
+/// be lower unless it missed some.
+pub fn own_running_vms() -> usize {
+    let Some(vms) = crate::host::tart_home::home().map(|home| home.join("vms")) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(vms) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| locked(&entry.path().join("config.json")))
+        .count()
+}
+
+/// What the Mac's VM processes say about a refusal at the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// Two or more VMs run: the limit is really full.
+    Full,
+    /// Fewer than two VMs run: the limit has room, yet macOS refused.
+    Room,
+    /// Fewer VM processes than VMs this user's Tart runs: the listing missed some, so the
+    /// count proves nothing.
+    Unknown,
+}
+
+impl Count {
+    fn of(vms: usize, own_running: usize) -> Count {
+        if vms < own_running {
+            Count::Unknown
+        } else if vms < APPLE_LIMIT {
+            Count::Room
+        } else {
+            Count::Full
+        }
+    }
+}
+
 /// A job waiting for macOS VMs it did not start to leave room.
 pub struct LimitWait {
     started: Instant,
     deadline: Instant,
     last_notice: Option<Instant>,
-    /// Limit errors in a row with fewer than two VMs on the Mac.
+    /// Refusals at the limit with room on the Mac since the last one without, and when
+    /// the first of them came.
     refused_with_room: u32,
+    first_refused_with_room: Option<Instant>,
 }
 
 /// Why a job stops waiting at the limit.
@@ -82,32 +130,58 @@ impl LimitWait {
             deadline: started + wait_limit(job_limit),
             last_notice: None,
             refused_with_room: 0,
+            first_refused_with_room: None,
         }
     }
 
     /// After `tart run` failed at the limit: whether to try again after [`RETRY_PAUSE`]
-    /// (telling the job log why), or to give up. `vms` is [`virtualization_vms`]. Twice in
-    /// a row with fewer than two VMs on the Mac is the stale-slot bug, not a VM that was
-    /// just leaving.
-    pub fn next(&mut self, state: &VmState, vms: usize) -> Result<(), GiveUp> {
+    /// (telling the job log why), or to give up. `vms` is [`virtualization_vms`],
+    /// `own_running` is [`own_running_vms`]. The stale-slot bug is diagnosed only from
+    /// [`STALE_REFUSALS`] refusals with fewer than two VMs on the Mac, none with two or
+    /// more in between, over at least [`STALE_SPAN`]: not a VM that was just leaving. A
+    /// count below `own_running` is no evidence either way.
+    pub fn next(&mut self, state: &VmState, vms: usize, own_running: usize) -> Result<(), GiveUp> {
         let tart = state.run_ending().unwrap_or_default();
-        if vms < APPLE_LIMIT {
-            self.refused_with_room += 1;
-        } else {
-            self.refused_with_room = 0;
+        self.judge(&tart, vms, own_running, Instant::now())?;
+        self.notice(&tart);
+        Ok(())
+    }
+
+    /// [`LimitWait::next`]'s verdict on a refusal at `now`; `tart` is Tart's message.
+    fn judge(
+        &mut self,
+        tart: &str,
+        vms: usize,
+        own_running: usize,
+        now: Instant,
+    ) -> Result<(), GiveUp> {
+        match Count::of(vms, own_running) {
+            Count::Full => {
+                self.refused_with_room = 0;
+                self.first_refused_with_room = None;
+            }
+            Count::Room => {
+                self.refused_with_room += 1;
+                self.first_refused_with_room.get_or_insert(now);
+            }
+            Count::Unknown => {}
         }
-        if self.refused_with_room >= 2 {
+        let stale_for = self
+            .first_refused_with_room
+            .map_or(Duration::ZERO, |first| now.saturating_duration_since(first));
+        if self.refused_with_room >= STALE_REFUSALS && stale_for >= STALE_SPAN {
             return Err(GiveUp::StaleSlots(anyhow::anyhow!(
-                "macOS refuses to start a macOS VM at its limit of two although only {vms} VM(s) run on this Mac (Tart: {tart}): this is macOS 26's stale-slot bug (a VM that shut itself down keeps its place). Fix: reboot the Mac; jobs of other Macs are not affected"
+                "macOS refuses to start a macOS VM at its limit of two although only {vms} VM(s) run on this Mac ({} refusals over {}s; Tart: {tart}): this is macOS 26's stale-slot bug (a VM that shut itself down keeps its place). Fix: reboot the Mac; jobs of other Macs are not affected",
+                self.refused_with_room,
+                stale_for.as_secs()
             )));
         }
-        if Instant::now() + RETRY_PAUSE >= self.deadline {
+        if now + RETRY_PAUSE >= self.deadline {
             return Err(GiveUp::TimeUp(anyhow::anyhow!(
                 "macOS VMs not started by this driver kept Apple's two-VM limit full for {}s (Tart: {tart}): stop them, or run macOS jobs on another Mac; `gitlab-runner-tart-driver doctor` lists the VMs it can see",
-                self.started.elapsed().as_secs(),
+                now.saturating_duration_since(self.started).as_secs(),
             )));
         }
-        self.notice(&tart);
         Ok(())
     }
 
@@ -264,6 +338,52 @@ fn locked(config: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Refusals at the limit, `pause` apart, each with `vms` VM processes and `own` VMs of
+    /// this user's Tart running; the index of the one that gave up on the stale-slot bug.
+    fn stale_verdict(counts: &[(usize, usize)], pause: Duration) -> Option<usize> {
+        let start = Instant::now();
+        let mut wait = LimitWait::new(start, Duration::from_secs(3600));
+        counts.iter().enumerate().find_map(|(i, &(vms, own))| {
+            let now = start + pause * i as u32;
+            match wait.judge("The number of VMs exceeds the system limit", vms, own, now) {
+                Err(GiveUp::StaleSlots(_)) => Some(i),
+                Err(GiveUp::TimeUp(_)) => panic!("timed out at refusal {i}"),
+                Ok(()) => None,
+            }
+        })
+    }
+
+    #[test]
+    fn the_stale_slot_bug_needs_three_refusals_with_room_over_ten_seconds() {
+        let pause = RETRY_PAUSE + Duration::from_millis(100);
+        // 2.1 s apart: the third refusal comes after 4.2 s, the sixth after 10.5 s.
+        assert_eq!(stale_verdict(&[(0, 0); 8], pause), Some(5));
+        // Ten seconds apart, the third refusal is enough.
+        assert_eq!(
+            stale_verdict(&[(1, 0); 4], Duration::from_secs(10)),
+            Some(2)
+        );
+        assert_eq!(stale_verdict(&[(0, 0); 2], Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn a_full_mac_between_refusals_starts_the_count_again() {
+        let counts = [(0, 0), (0, 0), (2, 0), (0, 0), (0, 0), (0, 0)];
+        assert_eq!(stale_verdict(&counts, Duration::from_secs(10)), Some(5));
+    }
+
+    #[test]
+    fn fewer_vm_processes_than_own_running_vms_prove_nothing() {
+        // The listing missed VMs this user's Tart runs: no refusal counts.
+        assert_eq!(stale_verdict(&[(0, 1); 20], Duration::from_secs(10)), None);
+        assert_eq!(stale_verdict(&[(1, 2); 20], Duration::from_secs(10)), None);
+        // One VM process for one own VM is a Mac with room.
+        assert_eq!(
+            stale_verdict(&[(1, 1); 3], Duration::from_secs(10)),
+            Some(2)
+        );
+    }
 
     #[test]
     fn the_wait_at_the_limit_ends_before_the_job_timeout_and_after_at_most_an_hour() {

@@ -151,7 +151,11 @@ impl LocalTart<'_> {
                 // Apple's limit is full of macOS VMs this driver did not start: wait for them
                 // as for a slot, then start the same VM again.
                 Err(_) if macos && foreign::hit_the_limit(state) => {
-                    at_limit.next(state, foreign::virtualization_vms())?;
+                    at_limit.next(
+                        state,
+                        foreign::virtualization_vms(),
+                        foreign::own_running_vms(),
+                    )?;
                     tokio::time::sleep(foreign::RETRY_PAUSE).await;
                     state.forget_run_log()?;
                 }

@@ -417,6 +417,13 @@ impl SimHost {
             .expect("write stale-macos-slots");
     }
 
+    /// A process listing on this simulated Mac no longer shows running VMs as
+    /// Virtualization's VM processes (their count reads lower than the VMs that run).
+    pub fn hide_vm_processes(&self) {
+        std::fs::write(self.sim_host.join("vm-processes-hidden"), "")
+            .expect("write vm-processes-hidden");
+    }
+
     /// How Softnet is installed on this simulated Mac (default: [`Softnet::SetuidRoot`]).
     pub fn set_softnet(&self, setup: Softnet) {
         let bin = self.bin_dir.join("softnet");

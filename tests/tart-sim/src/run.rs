@@ -609,7 +609,12 @@ pub fn run(args: &[String]) -> R<()> {
     }
     let exe = std::env::current_exe().map_err(|e| sim_err(e.to_string()))?;
     // As on a Mac, a process listing shows each VM as Virtualization's VM process.
-    let mut cmd = Command::new(crate::vz::vm_process_exe(&exe).map_err(sim_err)?);
+    let init = if crate::vz::vm_processes_hidden() {
+        exe.clone()
+    } else {
+        crate::vz::vm_process_exe(&exe).map_err(sim_err)?
+    };
+    let mut cmd = Command::new(init);
     cmd.arg("__guest-init").arg(&plan_path).stdin(Stdio::null());
     cmd.stdout(log.try_clone().map_err(|e| sim_err(e.to_string()))?);
     cmd.stderr(log);

@@ -31,6 +31,15 @@ pub fn vm_process_exe(simulator: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Whether a process listing on this simulated Mac misses Virtualization's VM processes
+/// (`$TART_SIM_HOST/vm-processes-hidden` exists): guests then run as the simulator itself,
+/// as when the listing cannot tell a VM's XPC process by its executable (another macOS
+/// release's path, a process whose executable it may not read). Only the count is wrong:
+/// the VMs run and hold their places.
+pub fn vm_processes_hidden() -> bool {
+    sim_host().join("vm-processes-hidden").exists()
+}
+
 /// Places of Apple's macOS limit that the stale-slot bug holds on this simulated Mac:
 /// `$TART_SIM_HOST/stale-macos-slots` (a number, 0 to 2; none by default).
 fn stale_slots() -> usize {
