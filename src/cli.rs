@@ -62,7 +62,7 @@ pub enum Command {
     Supervise(crate::host::supervisor::SuperviseArgs),
     /// Internal: ssh's ProxyCommand to an Orchard VM's port through the controller.
     #[command(hide = true)]
-    OrchardProxy(crate::orchard::proxy::ProxyArgs),
+    OrchardProxy(ProxyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -89,6 +89,19 @@ pub struct GcArgs {
     /// Also delete cached OCI images not used for this many days (`tart prune`).
     #[arg(long, value_name = "DAYS")]
     pub prune_images_older_than: Option<u32>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// The Orchard VM's name
+    pub vm: String,
+    /// The VM's TCP port (22 for SSH)
+    pub port: u16,
+    /// Seconds to keep retrying before giving up [default: --timeout, the boot timeout]
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_for: Option<u64>,
     #[command(flatten)]
     pub options: Options,
 }

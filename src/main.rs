@@ -76,7 +76,15 @@ fn main() {
             "completions",
             manuals::completions(*shell).map_err(Failure::System),
         ),
-        Command::OrchardProxy(args) => ("orchard-proxy", orchard::proxy::proxy(args)),
+        Command::OrchardProxy(args) => (
+            "orchard-proxy",
+            stages::orchard_proxy::orchard_proxy(
+                &args.options,
+                &args.vm,
+                args.port,
+                args.retry_for,
+            ),
+        ),
         Command::Supervise(args) => (
             "supervise",
             host::supervisor::supervise(args).map_err(Failure::System),

@@ -4,7 +4,7 @@
 //! and lock, the guest's transports with one SSH ControlMaster per job, guest setup) stays
 //! outside it.
 //!
-//! Two backends: local Tart ([`tart`]), and an Orchard fleet ([`crate::orchard::fleet`]),
+//! Two backends: local Tart ([`tart`]), and an Orchard fleet ([`orchard`]),
 //! whose VMs are reached through ssh's `ProxyCommand`
 //! ([`crate::guest::transport::ssh::Target::Proxy`]) instead of an IP. The admin picks one with
 //! `--backend`; no job variable can.
@@ -12,6 +12,7 @@
 //! May use: everything below the stages (settings, the job's request, host and guest
 //! modules). Used by: the stages.
 
+pub mod orchard;
 pub mod tart;
 pub mod types;
 
@@ -25,8 +26,8 @@ use crate::host::state_dir::StateDir;
 use crate::host::vm::{Connection, VmName, VmState};
 use crate::settings::Settings;
 
-use crate::orchard::fleet::Fleet;
 use crate::orchard::settings::Backend as Kind;
+use orchard::Fleet;
 pub use types::{Made, NewVm, Swept};
 
 /// Where the job's VMs come from, chosen by the admin's settings (never by a job).

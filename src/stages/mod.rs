@@ -8,6 +8,7 @@
 pub mod cleanup;
 pub mod config;
 pub mod gc;
+pub mod orchard_proxy;
 pub mod prepare;
 pub mod run;
 pub mod warm;

@@ -9,8 +9,8 @@
 //! earlier attempt left on the controller (found by name), so a cleanup whose delete did not
 //! get through never blocks the retry.
 //!
-//! May use: settings, the job's request, VM state, the guest's transports, and the rest of
-//! `crate::orchard`. Used by: the backend seam.
+//! May use: settings, the job's request, VM state, the guest's transports, the controller's
+//! client (`crate::orchard`) and the seam's value types. Used by: the backend seam.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -18,12 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::client::{ApiError, Client};
-use super::identity;
-use super::queue;
-use super::settings::{required, OrchardSettings};
-use super::sweep::{self, unix_now};
-use super::types::{Vm, VmStatus};
 use crate::backend::types::{Made, NewVm, Swept};
 use crate::failure::Failure;
 use crate::guest::transport::ssh::{self, MasterError, Target};
@@ -32,6 +26,12 @@ use crate::host::state_dir::{StateDir, VMS};
 use crate::host::vm::{Connection, VmName, VmState};
 use crate::job::request::Request;
 use crate::model::TransportKind;
+use crate::orchard::client::{ApiError, Client};
+use crate::orchard::identity;
+use crate::orchard::queue;
+use crate::orchard::settings::{required, OrchardSettings};
+use crate::orchard::sweep::{self, unix_now};
+use crate::orchard::types::{Vm, VmStatus};
 use crate::settings::Settings;
 
 /// The Orchard VM's name, in the job's record.
@@ -173,7 +173,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// `POST /v1/vms`. An answer lost on the way may hide a VM that was made: look.
-    async fn create_once(&self, spec: &super::types::VmSpec) -> Result<(), Failure> {
+    async fn create_once(&self, spec: &crate::orchard::types::VmSpec) -> Result<(), Failure> {
         match self.client.create_vm(spec).await {
             Ok(_) => Ok(()),
             Err(ApiError::Network(why)) => match self.client.get_vm(&spec.name).await {
@@ -234,7 +234,7 @@ impl<'a> Fleet<'a> {
             let left = deadline.saturating_duration_since(Instant::now());
             let command = format!(
                 "{} 2>>{}",
-                super::proxy::command(&exe, self.orchard, name, left.min(LOGIN_TRY)),
+                crate::orchard::proxy::command(&exe, self.orchard, name, left.min(LOGIN_TRY)),
                 crate::guest::quote(&log.display().to_string()).replace('%', "%%")
             );
             let target = Target::Proxy {

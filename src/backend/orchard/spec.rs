@@ -6,10 +6,10 @@
 //! credentials (workers pull with their own `tart login`), and the guest's password would be
 //! readable by every `compute:read` account (spec/orchard.md §1.2, §2.7).
 
-use super::settings::OrchardSettings;
-use super::types::{HostDir, VmSpec};
 use crate::job::request::Request;
 use crate::model::{PullPolicy, Resource};
+use crate::orchard::settings::OrchardSettings;
+use crate::orchard::types::{HostDir, VmSpec};
 use crate::settings::Settings;
 
 pub fn for_job(
