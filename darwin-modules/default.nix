@@ -29,18 +29,19 @@ let
   # `users.users.<name>.home` is null unless declared, as is the whole entry. nix-darwin's
   # `system.primaryUserHome` is right for the primary user when it is not null, but it is
   # null for `users.users.<u> = { }` (its fallback only covers a missing entry).
+  # `/Users/<user>` is right for a user that already exists on the Mac (created in System
+  # Settings); one that nix-darwin creates (`users.knownUsers`) without `home` gets
+  # /var/empty instead, which an assertion refuses (./render.nix).
+  declaredHome = if cfg.user == null then null else config.users.users.${cfg.user}.home or null;
   home =
-    let
-      declared = if cfg.user == null then null else config.users.users.${cfg.user}.home or null;
-    in
     if cfg.user == null then
       "/var/empty"
-    else if declared == null then
+    else if declaredHome == null then
       "/Users/${cfg.user}"
     else if cfg.user == config.system.primaryUser && options.system ? primaryUserHome then
       toString config.system.primaryUserHome
     else
-      toString declared;
+      toString declaredHome;
 
   runnerModule = import ../nix/runner-options.nix {
     inherit lib;
@@ -139,6 +140,8 @@ let
 
   renderCfg = cfg // {
     inherit (config.system) primaryUser;
+    inherit (config.users) knownUsers;
+    inherit declaredHome;
   };
 
   logFiles = [

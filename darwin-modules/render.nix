@@ -9,6 +9,7 @@ let
     all
     attrNames
     concatStringsSep
+    elem
     filter
     foldl'
     hasAttr
@@ -529,6 +530,18 @@ rec {
       {
         assertion = cfg.user == null || cfg.user == (cfg.primaryUser or cfg.user);
         message = "${prefix}.user (${toString cfg.user}) differs from system.primaryUser (${toString (cfg.primaryUser or null)}); nix-darwin installs user launch agents only for system.primaryUser, so make them equal.";
+      }
+      # nix-darwin creates a user of `users.knownUsers` whose `home` is null with the home
+      # directory /var/empty (read-only): Tart, which takes its home from the user database,
+      # could keep nothing there, while the agents would use /Users/<user>. `knownUsers` and
+      # `declaredHome` (the user's `users.users.<u>.home`, or null) come from the module.
+      {
+        assertion = !(elem cfg.user (cfg.knownUsers or [ ])) || (cfg.declaredHome or null) != null;
+        message =
+          let
+            u = toString cfg.user;
+          in
+          "users.users.${u}.home is not set, but ${u} is in users.knownUsers, so nix-darwin creates ${u} with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.${u}.home = \"/Users/${u}\"; users.users.${u}.createHome = true;";
       }
       {
         assertion = dupNames == [ ];

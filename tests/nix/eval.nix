@@ -132,7 +132,11 @@ let
             };
           }
         ];
+    # A user that already exists on the Mac (created in System Settings, so not in
+    # users.knownUsers), declared the usual way.
     user-without-home = evalSystem (oneRunner { }) [ { users.users.ci = { }; } ];
+    # A user that nix-darwin creates: with a home, as the assertion on `knownUsers` asks.
+    known-user-with-home = evalSystem (oneRunner { }) [ knownUserWithHome ];
     # A Mac whose runner sends jobs to an Orchard fleet: more than 2 at once.
     orchard-runner =
       evalSystem
@@ -154,6 +158,26 @@ let
       [ "/nix/store/00000000000000000000000000000000-darwin-system" ]
       e.config.system.activationScripts.script.text
   ) systems;
+
+  knownUserWithHome = {
+    users.knownUsers = [ "ci" ];
+    # As docs/nix-darwin.md shows it.
+    users.users.ci = {
+      uid = 550;
+      home = "/Users/ci";
+      createHome = true;
+      shell = "/bin/zsh";
+      isHidden = false;
+    };
+  };
+  # The same user without `home`: nix-darwin would create it with /var/empty.
+  knownUserWithoutHome = evalSystem (oneRunner { }) [
+    {
+      users.knownUsers = [ "ci" ];
+      users.users.ci.uid = 550;
+    }
+  ];
+  knownUserMessage = "users.users.ci.home is not set, but ci is in users.knownUsers, so nix-darwin creates ci with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.ci.home = \"/Users/ci\"; users.users.ci.createHome = true;";
 
   good = evalHost [ ];
   cfgOf = e: e.config.services.gitlab-runner-tart;
@@ -452,6 +476,18 @@ let
     "user declared without home: home is /Users/<user>" =
       (cfgOf systems.user-without-home).stateDir == "/Users/ci/.gitlab-runner"
       && has "home='/Users/ci'" (activationOf systems.user-without-home);
+    "existing user declared without home (not in knownUsers): all our assertions hold" =
+      failedMessages systems.user-without-home == [ ];
+    "user nix-darwin creates, without home: refused at evaluation, naming the fix" =
+      failedMessages knownUserWithoutHome == [ knownUserMessage ]
+      && inDarwinAssertions knownUserWithoutHome knownUserMessage;
+    "user nix-darwin creates, with home: all our assertions hold, nix-darwin creates the home" =
+      failedMessages systems.known-user-with-home == [ ]
+      && (cfgOf systems.known-user-with-home).stateDir == "/Users/ci/.gitlab-runner"
+      && has "sysadminctl -addUser ci -UID 550 -GID 20 -home /Users/ci -shell /bin/zsh" (
+        activateScripts.known-user-with-home
+      )
+      && has "createhomedir -cu ci >" activateScripts.known-user-with-home;
     "softnet: on by default with concurrency 2, a setuid copy first on PATH" =
       has
         "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"

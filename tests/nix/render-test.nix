@@ -267,6 +267,32 @@ let
     "assertions: user is not the primary user" = onlyFailure "differs from system.primaryUser" (
       cfg // { user = "other"; }
     );
+    "assertions: a user nix-darwin creates (knownUsers) without home" =
+      onlyFailure
+        "users.users.ci.home is not set, but ci is in users.knownUsers, so nix-darwin creates ci with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.ci.home = \"/Users/ci\"; users.users.ci.createHome = true;"
+        (
+          cfg
+          // {
+            knownUsers = [ "ci" ];
+            declaredHome = null;
+          }
+        );
+    "assertions: a user nix-darwin creates, with home" =
+      failing (
+        cfg
+        // {
+          knownUsers = [ "ci" ];
+          declaredHome = "/Users/ci";
+        }
+      ) == [ ];
+    "assertions: an existing user (not in knownUsers) without home" =
+      failing (
+        cfg
+        // {
+          knownUsers = [ "other" ];
+          declaredHome = null;
+        }
+      ) == [ ];
     "assertions: duplicate names" = onlyFailure "must be unique" (
       cfg // { runners = cfg.runners // { c = runner // { name = "mac one"; }; }; }
     );
