@@ -100,14 +100,21 @@ pub fn mark_ready(state: &VmState) -> Result<()> {
 /// Claims the warm VM in `state` for `claimant` (a job's VM name, or
 /// [`EVICTED`](record::EVICTED)): true for the one caller that got it. The claim file appears
 /// whole or not at all (a hard link of a complete file, which fails if the claim exists), so
-/// no reader sees a half-written claim.
+/// no reader sees a half-written claim. Each attempt writes a file of its own first (process
+/// id and a counter in its name), so attempts in one process, or in many, never share one.
 pub fn take(state: &VmState, claimant: &str) -> Result<bool> {
+    use std::io::Write;
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Some(dir) = state.record()? else {
         return Ok(false);
     };
-    let tmp = format!("{CLAIM}.{}.tmp", std::process::id());
-    dir.write_atomic(&tmp, claimant.as_bytes())?;
-    let linked = std::fs::hard_link(dir.path().join(&tmp), dir.path().join(CLAIM));
+    let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = format!("{CLAIM}.{}-{n}.tmp", std::process::id());
+    let mut file = dir.open(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
+    let written = file.write_all(claimant.as_bytes());
+    drop(file);
+    let linked =
+        written.and_then(|()| std::fs::hard_link(dir.path().join(&tmp), dir.path().join(CLAIM)));
     dir.remove(&tmp)?;
     match linked {
         Ok(()) => Ok(true),
@@ -123,5 +130,63 @@ pub fn ago(secs: u64) -> String {
         s if s < 90 => format!("{s} s ago"),
         s if s < 90 * 60 => format!("{} min ago", (s + 30) / 60),
         s => format!("{:.1} h ago", s as f64 / 3600.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn of_many_claims_released_at_once_exactly_one_wins_each_warm_vm() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = StateDir::open(&tmp.path().join("state")).unwrap();
+        let vms: Vec<VmState> = (0..3)
+            .map(|_| {
+                let state = VmState::new(&root, &record::new_name());
+                state.create().unwrap();
+                state
+            })
+            .collect();
+        const CLAIMANTS: usize = 8;
+        for round in 0..20 {
+            for vm in &vms {
+                vm.record().unwrap().unwrap().remove(CLAIM).unwrap();
+            }
+            let start = Arc::new(Barrier::new(CLAIMANTS));
+            let won: Vec<Vec<bool>> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..CLAIMANTS)
+                    .map(|i| {
+                        let (start, vms) = (Arc::clone(&start), &vms);
+                        s.spawn(move || {
+                            start.wait();
+                            vms.iter()
+                                .map(|vm| take(vm, &format!("tartdrv-job-{i}")).unwrap())
+                                .collect()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            for (v, vm) in vms.iter().enumerate() {
+                let winners: Vec<usize> = (0..CLAIMANTS).filter(|&i| won[i][v]).collect();
+                assert_eq!(winners.len(), 1, "round {round}: VM {v} won by {winners:?}");
+                // The claim names the winner, whole.
+                assert_eq!(
+                    record::claimed_by(vm).as_deref(),
+                    Some(format!("tartdrv-job-{}", winners[0]).as_str())
+                );
+            }
+            // No claim attempt leaves a file behind beside the claim.
+            for vm in &vms {
+                let dir = vm.record().unwrap().unwrap();
+                assert!(
+                    !dir.entries().iter().any(|e| e.ends_with(".tmp")),
+                    "{:?}",
+                    dir.entries()
+                );
+            }
+        }
     }
 }
