@@ -286,6 +286,30 @@ impl Dir {
         Ok(())
     }
 
+    /// Renames `from` to `to` within this directory, replacing `to` (one atomic step).
+    /// Whether `from` existed.
+    pub fn rename(&self, from: &str, to: &str) -> Result<bool> {
+        let (f, t) = (c_name(from)?, c_name(to)?);
+        // SAFETY: renameat within our directory, valid names.
+        let rc = unsafe {
+            libc::renameat(
+                self.fd.as_raw_fd(),
+                f.as_ptr(),
+                self.fd.as_raw_fd(),
+                t.as_ptr(),
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::NotFound {
+            return Ok(false);
+        }
+        Err(err)
+            .with_context(|| format!("cannot rename {} to {to}", self.path.join(from).display()))
+    }
+
     /// A file opened for appending, created (0600) if missing.
     pub fn append(&self, name: &str) -> Result<File> {
         self.open(name, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)
