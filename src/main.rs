@@ -7,6 +7,7 @@ mod cli;
 mod clock;
 mod doctor;
 mod failure;
+mod fault;
 mod guest;
 mod host;
 mod job;

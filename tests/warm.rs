@@ -3,99 +3,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{pids_with_args, wait_until, Bed, LINUX, MACOS};
+use common::{wait_until, Bed, LINUX, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job};
 
-const BROKEN: &str = "ghcr.io/cirruslabs/broken:latest";
-
-/// A host keeping one warm Linux VM.
-fn warm_bed() -> Bed {
-    Bed::new().option(["--warm-pool", "1", "--warm-image", LINUX])
-}
-
-/// The warm VMs' records, with what each is doing.
-fn warm_records(bed: &Bed) -> Vec<PathBuf> {
-    bed.vm_state_dirs()
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("tartdrv-warm-")
-        })
-        .collect()
-}
-
-fn ready_unclaimed(bed: &Bed) -> Vec<PathBuf> {
-    let mut ready: Vec<PathBuf> = warm_records(bed)
-        .into_iter()
-        .filter(|p| p.join("warm-ready").exists() && !p.join("warm-claim").exists())
-        .collect();
-    ready.sort();
-    ready
-}
-
-/// Runs `warm` in the foreground with the bed's options (plus `extra`).
-fn warm(bed: &Bed, extra: &[&str]) -> (bool, String) {
-    let state = bed.state_dir.display().to_string();
-    let mut args = vec!["warm", "--state-dir", state.as_str()];
-    args.extend(bed.options.iter().map(String::as_str));
-    args.extend(extra);
-    let out = bed.driver(&args);
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.success(), log)
-}
-
-/// Waits for the replenishers the stages started in the background to finish.
-fn settle(bed: &Bed) {
-    let state = bed.state_dir.display().to_string();
-    assert!(
-        wait_until(Duration::from_secs(90), || pids_with_args(&[
-            "warm",
-            "--background",
-            &state
-        ])
-        .is_empty()),
-        "a background replenisher did not finish"
-    );
-}
-
-/// Empties the pool the admin's way (`warm --warm-pool 0`) and checks nothing is left.
-fn drain_and_check(bed: &Bed) {
-    settle(bed);
-    let state = bed.state_dir.display().to_string();
-    let out = bed.driver(&["warm", "--state-dir", &state, "--warm-pool", "0"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bed.assert_nothing_left_within(Duration::from_secs(10));
-}
-
-/// The VM names `tart run` started, in order.
-fn started_vms(bed: &Bed) -> Vec<String> {
-    bed.sim
-        .invocations()
-        .into_iter()
-        .filter(|i| i.args.first().map(String::as_str) == Some("run"))
-        .filter_map(|i| i.args.get(1).cloned())
-        .collect()
-}
-
-fn prepared_vm(log: &str) -> String {
-    log.lines()
-        .find_map(|l| {
-            l.strip_prefix("VM ")
-                .and_then(|r| r.split(" prepared").next())
-        })
-        .unwrap_or_else(|| panic!("no 'VM ... prepared' line in:\n{log}"))
-        .to_string()
-}
+use common::warm::*;
 
 #[test]
 fn the_second_of_two_back_to_back_jobs_gets_a_warm_vm_booted_during_the_first() {
@@ -357,6 +271,106 @@ fn a_kill_at_any_point_of_replenish_or_claim_leaves_nothing_gc_does_not_remove()
         settle(&bed);
         gc_without_pool(&bed);
         drain_and_check(&bed);
+    }
+}
+
+/// After `gc` alone (the admin's agent, the pool on), nothing is left but ready, unclaimed
+/// warm VMs, each with its record, and no slot is held but theirs.
+fn assert_gc_leaves_only_the_pool(bed: &Bed) {
+    let state = bed.state_dir.display().to_string();
+    let mut args = vec!["gc", "--state-dir", state.as_str()];
+    args.extend(bed.options.iter().map(String::as_str));
+    let out = bed.driver(&args);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let pool = ready_unclaimed(bed);
+    let mut records = bed.vm_state_dirs();
+    records.sort();
+    assert_eq!(
+        records, pool,
+        "gc left records that are not the pool's:\n{log}"
+    );
+    let names: Vec<String> = pool
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let vms: Vec<String> = bed.sim.local_vms().into_iter().map(|v| v.name).collect();
+    assert_eq!(vms, names, "gc left VMs that are not the pool's:\n{log}");
+    let held: Vec<String> = bed
+        .held_slots()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|s| !s.starts_with("warm-"))
+        .collect();
+    assert!(held.is_empty(), "slots held with no job: {held:?}\n{log}");
+}
+
+#[test]
+fn a_crash_at_each_step_of_replenish_or_claim_leaves_nothing_but_the_pool_after_gc() {
+    let bed = Bed::new()
+        .image(
+            "ghcr.io/cirruslabs/slow:latest",
+            Image::linux().agent(true).boot_delay_ms(1500),
+        )
+        .option([
+            "--warm-pool",
+            "1",
+            "--warm-image",
+            "ghcr.io/cirruslabs/slow:latest",
+            "--no-softnet",
+        ]);
+    let state = bed.state_dir.display().to_string();
+    for point in [
+        "replenish:took-slots",
+        "replenish:cloned",
+        "replenish:started",
+        "replenish:answered",
+        "replenish:ready",
+    ] {
+        let fault = FaultPoint::new(point);
+        let mut args = vec!["warm", "--state-dir", state.as_str()];
+        args.extend(bed.options.iter().map(String::as_str));
+        let out = std::process::Command::new(common::DRIVER)
+            .args(&args)
+            .envs(bed.sim.env())
+            .envs(fault.kill())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{point}: the replenisher was not killed"
+        );
+        assert_gc_leaves_only_the_pool(&bed);
+        drain_and_check(&bed);
+    }
+    for point in [
+        "claim:named-the-warm-vm",
+        "claim:took-the-warm-vm",
+        "claim:moved-the-slot",
+        "claim:connecting",
+    ] {
+        // With gitlab-runner's cleanup after the crash, and without it (the runner died too).
+        for cleanup in [true, false] {
+            let (ok, log) = warm(&bed, &[]);
+            assert!(ok, "{log}");
+            let fault = FaultPoint::new(point);
+            let job = bed.direct_job("ghcr.io/cirruslabs/slow:latest");
+            let out = bed
+                .stage_command(&job, &["prepare"])
+                .envs(fault.kill())
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{point}: prepare was not killed");
+            if cleanup {
+                let (code, out) = bed.stage(&job, &["cleanup"]);
+                assert_eq!(code, 0, "{point}: {out}");
+            }
+            settle(&bed);
+            eprintln!("killed at {point}, cleanup: {cleanup}");
+            assert_gc_leaves_only_the_pool(&bed);
+            drain_and_check(&bed);
+        }
     }
 }
 

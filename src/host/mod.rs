@@ -77,42 +77,76 @@ pub async fn acquire(
     deadline: Instant,
 ) -> Result<Slots> {
     let dir = root.subdir(SLOTS)?;
-    let general = slot_names("vm", limits.concurrency);
-    let apple = slot_names(MACOS_SLOT, limits.macos_vm_limit);
-    let started = Instant::now();
-    let mut last_notice: Option<Instant> = None;
+    let mut wait = SlotWait::new(macos, deadline);
     loop {
-        if let Some(vm_slot) = take_any(&dir, &general)? {
-            if !macos {
-                return Ok(Slots {
-                    files: vec![vm_slot],
-                });
-            }
-            if let Some(mac_slot) = take_any(&dir, &apple)? {
-                return Ok(Slots {
-                    files: vec![vm_slot, mac_slot],
-                });
-            }
+        if let Some(slots) = try_acquire(limits, &dir, macos)? {
+            return Ok(slots);
         }
-        if Instant::now() >= deadline {
+        wait.next(limits).await?;
+    }
+}
+
+/// A job's wait for its slots: the job log hears why every 30 s, and the wait ends in an
+/// error at the deadline.
+pub struct SlotWait {
+    macos: bool,
+    deadline: Instant,
+    started: Instant,
+    last_notice: Option<Instant>,
+}
+
+impl SlotWait {
+    pub fn new(macos: bool, deadline: Instant) -> SlotWait {
+        SlotWait {
+            macos,
+            deadline,
+            started: Instant::now(),
+            last_notice: None,
+        }
+    }
+
+    /// Fails past the deadline; otherwise tells the job log (now and then) and pauses.
+    pub async fn next(&mut self, limits: &Limits) -> Result<()> {
+        if Instant::now() >= self.deadline {
             bail!(
                 "no free VM slot after {}s: this host runs at most {} VMs ({} macOS); raise the job timeout or --concurrency, or check `gitlab-runner-tart-driver gc --dry-run` for leftovers",
-                started.elapsed().as_secs(),
+                self.started.elapsed().as_secs(),
                 limits.concurrency,
                 limits.macos_vm_limit
             );
         }
-        if last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-            let what = if macos { "macOS VM" } else { "VM" };
+        if self
+            .last_notice
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            let what = if self.macos { "macOS VM" } else { "VM" };
             eprintln!(
                 "Waiting for a free {what} slot: this host runs at most {} VMs, {} of them macOS, and all are busy...",
                 limits.concurrency, limits.macos_vm_limit
             );
-            last_notice = Some(Instant::now());
+            self.last_notice = Some(Instant::now());
         }
         // An await, not a blocking sleep: a cancel must reach prepare while it waits.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
     }
+}
+
+/// A job's slots if they are free right now: a general slot, and a macOS slot for a macOS
+/// guest (never one without the other).
+pub fn try_acquire(limits: &Limits, dir: &Dir, macos: bool) -> Result<Option<Slots>> {
+    let Some(vm_slot) = take_any(dir, &slot_names("vm", limits.concurrency))? else {
+        return Ok(None);
+    };
+    if !macos {
+        return Ok(Some(Slots {
+            files: vec![vm_slot],
+        }));
+    }
+    let apple = slot_names(MACOS_SLOT, limits.macos_vm_limit);
+    Ok(take_any(dir, &apple)?.map(|mac_slot| Slots {
+        files: vec![vm_slot, mac_slot],
+    }))
 }
 
 /// The prefix of Apple's macOS slots (`macos-0`, `macos-1`), which warm VMs use too.
@@ -125,9 +159,14 @@ pub fn slot_names(prefix: &str, n: u32) -> Vec<String> {
 
 /// The first free slot of `names`, locked.
 pub fn take_any(dir: &Dir, names: &[String]) -> Result<Option<File>> {
+    Ok(take_named(dir, names)?.map(|(_, file)| file))
+}
+
+/// The first free slot of `names`, locked, with its name.
+pub fn take_named(dir: &Dir, names: &[String]) -> Result<Option<(String, File)>> {
     for name in names {
         if let Some(file) = try_lock(dir, name)? {
-            return Ok(Some(file));
+            return Ok(Some((name.clone(), file)));
         }
     }
     Ok(None)

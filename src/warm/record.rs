@@ -26,6 +26,14 @@ pub const READY: &str = "warm-ready";
 pub const CLAIM: &str = "warm-claim";
 /// In a job's record: the warm VM the job runs in.
 pub const CLAIMED_VM: &str = "claimed-vm";
+/// The prefix of a warm VM's own slot under `<state dir>/slots/`: `warm-<VM name>`, held
+/// by the VM's processes until a claim renames it to a job's general slot.
+pub const WARM_SLOT: &str = "warm-";
+
+pub fn warm_slot(vm: &VmName) -> String {
+    format!("{WARM_SLOT}{}", vm.as_str())
+}
+
 /// What a claim says when nobody will run in the VM: it is being stopped.
 pub const EVICTED: &str = "evicted";
 
@@ -101,8 +109,9 @@ pub fn hands_over_to(root: &StateDir, job: &VmState) -> Option<VmName> {
     (claimed_by(&VmState::new(root, &warm)).as_deref() == Some(job.name.as_str())).then_some(warm)
 }
 
-/// A warm VM nobody will use: claimed, but the claim was an eviction or the claiming job's
-/// record (removed by its cleanup) no longer names it; or still booting while no
+/// A warm VM nobody will use: claimed, but the claim was an eviction, the claiming job's
+/// record (removed by its cleanup) no longer names it, or the claiming prepare died before
+/// the job could connect; or still booting while no
 /// replenisher is at work to finish it (the one that started it was killed). Such a VM is
 /// an orphan even while its supervisor lives.
 pub fn abandoned(root: &StateDir, state: &VmState) -> bool {
@@ -112,10 +121,13 @@ pub fn abandoned(root: &StateDir, state: &VmState) -> bool {
     let Some(job) = claimed_by(state) else {
         return !is_ready(state) && !super::replenish::at_work(root);
     };
-    match VmName::parse_ours(&job) {
-        Some(job) => pointer(&VmState::new(root, &job)).as_ref() != Some(&state.name),
-        None => true,
-    }
+    let Some(job) = VmName::parse_ours(&job).map(|job| VmState::new(root, &job)) else {
+        return true;
+    };
+    // Its prepare died between the claim and the job's connection (no prepare holds the
+    // job's record, and none recorded a connection): no stage of that job will use it.
+    pointer(&job).as_ref() != Some(&state.name)
+        || (job.lock_is_free() && matches!(state.load_connection(), Ok(None)))
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! private driver state directory, and a gitlab-runner configured for our driver.
 #![allow(dead_code)]
 
+pub mod warm;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,42 +1,80 @@
-//! Where warm VMs fit on the host: never in a job's slot.
+//! Where warm VMs fit on the host: never in a job's slot, and never in a macOS slot a job
+//! is waiting for.
 //!
 //! A job's VM holds one of the `--concurrency` general slots (`vm-*`) and, for macOS, one
-//! of Apple's two macOS slots. A warm VM holds a warm slot (`warm-*`) instead of a general
-//! one, so it never keeps a job from starting, plus a macOS slot like any macOS guest: Apple's
-//! limit counts every VM. A claimed warm VM keeps its slots as the job's VM (gitlab-runner's
-//! `concurrent`, which equals `--concurrency`, bounds the jobs), so there are warm slots for
-//! the pool and for every job that may run in a claimed VM. When a cold job finds every
-//! macOS slot taken, it stops an unclaimed warm VM first and takes its slot.
+//! of Apple's macOS slots (`macos-*`). A warm VM holds a warm slot of its own instead of a
+//! general one (`warm-<its name>`, at most `--warm-pool` of them held), so it never keeps a
+//! job from starting, plus a macOS slot like any macOS guest: Apple's limit counts every
+//! VM. A claim turns the warm VM into a job's VM in this respect too: the claiming job locks
+//! a free general slot `vm-<k>` and renames the warm VM's slot file onto that name
+//! (`warm::claim`). A lock belongs to the file, not its name, so the VM's processes, which
+//! hold the warm slot's file, now hold `vm-<k>`, and the warm slot is gone: exactly as if
+//! the VM had been started in the job's slot.
+//!
+//! Apple's slots are taken by cold jobs and the replenisher alike. A cold macOS job holds a
+//! shared lock on `macos-wanted` from before it stops a warm VM until it holds its slots,
+//! and the replenisher takes a macOS slot only under the exclusive lock: so the slot a job
+//! freed by stopping a warm VM, or any slot that frees while a job waits, goes to a job.
 
-use std::time::Instant;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use super::lifecycle;
-use crate::host::state_dir::{StateDir, SLOTS};
+use crate::host::state_dir::{Dir, StateDir, SLOTS};
 use crate::host::tart::Tart;
+use crate::host::vm::{try_lock, VmName};
 use crate::host::{self, Slots, MACOS_SLOT};
 use crate::settings::Settings;
 use crate::warm::pool::{self, Status};
+use crate::warm::record::{warm_slot, WARM_SLOT};
 
-/// The slots a new warm VM takes, if the host has room for one now (never waiting).
-pub fn take_for_warm(settings: &Settings, root: &StateDir, macos: bool) -> Result<Option<Slots>> {
+/// Held shared by every cold job that wants a macOS slot, exclusively by the replenisher
+/// for the moment it takes one.
+const MACOS_WANTED: &str = "macos-wanted";
+
+/// The slots a new warm VM `vm` takes, if the host has room for one now (never waiting), or
+/// why it has none.
+pub fn take_for_warm(
+    settings: &Settings,
+    root: &StateDir,
+    vm: &VmName,
+    macos: bool,
+) -> Result<std::result::Result<Slots, String>> {
     let dir = root.subdir(SLOTS)?;
-    let warm = host::slot_names("warm", settings.warm.pool + settings.concurrency);
-    let Some(slot) = host::take_any(&dir, &warm)? else {
-        return Ok(None);
-    };
-    if !macos {
-        return Ok(Some(Slots { files: vec![slot] }));
+    if held_warm_slots(&dir)? >= settings.warm.pool {
+        return Ok(Err("every warm slot is taken".into()));
     }
-    let apple = host::slot_names(MACOS_SLOT, settings.macos_vm_limit);
-    Ok(host::take_any(&dir, &apple)?.map(|mac| Slots {
-        files: vec![slot, mac],
-    }))
+    let name = warm_slot(vm);
+    let warm = try_lock(&dir, &name)?.context("a new warm VM's slot is held by another process")?;
+    if !macos {
+        return Ok(Ok(Slots { files: vec![warm] }));
+    }
+    let mac = match lock_nb(&dir, MACOS_WANTED, libc::LOCK_EX)? {
+        None => None,
+        Some(_gate) => {
+            crate::fault::point("replenish:took-the-macos-gate");
+            host::take_any(&dir, &host::slot_names(MACOS_SLOT, settings.macos_vm_limit))?
+        }
+    };
+    match mac {
+        Some(mac) => Ok(Ok(Slots {
+            files: vec![warm, mac],
+        })),
+        None => {
+            dir.remove(&name)?;
+            Ok(Err(
+                "Apple's macOS VMs are all running or wanted by a job".into()
+            ))
+        }
+    }
 }
 
-/// A cold job's slots ([`host::acquire`]), after stopping an unclaimed warm macOS VM when
-/// a macOS guest would otherwise wait for Apple's limit.
+/// A cold job's slots ([`host::acquire`]). A macOS guest that finds Apple's slots taken
+/// stops an unclaimed warm macOS VM and takes its slot, with no warm VM able to take it in
+/// between (`macos-wanted`, held until the job has its slots).
 pub async fn acquire_for_job(
     tart: &Tart,
     settings: &Settings,
@@ -44,36 +82,100 @@ pub async fn acquire_for_job(
     macos: bool,
     deadline: Instant,
 ) -> Result<Slots> {
-    if settings.warm.enabled() && macos && !macos_slot_free(settings, root)? {
-        let started = Instant::now();
-        let members = pool::members(root)?;
-        let waiting = members.iter().filter(|m| {
-            matches!(m.status, Status::Ready(_) | Status::Booting)
-                && m.record.as_ref().is_some_and(|r| r.spec.os != "linux")
-        });
-        for member in waiting {
-            match lifecycle::evict(tart, settings, member).await {
-                Ok(true) => {
-                    eprintln!(
-                        "Stopped a warm VM to give this job its macOS slot ({:.1}s)",
-                        started.elapsed().as_secs_f64()
-                    );
-                    break;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    eprintln!("WARNING: could not stop a warm VM for this job's slot: {e:#}");
-                    break;
-                }
+    if !(settings.warm.enabled() && macos) {
+        return host::acquire(&settings.host_limits(), root, macos, deadline).await;
+    }
+    let limits = settings.host_limits();
+    let dir = root.subdir(SLOTS)?;
+    let _wanted = want_macos(&dir, deadline).await?;
+    let started = Instant::now();
+    let mut wait = host::SlotWait::new(true, deadline);
+    let apple = host::slot_names(MACOS_SLOT, settings.macos_vm_limit);
+    loop {
+        if let Some(slots) = host::try_acquire(&limits, &dir, true)? {
+            return Ok(slots);
+        }
+        // Only Apple's limit is a warm VM's to give back; for a general slot a job waits.
+        // Checked on every round: a warm VM whose replenisher took its slot just before
+        // this job wanted one has a record only a moment later.
+        if host::take_any(&dir, &apple)?.is_none() && evict_one(tart, settings, root).await? {
+            eprintln!(
+                "Stopped a warm VM to give this job its macOS slot ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            );
+            crate::fault::point("job:stopped-a-warm-vm");
+            continue;
+        }
+        wait.next(&limits).await?;
+    }
+}
+
+/// Stops one unclaimed warm macOS VM (ready or booting); whether one was stopped.
+async fn evict_one(tart: &Tart, settings: &Settings, root: &StateDir) -> Result<bool> {
+    let members = pool::members(root)?;
+    let waiting = members.iter().filter(|m| {
+        matches!(m.status, Status::Ready(_) | Status::Booting)
+            && m.record.as_ref().is_some_and(|r| r.spec.os != "linux")
+    });
+    for member in waiting {
+        match lifecycle::evict(tart, settings, member).await {
+            Ok(true) => return Ok(true),
+            Ok(false) => continue,
+            Err(e) => {
+                eprintln!("WARNING: could not stop a warm VM for this job's slot: {e:#}");
+                return Ok(false);
             }
         }
     }
-    host::acquire(&settings.host_limits(), root, macos, deadline).await
+    Ok(false)
 }
 
-/// Whether one of Apple's macOS slots is free right now (taken and let go at once).
-fn macos_slot_free(settings: &Settings, root: &StateDir) -> Result<bool> {
+/// The shared hold on `macos-wanted`, waiting out a replenisher's moment with it.
+async fn want_macos(dir: &Dir, deadline: Instant) -> Result<File> {
+    loop {
+        if let Some(held) = lock_nb(dir, MACOS_WANTED, libc::LOCK_SH)? {
+            return Ok(held);
+        }
+        if Instant::now() >= deadline {
+            bail!("the warm pool's replenisher held `macos-wanted` in the slots directory until the job's deadline; run `gitlab-runner-tart-driver gc`");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Removes the warm slots no process holds (their VMs are gone).
+pub fn prune(root: &StateDir) -> Result<()> {
     let dir = root.subdir(SLOTS)?;
-    let apple = host::slot_names(MACOS_SLOT, settings.macos_vm_limit);
-    Ok(host::take_any(&dir, &apple)?.is_some())
+    held_warm_slots(&dir).map(drop)
+}
+
+/// How many warm slots a VM's processes hold; the others are removed on the way.
+fn held_warm_slots(dir: &Dir) -> Result<u32> {
+    let mut held = 0;
+    for name in dir.entries() {
+        if !name.starts_with(WARM_SLOT) {
+            continue;
+        }
+        match try_lock(dir, &name)? {
+            // Free: its VM is gone. Removed while locked, so nobody holds the removed file.
+            Some(_free) => dir.remove(&name)?,
+            None => held += 1,
+        }
+    }
+    Ok(held)
+}
+
+/// A non-blocking flock (`LOCK_SH` or `LOCK_EX`) on `name`, created if missing.
+fn lock_nb(dir: &Dir, name: &str, how: i32) -> Result<Option<File>> {
+    let file = dir.open(name, libc::O_RDWR | libc::O_CREAT)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err).context("flock failed")
+    }
 }

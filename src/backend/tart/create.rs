@@ -68,12 +68,51 @@ impl LocalTart<'_> {
             state.record_phase("pull", t.elapsed());
         }
 
+        // The boot timeout bounds the job's whole wait for a booted VM: the time spent on a
+        // warm VM (waiting for its boot, logging in) is taken from the cold boot after it.
+        let warm_started = Instant::now();
+        let boot_deadline = crate::clock::deadline_after(request.boot_timeout);
         if let Some(claimed) =
-            super::claimed::try_warm(settings, root, request, state, job_limit).await?
+            super::claimed::try_warm(settings, root, request, state, job_limit, boot_deadline)
+                .await?
         {
-            return super::claimed::connect_claimed(tart, settings, job, request, claimed, lock)
-                .await;
+            match super::claimed::connect_claimed(
+                tart,
+                settings,
+                job,
+                request,
+                &claimed,
+                boot_deadline,
+            )
+            .await
+            {
+                Ok((conn, shares)) => {
+                    return Ok(Made {
+                        state: claimed.state,
+                        conn,
+                        shares,
+                        held: lock,
+                    })
+                }
+                // The host's or the VM's failure: a VM of the job's own may well work. A
+                // failure that is the job's (its login settings) would repeat there.
+                Err(Failure::System(e)) => {
+                    eprintln!(
+                        "The claimed warm VM did not let this job in ({e:#}); removing it and booting a fresh one"
+                    );
+                    super::claimed::give_up(tart, settings, state, claimed).await?;
+                }
+                Err(e) => {
+                    super::claimed::give_up(tart, settings, state, claimed).await?;
+                    return Err(e);
+                }
+            }
         }
+        let boot_timeout = if settings.warm.enabled() {
+            request.boot_timeout.saturating_sub(warm_started.elapsed())
+        } else {
+            request.boot_timeout
+        };
 
         let t = Instant::now();
         // The image is on this host now (pulled, or cached and vetted): the clone needs no login.
@@ -141,7 +180,7 @@ impl LocalTart<'_> {
             fds.push(lock_fd);
             supervisor::start(state, tart.exe(), &run_args, fds)?;
             drop(slots);
-            let deadline = crate::clock::deadline_after(request.boot_timeout);
+            let deadline = crate::clock::deadline_after(boot_timeout);
             match connect::connect(
                 tart, state, request, &identity, &info.os, resolver, deadline,
             )

@@ -108,6 +108,8 @@ pub async fn fill(settings: &Settings, root: &StateDir, pull: bool) -> Result<()
             eprintln!("warm pool: removed a warm VM: {why}");
         }
     }
+    // The warm slots of warm VMs that are gone (their files stay behind, unheld).
+    capacity::prune(root)?;
     if images.is_empty() {
         return Ok(());
     }
@@ -251,14 +253,12 @@ async fn boot_one(
             2 * MEMORY_FLOOR_MIB
         )));
     }
-    let Some(slots) = capacity::take_for_warm(settings, root, macos)? else {
-        return Ok(Booted::NoRoom(if macos {
-            "Apple's macOS VMs are all running".into()
-        } else {
-            "every warm slot is taken".into()
-        }));
-    };
     let name = record::new_name();
+    let slots = match capacity::take_for_warm(settings, root, &name, macos)? {
+        Ok(slots) => slots,
+        Err(why) => return Ok(Booted::NoRoom(why)),
+    };
+    crate::fault::point("replenish:took-slots");
     let state = VmState::new(root, &name);
     state.create()?;
     let lock = state
@@ -296,6 +296,7 @@ async fn boot(
     tart.clone_vm(&request.image.name, vm, &local, Duration::from_secs(3600))
         .await?;
     ownership::mark(&state.name, root)?;
+    crate::fault::point("replenish:cloned");
     let info = super::create::configure(tart, settings, root, request, vm)
         .await
         .map_err(explain)?;
@@ -323,6 +324,7 @@ async fn boot(
     fds.push(std::os::unix::io::AsRawFd::as_raw_fd(lock));
     supervisor::start(state, tart.exe(), &run_args, fds)?;
     drop(slots);
+    crate::fault::point("replenish:started");
     let resolver = if settings.bridged.is_some() {
         "arp"
     } else {
@@ -339,7 +341,10 @@ async fn boot(
         crate::guest::transport::ssh::close_master(state).await?;
     }
     state.forget_connection()?;
-    pool::mark_ready(state)
+    crate::fault::point("replenish:answered");
+    pool::mark_ready(state)?;
+    crate::fault::point("replenish:ready");
+    Ok(())
 }
 
 /// A stage's failure as an error for the pool's log.
