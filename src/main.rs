@@ -20,7 +20,7 @@ mod runner_config;
 mod settings;
 mod stages;
 #[cfg(test)]
-mod tests;
+mod testing;
 mod warm;
 
 use clap::Parser;

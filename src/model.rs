@@ -168,3 +168,39 @@ pub fn job_env_names() -> Vec<std::ffi::OsString> {
         })
         .collect()
 }
+
+/// Property tests of the kinds parsed from the admin's and the job's text: whatever the text,
+/// parsing never panics and accepts only the kinds' own names.
+#[cfg(test)]
+mod hostile_tests {
+    use std::str::FromStr;
+
+    use proptest::prelude::*;
+
+    use super::{PullPolicy, Resource, TransportKind};
+    use crate::testing::hostile;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn resources_are_auto_or_a_positive_number(s in hostile(), n in 1u64..1_000_000) {
+            match Resource::from_str(&s) {
+                Ok(Resource::Auto) => prop_assert_eq!(s.trim(), "auto"),
+                Ok(Resource::Fixed(v)) => prop_assert!(v >= 1),
+                Err(_) => {}
+            }
+            prop_assert_eq!(Resource::from_str(&n.to_string()), Ok(Resource::Fixed(n)));
+        }
+
+        #[test]
+        fn pull_policies_and_transports_accept_only_their_names(s in hostile()) {
+            if let Ok(p) = PullPolicy::from_str(&s) {
+                prop_assert!(["always", "if-not-present", "if_not_present", "never"].contains(&s.trim()), "{:?} -> {:?}", s, p);
+            }
+            if TransportKind::from_str(&s).is_ok() {
+                prop_assert!(["ssh", "exec", "auto"].contains(&s.trim()));
+            }
+        }
+    }
+}

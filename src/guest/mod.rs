@@ -8,6 +8,8 @@
 //! the guest, creates the builds and cache directories, and installs gitlab-runner when the
 //! admin or the job asks for it.
 
+#[cfg(test)]
+mod hostile_tests;
 pub mod identity;
 pub mod login;
 pub mod transport;

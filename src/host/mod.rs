@@ -17,6 +17,8 @@
 pub mod dhcp;
 pub mod foreign;
 pub mod host_root;
+#[cfg(test)]
+mod hostile_tests;
 pub mod ownership;
 pub mod registry_policy;
 pub mod state_dir;

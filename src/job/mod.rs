@@ -14,6 +14,8 @@
 //! sets a variable of that name), so VM names and cache directories built from it cannot be
 //! aimed at another job's.
 
+#[cfg(test)]
+mod hostile_tests;
 pub mod image;
 pub mod registry_access;
 pub mod request;

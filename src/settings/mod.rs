@@ -14,6 +14,8 @@
 //! pool's records, the backends, the stages or doctor.
 
 mod file;
+#[cfg(test)]
+mod hostile_tests;
 pub mod isolation;
 pub mod options;
 mod values;
