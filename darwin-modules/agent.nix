@@ -52,6 +52,77 @@ rec {
   generationDir = "/var/db/gitlab-runner-tart";
   generationFile = "${generationDir}/agent-generation";
 
+  # Shell command printing `user`'s home directory in the user database, as nix-darwin reads
+  # it (modules/users/default.nix): `dscl . -read` prints `NFSHomeDirectory: /Users/ci`, or,
+  # for a value with a space, the value on the next line after a space. Prints nothing for
+  # an unknown user.
+  readHome =
+    user:
+    "dscl . -read ${escapeShellArg "/Users/${user}"} NFSHomeDirectory 2>/dev/null"
+    + " | sed -e '1s/^NFSHomeDirectory://' -e 's/^ //' | tr -d '\\n'";
+
+  # The start of the scripts of the agents that run Tart or the driver: they refuse to run
+  # unless the HOME the module exports is the user's home in the user database. Tart finds
+  # its home (VMs, image cache, registry logins in ~/.docker/config.json) through
+  # Foundation's home for the current user, which is `CFFIXED_USER_HOME` or else the user
+  # database's entry, never `$HOME`, and so does the driver (`host::tart_home::home`). A user
+  # that nix-darwin created without `home` has /var/empty there (read-only): every `tart`
+  # call would fail, job after job, while the runner's own files went to the HOME the module
+  # assumed. Exporting `CFFIXED_USER_HOME` instead would move only what goes through
+  # Foundation: launchd installs the agents under the database's home, OpenSSH and `sudo`
+  # look it up there, and the login keychain macOS unlocks is the one under it, so the host
+  # would run on two homes at once. Refusing, with the fix in the log, is the safer of the
+  # two. Empty when `user` is null (NixOS: systemd sets HOME from the same database).
+  # `refusal` says what stops.
+  homeCheck =
+    {
+      user ? null,
+      home,
+      refusal ? "not running",
+    }:
+    if user == null then
+      ""
+    else
+      ''
+        home_user=${escapeShellArg user}
+        home_want=${escapeShellArg home}
+        home_db=$(${readHome user})
+        if [ -z "$home_db" ]; then
+          echo "gitlab-runner-tart: cannot read $home_user's home directory from the user database (dscl . -read /Users/$home_user NFSHomeDirectory), so Tart's home is unknown; ${refusal}" >&2
+          exit 1
+        elif [ "$home_db" != "$home_want" ]; then
+          echo "gitlab-runner-tart: $home_user's home directory in the user database is $home_db (where Tart keeps its VMs), but this configuration uses $home_want; ${refusal}: give $home_user the home $home_want (sudo dscl . -create /Users/$home_user NFSHomeDirectory $home_want, then log in again) or set users.users.$home_user.home = \"$home_db\", and switch again" >&2
+          exit 1
+        fi
+      '';
+
+  # nix-darwin's `system.checks` (before activation changes anything): an existing user
+  # whose home in the user database differs from the one the module uses stops the switch,
+  # before activation creates directories nothing would use. A user that does not exist yet
+  # is left to nix-darwin, which creates a user of `users.knownUsers` later in this
+  # activation with its declared `home` (an assertion requires one, ./render.nix).
+  switchCheck =
+    { user, home }:
+    ''
+      # gitlab-runner-tart: the runner user's home directory
+      if id -u -- ${escapeShellArg user} >/dev/null 2>&1; then
+      ${indent (
+        homeCheck {
+          inherit user home;
+          refusal = "stopping the switch";
+        }
+      )}fi
+    '';
+
+  # Indents each non-empty line of `text` by two spaces.
+  indent =
+    text:
+    concatStringsSep "\n" (
+      map (l: if l == "" then l else "  " + l) (
+        builtins.filter builtins.isString (builtins.split "\n" text)
+      )
+    );
+
   # The script's body. Everything the agent needs (PATH, HOME, log file) is set here rather
   # than in the plist. With `logFile = null` (systemd) the output stays where it was.
   # launchd stops an agent with SIGTERM, which gitlab-runner takes as
@@ -73,6 +144,8 @@ rec {
       # Where to record the generation (`generationFile`), or null (systemd: no activation
       # reads it).
       generationFile ? null,
+      # The user, whose home in the user database must be `home` (`homeCheck`), or null.
+      user ? null,
     }:
     let
       # Directories, and the log file unless systemd keeps the output.
@@ -110,7 +183,9 @@ rec {
       umask 077
       export PATH=${escapeShellArg (concatStringsSep ":" path)}
       export HOME=${escapeShellArg home}
-      ${setup}${record}${renderCommand { inherit driver specFile configFile; }}
+      ${setup}${homeCheck { inherit user home; }}${record}${
+        renderCommand { inherit driver specFile configFile; }
+      }
       cd ${escapeShellArg stateDir}
       # A script's background command starts with SIGQUIT ignored; gitlab-runner needs it.
       (
@@ -177,6 +252,7 @@ rec {
       home,
       stateDir,
       logFile ? null,
+      user ? null,
       body,
     }:
     ''
@@ -187,6 +263,7 @@ rec {
       cd ${escapeShellArg stateDir} || exit 1
     ''
     + (if logFile == null then "" else "exec >>${escapeShellArg logFile} 2>&1\n")
+    + homeCheck { inherit user home; }
     + body;
 
   # Activation (runs as root, after every other step): hands a new script to the agent.

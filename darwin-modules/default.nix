@@ -31,7 +31,8 @@ let
   # null for `users.users.<u> = { }` (its fallback only covers a missing entry).
   # `/Users/<user>` is right for a user that already exists on the Mac (created in System
   # Settings); one that nix-darwin creates (`users.knownUsers`) without `home` gets
-  # /var/empty instead, which an assertion refuses (./render.nix).
+  # /var/empty instead, which an assertion refuses (./render.nix), and the agents refuse to
+  # run when the user database says otherwise (./agent.nix `homeCheck`).
   declaredHome = if cfg.user == null then null else config.users.users.${cfg.user}.home or null;
   home =
     if cfg.user == null then
@@ -85,35 +86,51 @@ let
     logFile = "${cfg.logDir}/gitlab-runner.log";
     path = map (p: if lib.isDerivation p then "${p}/bin" else p) agentPath;
     inherit home;
-    inherit (cfg) configFile stateDir drainTimeout;
+    inherit (cfg)
+      user
+      configFile
+      stateDir
+      drainTimeout
+      ;
     inherit (agent) generationFile;
   };
   agentScript = pkgs.writeScript "gitlab-runner-tart-agent" (agent.script agentArgs);
 
-  # A periodic agent's script, linked at /etc/gitlab-runner-tart/<name>.
+  # A periodic agent's script, linked at /etc/gitlab-runner-tart/<name>. `user` is set when
+  # it runs Tart or the driver, so that it checks the user's home (agent.nix `homeCheck`).
   periodicScript =
-    name: logFile: body:
+    {
+      name,
+      logFile ? null,
+      user ? null,
+      body,
+    }:
     pkgs.writeScript "gitlab-runner-tart-${name}" (
       agent.periodicScript {
         inherit (agentArgs) shell path home;
         inherit (cfg) stateDir;
-        inherit logFile body;
+        inherit logFile user body;
       }
     );
-  gcScript = periodicScript "gc" "${cfg.logDir}/gc.log" (
-    render.gcScript {
+  gcScript = periodicScript {
+    name = "gc";
+    logFile = "${cfg.logDir}/gc.log";
+    inherit (cfg) user;
+    body = render.gcScript {
       driver = driverExe;
       configFiles = map (f: "${f}") (lib.attrValues driverConfigFiles);
       inherit (cfg.gc) extraArgs;
-    }
-  );
-  logsScript = periodicScript "logs" null (
-    render.logRotateScript {
+    };
+  };
+  # Rotates the logs even when the other agents refuse to run (each refusal adds a line).
+  logsScript = periodicScript {
+    name = "logs";
+    body = render.logRotateScript {
       logs = logFiles;
       maxBytes = cfg.logs.maxSize;
       inherit (cfg.logs) keep;
-    }
-  );
+    };
+  };
 
   tokenFiles = map (r: render.pathString r.authenticationTokenFile) (lib.attrValues cfg.runners);
 
@@ -366,6 +383,14 @@ in
     environment.etc."gitlab-runner-tart/logs".source = logsScript;
     environment.etc."gitlab-runner-tart/gc" = mkIf cfg.gc.enable { source = gcScript; };
 
+    # Before activation changes anything: the user's home is the one the agents use.
+    system.checks.text = mkIf (cfg.user != null) (
+      agent.switchCheck {
+        inherit (cfg) user;
+        inherit home;
+      }
+    );
+
     # After users are created and before launch agents are (re)loaded; custom activation
     # script names are never run by nix-darwin.
     system.activationScripts.launchd.text = lib.mkBefore (
@@ -405,6 +430,10 @@ in
       script = ''
         set -eu
         umask 077
+        ${agent.homeCheck {
+          inherit (cfg) user;
+          inherit home;
+        }}
         ${render.renderCommand {
           driver = driverExe;
           specFile = "${specFile}";

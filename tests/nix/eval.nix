@@ -473,11 +473,27 @@ let
       in
       (cfgOf e).stateDir == "/Volumes/Data/ci/.gitlab-runner"
       && e.config.system.primaryUserHome == "/Volumes/Data/ci";
-    "user declared without home: home is /Users/<user>" =
+    "existing user declared without home (not in knownUsers): home is /Users/<user>" =
       (cfgOf systems.user-without-home).stateDir == "/Users/ci/.gitlab-runner"
-      && has "home='/Users/ci'" (activationOf systems.user-without-home);
-    "existing user declared without home (not in knownUsers): all our assertions hold" =
-      failedMessages systems.user-without-home == [ ];
+      && has "home='/Users/ci'" (activationOf systems.user-without-home)
+      && failedMessages systems.user-without-home == [ ];
+    "the runner, config and gc agents run only when HOME is the user's home in the user database" =
+      lib.all
+        (
+          script:
+          has "home_db=$(dscl . -read '/Users/ci' NFSHomeDirectory" script
+          && has "home_want='/Users/ci'" script
+        )
+        [
+          agentScript
+          gcScript
+          configScript
+        ];
+    "the logs agent rotates the logs whatever the home (refusals add lines to them)" =
+      !(has "dscl" logsScript);
+    "a switch stops before activation when the user's home is not the one the agents use" =
+      has "# gitlab-runner-tart: the runner user's home directory" c.system.checks.text
+      && has "home_want='/Users/ci'" c.system.activationScripts.checks.text;
     "user nix-darwin creates, without home: refused at evaluation, naming the fix" =
       failedMessages knownUserWithoutHome == [ knownUserMessage ]
       && inDarwinAssertions knownUserWithoutHome knownUserMessage;

@@ -8,8 +8,10 @@
 #      checks plists, scripts, spec, assertions and switch behaviour;
 #   3. each configuration's whole `activate` script passes shellcheck with nix-darwin's flags
 #      (modules/system/default.nix: `shellcheck --exclude=SC2016,SC1112`);
-#   4. the runner agent's script stops gitlab-runner gracefully, and activation's steps (the
-#      agent's generation, the host directories) do what they say (run with stand-ins);
+#   4. the runner agent's script stops gitlab-runner gracefully, the agents and a switch
+#      refuse a user whose home in the user database is not the one the module uses, and
+#      activation's steps (the agent's generation, the host directories) do what they say
+#      (run with stand-ins);
 #   5. the evaluated spec renders with the real `runner-config`, and the driver loads the
 #      rendered driver configs (when target/debug/gitlab-runner-tart-driver exists);
 #   6. the flake's lock resolves offline and its outputs evaluate.
@@ -145,6 +147,8 @@ for script in configScriptText gcScript logsScript; do
   }
 done
 tests/nix/agent-stop.sh
+# The agents and a switch refuse a user whose home in the user database is not the one used.
+tests/nix/agent-home.sh
 TART_MODULE_EVAL=$expr tests/nix/agent-activation.sh
 # The host directories, the user's home first when it is missing.
 tests/nix/host-dirs.sh
