@@ -9,8 +9,8 @@
 //! ([`crate::guest::transport::ssh::Target::Proxy`]) instead of an IP. The admin picks one with
 //! `--backend`; no job variable can.
 //!
-//! May use: everything below the stages (settings, the job's request, host and guest
-//! modules). Used by: the stages.
+//! May use: every layer below the commands: the warm pool's records, the job's request,
+//! settings, Orchard's client, guest, host and the shared kinds. Used by: the stages.
 
 pub mod orchard;
 pub mod tart;

@@ -11,8 +11,9 @@
 //! [`macho`] (the binaries' `LC_UUID`), [`tart`] (Tart, its VMs and images), [`network`],
 //! [`runner_toml`] (gitlab-runner's config.toml), [`state`] (the state directory) and
 //! [`orchard`] (an Orchard controller); [`probe`] runs their bounded commands and
-//! [`report`] prints the outcome. Doctor is a consumer like the stages: it may use
-//! settings and the host-side modules, and nothing imports it but `main` and `cli`.
+//! [`report`] prints the outcome. Doctor is a consumer like the stages: it may use the warm
+//! pool's records, settings, Orchard's client, guest, host, the runtime and the shared
+//! kinds; never the stages or the backends, and nothing imports it but `main` and `cli`.
 
 mod host;
 mod macho;

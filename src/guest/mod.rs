@@ -1,7 +1,8 @@
 //! The guest side: how commands reach a VM (`transport`: one SSH ControlMaster per job,
 //! or `tart exec`), the login environment (`login`), the proof that a VM is this job's
-//! (`identity`) and, in this file, the guest setup script. May use: the shared kinds,
-//! settings and the host side's VM records; never the job's request, stages or backends.
+//! (`identity`) and, in this file, the guest setup script. May use: the host side (VM
+//! records, state directory, Tart's client) and the shared kinds; nothing above it, not
+//! even settings, whose values reach it as plain arguments.
 //!
 //! Guest setup: what prepare does inside a freshly booted VM, as one shell script sent in
 //! one round trip. It links (macOS) or mounts (Linux) the host directories Tart shares into

@@ -1,10 +1,10 @@
 //! The host side: this Mac's Tart (client, home, messages), each VM's state directory and
 //! record (`vm`, `state_dir`), the supervisor around `tart run`, the registry policy Tart's
-//! pulls run under (`registry_policy`), ownership markers, VMs this driver did not start (`foreign`),
-//! the DHCP pool, where the Mac's system files are (`host_root`), and, in this file, the slots and sizing of VMs. May use: the shared kinds
-//! (`model`) and the small utilities; never settings (they hand it [`Limits`] and other
-//! plain values), the job's request, the stages,
-//! backends or doctor.
+//! pulls run under (`registry_policy`), ownership markers, VMs this driver did not start
+//! (`foreign`), the DHCP pool, where the Mac's system files are (`host_root`) and, in this
+//! file, the slots and sizing of VMs. May use: the shared kinds and small utilities (`model`,
+//! `failure`, `clock`, `logging`); nothing above it, not even settings, which hand it
+//! [`Limits`] and other plain values.
 //!
 //! Host resources: the VM slots shared by every runner on this Mac, and the CPU and memory
 //! a VM gets when the admin asks for automatic sizing.

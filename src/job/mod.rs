@@ -1,8 +1,8 @@
 //! The job's request: who the job is (this file: its payload and variables), what it asks
 //! for within what the admin allows (`request`), its image (`image`) and who may pull or
-//! clone which image with which credentials (`registry_access`). May use: the shared kinds,
-//! settings, the host side (Tart's client) and the guest side's login types; never the
-//! command line, stages, backends or doctor.
+//! clone which image with which credentials (`registry_access`). May use: settings, the
+//! guest side's login types, the host side (Tart's client) and the shared kinds; never the
+//! warm pool, the backends, the stages, doctor or the command line.
 //!
 //! What gitlab-runner tells the driver about the job: the environment of each stage and
 //! the job payload in `JOB_RESPONSE_FILE`.

@@ -2,8 +2,11 @@
 //! supervisor around `tart run`, reached at the IP of its DHCP lease (or through Tart's
 //! guest agent), and found again by `tart list` for the sweep.
 //!
-//! May use: the host side (Tart's client, VM state, slots, supervisor, lifecycle), the
-//! guest's transports, settings and the job's request.
+//! Here: creating a job's VM (`create`), reaching it (`connect`), its boot wait, teardown
+//! and sweep (`lifecycle`), the host directories it shares (`shares`), and the warm pool's
+//! Tart side: booting the pool (`fill`), slots for warm VMs (`capacity`) and taking over a
+//! claimed warm VM (`claimed`). May use: what `backend` may use; never the Orchard backend
+//! beside it.
 
 mod capacity;
 mod claimed;
