@@ -541,7 +541,7 @@ rec {
           let
             u = toString cfg.user;
           in
-          "users.users.${u}.home is not set, but ${u} is in users.knownUsers, so nix-darwin creates ${u} with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.${u}.home = \"/Users/${u}\"; users.users.${u}.createHome = true;";
+          "users.users.${u}.home is not set, but ${u} is in users.knownUsers, so nix-darwin creates ${u} with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.${u}.home = \"/Users/${u}\"; users.users.${u}.createHome = true; (a ${u} created earlier with /var/empty also needs: sudo dscl . -create /Users/${u} NFSHomeDirectory /Users/${u})";
       }
       {
         assertion = dupNames == [ ];

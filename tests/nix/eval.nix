@@ -177,7 +177,7 @@ let
       users.users.ci.uid = 550;
     }
   ];
-  knownUserMessage = "users.users.ci.home is not set, but ci is in users.knownUsers, so nix-darwin creates ci with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.ci.home = \"/Users/ci\"; users.users.ci.createHome = true;";
+  knownUserMessage = "users.users.ci.home is not set, but ci is in users.knownUsers, so nix-darwin creates ci with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.ci.home = \"/Users/ci\"; users.users.ci.createHome = true; (a ci created earlier with /var/empty also needs: sudo dscl . -create /Users/ci NFSHomeDirectory /Users/ci)";
 
   good = evalHost [ ];
   cfgOf = e: e.config.services.gitlab-runner-tart;

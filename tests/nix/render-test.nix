@@ -269,7 +269,7 @@ let
     );
     "assertions: a user nix-darwin creates (knownUsers) without home" =
       onlyFailure
-        "users.users.ci.home is not set, but ci is in users.knownUsers, so nix-darwin creates ci with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.ci.home = \"/Users/ci\"; users.users.ci.createHome = true;"
+        "users.users.ci.home is not set, but ci is in users.knownUsers, so nix-darwin creates ci with the home directory /var/empty, where Tart cannot keep its VMs; set users.users.ci.home = \"/Users/ci\"; users.users.ci.createHome = true; (a ci created earlier with /var/empty also needs: sudo dscl . -create /Users/ci NFSHomeDirectory /Users/ci)"
         (
           cfg
           // {
