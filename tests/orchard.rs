@@ -243,8 +243,51 @@ fn orchard_proxy_fails_when_the_controller_cuts_the_websocket() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("cut") || stderr.contains("broke"),
+        stderr.contains("ended without a WebSocket close"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn orchard_proxy_ends_its_side_with_a_normal_close() {
+    let fleet = Fleet::start(|_| {});
+    fleet.running_vm("gl-a-8-1", "img");
+    let (echo, out) = proxy_round_trip(&proxy_args(&fleet, "gl-a-8-1", &[]), b"bye", 3);
+    assert_eq!(echo, b"bye", "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        !fleet.sim.client_close_codes().is_empty()
+    }));
+    assert_eq!(
+        fleet.sim.client_close_codes(),
+        [1000],
+        "a close without a status is logged by the controller as a failed proxy"
+    );
+}
+
+/// The guest's sshd hangs up (it was sent no SSH): the controller closes the WebSocket with
+/// status 1000; the proxy answers that close and exits as ssh's connection's end.
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and the Tart simulator's sshd guests (cargo test --features e2e)"
+)]
+fn orchard_proxy_answers_the_controllers_close_when_sshd_hangs_up_and_exits_cleanly() {
+    let host = SimHost::new().with_image(MACOS, Image::darwin());
+    let fleet = Fleet::with_host(Some(host), |_| {});
+    fleet.running_vm("gl-a-9-1", MACOS);
+    let args = proxy_args(&fleet, "gl-a-9-1", &["--retry-for", "60"]);
+    // stdin stays open: only the controller's close can end the proxy.
+    let (banner, out) = proxy_session(&args, b"not ssh\r\n", 8, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(banner, b"SSH-2.0-", "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        !fleet.sim.vm_side_closes().is_empty()
+    }));
+    assert_eq!(
+        fleet.sim.vm_side_closes(),
+        [true],
+        "the controller's close went unanswered"
     );
 }
 

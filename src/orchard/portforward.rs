@@ -14,6 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -123,48 +125,104 @@ pub async fn open_within(client: &Client, vm: &str, port: u16, bound: Duration) 
     }
 }
 
-/// Carries `input` to the VM and the VM's bytes to `output` until the VM side closes.
-/// A WebSocket that ends without a close frame (a cut, a controller restart) is an error.
+/// Carries `input` to the VM and the VM's bytes to `output` until either side ends.
+///
+/// The controller ends the WebSocket with a close frame (status 1000) whenever the VM's side
+/// ends: sshd hung up, or the worker's connection to the VM broke (spec/orchard.md §1.8; its
+/// handler closes the client's side as soon as the worker's copy ends). That close is
+/// answered, as the protocol asks, and is the end of the stream for ssh, which then says
+/// whether its session was complete. When `input` ends (ssh closed it), the proxy sends its
+/// own close with status 1000, which the controller takes as a normal end. A connection that
+/// ends with no close frame at all means the controller went away or something between
+/// cut the connection: an error.
 pub async fn bridge<R, W>(ws: Forward, mut input: R, mut output: W) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
-    let up = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = input.read(&mut buf).await?;
-            if n == 0 {
-                let _ = sink.send(Message::Close(None)).await;
-                return anyhow::Ok(());
-            }
-            sink.send(Message::Binary(buf[..n].to_vec().into())).await?;
-        }
-    };
     let down = async {
         while let Some(msg) = stream.next().await {
-            let bytes = match msg.map_err(|e| anyhow!("the port-forward broke: {e}"))? {
+            let bytes = match msg.map_err(broken)? {
                 Message::Binary(b) => b,
                 Message::Text(t) => t.as_bytes().to_vec().into(),
-                Message::Close(_) => return Ok(()),
+                Message::Close(frame) => return closed_by_controller(frame),
                 _ => continue,
             };
             output.write_all(&bytes).await?;
             output.flush().await?;
         }
-        bail!("the controller cut the port-forward (no close frame)")
+        Err(cut(None))
     };
-    tokio::pin!(up, down);
-    tokio::select! {
-        r = &mut down => r,
-        r = &mut up => {
+    tokio::pin!(down);
+    let ours_first = {
+        let up = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = input.read(&mut buf).await?;
+                if n == 0 {
+                    let _ = sink.send(normal_close()).await;
+                    return anyhow::Ok(());
+                }
+                sink.send(Message::Binary(buf[..n].to_vec().into())).await?;
+            }
+        };
+        tokio::pin!(up);
+        tokio::select! {
+            r = &mut down => Err(r),
+            r = &mut up => Ok(r),
+        }
+    };
+    match ours_first {
+        // The controller ended it: the answer to its close is queued; send it.
+        Err(result) => {
+            let _ = tokio::time::timeout(Duration::from_secs(5), sink.close()).await;
+            result
+        }
+        Ok(r) => {
             r?;
-            // Our side is done (ssh closed it): the VM's last bytes and the close may still
-            // come, but how the controller ends the connection no longer matters.
+            // Our side is done (ssh closed it): the VM's last bytes and the controller's
+            // answer may still come, but how the connection ends no longer matters.
             let _ = tokio::time::timeout(Duration::from_secs(10), down).await;
             Ok(())
         }
+    }
+}
+
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
+/// The controller's close: 1000 is the VM's side ending; anything else names a fault.
+fn closed_by_controller(frame: Option<CloseFrame>) -> Result<()> {
+    match frame {
+        None => Ok(()),
+        Some(f) if f.code == CloseCode::Normal => Ok(()),
+        Some(f) => bail!(
+            "the Orchard controller closed the port-forward with status {}: {}",
+            u16::from(f.code),
+            f.reason
+        ),
+    }
+}
+
+/// The connection ended with no close frame; `how` is what the socket said, if anything.
+fn cut(how: Option<&str>) -> anyhow::Error {
+    let how = how.map(|h| format!(" ({h})")).unwrap_or_default();
+    anyhow!("the connection to the Orchard controller ended without a WebSocket close{how}: the controller restarted or stopped, or a proxy or the network between cut it")
+}
+
+fn broken(e: tungstenite::Error) -> anyhow::Error {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed => cut(None),
+        tungstenite::Error::Io(io) => cut(Some(&io.to_string())),
+        e => anyhow!("the port-forward through the Orchard controller failed: {e}"),
     }
 }
 

@@ -174,6 +174,10 @@ pub(crate) struct State {
     pub workers: BTreeMap<String, WorkerRecord>,
     pub next_uid: u64,
     pub port_forwards_served: u64,
+    /// The status of each close frame a port-forward client sent (1005: one without a status).
+    pub client_close_codes: Vec<u16>,
+    /// One per close frame sent because the VM's side ended: whether the client answered.
+    pub vm_side_closes: Vec<bool>,
 }
 
 pub(crate) struct VmRecord {
@@ -280,6 +284,18 @@ impl Sim {
     pub fn vms(&self) -> Vec<Vm> {
         let state = self.shared.state.lock().unwrap();
         state.vms.values().map(|r| r.vm.clone()).collect()
+    }
+
+    /// The status of every close frame port-forward clients sent, in order (1005 for a close
+    /// frame without a status, which the real controller logs as a failed proxy).
+    pub fn client_close_codes(&self) -> Vec<u16> {
+        self.shared.state.lock().unwrap().client_close_codes.clone()
+    }
+
+    /// One entry per close frame the controller sent because a VM's side ended: whether the
+    /// client answered it within 5 s (the real controller logs a failed close otherwise).
+    pub fn vm_side_closes(&self) -> Vec<bool> {
+        self.shared.state.lock().unwrap().vm_side_closes.clone()
     }
 
     /// How many port-forward WebSockets were opened (answered 101).

@@ -7,6 +7,14 @@
 //! dial succeeded). One deadline covers both steps. So a 101 means the TCP connection to
 //! the VM already exists. After it, binary messages carry raw bytes both ways; a client
 //! without a User-Agent gets text messages (an old client's mode).
+//!
+//! How it ends, as the controller's handler does it (it proxies the WebSocket, wrapped by
+//! coder/websocket's `NetConn`, to the worker's connection, and closes the other side when
+//! one side's copy ends): when the VM's side ends (EOF, or the worker's connection breaks),
+//! a close frame with status 1000 (normal closure) and no reason; a client's close frame is
+//! answered with its own status; a message of the wrong type is answered with status 1003
+//! and coder/websocket's reason. Only a controller that goes away (a restart, the cut knobs)
+//! ends the connection without a close frame.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -254,13 +262,28 @@ async fn bridge(
                     Some(Ok(Message::Binary(b))) if !text_mode => b.to_vec(),
                     Some(Ok(Message::Text(t))) if text_mode => t.as_bytes().to_vec(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    // A client's close is answered, as the protocol asks.
-                    Some(Ok(Message::Close(_))) => {
+                    // A client's close is answered with its own status (no status: 1005).
+                    Some(Ok(Message::Close(frame))) => {
+                        let code = frame.as_ref().map_or(close_code::STATUS, |f| f.code);
+                        s.state.lock().unwrap().client_close_codes.push(code);
                         let _ = to_vm.shutdown().await;
-                        let _ = socket.send(Message::Close(None)).await;
+                        // The WebSocket library has queued that answer; reading on sends it.
+                        let drain = async { while socket.recv().await.is_some() {} };
+                        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
                         return;
                     }
-                    // An error or the wrong message type ends the forward.
+                    Some(Ok(_)) => {
+                        let (expected, got) = if text_mode {
+                            ("MessageText", "MessageBinary")
+                        } else {
+                            ("MessageBinary", "MessageText")
+                        };
+                        let _ = to_vm.shutdown().await;
+                        let reason = format!("unexpected frame type read (expected {expected}): {got}");
+                        let _ = socket.send(close(close_code::UNSUPPORTED, &reason)).await;
+                        return;
+                    }
+                    // The client's connection broke.
                     _ => {
                         let _ = to_vm.shutdown().await;
                         return;
@@ -273,7 +296,22 @@ async fn bridge(
             n = from_vm.read(&mut buf) => {
                 let n = match n {
                     Ok(0) | Err(_) => {
-                        let _ = socket.send(Message::Close(None)).await;
+                        // coder/websocket's close handshake: send, then wait up to 5 s for
+                        // the client's answer (the controller logs a failure without one).
+                        let _ = socket.send(close(close_code::NORMAL, "")).await;
+                        let answer = async {
+                            loop {
+                                match socket.recv().await {
+                                    Some(Ok(Message::Close(_))) => return true,
+                                    Some(Ok(_)) => continue,
+                                    _ => return false,
+                                }
+                            }
+                        };
+                        let answered = tokio::time::timeout(Duration::from_secs(5), answer)
+                            .await
+                            .unwrap_or(false);
+                        s.state.lock().unwrap().vm_side_closes.push(answered);
                         return;
                     }
                     Ok(n) => n,
@@ -296,4 +334,11 @@ async fn bridge(
             }
         }
     }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }

@@ -114,6 +114,62 @@ fn injected_port_forward_errors_come_in_order_then_it_works() {
     assert!(port_forward(&sim, "e", "port=22", ADMIN, UA).is_ok());
 }
 
+/// The close frame that ends `ws` (within 10 s), skipping data and pings.
+fn close_frame(ws: &mut Ws) -> Option<tungstenite::protocol::CloseFrame> {
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    loop {
+        match ws
+            .read()
+            .expect("a close frame, not the end of the connection")
+        {
+            Message::Close(frame) => return frame,
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn a_message_of_the_wrong_type_is_answered_with_close_1003_and_coders_reason() {
+    let sim = sim();
+    running(&sim, "t");
+    let mut ws = port_forward(&sim, "t", "port=22", ADMIN, UA).unwrap();
+    ws.send(Message::Text("text, but binary was agreed".into()))
+        .unwrap();
+    let frame = close_frame(&mut ws).expect("a status");
+    assert_eq!(u16::from(frame.code), 1003);
+    assert_eq!(
+        frame.reason.as_str(),
+        "unexpected frame type read (expected MessageBinary): MessageText"
+    );
+}
+
+#[test]
+fn a_clients_close_is_answered_with_its_own_status() {
+    let sim = sim();
+    running(&sim, "n");
+    let mut ws = port_forward(&sim, "n", "port=22", ADMIN, UA).unwrap();
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .unwrap();
+    let frame = close_frame(&mut ws).expect("a status");
+    assert_eq!(u16::from(frame.code), 1000);
+    assert_eq!(sim.client_close_codes(), [1000]);
+}
+
+#[test]
+fn a_close_without_a_status_is_answered_without_one_and_recorded_as_1005() {
+    let sim = sim();
+    running(&sim, "m");
+    let mut ws = port_forward(&sim, "m", "port=22", ADMIN, UA).unwrap();
+    ws.close(None).unwrap();
+    assert_eq!(close_frame(&mut ws), None);
+    assert_eq!(sim.client_close_codes(), [1005]);
+}
+
 fn assert_cut(ws: &mut Ws) {
     loop {
         match ws.read() {

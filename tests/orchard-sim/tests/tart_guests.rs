@@ -57,6 +57,37 @@ fn a_port_forward_to_22_reaches_the_guests_sshd_and_delete_removes_the_clone() {
 }
 
 #[test]
+fn when_the_guests_sshd_hangs_up_the_controller_sends_a_normal_close() {
+    let host = SimHost::new().with_image(IMAGE, Image::darwin());
+    let sim = sim_with(|c| c.workers = vec![tart_worker(&host)]);
+    create(
+        &sim,
+        json!({"name": "g3", "image": IMAGE, "headless": true}),
+    );
+    wait_status(&sim, "g3", "running", Duration::from_secs(60));
+    let mut ws = port_forward(&sim, "g3", "port=22&wait=60", ADMIN, Some("t/1")).expect("101");
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Not an SSH identification string: sshd says so and closes the connection.
+    ws.send(Message::Binary(b"not ssh\r\n".to_vec().into()))
+        .unwrap();
+    let frame = loop {
+        match ws
+            .read()
+            .expect("a close frame, not the end of the connection")
+        {
+            Message::Close(frame) => break frame,
+            _ => continue,
+        }
+    };
+    let frame = frame.expect("a status, as coder/websocket's NetConn.Close sends");
+    assert_eq!(u16::from(frame.code), 1000);
+    assert_eq!(frame.reason.as_str(), "");
+    assert_eq!(admin(&sim, "DELETE", "/v1/vms/g3", None).status, 200);
+}
+
+#[test]
 fn a_clone_that_fails_fails_the_vm_with_tarts_message() {
     let host = SimHost::new().with_image(IMAGE, Image::darwin().clone_fails_disk());
     let sim = sim_with(|c| c.workers = vec![tart_worker(&host)]);
