@@ -219,3 +219,81 @@ fn the_replenisher_started_by_a_stage_reads_a_config_file_given_by_a_relative_pa
     assert_eq!(code, 0, "{out}");
     drain_and_check(&bed);
 }
+
+#[test]
+fn doctor_names_the_driver_vms_of_another_state_directory_as_sharing_apples_limit() {
+    // Another runner on this Mac (here: another state directory of the same user) keeps a
+    // warm macOS VM: its slots and pool are its own, Apple's two macOS VMs are shared.
+    let bed = Bed::new().option(["--warm-pool", "1", "--warm-image", MACOS, "--cpu", "2"]);
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    let ready = ready_unclaimed(&bed);
+    assert_eq!(ready.len(), 1, "{log}");
+    let theirs = ready[0].file_name().unwrap().to_string_lossy().into_owned();
+    let mine = bed.sim.root().join("my-state");
+    let out = bed.driver(&[
+        "doctor",
+        "--format",
+        "json",
+        "--state-dir",
+        mine.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let check = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "VMs not started by this driver")
+        .unwrap_or_else(|| panic!("no such check: {report:#}"))
+        .clone();
+    assert_eq!(check["status"], "warn", "{check:#}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("driver VM {theirs} of another state directory")),
+        "{check:#}"
+    );
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("Apple's two macOS VMs are the Mac's"),
+        "{check:#}"
+    );
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_warm_vm_that_meets_apples_limit_full_of_other_vms_is_not_recorded_as_a_failed_boot() {
+    let bed = Bed::new().option(["--warm-pool", "1", "--warm-image", MACOS, "--cpu", "2"]);
+    // Another user of the Mac runs two macOS VMs: Apple's limit is full.
+    let developer = bed.sim.another_user();
+    let mut runs = Vec::new();
+    for vm in ["developers-vm-1", "developers-vm-2"] {
+        developer.tart_ok(["clone", common::MACOS_VANILLA, vm]);
+        runs.push(
+            developer
+                .command(["run", vm, "--no-graphics"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("tart run"),
+        );
+    }
+    assert!(wait_until(Duration::from_secs(30), || developer
+        .running_count()
+        == 2));
+    let (_, log) = warm(&bed, &["--background"]);
+    assert!(log.contains("Apple's limit is full"), "{log}");
+    assert!(!log.contains("failed to boot"), "{log}");
+    assert!(!bed.state_dir.join("warm/failures.json").exists(), "{log}");
+    assert!(warm_records(&bed).is_empty(), "{log}");
+    developer.stop_and_delete_all();
+    for mut run in runs {
+        let _ = run.wait();
+    }
+    // With room again, the next pass boots the warm VM.
+    let (ok, log) = warm(&bed, &["--background"]);
+    assert!(ok, "{log}");
+    assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
+    drain_and_check(&bed);
+}

@@ -78,7 +78,10 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     }
     let list = tart.as_deref().map(tart::tart_list);
     tart::check_macos_limit(&settings, list.as_ref(), &mut r);
-    let seen = crate::host::foreign::survey(crate::host::tart_home::home().as_deref());
+    let seen = crate::host::foreign::survey(
+        crate::host::tart_home::home().as_deref(),
+        &settings.state_dir,
+    );
     let status = [Status::Pass, Status::Warn][usize::from(seen.fix.is_some())];
     r.add(
         "VMs not started by this driver",

@@ -224,19 +224,25 @@ pub struct Survey {
 /// Looks for VMs this driver did not start: `tart run` processes and the Virtualization
 /// framework's per-VM processes in `ps` (every user's; macOS may show another user's
 /// `tart run` only as `(tart)`, without its arguments), and VMs of other users' default
-/// TART_HOMEs under `/Users/*/.tart` that this user may read.
-pub fn survey(own_tart_home: Option<&std::path::Path>) -> Survey {
+/// TART_HOMEs under `/Users/*/.tart` that this user may read. The driver's VMs of another
+/// runner user, or of another state directory (`own_state_dir` has no record of them), are
+/// named too: slots and warm pools are per state directory, Apple's limit is the Mac's.
+pub fn survey(own_tart_home: Option<&std::path::Path>, own_state_dir: &std::path::Path) -> Survey {
     let ps = std::process::Command::new("ps")
-        .args(["-axww", "-o", "user=,pid=,args="])
+        .args(["-axww", "-o", "uid=,user=,pid=,args="])
         .stdin(std::process::Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     let mut runs = Vec::new();
+    let mut other_runners = Vec::new();
     let mut vz = 0;
+    // SAFETY: getuid cannot fail.
+    let me = unsafe { libc::getuid() }.to_string();
     for line in ps.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(user), Some(pid)) = (fields.next(), fields.next()) else {
+        let (Some(uid), Some(user), Some(pid)) = (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
         let args: Vec<&str> = fields.collect();
@@ -254,6 +260,12 @@ pub fn survey(own_tart_home: Option<&std::path::Path>) -> Survey {
                 let vm = args.get(i + 2).copied().unwrap_or("?");
                 if !vm.starts_with(crate::host::vm::PREFIX) {
                     runs.push(format!("`tart run {vm}` (user {user}, pid {pid})"));
+                } else if uid != me {
+                    other_runners.push(format!("driver VM {vm} of runner user {user} (pid {pid})"));
+                } else if !own_state_dir.join("vms").join(vm).exists() {
+                    other_runners.push(format!(
+                        "driver VM {vm} of another state directory (pid {pid})"
+                    ));
                 }
             }
             None if args.first() == Some(&"(tart)") => {
@@ -287,8 +299,10 @@ pub fn survey(own_tart_home: Option<&std::path::Path>) -> Survey {
             }
         }
     }
+    let shared = !other_runners.is_empty();
     let mut seen = runs;
     seen.extend(homes);
+    seen.extend(other_runners);
     let vz_note = format!(
         "{vz} Virtualization framework VM process(es) on this Mac (all users, macOS and Linux guests alike)"
     );
@@ -303,7 +317,11 @@ pub fn survey(own_tart_home: Option<&std::path::Path>) -> Survey {
                 "VMs not started by this driver: {}; {vz_note}. Apple's limit of two macOS VMs counts them all: macOS jobs wait while they fill it",
                 seen.join(", ")
             ),
-            fix: Some("stop the macOS VMs this runner does not need (`tart stop <name>` as their user), or run macOS jobs on a Mac of their own".into()),
+            fix: Some(if shared {
+                "another runner (user or state directory) drives VMs on this Mac: its slots, --concurrency and warm pool are its own, while Apple's two macOS VMs are the Mac's, so each runner's macOS jobs and warm VMs wait for the other's. Give each runner a Mac of its own, or one runner user and state directory for all jobs; otherwise keep the runners' --macos-vm-limit summing to at most 2".into()
+            } else {
+                "stop the macOS VMs this runner does not need (`tart stop <name>` as their user), or run macOS jobs on a Mac of their own".into()
+            }),
         }
     }
 }

@@ -271,6 +271,16 @@ async fn boot_one(
         Err(_) if record::claimed_by(&state).as_deref() == Some(record::EVICTED) => {
             Ok(Booted::Evicted)
         }
+        // Apple's limit was full of VMs this pool did not start (another runner's, a
+        // developer's): no fault of the image, so no failure to remember.
+        Err(_) if macos && crate::host::foreign::hit_the_limit(&state) => {
+            if let Err(gone) = lifecycle::teardown(tart, settings, &state, Some(lock)).await {
+                eprintln!("warm pool: could not remove the VM: {gone:#}");
+            }
+            Ok(Booted::NoRoom(
+                "Apple's limit is full of macOS VMs this runner did not start".into(),
+            ))
+        }
         Err(e) => {
             if let Err(gone) = lifecycle::teardown(tart, settings, &state, Some(lock)).await {
                 eprintln!("warm pool: could not remove the failed VM: {gone:#}");
