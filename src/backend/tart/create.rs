@@ -11,6 +11,7 @@ use super::LocalTart;
 use crate::backend::types::{Made, NewVm};
 use crate::failure::Failure;
 use crate::guest::identity::Identity;
+use crate::guest::Share;
 use crate::host;
 use crate::host::dhcp;
 use crate::host::foreign;
@@ -144,14 +145,8 @@ impl LocalTart<'_> {
                 info.os
             );
         }
-        let mut run_args = request.run_args(settings, &info.os);
-        for share in &shares {
-            run_args.push("--dir".into());
-            run_args.push(share.dir_arg(&info.os));
-        }
         let identity = Identity::create(state)?;
-        run_args.push("--dir".into());
-        run_args.push(identity.dir_arg());
+        let run_args = run_args(settings, request, &info.os, &shares, &identity);
 
         // Our own hold on the VM's lock lasts until prepare ends. When `tart run` dies at once,
         // the supervisor lets go of it; a concurrent job's sweep would then take the VM for an
@@ -222,6 +217,26 @@ impl LocalTart<'_> {
             held: lock,
         })
     }
+}
+
+/// `tart run`'s arguments for a cloned VM whose guest is `os`: the request's own (graphics or
+/// VNC, network, nested virtualization, root disk options), then one `--dir` per host share
+/// and one for the identity proof. Prepare and the warm pool start their VMs with these.
+pub fn run_args(
+    settings: &Settings,
+    request: &Request,
+    os: &str,
+    shares: &[Share],
+    identity: &Identity,
+) -> Vec<String> {
+    let mut args = request.run_args(settings, os);
+    for share in shares {
+        args.push("--dir".into());
+        args.push(share.dir_arg(os));
+    }
+    args.push("--dir".into());
+    args.push(identity.dir_arg());
+    args
 }
 
 /// Applies CPU, memory, display and a new MAC address in one `tart set`, and only when

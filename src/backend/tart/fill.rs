@@ -322,14 +322,8 @@ async fn boot(
         job_timeout_secs: None,
     };
     let shares = super::shares::shares(settings, &nobody, vm)?;
-    let mut run_args = request.run_args(settings, &info.os);
-    for share in &shares {
-        run_args.push("--dir".into());
-        run_args.push(share.dir_arg(&info.os));
-    }
     let identity = Identity::create(state)?;
-    run_args.push("--dir".into());
-    run_args.push(identity.dir_arg());
+    let run_args = super::create::run_args(settings, request, &info.os, &shares, &identity);
     let mut fds = slots.raw_fds();
     fds.push(std::os::unix::io::AsRawFd::as_raw_fd(lock));
     supervisor::start(state, tart.exe(), &run_args, fds)?;
