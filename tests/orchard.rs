@@ -460,7 +460,7 @@ fn doctor_passes_a_good_token_and_reports_the_fleets_capacity() {
     assert!(
         check(&report, "orchard workers")
             .detail
-            .contains("2 macOS VM slots"),
+            .contains("room for 2 of this runner's VMs"),
         "{report:#?}"
     );
     assert!(
@@ -577,6 +577,97 @@ fn doctor_warns_when_the_runner_takes_more_jobs_than_the_fleet_has_slots() {
     let workers = check(&report, "orchard workers");
     assert_eq!(workers.status, "warn", "{workers:?}");
     assert!(workers.fix.contains("concurrent"), "{workers:?}");
+}
+
+fn labelled(name: &str, label: &str) -> WorkerSpec {
+    let (k, v) = label.split_once('=').unwrap();
+    WorkerSpec {
+        name: name.into(),
+        labels: [(k.to_string(), v.to_string())].into(),
+        ..WorkerSpec::default()
+    }
+}
+
+fn with(mut options: Vec<String>, extra: &[&str]) -> Vec<String> {
+    options.extend(extra.iter().map(|s| s.to_string()));
+    options
+}
+
+#[test]
+fn doctor_counts_only_the_workers_with_the_runners_labels() {
+    let fleet = Fleet::start(|c| {
+        c.workers = vec![
+            labelled("ios-1", "pool=ios"),
+            labelled("android-1", "pool=android"),
+        ];
+    });
+    let options = with(
+        fleet.options(ACCOUNT, TOKEN),
+        &["--orchard-label", "pool=ios"],
+    );
+    let (report, _) = doctor(&with(options.clone(), &["--concurrency", "2"]));
+    let workers = check(&report, "orchard workers");
+    assert_eq!(workers.status, "pass", "{workers:?}");
+    assert!(
+        workers
+            .detail
+            .contains("1 of them macOS workers with the labels pool=ios; room for 2"),
+        "{workers:?}"
+    );
+    // Three jobs at once: the fleet has four slots, but the runner's VMs fit in two.
+    let (report, _) = doctor(&with(options, &["--concurrency", "3"]));
+    let workers = check(&report, "orchard workers");
+    assert_eq!(workers.status, "warn", "{workers:?}");
+    assert!(workers.fix.contains("to 2"), "{workers:?}");
+}
+
+#[test]
+fn doctor_fails_when_no_online_worker_has_the_runners_labels() {
+    let fleet = Fleet::start(|_| {});
+    let options = with(
+        fleet.options(ACCOUNT, TOKEN),
+        &["--orchard-label", "pool=ios"],
+    );
+    let (report, code) = doctor(&options);
+    let workers = check(&report, "orchard workers");
+    assert_eq!(workers.status, "fail", "{workers:?}");
+    assert!(workers.fix.contains("--orchard-label"), "{workers:?}");
+    assert!(workers.fix.contains("--labels"), "{workers:?}");
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn doctor_counts_room_in_the_runners_resource_sizes_after_what_already_runs() {
+    let fleet = Fleet::start(|_| {});
+    // Another client's macOS VM takes one of the worker's two slots.
+    fleet.running_vm("someone-elses-vm", "img");
+    let options = with(
+        fleet.options(ACCOUNT, TOKEN),
+        &["--orchard-resource", "org.cirruslabs.tart-vms=2"],
+    );
+    let (report, _) = doctor(&options);
+    let workers = check(&report, "orchard workers");
+    assert_eq!(workers.status, "pass", "{workers:?}");
+    assert!(
+        workers.detail.contains(
+            "room for 1 of this runner's VMs (org.cirruslabs.tart-vms=2 each), 0 free now"
+        ),
+        "{workers:?}"
+    );
+}
+
+#[test]
+fn doctor_names_a_resource_no_worker_offers() {
+    let fleet = Fleet::start(|_| {});
+    let options = with(
+        fleet.options(ACCOUNT, TOKEN),
+        &["--orchard-resource", "example.com/gpu=1"],
+    );
+    let (report, _) = doctor(&options);
+    let workers = check(&report, "orchard workers");
+    assert_eq!(workers.status, "fail", "{workers:?}");
+    assert!(workers.fix.contains("`example.com/gpu`"), "{workers:?}");
+    assert!(workers.fix.contains("--orchard-resource"), "{workers:?}");
 }
 
 #[test]

@@ -4,20 +4,19 @@
 //! without a name, a port-forward to a VM that does not exist), and only the status tells
 //! whether the role is there.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 
 use super::Report;
+use crate::orchard::capacity;
 use crate::orchard::client::{read_token, ApiError, Client};
 use crate::orchard::settings::OrchardSettings;
 use crate::orchard::trust::Trust;
-use crate::orchard::types::{VmStatus, TART_VMS};
 use crate::settings::Settings;
 
-/// Orchard's default `--worker-offline-timeout`.
-const OFFLINE_AFTER: Duration = Duration::from_secs(180);
 /// A VM name no one uses, for the port-forward role probe.
 const PROBE_VM: &str = "tartdrv-doctor-probe-0";
 const ROLES_FIX: &str = "give the service account the roles compute:read and compute:write on the controller (`orchard create service-account NAME --roles …` makes one)";
@@ -58,7 +57,7 @@ pub(super) fn check(settings: &Settings, r: &mut Report) {
             return;
         }
         if check_roles(&client, r).await {
-            check_capacity(settings, &client, r).await;
+            check_capacity(settings, orchard, &client, r).await;
         }
     });
 }
@@ -234,7 +233,12 @@ async fn check_roles(client: &Client, r: &mut Report) -> bool {
     !missing.iter().any(|m| m == "compute:read")
 }
 
-async fn check_capacity(settings: &Settings, client: &Client, r: &mut Report) {
+async fn check_capacity(
+    settings: &Settings,
+    orchard: &OrchardSettings,
+    client: &Client,
+    r: &mut Report,
+) {
     const NAME: &str = "orchard workers";
     let (workers, vms) = match (client.list_workers().await, client.list_vms().await) {
         (Ok(w), Ok(v)) => (w, v),
@@ -247,36 +251,44 @@ async fn check_capacity(settings: &Settings, client: &Client, r: &mut Report) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let online: Vec<_> = workers
+    let placement = &orchard.placement;
+    let room = capacity::room(&workers, &vms, placement, now);
+    let wants = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let labels = if placement.labels.is_empty() {
+        String::new()
+    } else {
+        format!(" with the labels {}", wants(&placement.labels))
+    };
+    let each = placement
+        .resources
         .iter()
-        .filter(|w| {
-            w.last_seen
-                .is_some_and(|t| now - t.0 <= OFFLINE_AFTER.as_secs() as i64)
-        })
-        .collect();
-    let usable: Vec<_> = online.iter().filter(|w| !w.scheduling_paused).collect();
-    let slots: u64 = usable
-        .iter()
-        .map(|w| w.resources.get(TART_VMS).copied().unwrap_or(0))
-        .sum();
-    let used: u64 = vms
-        .iter()
-        .filter(|vm| vm.status != VmStatus::Failed && usable.iter().any(|w| w.name == vm.worker))
-        .map(|vm| vm.resources.get(TART_VMS).copied().unwrap_or(0))
-        .sum();
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let detail = format!(
-        "{} of {} workers online and not paused; {slots} macOS VM slots, {} free",
-        usable.len(),
+        "{} of {} workers online and not paused, {} of them macOS workers{labels}; room for {} of this runner's VMs ({each} each), {} free now",
+        room.usable,
         workers.len(),
-        slots.saturating_sub(used)
+        room.matching,
+        room.slots,
+        room.free
     );
-    if usable.is_empty() || slots == 0 {
+    if room.usable == 0 {
         r.fail(NAME, detail, "start `orchard worker run` on each Mac (with a bootstrap token for this controller), resume paused workers, and check that they reach the controller");
-    } else if u64::from(settings.concurrency) > slots {
+    } else if room.matching == 0 {
+        r.fail(NAME, detail, "no online Mac worker has every label of --orchard-label (YAML orchard.labels): start the workers with `orchard worker run --labels KEY=VALUE`, or change the runner's labels");
+    } else if let (0, Some(lacking)) = (room.slots, &room.lacking) {
+        r.fail(NAME, detail, format!("no matching worker offers enough `{lacking}` for one VM: lower it in --orchard-resource (YAML orchard.resources), or give the workers more with `orchard worker run --resources {lacking}=N`"));
+    } else if u64::from(settings.concurrency) > room.slots {
         r.warn(
             NAME,
-            format!("{detail}; --concurrency {} is more than the fleet's {slots} slots", settings.concurrency),
-            format!("lower --concurrency and config.toml `concurrent` to {slots} or add Macs: GitLab's job timer runs while a VM waits in `pending`"),
+            format!("{detail}; --concurrency {} is more than the {} VMs the fleet holds", settings.concurrency, room.slots),
+            format!("lower --concurrency and config.toml `concurrent` to {} or add Macs: GitLab's job timer runs while a VM waits in `pending`", room.slots),
         );
     } else {
         r.pass(NAME, detail);

@@ -12,6 +12,7 @@
 //! May use: host (the state directory), guest (shell quoting) and the shared kinds; never
 //! settings, the job's request, the backends, the stages or doctor.
 
+pub mod capacity;
 pub mod client;
 pub mod identity;
 pub mod name;

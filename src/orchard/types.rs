@@ -100,6 +100,10 @@ pub struct Vm {
 #[serde(default)]
 pub struct Worker {
     pub name: String,
+    /// `arm64` or `amd64`; a VM goes only to a worker of its arch and runtime.
+    pub arch: String,
+    /// `tart` (a Mac) or `vetu` (Linux).
+    pub runtime: String,
     #[serde(deserialize_with = "timestamp")]
     pub last_seen: Option<Timestamp>,
     pub scheduling_paused: bool,
