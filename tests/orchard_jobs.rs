@@ -217,6 +217,9 @@ fn port_forward_refusals_while_the_vm_comes_up_are_retried() {
     fleet.assert_nothing_left();
 }
 
+/// A step no other test runs, so its process names this job's script.
+const LONG_STEP: &str = "sleep 29.75";
+
 #[test]
 fn a_controller_restart_mid_script_is_a_system_failure_and_nothing_is_left() {
     let fleet = Fleet::start(|_| {});
@@ -224,20 +227,20 @@ fn a_controller_restart_mid_script_is_a_system_failure_and_nothing_is_left() {
         let job = s.spawn(|| {
             run_job(
                 &fleet.bed.runner(),
-                &job().script(["echo long-step", "sleep 30", "echo never-printed"]),
+                &job().script(["echo long-step", LONG_STEP, "echo never-printed"]),
             )
         });
-        // The master is up once the port-forward was served; then prepare's guest setup
-        // and the first short stages pass, and the 30 s step runs.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while fleet.sim.port_forwards_served() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_secs(8));
+        // The restart comes while the long step runs in the guest (its process is visible
+        // from here: the guests are namespaces of this machine).
+        let running = common::wait_until(Duration::from_secs(120), || {
+            !common::pids_with_args(&LONG_STEP.split(' ').collect::<Vec<_>>()).is_empty()
+        });
         fleet.sim.restart(Duration::from_millis(500));
+        assert!(running, "the long step never ran");
         job.join().unwrap()
     });
     out.assert_system_failure()
+        .assert_log_contains("long-step")
         .assert_log_contains("whether the script finished is unknown");
     assert!(!out.log.contains("never-printed"), "{}", out.log);
     fleet.assert_nothing_left();
