@@ -7,9 +7,10 @@ mod common;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::{Bed, MACOS};
+use common::{wait_until, Bed, LINUX, MACOS};
 
 /// `nobody`: a local user other than the runner's.
 const OTHER_UID: u32 = 65534;
@@ -253,4 +254,110 @@ fn the_admin_can_opt_in_to_identity_from_variables_for_old_runners() {
     let (code, log) = bed.stage(&job, &["cleanup"]);
     assert_eq!(code, 0, "{log}");
     bed.assert_nothing_left();
+}
+
+/// The warm VMs booted and waiting for a job, by record.
+fn ready_warm_vms(bed: &Bed) -> Vec<PathBuf> {
+    bed.vm_state_dirs()
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("tartdrv-warm-")
+                && p.join("warm-ready").exists()
+                && !p.join("warm-claim").exists()
+        })
+        .collect()
+}
+
+/// A guest script printing whether `ip`'s sshd answered (where an image's shared `admin`
+/// password would let the guest in).
+fn probe_neighbour(ip: &str) -> Vec<u8> {
+    format!(
+        "if timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/22; head -c 4 <&3' 2>/dev/null | grep -q SSH-; then echo NEIGHBOUR-REACHED; else echo NEIGHBOUR-UNREACHABLE; fi\n"
+    )
+    .into_bytes()
+}
+
+/// `doctor`'s `softnet` check with the bed's options and `extra`: (status, detail).
+fn doctor_softnet(bed: &Bed, extra: &[&str]) -> (String, String) {
+    let state = bed.state_dir.display().to_string();
+    let mut args = vec!["doctor", "--format", "json", "--state-dir", &state];
+    args.extend(bed.options.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    let out = bed.driver(&args);
+    let report: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let check = report
+        .iter()
+        .find(|c| c["check"] == "softnet")
+        .expect("a softnet check");
+    (
+        check["status"].as_str().unwrap().to_string(),
+        check["detail"].to_string(),
+    )
+}
+
+/// One job at a time (`--concurrency 1`) with a warm pool is two VMs at once: the warm VM
+/// booted beside the job is the next job's VM. With the admin's defaults both run behind
+/// Softnet, so the running job's guest cannot open the warm VM's sshd (and could not
+/// send as its address); `doctor` sees no exposure.
+#[test]
+fn a_jobs_guest_cannot_reach_the_warm_vm_booted_beside_it() {
+    let bed = Bed::new().option(["--warm-pool", "1", "--warm-image", LINUX]);
+    let job = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        wait_until(Duration::from_secs(90), || ready_warm_vms(&bed).len() == 1),
+        "no warm VM was booted beside the job"
+    );
+    let warm = ready_warm_vms(&bed).remove(0);
+    let warm_vm = warm.file_name().unwrap().to_string_lossy().into_owned();
+    let warm_ip = bed.sim.tart_ok(["ip", &warm_vm]).trim().to_string();
+    let (code, log) = bed.run_script(&job, "build_script", &probe_neighbour(&warm_ip));
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("NEIGHBOUR-UNREACHABLE"), "{log}");
+    let runs: Vec<Vec<String>> = bed
+        .sim
+        .invocations()
+        .into_iter()
+        .filter(|i| i.args.first().map(String::as_str) == Some("run"))
+        .map(|i| i.args)
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs.iter().all(|a| a.iter().any(|x| x == "--net-softnet")),
+        "{runs:?}"
+    );
+    let (status, detail) = doctor_softnet(&bed, &[]);
+    assert_ne!(status, "warn", "{detail}");
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    let state = bed.state_dir.display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(90), || common::pids_with_args(&[
+            "warm",
+            "--background",
+            &state
+        ])
+        .is_empty()),
+        "a background replenisher did not finish"
+    );
+    let out = bed.driver(&["warm", "--state-dir", &state, "--warm-pool", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}
+
+/// The admin's opt-out still wins over the warm pool's default, and `doctor` says what it
+/// costs.
+#[test]
+fn with_softnet_turned_off_beside_a_warm_pool_doctor_warns() {
+    let bed = Bed::new().option(["--warm-pool", "1", "--warm-image", LINUX]);
+    let (status, detail) = doctor_softnet(&bed, &["--no-softnet"]);
+    assert_eq!(status, "warn", "{detail}");
+    assert!(detail.contains("2 VMs can run at once"), "{detail}");
+    assert!(detail.contains("--warm-pool 1"), "{detail}");
 }

@@ -4,8 +4,8 @@
 //! host, so one job's guest could reach another job's VM (images often share their
 //! password) or answer in its place. Softnet filters each guest's traffic: its own MAC and
 //! leased IP only, nothing to other guests or the host's private networks. It is therefore
-//! on by default whenever more than one VM can run; the admin may turn it off, a job may
-//! only turn it on.
+//! on by default whenever more than one VM can run (jobs at `--concurrency` and the warm
+//! VMs booted beside them); the admin may turn it off, a job may only turn it on.
 
 use crate::settings::Settings;
 
@@ -14,9 +14,18 @@ pub fn exposure(settings: &Settings) -> Option<String> {
     if let Some(interface) = &settings.bridged {
         return Some(format!("VMs are bridged onto {interface}: every job's guest shares that network with the others' (Softnet does not apply)"));
     }
-    (settings.concurrency > 1 && !settings.softnet).then(|| {
-        format!("Softnet is off with --concurrency {}: one job's guest can reach another job's VM over Tart's shared NAT network", settings.concurrency)
+    let at_once = vms_at_once(settings);
+    (at_once > 1 && !settings.softnet).then(|| {
+        format!(
+            "Softnet is off while {at_once} VMs can run at once (--concurrency {}, --warm-pool {}): one job's guest can reach another job's VM, or a warm VM a later job will get, over Tart's shared NAT network, and send as its IP and MAC address",
+            settings.concurrency, settings.warm.pool
+        )
     })
+}
+
+/// How many VMs this runner may have running at once: the jobs' and the warm pool's.
+pub fn vms_at_once(settings: &Settings) -> u32 {
+    settings.concurrency.saturating_add(settings.warm.pool)
 }
 
 #[cfg(test)]
@@ -43,6 +52,28 @@ mod tests {
         };
         assert!(!settings(off.clone()).softnet);
         assert!(exposure(&settings(off)).unwrap().contains("Softnet is off"));
+    }
+
+    /// A warm VM runs beside the job: one job at a time is still two VMs at once.
+    #[test]
+    fn softnet_is_on_by_default_when_a_warm_pool_runs_beside_a_single_job() {
+        let warm = Options {
+            warm: crate::settings::warm::WarmOptions {
+                pool: Some(1),
+                images: vec!["ghcr.io/org/img:1".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(settings(warm.clone()).softnet);
+        assert!(exposure(&settings(warm.clone())).is_none());
+        let off = Options {
+            no_softnet: true,
+            ..warm
+        };
+        assert!(!settings(off.clone()).softnet);
+        let why = exposure(&settings(off)).expect("an exposure");
+        assert!(why.contains("2 VMs can run at once"), "{why}");
     }
 
     #[test]

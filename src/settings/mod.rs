@@ -239,6 +239,14 @@ impl Settings {
         if pull_concurrency == Some(0) {
             bail!("--pull-concurrency must be at least 1");
         }
+        // Warm VMs run beside the jobs' VMs: they count for isolation as for sizing.
+        let warm = crate::settings::warm::WarmSettings::merge(
+            &o.warm,
+            file.warm_pool,
+            file.warm_images,
+            file.warm_expiry,
+            default_image.as_deref(),
+        )?;
         Ok(Settings {
             tart_executable: o
                 .tart_executable
@@ -283,7 +291,12 @@ impl Settings {
             guest_builds_dir,
             guest_cache_dir,
             job_overrides,
-            softnet: softnet_wanted(o, file.softnet, concurrency, &softnet_allow),
+            softnet: softnet_wanted(
+                o,
+                file.softnet,
+                concurrency.saturating_add(warm.pool),
+                &softnet_allow,
+            ),
             registry: crate::host::registry_policy::Policy {
                 public_images: compile_all(
                     if o.public_images.is_empty() {
@@ -309,13 +322,7 @@ impl Settings {
             orchard: crate::orchard::settings::OrchardSettings::merge(&o.orchard, file.orchard)?,
             unsafe_job_identity_from_variables: o.unsafe_job_identity_from_variables
                 || file.unsafe_job_identity_from_variables.unwrap_or(false),
-            warm: crate::settings::warm::WarmSettings::merge(
-                &o.warm,
-                file.warm_pool,
-                file.warm_images,
-                file.warm_expiry,
-                default_image.as_deref(),
-            )?,
+            warm,
             default_image,
         })
     }

@@ -122,7 +122,7 @@ pub struct Options {
     #[arg(long, value_name = "VERSION")]
     pub gitlab_runner_version: Option<String>,
 
-    /// Isolate each VM's network with Softnet [default: on when --concurrency > 1] (job variable TART_EXECUTOR_SOFTNET_ENABLED may only turn it on)
+    /// Isolate each VM's network with Softnet [default: on when --concurrency + --warm-pool > 1, more than one VM at once] (job variable TART_EXECUTOR_SOFTNET_ENABLED may only turn it on)
     #[arg(long, overrides_with = "no_softnet")]
     pub softnet: bool,
 
@@ -216,8 +216,9 @@ pub fn switch(on: bool, off: bool, file: Option<bool>, default: bool) -> bool {
 }
 
 /// Whether VMs use Softnet: the admin's `--softnet`/`--no-softnet` or the file's `softnet`,
-/// on by default when the host runs more than one VM; any `--softnet-allow` range (which
-/// only Softnet can honour) turns it on.
-pub fn softnet_wanted(o: &Options, file: Option<bool>, concurrency: u32, allow: &[String]) -> bool {
-    switch(o.softnet, o.no_softnet, file, concurrency > 1) || !allow.is_empty()
+/// on by default when more than one VM can run at once (`vms_at_once`: the jobs'
+/// `--concurrency` plus the warm VMs booted beside them); any `--softnet-allow` range
+/// (which only Softnet can honour) turns it on.
+pub fn softnet_wanted(o: &Options, file: Option<bool>, vms_at_once: u32, allow: &[String]) -> bool {
+    switch(o.softnet, o.no_softnet, file, vms_at_once > 1) || !allow.is_empty()
 }
