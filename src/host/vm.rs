@@ -139,11 +139,42 @@ impl VmState {
     /// Takes the VM's lock, waiting while another process (an earlier attempt's
     /// supervisor being stopped, a sweep) holds it. The record must exist.
     pub fn lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
-        let dir = self.existing()?;
+        self.lock_with(wait, || self.existing())
+    }
+
+    /// Creates the record if needed and takes the VM's lock, waiting up to `wait`. The
+    /// holder waited for may be a sweep tearing the VM down, which removes the record
+    /// before it lets go of the lock: then the record is created afresh.
+    pub fn create_and_lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
+        self.lock_with(wait, || self.create())
+    }
+
+    /// Takes the lock of the record `record` opens, again from the path whenever the
+    /// record there was replaced meanwhile, waiting up to `wait` for a holder.
+    fn lock_with(
+        &self,
+        wait: std::time::Duration,
+        record: impl Fn() -> Result<Dir>,
+    ) -> Result<Option<File>> {
         let deadline = std::time::Instant::now() + wait;
+        let mut replaced = 0;
         loop {
-            if let Some(file) = try_lock(&dir, LOCK)? {
-                return Ok(Some(file));
+            let dir = record()?;
+            match self.lock_record(&dir)? {
+                Attempt::Locked(file) => return Ok(Some(file)),
+                Attempt::Busy => {}
+                // A sweep's teardown removed the record between our look and our lock
+                // (the lock it let go of is on a file nobody opens any more): the next
+                // record is another's to race for, so it is taken afresh.
+                Attempt::Replaced if replaced < MAX_REPLACED => {
+                    replaced += 1;
+                    continue;
+                }
+                Attempt::Replaced => anyhow::bail!(
+                    "the record of VM {} at {} was replaced {MAX_REPLACED} times while this process took its lock: another process keeps removing and recreating it; stop the other driver process using this state directory (`ps ax | grep tartdrv`), or use a state directory of this runner's own",
+                    self.name,
+                    self.dir.display()
+                ),
             }
             if std::time::Instant::now() >= deadline {
                 return Ok(None);
@@ -152,28 +183,27 @@ impl VmState {
         }
     }
 
-    /// Creates the record if needed and takes the VM's lock, waiting up to `wait`. The
-    /// holder waited for may be a sweep tearing the VM down, which removes the record
-    /// before it lets go of the lock: then the record is created afresh.
-    pub fn create_and_lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
-        let deadline = std::time::Instant::now() + wait;
-        let mut vanished = 0;
-        loop {
-            let dir = self.create()?;
-            match try_lock(&dir, LOCK) {
-                Ok(Some(file)) => return Ok(Some(file)),
-                Ok(None) => {}
-                // The record went while we opened its lock: take the next one.
-                Err(_) if vanished < 3 && !self.exists() => {
-                    vanished += 1;
-                    continue;
+    /// One try at the lock of the record `dir` (a handle opened earlier). A flock belongs
+    /// to a file, not to its path: after taking it, the lock file found afresh from the
+    /// state directory's root (every level checked, no link followed) must be the one
+    /// held, same device and inode, or the lock guards a removed or moved-away record
+    /// while another process locks the one at the path.
+    fn lock_record(&self, dir: &Dir) -> Result<Attempt> {
+        let held = match try_lock(dir, LOCK) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(Attempt::Busy),
+            // The record went while we opened its lock (the directory is gone, so no new
+            // file can be made in it): the path decides.
+            Err(e) => {
+                return match self.record()? {
+                    Some(now) if now.same_as(dir)? => Err(e),
+                    _ => Ok(Attempt::Replaced),
                 }
-                Err(e) => return Err(e),
             }
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        match self.record()? {
+            Some(now) if now.still_names(LOCK, &held)? => Ok(Attempt::Locked(held)),
+            _ => Ok(Attempt::Replaced),
         }
     }
 
@@ -332,6 +362,20 @@ const EXPIRES: &str = "expires";
 /// Takes the lock of file `name` in `dir`, if free. A lock belongs to an inode, not to a
 /// name, so a lock taken on a file that was meanwhile deleted (a sweep) and replaced would
 /// guard nothing: such a lock is let go and the new file tried.
+/// How often in a row a record may be replaced under a lock being taken before that is
+/// an error: a sweep replaces it at most once; more is another process fighting over it.
+const MAX_REPLACED: u32 = 5;
+
+/// The outcome of one try at a VM's lock.
+enum Attempt {
+    /// Held, on the lock file at the record's path.
+    Locked(File),
+    /// Another process holds it.
+    Busy,
+    /// The record at the path is no longer the one the lock was taken in.
+    Replaced,
+}
+
 pub fn try_lock(dir: &Dir, name: &str) -> Result<Option<File>> {
     for _ in 0..3 {
         let file = dir.open(name, libc::O_RDWR | libc::O_CREAT)?;
@@ -374,6 +418,51 @@ mod tests {
         assert_eq!(VmName::parse_ours("grtd-proj-1-2-0"), None);
         assert_eq!(VmName::parse_ours("tartdrv-abc-x"), None);
         assert_eq!(VmName::parse_ours("tartdrv--5"), None);
+    }
+
+    fn record_in_tmp() -> (tempfile::TempDir, VmState) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let root = StateDir::open_ignoring_socket_limit(&tmp.path().join("state")).unwrap();
+        let vm = VmState::new(&root, &VmName::for_job("abc123", 7));
+        (tmp, vm)
+    }
+
+    /// A sweep's teardown moves or removes the record while a prepare, holding a handle of
+    /// it, takes its lock: that lock is on a file no longer at the path, and a second
+    /// process locking the new record there would hold "the same" lock. It is not kept.
+    #[test]
+    fn a_lock_taken_in_a_record_replaced_meanwhile_is_not_kept() {
+        let (tmp, vm) = record_in_tmp();
+        let stale = vm.create().unwrap();
+        std::fs::rename(&vm.dir, tmp.path().join("moved-away")).unwrap();
+        vm.create().unwrap();
+        assert!(matches!(vm.lock_record(&stale).unwrap(), Attempt::Replaced));
+        let other = vm.lock(std::time::Duration::ZERO).unwrap().expect("free");
+        assert!(vm
+            .record()
+            .unwrap()
+            .unwrap()
+            .still_names(LOCK, &other)
+            .unwrap());
+    }
+
+    /// Removed outright (the teardown's `remove_dir_all`) and created anew: the same.
+    #[test]
+    fn a_lock_in_a_removed_record_is_not_kept_and_the_new_record_is_locked() {
+        let (_tmp, vm) = record_in_tmp();
+        let stale = vm.create().unwrap();
+        std::fs::remove_dir_all(&vm.dir).unwrap();
+        vm.create().unwrap();
+        assert!(matches!(vm.lock_record(&stale).unwrap(), Attempt::Replaced));
+        let file = vm
+            .create_and_lock(std::time::Duration::ZERO)
+            .unwrap()
+            .expect("the new record's lock");
+        let now = vm.record().unwrap().unwrap();
+        assert!(now.still_names(LOCK, &file).unwrap());
+        assert!(!vm.lock_is_free());
     }
 
     #[test]

@@ -358,6 +358,12 @@ impl Dir {
         }
     }
 
+    /// Whether `other` is a handle of the same directory (device and inode).
+    pub fn same_as(&self, other: &Dir) -> Result<bool> {
+        let (a, b) = (self.fstat()?, other.fstat()?);
+        Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+    }
+
     /// Whether `file` (held open) is still the file named `name` here: a lock belongs to an
     /// inode, and one whose name was meanwhile removed and created anew guards nothing.
     pub fn still_names(&self, name: &str, file: &File) -> Result<bool> {
