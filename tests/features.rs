@@ -262,12 +262,14 @@ fn private_registry_credentials_from_job_variables_reach_tart_and_nowhere_else()
 
 #[test]
 fn explicit_cpu_memory_and_display_are_applied_to_the_vm() {
-    let bed = Bed::new().option(["--cpu", "5", "--memory", "9000", "--display", "1280x800"]);
+    // 2 CPUs: not the image's 4, and no more than a test host has (a VM never gets more
+    // than the host's).
+    let bed = Bed::new().option(["--cpu", "2", "--memory", "9000", "--display", "1280x800"]);
     let out = run_job(
         &bed.runner().cleanup_exec(None),
         &Job::new().image(MACOS).script(["true"]),
     );
-    out.assert_success().assert_log_contains("5 CPUs, 9000 MiB");
+    out.assert_success().assert_log_contains("2 CPUs, 9000 MiB");
     let vm = bed.sim.local_vms().into_iter().next().unwrap().name;
     let info = bed.sim.tart_ok(["get", &vm, "--format", "json"]);
     assert!(info.contains("1280x800"), "{info}");

@@ -129,7 +129,7 @@ fn a_cold_macos_job_stops_a_warm_vm_to_get_its_slot() {
         "--macos-vm-limit",
         "1",
         "--cpu",
-        "4",
+        "2",
     ]);
     let (ok, log) = warm(&bed, &[]);
     assert!(ok, "{log}");

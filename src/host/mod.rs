@@ -195,8 +195,36 @@ pub enum TooSmall {
     Settings(String),
 }
 
+/// What an image's VM has of its own (`cpuCount`, `memorySize`), which it keeps when
+/// nothing sizes it (`--no-auto-resources` without `--cpu`/`--memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Own {
+    pub cpu: u64,
+    pub memory_mib: u64,
+}
+
+/// The CPU count and memory (MiB) to give a job's VM, or None to keep the image's own,
+/// which must fit the host too: a job picks the image.
+pub fn vm_resources_for(
+    limits: &Limits,
+    minimum: Minimum,
+    own: Own,
+    macos: bool,
+) -> Result<Sizing, TooSmall> {
+    measure_host(limits, minimum, Some(own), macos)
+}
+
 /// The CPU count and memory (MiB) to give a VM, or None to keep the image's.
 pub fn vm_resources(limits: &Limits, minimum: Minimum, macos: bool) -> Result<Sizing, TooSmall> {
+    measure_host(limits, minimum, None, macos)
+}
+
+fn measure_host(
+    limits: &Limits,
+    minimum: Minimum,
+    own: Option<Own>,
+    macos: bool,
+) -> Result<Sizing, TooSmall> {
     let host_cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
@@ -205,7 +233,7 @@ pub fn vm_resources(limits: &Limits, minimum: Minimum, macos: bool) -> Result<Si
         sys.refresh_memory();
         sys.total_memory() / 1024 / 1024
     };
-    size(limits, minimum, macos, host_cpus, host_mib)
+    size(limits, minimum, own, macos, host_cpus, host_mib)
 }
 
 /// How many VMs of this kind can run at once, sharing the host: Apple's limit caps macOS
@@ -225,6 +253,7 @@ fn vms_at_once(limits: &Limits, macos: bool) -> u64 {
 fn size(
     limits: &Limits,
     minimum: Minimum,
+    own: Option<Own>,
     macos: bool,
     host_cpus: u64,
     host_mib: impl FnOnce() -> u64,
@@ -238,18 +267,33 @@ fn size(
     };
     // The image's minimum raises nothing: a job picks the image, and a minimum of the whole
     // host would starve the other VMs this host runs.
+    // Nor does anything else exceed the host: Virtualization refuses a VM with more CPUs
+    // or memory than the Mac has, with a message that names neither the image nor the flag.
     let pick = |explicit: Option<Resource>,
                 what: &str,
                 unit: &str,
                 flag: &str,
                 min: u64,
+                own: Option<u64>,
                 whole: u64,
                 auto: &dyn Fn() -> u64| {
         let (value, fixed) = match explicit {
+            Some(Resource::Fixed(n)) if n > whole => {
+                return Err(TooSmall::Settings(format!(
+                    "--{flag} {n} gives each VM more {what} than this host can give any VM ({whole}{unit}): the admin can lower --{flag} to {whole} or less, or use `auto`"
+                )))
+            }
             Some(Resource::Fixed(n)) => (n, true),
             Some(Resource::Auto) => (auto(), false),
             None if limits.auto_resources => (auto(), false),
-            None => return Ok(None),
+            None => {
+                return match own {
+                    Some(own) if own > whole => Err(TooSmall::Image(format!(
+                        "the image's VM has {own}{unit} {what}, more than this host can give any VM ({whole}{unit}), and this runner keeps an image's own size (--no-auto-resources): use a smaller image, or the admin can set --{flag}"
+                    ))),
+                    _ => Ok(None),
+                }
+            }
         };
         if min <= value {
             return Ok(Some(value));
@@ -276,6 +320,7 @@ fn size(
         "",
         "cpu",
         minimum.cpu,
+        own.map(|o| o.cpu),
         host_cpus,
         &|| share(host_cpus),
     )?;
@@ -286,6 +331,7 @@ fn size(
         " MiB",
         "memory",
         minimum.memory_mib,
+        own.map(|o| o.memory_mib),
         usable_mib,
         &|| share(usable_mib),
     )?;
@@ -314,7 +360,10 @@ mod tests {
 
     #[test]
     fn auto_resources_split_the_host_evenly_and_keep_a_reserve() {
-        let s = size(&limits(2), Minimum::default(), false, 12, || 32 * 1024).unwrap();
+        let s = size(&limits(2), Minimum::default(), None, false, 12, || {
+            32 * 1024
+        })
+        .unwrap();
         assert_eq!(
             s,
             Sizing {
@@ -328,9 +377,9 @@ mod tests {
     /// at concurrency 3 a Cirrus image (4096 MiB minimum) gets (12 − 2) GiB ÷ 2, not ÷ 3.
     #[test]
     fn a_macos_vm_shares_the_host_with_at_most_the_macos_limit_of_vms() {
-        let s = size(&limits(3), min(2, 4096), true, 8, || 12 * 1024).unwrap();
+        let s = size(&limits(3), min(2, 4096), None, true, 8, || 12 * 1024).unwrap();
         assert_eq!((s.cpu, s.memory_mib), (Some(4), Some(5 * 1024)));
-        let s = size(&limits(3), Minimum::default(), false, 9, || 12 * 1024).unwrap();
+        let s = size(&limits(3), Minimum::default(), None, false, 9, || 12 * 1024).unwrap();
         assert_eq!((s.cpu, s.memory_mib), (Some(3), Some(10 * 1024 / 3)));
     }
 
@@ -338,7 +387,7 @@ mod tests {
     /// to fix, named as such.
     #[test]
     fn a_minimum_the_host_could_meet_but_the_share_cannot_names_the_admins_setting() {
-        let err = size(&limits(2), min(1, 8192), false, 8, || 16 * 1024).unwrap_err();
+        let err = size(&limits(2), min(1, 8192), None, false, 8, || 16 * 1024).unwrap_err();
         let TooSmall::Settings(why) = err else {
             panic!("{err:?}")
         };
@@ -349,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_minimum_beyond_the_whole_host_is_the_images_fault() {
-        let err = size(&limits(2), min(64, 0), false, 8, || 16 * 1024).unwrap_err();
+        let err = size(&limits(2), min(64, 0), None, false, 8, || 16 * 1024).unwrap_err();
         let TooSmall::Image(why) = err else {
             panic!("{err:?}")
         };
@@ -359,7 +408,7 @@ mod tests {
 
     #[test]
     fn an_image_minimum_within_the_share_is_fine() {
-        let s = size(&limits(2), min(2, 4096), false, 4, || 24 * 1024).unwrap();
+        let s = size(&limits(2), min(2, 4096), None, false, 4, || 24 * 1024).unwrap();
         assert_eq!(s.cpu, Some(2));
         assert_eq!(s.memory_mib, Some(11 * 1024));
     }
@@ -370,15 +419,74 @@ mod tests {
         st.cpu = Some(Resource::Fixed(3));
         st.auto_resources = true;
         assert_eq!(
-            size(&st, Minimum::default(), false, 16, || 1024)
+            size(&st, Minimum::default(), None, false, 16, || 1024)
                 .unwrap()
                 .cpu,
             Some(3)
         );
-        let err = size(&st, min(4, 0), false, 16, || 1024).unwrap_err();
+        let err = size(&st, min(4, 0), None, false, 16, || 1024).unwrap_err();
         assert_eq!(
             err,
             TooSmall::Settings("the image needs at least 4 CPUs, more than the 3 this runner gives each VM (--cpu 3): the admin can raise --cpu to 4 or more".into())
+        );
+    }
+
+    /// `--no-auto-resources` keeps the image's own size, which a job chooses: one bigger
+    /// than the host fails the job (its image), instead of a VM Virtualization refuses.
+    #[test]
+    fn without_auto_an_image_bigger_than_the_host_fails_the_job() {
+        let mut st = limits(1);
+        st.auto_resources = false;
+        let own = |cpu, memory_mib| Some(Own { cpu, memory_mib });
+        let err = size(&st, Minimum::default(), own(64, 4096), false, 8, || {
+            16 * 1024
+        })
+        .unwrap_err();
+        let TooSmall::Image(why) = err else {
+            panic!("{err:?}")
+        };
+        assert!(why.contains("64 CPUs"), "{why}");
+        assert!(
+            why.contains("more than this host can give any VM (8)"),
+            "{why}"
+        );
+        let err = size(&st, Minimum::default(), own(4, 1 << 20), false, 8, || {
+            16 * 1024
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, TooSmall::Image(why) if why.contains("14336 MiB")),
+            "{err:?}"
+        );
+        assert_eq!(
+            size(&st, Minimum::default(), own(8, 14336), false, 8, || 16
+                * 1024)
+            .unwrap(),
+            Sizing {
+                cpu: None,
+                memory_mib: None
+            }
+        );
+    }
+
+    /// The admin's explicit `--cpu`/`--memory` are bounded by the host too; the admin's
+    /// to fix, named as such.
+    #[test]
+    fn an_explicit_value_beyond_the_host_names_the_admins_setting() {
+        let mut st = limits(1);
+        st.cpu = Some(Resource::Fixed(32));
+        let err = size(&st, Minimum::default(), None, false, 8, || 16 * 1024).unwrap_err();
+        assert_eq!(
+            err,
+            TooSmall::Settings("--cpu 32 gives each VM more CPUs than this host can give any VM (8): the admin can lower --cpu to 8 or less, or use `auto`".into())
+        );
+        st.cpu = None;
+        st.memory = Some(Resource::Fixed(64 * 1024));
+        st.auto_resources = false;
+        let err = size(&st, Minimum::default(), None, false, 8, || 16 * 1024).unwrap_err();
+        assert!(
+            matches!(&err, TooSmall::Settings(why) if why.contains("--memory 65536") && why.contains("14336 MiB")),
+            "{err:?}"
         );
     }
 
@@ -387,7 +495,7 @@ mod tests {
         let mut st = limits(1);
         st.auto_resources = false;
         assert_eq!(
-            size(&st, Minimum::default(), false, 16, || 1024).unwrap(),
+            size(&st, Minimum::default(), None, false, 16, || 1024).unwrap(),
             Sizing {
                 cpu: None,
                 memory_mib: None

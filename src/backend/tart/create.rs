@@ -262,9 +262,14 @@ pub async fn configure(
             }
         }
     };
-    let sizing = host::vm_resources(
+    let own = host::Own {
+        cpu: config.cpu,
+        memory_mib: config.memory_mib,
+    };
+    let sizing = host::vm_resources_for(
         &settings.host_limits(),
         config.minimum,
+        own,
         config.os != "linux",
     )
     .map_err(|too_small| match too_small {
