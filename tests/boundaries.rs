@@ -91,14 +91,32 @@ fn an_image_the_host_could_run_but_the_admins_concurrency_cannot_is_a_system_fai
 /// image minimum at all and lets the greedy image take the host.
 #[test]
 fn without_tart_home_the_image_minimum_is_read_where_tart_keeps_the_vm_not_under_home() {
+    greedy_image_refused_in_tarts_default_home(None);
+}
+
+/// `TART_HOME=` with no value (a launchd plist's empty string) is no TART_HOME for the
+/// driver, and Tart must agree: Tart takes it as its working directory, where the driver
+/// would read no image minimum.
+#[test]
+fn an_empty_tart_home_is_tarts_default_home_for_the_driver_and_for_tart() {
+    greedy_image_refused_in_tarts_default_home(Some(""));
+}
+
+/// Prepare of the greedy image with `TART_HOME` unset (None) or set to `tart_home`, Tart's
+/// default home in Foundation's home: refused for its minimum, Tart's VM where the driver
+/// looked.
+fn greedy_image_refused_in_tarts_default_home(tart_home: Option<&str>) {
     let bed = Bed::new().image(GREEDY, Image::linux().minimum(4096, 4 << 20));
     // Foundation's home holds Tart's default home (the simulator's TART_HOME).
     std::os::unix::fs::symlink(bed.sim.tart_home(), bed.sim.home_dir().join(".tart")).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let job = bed.direct_job(GREEDY);
-    let out = bed
-        .stage_command(&job, &["prepare"])
-        .env_remove("TART_HOME")
+    let mut prepare = bed.stage_command(&job, &["prepare"]);
+    match tart_home {
+        None => prepare.env_remove("TART_HOME"),
+        Some(value) => prepare.env("TART_HOME", value),
+    };
+    let out = prepare
         .env("CFFIXED_USER_HOME", bed.sim.home_dir())
         .env("HOME", elsewhere.path())
         .output()
@@ -106,6 +124,10 @@ fn without_tart_home_the_image_minimum_is_read_where_tart_keeps_the_vm_not_under
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("needs at least 4096 CPUs"), "{log}");
+    assert!(
+        !job.dir.path().join("vms").exists(),
+        "Tart's home was the working directory"
+    );
     let (code, log) = bed.stage(&job, &["cleanup"]);
     assert_eq!(code, 0, "{log}");
     bed.assert_nothing_left();

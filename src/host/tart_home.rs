@@ -34,6 +34,26 @@ pub fn home() -> Option<PathBuf> {
     resolve(|name| std::env::var_os(name), user_db_home)
 }
 
+/// The variables Tart's home is found by, set but empty. The driver takes an empty one as
+/// unset, and Tart must too: Tart takes `TART_HOME=""` as a path (Foundation resolves the
+/// empty path against the working directory), so its VMs would land where the driver never
+/// looks, and prepare would read no image minimum.
+pub fn empty_home_vars(env: impl Fn(&str) -> Option<OsString>) -> Vec<&'static str> {
+    ["TART_HOME", "CFFIXED_USER_HOME"]
+        .into_iter()
+        .filter(|name| env(name).is_some_and(|v| v.is_empty()))
+        .collect()
+}
+
+/// Removes [`empty_home_vars`] from this process's environment, so that every `tart` it
+/// starts finds the home the driver found. Called once, first thing in `main`, while the
+/// process has a single thread.
+pub fn forget_empty_home_vars() {
+    for name in empty_home_vars(|name| std::env::var_os(name)) {
+        std::env::remove_var(name);
+    }
+}
+
 fn resolve(
     env: impl Fn(&str) -> Option<OsString>,
     user_db_home: impl FnOnce() -> Option<PathBuf>,
@@ -125,6 +145,18 @@ mod tests {
         assert_eq!(resolve(env, db), Some(PathBuf::from("/Volumes/vms")));
         let env = env_of(&[("TART_HOME", ""), ("CFFIXED_USER_HOME", "/x")]);
         assert_eq!(resolve(env, db), Some(PathBuf::from("/x/.tart")));
+    }
+
+    /// An empty TART_HOME is unset for the driver (`resolve`) and is removed before any
+    /// `tart` starts, since Tart would take it as its working directory.
+    #[test]
+    fn an_empty_tart_home_is_treated_as_unset_and_removed_for_tart() {
+        let env = env_of(&[("TART_HOME", ""), ("CFFIXED_USER_HOME", "/x")]);
+        assert_eq!(empty_home_vars(&env), ["TART_HOME"]);
+        assert_eq!(resolve(env, || None), Some(PathBuf::from("/x/.tart")));
+        let env = env_of(&[("TART_HOME", "/Volumes/vms"), ("CFFIXED_USER_HOME", "")]);
+        assert_eq!(empty_home_vars(env), ["CFFIXED_USER_HOME"]);
+        assert!(empty_home_vars(env_of(&[("HOME", "")])).is_empty());
     }
 
     #[test]

@@ -40,9 +40,12 @@ pub fn foundation_home() -> PathBuf {
 }
 
 pub fn tart_home() -> Result<PathBuf, Fail> {
+    // Tart takes any TART_HOME that is set as a path, an empty one too:
+    // `URL(fileURLWithPath: "")` is the working directory.
     let home = match std::env::var_os("TART_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => foundation_home().join(".tart"),
+        Some(h) if h.is_empty() => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        Some(h) => PathBuf::from(h),
+        None => foundation_home().join(".tart"),
     };
     if !home.is_dir() {
         if let Err(e) = fs::create_dir_all(&home) {
