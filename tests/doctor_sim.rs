@@ -11,13 +11,20 @@ use harness::{run_job, Job};
 
 /// doctor's JSON report: (check, status, detail).
 fn doctor(bed: &Bed) -> Vec<(String, String, String)> {
-    let out = bed.driver(&[
+    doctor_with(bed, &[])
+}
+
+/// The same with more options.
+fn doctor_with(bed: &Bed, extra: &[&str]) -> Vec<(String, String, String)> {
+    let mut args = vec![
         "doctor",
         "--format",
         "json",
         "--state-dir",
         bed.state_dir.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = bed.driver(&args);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "doctor printed no JSON ({e}): {}",
@@ -92,16 +99,26 @@ fn doctor_tells_a_live_jobs_vm_from_an_orphan_and_names_the_fix() {
 /// credentials for that registry: doctor says so, with the fix, before a job finds out.
 #[test]
 fn doctor_warns_about_a_tart_login_in_the_runner_users_keychain() {
-    use std::io::Write;
     let bed = Bed::new();
     let report = doctor(&bed);
     let logins = check(&report, "registry logins");
     assert_eq!(logins.1, "pass", "{logins:?}");
+    tart_login(&bed, "ghcr.io", "secret-pw");
+    let report = doctor(&bed);
+    let logins = check(&report, "registry logins");
+    assert_eq!(logins.1, "warn", "{logins:?}");
+    assert!(logins.2.contains("`tart login` for ghcr.io"), "{logins:?}");
+    assert!(!logins.2.contains("secret-pw"), "{logins:?}");
+}
+
+/// `tart login <host>` as the runner user, the password on stdin.
+fn tart_login(bed: &Bed, host: &str, password: &str) {
+    use std::io::Write;
     let mut login = bed
         .sim
         .command([
             "login",
-            "ghcr.io",
+            host,
             "--username",
             "robot",
             "--password-stdin",
@@ -110,11 +127,39 @@ fn doctor_warns_about_a_tart_login_in_the_runner_users_keychain() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    login.stdin.take().unwrap().write_all(b"secret-pw").unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
     assert!(login.wait().unwrap().success());
-    let report = doctor(&bed);
+}
+
+/// Logins for two of the registries the allow list names: doctor names both (one search
+/// per registry), not only the first one the keychain returns.
+#[test]
+fn doctor_names_every_allowed_registry_the_runner_user_is_logged_in_to() {
+    let bed = Bed::new();
+    tart_login(&bed, "registry.example.com", "pw-one");
+    tart_login(&bed, "ghcr.io", "pw-two");
+    let report = doctor_with(
+        &bed,
+        &[
+            "--allow-image",
+            "ghcr.io/**",
+            "--allow-image",
+            "registry.example.com/**",
+            "--allow-image",
+            "quay.io/**",
+        ],
+    );
     let logins = check(&report, "registry logins");
     assert_eq!(logins.1, "warn", "{logins:?}");
-    assert!(logins.2.contains("`tart login` for ghcr.io"), "{logins:?}");
-    assert!(!logins.2.contains("secret-pw"), "{logins:?}");
+    assert!(
+        logins.2.contains("ghcr.io") && logins.2.contains("registry.example.com"),
+        "{logins:?}"
+    );
+    assert!(!logins.2.contains("quay.io"), "{logins:?}");
+    assert!(!logins.2.contains("pw-"), "{logins:?}");
 }
