@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 pub const LEASES_FILE: &str = "/var/db/dhcpd_leases";
 pub const BOOTPD_PLIST: &str = "/etc/bootpd.plist";
@@ -24,18 +24,38 @@ pub struct Lease {
     pub expires: u64,
 }
 
+/// What could be read of a leases file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub leases: Vec<Lease>,
+    /// Lines (1-based) that were not in bootpd's format, skipped with the lease they were
+    /// in: bootpd rewrites the file while we read it, and another program may have written
+    /// to it. One bad line must not hide every other lease (the re-MAC before `tart run`
+    /// and doctor's pool count rely on them).
+    pub malformed: Vec<usize>,
+}
+
 /// Parses bootpd's leases file: `{`, `key=value` lines, `}` per lease, as Tart reads it.
-pub fn parse_leases(text: &str) -> Result<Vec<Lease>> {
-    let mut leases = Vec::new();
-    let mut entry: Option<Vec<(&str, &str)>> = None;
+/// A malformed line or lease is skipped and named in [`Parsed::malformed`].
+pub fn parse_leases(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    // The open lease: the line of its `{`, its fields, and whether one of its lines was bad.
+    let mut entry: Option<(usize, Vec<(&str, &str)>)> = None;
     for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
         let line = line.trim();
         match line {
             "" => {}
-            "{" if entry.is_none() => entry = Some(Vec::new()),
+            "{" => {
+                // A lease left open (its `}` missing) is dropped: its end is unknown.
+                if let Some((open, _)) = entry.replace((n, Vec::new())) {
+                    parsed.malformed.push(open);
+                }
+            }
             "}" => {
-                let Some(fields) = entry.take() else {
-                    bail!("line {}: `}}` outside of a lease", n + 1);
+                let Some((_, fields)) = entry.take() else {
+                    parsed.malformed.push(n);
+                    continue;
                 };
                 let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
                 let (Some(ip), Some(hw), Some(lease)) =
@@ -43,24 +63,26 @@ pub fn parse_leases(text: &str) -> Result<Vec<Lease>> {
                 else {
                     continue;
                 };
-                let expires = u64::from_str_radix(lease.trim_start_matches("0x"), 16)
-                    .with_context(|| format!("line {}: lease `{lease}` is not hex", n + 1))?;
-                leases.push(Lease {
+                let Ok(expires) = u64::from_str_radix(lease.trim_start_matches("0x"), 16) else {
+                    parsed.malformed.push(n);
+                    continue;
+                };
+                parsed.leases.push(Lease {
                     ip: ip.to_string(),
                     hw_address: hw.split_once(',').map_or(hw, |(_, mac)| mac).to_string(),
                     expires,
                 });
             }
             _ => match (&mut entry, line.split_once('=')) {
-                (Some(fields), Some(kv)) => fields.push(kv),
-                _ => bail!("line {}: unexpected `{line}`", n + 1),
+                (Some((_, fields)), Some(kv)) => fields.push(kv),
+                _ => parsed.malformed.push(n),
             },
         }
     }
-    if entry.is_some() {
-        bail!("the last lease is not closed with `}}`");
+    if let Some((open, _)) = entry {
+        parsed.malformed.push(open);
     }
-    Ok(leases)
+    parsed
 }
 
 /// The lease time and pool size bootpd runs with, from its plist (`lease_max`, and
@@ -97,6 +119,8 @@ pub struct PoolUse {
     pub active: u64,
     pub pool: u64,
     pub lease_secs: u64,
+    /// Lines of the leases file not in bootpd's format (skipped).
+    pub malformed: usize,
 }
 
 impl PoolUse {
@@ -108,8 +132,7 @@ impl PoolUse {
                 return Err(e).with_context(|| format!("cannot read {}", leases_file.display()))
             }
         };
-        let leases = parse_leases(&text)
-            .with_context(|| format!("{} is not in bootpd's format", leases_file.display()))?;
+        let Parsed { leases, malformed } = parse_leases(&text);
         let (lease_secs, pool) =
             bootpd_config(&std::fs::read_to_string(bootpd_plist).unwrap_or_default());
         let now = std::time::SystemTime::now()
@@ -127,6 +150,7 @@ impl PoolUse {
             active: active.len() as u64,
             pool,
             lease_secs,
+            malformed: malformed.len(),
         })
     }
 
@@ -140,8 +164,12 @@ impl PoolUse {
     }
 
     pub fn describe(&self) -> String {
+        let skipped = match self.malformed {
+            0 => String::new(),
+            n => format!("; {n} line(s) of the leases file not in bootpd's format were skipped"),
+        };
         format!(
-            "{} of {} addresses of the VM network are leased (lease time {})",
+            "{} of {} addresses of the VM network are leased (lease time {}){skipped}",
             self.active,
             self.pool,
             human_secs(self.lease_secs)
@@ -156,7 +184,7 @@ pub fn active_leases() -> Vec<Lease> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let now = now_secs();
     parse_leases(&text)
-        .unwrap_or_default()
+        .leases
         .into_iter()
         .filter(|l| l.expires > now)
         .collect()
@@ -262,7 +290,8 @@ mod tests {
 
     #[test]
     fn leases_parse_in_bootpds_format() {
-        let leases = parse_leases(TWO).unwrap();
+        let Parsed { leases, malformed } = parse_leases(TWO);
+        assert!(malformed.is_empty(), "{malformed:?}");
         assert_eq!(leases.len(), 2);
         assert_eq!(leases[0].ip, "192.168.64.2");
         assert_eq!(leases[0].hw_address, "7a:47:bb:5f:97:c9");
@@ -270,11 +299,29 @@ mod tests {
         assert_eq!(leases[1].expires, 0x10);
     }
 
+    /// One bad line (a torn write, another program's garbage) costs its own lease at most,
+    /// never the others: the re-MAC before `tart run` needs every lease it can read.
     #[test]
-    fn a_malformed_leases_file_is_an_error_naming_the_line() {
-        let err = parse_leases("{\nip_address 1.2.3.4\n}\n").unwrap_err();
-        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
-        assert!(parse_leases("{\nip_address=1.2.3.4\n").is_err());
+    fn malformed_lines_are_skipped_and_the_other_leases_kept() {
+        let text = format!(
+            "garbage\n{{\nip_address 1.2.3.4\n}}\n}}\n{{\n\tip_address=192.168.64.9\n\thw_address=1,aa:bb:cc:dd:ee:ff\n\tlease=0xnothex\n}}\n{TWO}{{\n\tip_address=192.168.64.7\n"
+        );
+        let Parsed { leases, malformed } = parse_leases(&text);
+        let ips: Vec<&str> = leases.iter().map(|l| l.ip.as_str()).collect();
+        assert_eq!(ips, ["192.168.64.2", "192.168.64.3"]);
+        // `garbage`, the line without `=`, the stray `}`, the bad hex lease's `}`, and the
+        // last lease, never closed.
+        assert_eq!(malformed, [1, 3, 5, 10, 25], "{text}");
+    }
+
+    /// A lease whose `}` is missing is dropped, and the next one is read.
+    #[test]
+    fn a_lease_left_open_does_not_swallow_the_next() {
+        let text = format!("{{\n\tip_address=192.168.64.8\n{TWO}");
+        let Parsed { leases, malformed } = parse_leases(&text);
+        assert_eq!(leases.len(), 2);
+        assert_eq!(leases[0].ip, "192.168.64.2");
+        assert_eq!(malformed, [1]);
     }
 
     fn lease(mac: &str, expires: u64) -> Lease {
