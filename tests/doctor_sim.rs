@@ -163,3 +163,40 @@ fn doctor_names_every_allowed_registry_the_runner_user_is_logged_in_to() {
     assert!(!logins.2.contains("quay.io"), "{logins:?}");
     assert!(!logins.2.contains("pw-"), "{logins:?}");
 }
+
+/// Another user's VM on Tart's shared NAT network without Softnet could answer for this
+/// runner's VMs' addresses, whatever this runner's own Softnet does: doctor names it, says
+/// what Softnet and the identity proof do and do not stop, and how to fix it.
+#[test]
+fn doctor_warns_about_another_users_vm_running_without_softnet() {
+    let bed = Bed::new();
+    let developer = bed.sim.another_user();
+    developer.tart_ok(["clone", common::LINUX, "developers-vm"]);
+    let mut run = developer
+        .command(["run", "developers-vm", "--no-graphics"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tart run");
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        developer.running_count() == 1
+    }));
+    let report = doctor(&bed);
+    let neighbours = check(&report, "other VMs' isolation");
+    assert_eq!(neighbours.1, "warn", "{neighbours:?}");
+    assert!(
+        neighbours
+            .2
+            .contains("`tart run developers-vm` without Softnet"),
+        "{neighbours:?}"
+    );
+    assert!(
+        neighbours
+            .2
+            .contains("send as another VM's IP and MAC address"),
+        "{neighbours:?}"
+    );
+    developer.stop_and_delete_all();
+    let _ = run.wait();
+    bed.assert_nothing_left();
+}

@@ -9,6 +9,7 @@
 //!
 //! One file per family of checks: [`host`] (gitlab-runner, directories, ssh, GUI session),
 //! [`macho`] (the binaries' `LC_UUID`), [`tart`] (Tart, its VMs and images), [`network`],
+//! [`neighbours`] (other VMs on the shared network without Softnet),
 //! [`runner_toml`] (gitlab-runner's config.toml), [`state`] (the state directory) and
 //! [`orchard`] (an Orchard controller); [`probe`] runs their bounded commands and
 //! [`report`] prints the outcome. Doctor is a consumer like the stages: it may use the warm
@@ -17,6 +18,7 @@
 
 mod host;
 mod macho;
+mod neighbours;
 mod network;
 mod orchard;
 mod probe;
@@ -97,6 +99,7 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
     host::check_ssh(&settings, &mut r);
     network::check_tool_path(&mut r);
     network::check_softnet(&settings, &mut r);
+    neighbours::check_neighbours(&settings, &mut r);
     registry::check_keychain_logins(&settings, &mut r);
     network::check_dhcp_pool(&args.network, &settings, &mut r);
     network::check_local_network(tart.as_deref(), list.as_ref(), &mut r);
