@@ -10,7 +10,7 @@
 //! job, touches the tags of runners that registered themselves here (`orchard/runners/<hash>`,
 //! written before the first VM of that runner is created).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ring::rand::SecureRandom;
 
 use super::name::RunnerTag;
@@ -31,8 +31,8 @@ pub fn register(root: &StateDir, prefix: &str, runner: &str) -> Result<RunnerTag
     let tag = runner_tag(root, prefix, runner)?;
     let runners = root.subdir(ORCHARD)?.subdir(RUNNERS)?;
     if !runners.exists(tag.hash()) {
-        // Nothing in it: the name is the record.
-        runners.write_atomic(tag.hash(), b"")?;
+        // Nothing in it: the name is the record. Another prepare may register it meanwhile.
+        runners.create_once(tag.hash(), b"")?;
     }
     Ok(tag)
 }
@@ -63,12 +63,14 @@ fn state_dir_id(root: &StateDir) -> Result<String> {
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("no randomness for the runner's Orchard id"))?;
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    dir.write_atomic(RUNNER_ID, id.as_bytes())?;
-    // Two first prepares may race: both use whichever id won.
-    Ok(dir
-        .read_string(RUNNER_ID)
+    // Two first prepares may race: one id wins, and both use it.
+    if dir.create_once(RUNNER_ID, id.as_bytes())? {
+        return Ok(id);
+    }
+    dir.read_string(RUNNER_ID)
         .map(|s| s.trim().to_string())
-        .unwrap_or(id))
+        .filter(|s| !s.is_empty())
+        .context("the state directory's orchard/runner-id is empty: remove it")
 }
 
 #[cfg(test)]
@@ -100,6 +102,27 @@ mod tests {
             runner_tag(&a, "gl", "runnera").unwrap(),
             runner_tag(&b, "gl", "runnera").unwrap()
         );
+    }
+
+    #[test]
+    fn runners_racing_to_their_first_vm_all_get_one_id_and_no_error() {
+        for _ in 0..20 {
+            let (_tmp, root) = root();
+            let tags: Vec<Result<RunnerTag>> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| register(&root, "gl", "runnera")))
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let first = tags[0].as_ref().unwrap();
+            for tag in &tags {
+                assert_eq!(tag.as_ref().unwrap(), first);
+            }
+            assert_eq!(
+                registered(&root, "gl").unwrap(),
+                std::slice::from_ref(first)
+            );
+        }
     }
 
     #[test]

@@ -310,6 +310,50 @@ impl Dir {
             .with_context(|| format!("cannot rename {} to {to}", self.path.join(from).display()))
     }
 
+    /// Creates `name` holding `bytes` unless it exists: readers see all of it or nothing,
+    /// and of creators racing for it exactly one wins (true); the others leave it as the
+    /// winner wrote it (false). The content goes to a file of this call's own first, which
+    /// is then linked in, since a link never replaces what is there.
+    pub fn create_once(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let target = c_name(name)?;
+        let tmp = format!(
+            "{name}.{}-{}.new",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut f = self.open(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
+        let written = f
+            .write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.path.join(&tmp).display()));
+        drop(f);
+        let linked = written.and_then(|()| {
+            let from = c_name(&tmp)?;
+            // SAFETY: linkat within our directory, valid names, no flags.
+            let rc = unsafe {
+                libc::linkat(
+                    self.fd.as_raw_fd(),
+                    from.as_ptr(),
+                    self.fd.as_raw_fd(),
+                    target.as_ptr(),
+                    0,
+                )
+            };
+            if rc == 0 {
+                return Ok(true);
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EEXIST) {
+                return Ok(false);
+            }
+            Err(err).with_context(|| format!("cannot create {}", self.path.join(name).display()))
+        });
+        self.remove(&tmp)?;
+        linked
+    }
+
     /// A file opened for appending, created (0600) if missing.
     pub fn append(&self, name: &str) -> Result<File> {
         self.open(name, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)
