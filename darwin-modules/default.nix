@@ -296,10 +296,12 @@ in
     softnet = {
       enable = mkOption {
         type = types.bool;
-        # Orchard runners' VMs run on the fleet, not here.
-        default =
-          cfg.concurrency > 1 && lib.any (r: !render.isOrchard r) (lib.attrValues cfg.runners);
-        defaultText = literalExpression "concurrency > 1 && any runner uses the tart backend";
+        # Orchard runners' VMs run on the fleet, not here. A warm VM runs beside the job, so
+        # one job at a time with a warm pool is two VMs at once, as the driver counts them.
+        default = lib.any (
+          r: !render.isOrchard r && cfg.concurrency + render.warmPool r > 1
+        ) (lib.attrValues cfg.runners);
+        defaultText = literalExpression "any tart runner with concurrency + its warm.pool > 1";
         description = ''
           Provision Softnet, which isolates each VM's network from the host's other VMs (the
           driver uses it when more than one VM can run): installs a setuid-root copy of

@@ -512,6 +512,19 @@ let
       has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf oneAtATime)
       && has "export PATH='${toolPath}'" (agentScriptOf oneAtATime)
       && (cfgOf oneAtATime).rendered.driverConfigs.macos.softnet == false;
+    "softnet: on by default with concurrency 1 and a warm pool (the warm VM runs beside the job)" =
+      let
+        e = evalHost [
+          {
+            services.gitlab-runner-tart.concurrency = lib.mkForce 1;
+            services.gitlab-runner-tart.runners.macos.warm.pool = 1;
+          }
+        ];
+      in
+      has
+        "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"
+        (activationOf e)
+      && (cfgOf e).rendered.driverConfigs.macos.softnet == true;
     "allowed: [runners.custom] timeouts" = allowedCustom == [ ];
     "warm pool: in the driver yaml, filled in the background by the config agent, per runner" =
       let
