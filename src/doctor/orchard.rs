@@ -115,11 +115,10 @@ async fn check_reachable(orchard: &OrchardSettings, client: &Client, r: &mut Rep
 fn trust_passed(orchard: &OrchardSettings, client: &Client, r: &mut Report) {
     const NAME: &str = "orchard TLS trust";
     if !orchard.url.tls {
-        let loopback = ["127.0.0.1", "localhost", "::1"].contains(&orchard.url.host.as_str());
-        if loopback {
+        if orchard.url.is_loopback() {
             r.pass(NAME, "plain http on this host's loopback");
         } else {
-            r.warn(NAME, format!("{} is plain http: the token and every job's bytes cross the network unencrypted", orchard.url), "use https (the controller's default), or keep plain http only behind a TLS-terminating proxy on the same host");
+            r.warn(NAME, format!("{} is plain http (--orchard-allow-plain-http): the token and every job's bytes cross the network unencrypted", orchard.url), "use https (the controller's default), or keep plain http only behind a TLS-terminating proxy on the same host");
         }
         return;
     }

@@ -25,6 +25,9 @@ pub fn command(exe: &Path, orchard: &OrchardSettings, vm: &str, retry_for: Durat
         "--orchard-token-file".into(),
         orchard.token_file.display().to_string(),
     ];
+    if orchard.allow_plain_http {
+        words.push("--orchard-allow-plain-http".into());
+    }
     match &orchard.trust {
         Trust::SystemRoots => {}
         Trust::CaFile(path) => {
@@ -75,5 +78,21 @@ mod tests {
         );
         assert!(cmd.contains(&format!("'--orchard-ca-fingerprint' '{}'", "ab".repeat(32))));
         assert!(cmd.ends_with("'--retry-for' '20' 'gl-1-2-3' '22'"), "{cmd}");
+    }
+
+    #[test]
+    fn the_admins_acceptance_of_plain_http_reaches_the_proxy() {
+        let mut orchard = OrchardSettings::example(
+            "http://orchard.internal:6120",
+            "/etc/orchard/token".into(),
+            Trust::SystemRoots,
+        );
+        let plain = |o: &OrchardSettings| {
+            command(Path::new("/d"), o, "vm", Duration::from_secs(5))
+                .contains("'--orchard-allow-plain-http'")
+        };
+        assert!(!plain(&orchard));
+        orchard.allow_plain_http = true;
+        assert!(plain(&orchard));
     }
 }

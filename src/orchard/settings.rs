@@ -81,6 +81,10 @@ pub struct OrchardOptions {
     #[arg(long = "orchard-name-prefix", value_name = "PREFIX")]
     pub name_prefix: Option<String>,
 
+    /// Accept a plain http:// controller URL on another host (the token and every job's bytes then cross the network unencrypted): only behind a network you trust
+    #[arg(long = "orchard-allow-plain-http")]
+    pub allow_plain_http: bool,
+
     /// Seconds after which a VM of this runner that no live job holds counts as left behind and is deleted by the sweep; a job with a longer timeout is refused [default: 86400]
     #[arg(long = "orchard-max-vm-age", value_name = "SECONDS")]
     pub max_vm_age: Option<u64>,
@@ -102,6 +106,7 @@ pub struct OrchardFile {
     host_dirs: Option<BTreeMap<String, PathBuf>>,
     name_prefix: Option<String>,
     max_vm_age: Option<u64>,
+    allow_plain_http: Option<bool>,
 }
 
 /// Where the controller is, who we are to it, whom we trust, and how jobs' VMs are placed
@@ -119,6 +124,8 @@ pub struct OrchardSettings {
     pub boot_timeout: Option<Duration>,
     pub name_prefix: String,
     pub max_vm_age: Duration,
+    /// The admin accepted a plain http:// controller on another host.
+    pub allow_plain_http: bool,
 }
 
 /// What every job's VM asks of its worker.
@@ -189,6 +196,10 @@ impl OrchardSettings {
         if !url.tls && trust != Trust::SystemRoots {
             bail!("--orchard-url {url} is plain http: a pinned certificate needs https");
         }
+        let allow_plain_http = o.allow_plain_http || file.allow_plain_http.unwrap_or(false);
+        if !url.tls && !url.is_loopback() && !allow_plain_http {
+            bail!("--orchard-url {url} is plain http to another host: the service account's token and every job's bytes would cross the network unencrypted; use https (the controller's default), or accept that with --orchard-allow-plain-http (YAML orchard.allow_plain_http: true)");
+        }
         Ok(Some(OrchardSettings {
             url,
             service_account,
@@ -199,6 +210,7 @@ impl OrchardSettings {
             boot_timeout,
             name_prefix,
             max_vm_age,
+            allow_plain_http,
         }))
     }
 }
@@ -217,6 +229,7 @@ impl OrchardSettings {
             boot_timeout: None,
             name_prefix: "gl".into(),
             max_vm_age: Duration::from_secs(86_400),
+            allow_plain_http: false,
         }
     }
 }
@@ -363,6 +376,41 @@ mod tests {
         o.ca_fingerprint = Some("ab".repeat(32));
         let err = OrchardSettings::merge(&o, None).unwrap_err();
         assert!(err.to_string().contains("https"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_refused_unless_the_admin_accepts_it() {
+        let err = OrchardSettings::merge(
+            &opts(Some("http://orchard.example.com"), Some("sa"), Some("/t")),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unencrypted"), "{err}");
+        assert!(err.contains("--orchard-allow-plain-http"), "{err}");
+        for local in [
+            "http://127.0.0.1:6120",
+            "http://localhost",
+            "http://[::1]:8080",
+        ] {
+            assert!(
+                OrchardSettings::merge(&opts(Some(local), Some("sa"), Some("/t")), None).is_ok(),
+                "{local}"
+            );
+        }
+        let mut o = opts(Some("http://orchard.example.com"), Some("sa"), Some("/t"));
+        o.allow_plain_http = true;
+        assert!(
+            OrchardSettings::merge(&o, None)
+                .unwrap()
+                .unwrap()
+                .allow_plain_http
+        );
+        let file: OrchardFile = serde_saphyr::from_str(
+            "url: http://10.0.0.5\nservice_account: sa\ntoken_file: /t\nallow_plain_http: true\n",
+        )
+        .unwrap();
+        assert!(OrchardSettings::merge(&OrchardOptions::default(), Some(file)).is_ok());
     }
 
     #[test]

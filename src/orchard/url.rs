@@ -57,6 +57,16 @@ impl ControllerUrl {
         })
     }
 
+    /// Whether the controller is on this host (a loopback address or `localhost`), where
+    /// plain http crosses no network.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// `host:port` for connecting (IPv6 hosts in brackets).
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
