@@ -150,6 +150,7 @@ rec {
       host_dirs = nonEmpty (o.hostDirs or { });
       name_prefix = o.namePrefix or null;
       max_vm_age = o.maxVmAge or null;
+      allow_plain_http = o.allowPlainHttp or null;
     };
 
   # The spec that `gitlab-runner-tart-driver runner-config` turns into config.toml. It holds

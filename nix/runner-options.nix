@@ -261,6 +261,11 @@ in
         default = null;
         description = "First part of this runner's VM names on the controller (driver `orchard.name_prefix`; driver default `gl`).";
       };
+      allowPlainHttp = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Accept a plain http:// controller URL on another host, whose token and job bytes then cross the network unencrypted (driver `orchard.allow_plain_http`; driver default: only a loopback http:// URL).";
+      };
       maxVmAge = mkOption {
         type = types.nullOr types.ints.positive;
         default = null;

@@ -233,6 +233,20 @@ let
     "refused: caFile and caFingerprint" = refusedAt "${at}.runners.fleet.orchard: set caFile" (
       orchardOf { caFile = "/etc/orchard-ca.pem"; }
     );
+    "driver yaml: allowPlainHttp reaches the driver" =
+      let
+        c = evalHost [
+          {
+            services.gitlab-runner-tart.runners.fleet.orchard = {
+              url = lib.mkForce "http://orchard.internal:6120";
+              caFingerprint = lib.mkForce null;
+              allowPlainHttp = true;
+            };
+          }
+        ];
+        y = builtins.fromJSON (cfgOf c).rendered.driverConfigFiles.fleet.text;
+      in
+      failedMessages c == [ ] && y.orchard.allow_plain_http;
     "refused: a pinned certificate over plain http" =
       refusedAt "${at}.runners.fleet.orchard.url is plain http"
         (orchardOf { url = lib.mkForce "http://orchard.example.com"; });
