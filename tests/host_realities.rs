@@ -294,3 +294,25 @@ fn with_tart_exec_the_scripts_own_exit_status_is_the_build_failure_and_the_recor
     assert!(!out.log.contains("tartdrv-status"), "{}", out.log);
     bed.assert_nothing_left();
 }
+
+/// A line bootpd did not write: Tart refuses the whole leases file ("unexpected DHCPD
+/// leases file format"), so `tart ip` fails for every VM. The driver's own reading skips
+/// the line and keeps the other leases (`dhcp::tests`); doctor still warns, naming the line.
+#[test]
+fn doctor_warns_that_tart_refuses_a_leases_file_with_a_malformed_line() {
+    let bed = Bed::new();
+    let leases = bed.sim.sim_host_dir().join("var/db/dhcpd_leases");
+    std::fs::create_dir_all(leases.parent().unwrap()).unwrap();
+    std::fs::write(
+        &leases,
+        "{\n\tname=vm\n\tip_address=192.168.64.2\n\thw_address=1,7a:47:bb:5f:97:c9\n\tlease=0x7fffffff\n}\ngarbage\n",
+    )
+    .unwrap();
+    let text = doctor_dhcp(&bed);
+    assert!(
+        text.contains("WARN  DHCP pool: 1 of 253")
+            && text.contains("line 7")
+            && text.contains("Tart refuses the whole file"),
+        "{text}"
+    );
+}

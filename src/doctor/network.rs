@@ -92,6 +92,21 @@ pub fn check_dhcp_pool(args: &NetworkArgs, settings: &Settings, r: &mut Report) 
             format!("{}: exhausted, new VMs boot without an IP", pool.describe()),
             dhcp::FIX,
         );
+    } else if let Some(line) = pool.malformed.first() {
+        // Tart refuses the whole file; the driver's own reading only skips the bad lines.
+        r.warn(
+            NAME,
+            format!(
+                "{}; but line {line} of {} (and {} more) is not in bootpd's format, and Tart refuses the whole file (\"unexpected DHCPD leases file format\"): `tart ip` fails, so VMs get no IP",
+                pool.describe(),
+                args.dhcp_leases.display(),
+                pool.malformed.len() - 1
+            ),
+            format!(
+                "while no VM runs, `sudo rm {}`; bootpd writes a new one",
+                args.dhcp_leases.display()
+            ),
+        );
     } else if pool.nearly_exhausted() {
         r.warn(
             NAME,

@@ -29,9 +29,10 @@ pub struct Lease {
 pub struct Parsed {
     pub leases: Vec<Lease>,
     /// Lines (1-based) that were not in bootpd's format, skipped with the lease they were
-    /// in: bootpd rewrites the file while we read it, and another program may have written
-    /// to it. One bad line must not hide every other lease (the re-MAC before `tart run`
-    /// and doctor's pool count rely on them).
+    /// in: one bad line must not hide every other lease (the re-MAC before `tart run` and
+    /// doctor's pool count rely on them). Tart refuses the whole file for any of them
+    /// (`unexpected DHCPD leases file format on line N`, so `tart ip` fails), which
+    /// doctor reports.
     pub malformed: Vec<usize>,
 }
 
@@ -63,8 +64,8 @@ pub fn parse_leases(text: &str) -> Parsed {
                 else {
                     continue;
                 };
+                // A lease value that is not hex is skipped alone, as Tart skips it.
                 let Ok(expires) = u64::from_str_radix(lease.trim_start_matches("0x"), 16) else {
-                    parsed.malformed.push(n);
                     continue;
                 };
                 parsed.leases.push(Lease {
@@ -120,7 +121,7 @@ pub struct PoolUse {
     pub pool: u64,
     pub lease_secs: u64,
     /// Lines of the leases file not in bootpd's format (skipped).
-    pub malformed: usize,
+    pub malformed: Vec<usize>,
 }
 
 impl PoolUse {
@@ -150,7 +151,7 @@ impl PoolUse {
             active: active.len() as u64,
             pool,
             lease_secs,
-            malformed: malformed.len(),
+            malformed,
         })
     }
 
@@ -164,12 +165,8 @@ impl PoolUse {
     }
 
     pub fn describe(&self) -> String {
-        let skipped = match self.malformed {
-            0 => String::new(),
-            n => format!("; {n} line(s) of the leases file not in bootpd's format were skipped"),
-        };
         format!(
-            "{} of {} addresses of the VM network are leased (lease time {}){skipped}",
+            "{} of {} addresses of the VM network are leased (lease time {})",
             self.active,
             self.pool,
             human_secs(self.lease_secs)
@@ -309,9 +306,9 @@ mod tests {
         let Parsed { leases, malformed } = parse_leases(&text);
         let ips: Vec<&str> = leases.iter().map(|l| l.ip.as_str()).collect();
         assert_eq!(ips, ["192.168.64.2", "192.168.64.3"]);
-        // `garbage`, the line without `=`, the stray `}`, the bad hex lease's `}`, and the
-        // last lease, never closed.
-        assert_eq!(malformed, [1, 3, 5, 10, 25], "{text}");
+        // `garbage`, the line without `=`, the stray `}` and the last lease, never closed;
+        // the lease whose value is not hex is skipped alone (as Tart does), not malformed.
+        assert_eq!(malformed, [1, 3, 5, 25], "{text}");
     }
 
     /// A lease whose `}` is missing is dropped, and the next one is read.
