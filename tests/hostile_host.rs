@@ -32,18 +32,7 @@ fn assert_refused(code: i32, log: &str, path: &Path, problem: &str) {
 /// `doctor` must say what the stages do: the state dir check fails.
 #[track_caller]
 fn assert_doctor_refuses(bed: &Bed) {
-    let out = bed.driver(&[
-        "doctor",
-        "--format",
-        "json",
-        "--state-dir",
-        bed.state_dir.to_str().unwrap(),
-    ]);
-    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let check = checks
-        .iter()
-        .find(|c| c["check"] == "state dir")
-        .expect("a state dir check");
+    let check = bed.doctor_check("state dir");
     assert_eq!(check["status"], "fail", "{check}");
 }
 

@@ -519,21 +519,7 @@ fn doctor_names_the_vms_another_user_runs_on_the_mac() {
     assert!(common::wait_until(Duration::from_secs(20), || {
         developer.running_count() == 1
     }));
-    let out = bed.driver(&[
-        "doctor",
-        "--format",
-        "json",
-        "--state-dir",
-        bed.state_dir.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
-    let check = report
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "VMs not started by this driver")
-        .unwrap_or_else(|| panic!("no such check: {report:#}"))
-        .clone();
+    let check = bed.doctor_check("VMs not started by this driver");
     assert_eq!(check["status"], "warn", "{check:#}");
     assert!(
         check["detail"]

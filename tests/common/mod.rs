@@ -4,7 +4,7 @@
 
 pub mod warm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::sim::{Image, SimHost};
@@ -78,6 +78,35 @@ impl Bed {
             .stdin(std::process::Stdio::null())
             .output()
             .expect("run driver")
+    }
+
+    /// `doctor --format json` with this bed's environment and `state_dir`: one object per
+    /// check (`check`, `status`, `detail`, `fix`).
+    pub fn doctor_checks(&self, state_dir: &Path) -> Vec<serde_json::Value> {
+        let out = self.driver(&[
+            "doctor",
+            "--format",
+            "json",
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The check named `name` of [`Bed::doctor_checks`] for this bed's state dir.
+    #[track_caller]
+    pub fn doctor_check(&self, name: &str) -> serde_json::Value {
+        let checks = self.doctor_checks(&self.state_dir);
+        checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no check {name:?}: {checks:#?}"))
+            .clone()
     }
 
     /// Asserts that nothing of the job is left on the host: no VM, no process mentioning the
