@@ -701,6 +701,20 @@ fn per_job_host_directories_are_refused_with_the_orchard_backend() {
 }
 
 #[test]
+fn pull_policy_never_is_refused_with_the_orchard_backend() {
+    let fleet = Fleet::start(|_| {});
+    let out = driver()
+        .args(["config", "--backend", "orchard", "--pull-policy", "never"])
+        .args(fleet.options(ACCOUNT, TOKEN))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--pull-policy never"), "{stderr}");
+    assert!(stderr.contains("if-not-present"), "{stderr}");
+}
+
+#[test]
 fn the_orchard_backend_without_a_controller_names_the_options_to_give() {
     let out = driver()
         .args(["config", "--backend", "orchard", "--config", "/dev/null"])

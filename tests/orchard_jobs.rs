@@ -605,3 +605,14 @@ fn a_job_that_may_outlive_the_max_vm_age_is_refused_before_any_vm_exists() {
     );
     fleet.assert_nothing_left();
 }
+
+#[test]
+fn a_job_asking_for_pull_policy_never_is_refused_before_any_vm_exists() {
+    let fleet = Fleet::start(|_| {});
+    let out = run_job(&fleet.bed.runner(), &job().var("TART_PULL_POLICY", "never"));
+    out.assert_build_failure(1)
+        .assert_log_contains("TART_PULL_POLICY=never cannot be honoured on Orchard");
+    assert_eq!(out.prepare_attempts, 1, "{:?}", out.call_sequence());
+    assert_eq!(fleet.sim.port_forwards_served(), 0, "no VM was made");
+    fleet.assert_nothing_left();
+}

@@ -25,7 +25,7 @@ use crate::guest::transport::Transport;
 use crate::host::state_dir::{StateDir, VMS};
 use crate::host::vm::{Connection, VmName, VmState};
 use crate::job::request::Request;
-use crate::model::TransportKind;
+use crate::model::{PullPolicy, TransportKind};
 use crate::orchard::client::{ApiError, Client};
 use crate::orchard::identity;
 use crate::orchard::queue;
@@ -125,6 +125,9 @@ impl<'a> Fleet<'a> {
     /// Creates the job's VM, waits for a worker to run it, then opens the job's
     /// ControlMaster through the controller. Whatever fails after the create deletes the VM.
     pub async fn create(&self, list: &[Vm], new: NewVm<'_>) -> Result<Made, Failure> {
+        if new.request.pull_policy == PullPolicy::Never {
+            return Err(Failure::rejected("TART_PULL_POLICY=never cannot be honoured on Orchard: a worker pulls an image it lacks as it clones it; use if-not-present or always"));
+        }
         // The sweep takes VMs older than this once their job's record is gone or expired: a
         // job that may run longer is refused before anything exists.
         if new.job_limit > self.orchard.max_vm_age {
@@ -352,6 +355,9 @@ fn failure_text(f: Failure) -> anyhow::Error {
 /// directories there, and two VMs on one Mac would share them (spec/orchard.md §2.6, §7.5).
 /// A warm pool would boot VMs here.
 fn refuse_local_only(settings: &Settings) -> Result<()> {
+    if settings.pull_policy == PullPolicy::Never {
+        bail!("--pull-policy never: Orchard workers pull an image they lack as they clone it (Orchard has no `never`): use if-not-present, and pre-pull images on the workers to avoid pulls");
+    }
     let (what, flag) = if settings.builds_dir.is_some() {
         ("builds", "--builds-dir")
     } else if settings.cache_dir.is_some() {

@@ -29,7 +29,7 @@ pub fn for_job(
         image: request.image.name.clone(),
         image_pull_policy: match request.pull_policy {
             PullPolicy::Always => "Always",
-            // A worker without the image pulls it as it clones: Orchard has no "never".
+            // Orchard has no "never" (a worker pulls what it lacks): `Fleet` refuses it.
             PullPolicy::IfNotPresent | PullPolicy::Never => "IfNotPresent",
         },
         cpu: fixed(settings.cpu),
