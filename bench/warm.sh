@@ -2,8 +2,8 @@
 # Warm pool benchmark: a queue of jobs at concurrency 1, cold vs --warm-pool 1, on the Tart
 # simulator with a 10 s boot. As root (the simulator runs guests in namespaces):
 #
-#     ./bench/warm.sh                 # prints the table, writes bench/WARM-RESULTS.md
-#     ./bench/warm.sh --work-s 5      # any bench/warm.py option
+#     ./bench/warm.sh                 # 3 turns of each column; prints the table, writes bench/WARM-RESULTS.md
+#     ./bench/warm.sh --pairs 5       # any bench/warm.py option
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
