@@ -136,6 +136,10 @@ pub struct VmSpec {
     pub headless: bool,
     #[serde(rename = "netSoftnet")]
     pub net_softnet: bool,
+    /// The same, under the only name controllers before 0.43 know (they ignore
+    /// `netSoftnet`, and would run the VM without Softnet); newer ones read either.
+    #[serde(rename = "net-softnet")]
+    pub net_softnet_deprecated: bool,
     #[serde(rename = "netSoftnetAllow", skip_serializing_if = "Vec::is_empty")]
     pub net_softnet_allow: Vec<String>,
     pub restart_policy: &'static str,
@@ -279,7 +283,8 @@ mod tests {
             cpu: Some(4),
             memory: None,
             headless: true,
-            net_softnet: false,
+            net_softnet: true,
+            net_softnet_deprecated: true,
             net_softnet_allow: Vec::new(),
             restart_policy: "Never",
             resources: [(TART_VMS.to_string(), 1)].into(),
@@ -295,6 +300,10 @@ mod tests {
         assert_eq!(v["restart_policy"], "Never");
         assert_eq!(v["headless"], true);
         assert_eq!(v["hostDirs"][0]["ro"], true);
+        assert_eq!(
+            (&v["netSoftnet"], &v["net-softnet"]),
+            (&true.into(), &true.into())
+        );
         assert!(v.get("memory").is_none());
         assert!(v.get("password").is_none() && v.get("username").is_none());
     }

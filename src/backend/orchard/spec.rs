@@ -24,6 +24,7 @@ pub fn for_job(
         // defaults apply instead.
         _ => None,
     };
+    let softnet = request.softnet || !request.softnet_allow.is_empty();
     VmSpec {
         name: name.to_string(),
         image: request.image.name.clone(),
@@ -35,7 +36,8 @@ pub fn for_job(
         cpu: fixed(settings.cpu),
         memory: fixed(settings.memory),
         headless: true,
-        net_softnet: request.softnet || !request.softnet_allow.is_empty(),
+        net_softnet: softnet,
+        net_softnet_deprecated: softnet,
         net_softnet_allow: request.softnet_allow.clone(),
         restart_policy: "Never",
         resources: orchard.placement.resources.clone(),
