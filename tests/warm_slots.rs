@@ -33,7 +33,7 @@ fn a_cold_macos_job_gets_the_slot_of_the_warm_vm_it_stopped_even_while_a_repleni
         "--macos-vm-limit",
         "1",
         "--cpu",
-        "4",
+        "2",
     ]);
     let (ok, log) = warm(&bed, &[]);
     assert!(ok, "{log}");
