@@ -62,23 +62,28 @@ rec {
     + " | sed -e '1s/^NFSHomeDirectory://' -e 's/^ //' | tr -d '\\n'";
 
   # The start of the scripts of the agents that run Tart or the driver: they refuse to run
-  # unless the HOME the module exports is the user's home in the user database. Tart finds
-  # its home (VMs, image cache, registry logins in ~/.docker/config.json) through
-  # Foundation's home for the current user, which is `CFFIXED_USER_HOME` or else the user
-  # database's entry, never `$HOME`, and so does the driver (`host::tart_home::home`). A user
-  # that nix-darwin created without `home` has /var/empty there (read-only): every `tart`
-  # call would fail, job after job, while the runner's own files went to the HOME the module
-  # assumed. Exporting `CFFIXED_USER_HOME` instead would move only what goes through
-  # Foundation: launchd installs the agents under the database's home, OpenSSH and `sudo`
-  # look it up there, and the login keychain macOS unlocks is the one under it, so the host
-  # would run on two homes at once. Refusing, with the fix in the log, is the safer of the
-  # two. Empty when `user` is null (NixOS: systemd sets HOME from the same database).
-  # `refusal` says what stops.
+  # unless they run as `user` and the HOME the module exports is the user's home in the user
+  # database. Tart finds its home (VMs, image cache, registry logins in ~/.docker/config.json)
+  # through `TART_HOME` when set, else Foundation's home for the current user, which is
+  # `CFFIXED_USER_HOME` or else the user database's entry, never `$HOME`, and so does the
+  # driver (`host::tart_home::home`). A user that nix-darwin created without `home` has
+  # /var/empty there (read-only): every `tart` call would fail, job after job, while the
+  # runner's own files went to the HOME the module assumed. Exporting `TART_HOME` or
+  # `CFFIXED_USER_HOME` instead would move only Tart's files (or what goes through
+  # Foundation): registry logins stay in the database home's ~/.docker/config.json, launchd
+  # installs the agents under the database's home, OpenSSH and `sudo` look it up there, and
+  # the login keychain macOS unlocks is the one under it, so the host would run on two homes
+  # at once. Refusing, with the fix in the log, is the safer of the two. Another user running
+  # the script (a plist left under the home of a former `system.primaryUser`) would use its
+  # own Tart home and files it cannot write: refused too. Empty when `user` is null (NixOS:
+  # systemd sets HOME from the same database). `refusal` says what stops; `asUser` is false
+  # for the switch's check, which runs as root.
   homeCheck =
     {
       user ? null,
       home,
       refusal ? "not running",
+      asUser ? true,
     }:
     if user == null then
       ""
@@ -86,7 +91,22 @@ rec {
       ''
         home_user=${escapeShellArg user}
         home_want=${escapeShellArg home}
-        home_db=$(${readHome user})
+      ''
+      + (
+        if asUser then
+          ''
+            if [ "$(id -un)" != "$home_user" ]; then
+              echo "gitlab-runner-tart: this agent runs as $(id -un), but the module's runner user is $home_user (did system.primaryUser or services.gitlab-runner-tart.user change?); ${refusal}: remove $(id -un)'s copy of this agent (launchctl bootout gui/$(id -u)/${label}, or the plist under ~$(id -un)/Library/LaunchAgents) and log in as $home_user" >&2
+              exit 1
+            fi
+          ''
+        else
+          ""
+      )
+      + ''
+        # A dscl that fails (under `set -e` and `pipefail` at activation) must reach the
+        # message below, not end the script silently.
+        home_db=$(${readHome user}) || home_db=
         if [ -z "$home_db" ]; then
           echo "gitlab-runner-tart: cannot read $home_user's home directory from the user database (dscl . -read /Users/$home_user NFSHomeDirectory), so Tart's home is unknown; ${refusal}" >&2
           exit 1
@@ -110,6 +130,7 @@ rec {
         homeCheck {
           inherit user home;
           refusal = "stopping the switch";
+          asUser = false;
         }
       )}fi
     '';

@@ -11,8 +11,10 @@
 # - the same home: the runner starts; so it does for a home with a space (dscl prints such a
 #   value on a line of its own);
 # - no home in the user database: the script refuses;
-# - a switch: an existing user with another home stops it; a matching one, or a user
-#   nix-darwin has yet to create, does not.
+# - another user runs the script (a former primary user's copy of the agent): it refuses;
+# - a switch: an existing user with another home stops it, and so does one whose home dscl
+#   cannot read (with its message: activation runs under `set -e` and `pipefail`); a
+#   matching one, or a user nix-darwin has yet to create, does not.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -32,9 +34,11 @@ if [ -e "$work/dscl-out" ]; then cat "$work/dscl-out"; exit 0; fi
 echo "<dscl_cmd> DS Error: -14136 (eDSRecordNotFound)" >&2
 exit 56
 SH
-# id -u -- ci: succeeds when $work/user-exists exists.
+# id -u -- ci: succeeds when $work/user-exists exists; id -un: the user running the script,
+# ci unless $work/whoami says another.
 cat >"$work/bin/id" <<SH
 #!/usr/bin/env bash
+if [ "\$1" = -un ]; then cat "$work/whoami" 2>/dev/null || echo ci; exit 0; fi
 [ -e "$work/user-exists" ] && echo 550
 SH
 cat >"$work/driver" <<SH
@@ -119,6 +123,17 @@ grep -q "cannot read ci's home directory from the user database" "$home/logs/git
   fail=1
 }
 
+printf 'NFSHomeDirectory: %s\n' "$home" >"$work/dscl-out"
+echo admin >"$work/whoami"
+expect "another user runs the runner's script: it refuses before rendering or running anything" \
+  "$(run runner)" "1 "
+grep -q "this agent runs as admin, but the module's runner user is ci" "$home/logs/gitlab-runner.log" || {
+  echo "FAIL: no message about the user running the script" >&2
+  fail=1
+}
+expect "another user runs the gc agent's script: it does not sweep" "$(run gc)" "1 "
+rm -f "$work/whoami" "$work/dscl-out"
+
 # A switch: nix-darwin's checks, before activation changes anything.
 text "$agent.switchCheck { user = \"ci\"; home = \"/Users/ci\"; }" >"$work/check"
 switch() {
@@ -136,6 +151,13 @@ grep -q "is /var/empty (where Tart keeps its VMs), but this configuration uses /
 }
 printf 'NFSHomeDirectory: /Users/ci\n' >"$work/dscl-out"
 expect "a switch with an existing user whose home is the one used: goes on" "$(switch)" 0
-rm -f "$work/user-exists" "$work/dscl-out"
+rm -f "$work/dscl-out"
+expect "a switch with an existing user whose home dscl cannot read: stops" "$(switch)" 1
+grep -q "cannot read ci's home directory from the user database.*; stopping the switch" "$work/out" || {
+  echo "FAIL: the switch stops without saying why" >&2
+  cat "$work/out" >&2
+  fail=1
+}
+rm -f "$work/user-exists"
 expect "a switch that creates the user (not there yet): goes on" "$(switch)" 0
 exit "$fail"

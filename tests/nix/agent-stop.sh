@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the runner's launch agent does when launchd stops it (at logout, or when a switch
 # replaces its plist): launchd sends SIGTERM, which gitlab-runner takes as "abort every job".
-# The agent's script (darwin-modules/render.nix agentScript) must pass SIGQUIT instead (no
+# The agent's script (darwin-modules/agent.nix `script`) must pass SIGQUIT instead (no
 # new jobs, running jobs finish), and SIGTERM only once the drain time is over. Runs that
 # script with stand-ins for the driver and gitlab-runner that log the signals they get.
 set -euo pipefail
