@@ -616,3 +616,38 @@ fn a_job_asking_for_pull_policy_never_is_refused_before_any_vm_exists() {
     assert_eq!(fleet.sim.port_forwards_served(), 0, "no VM was made");
     fleet.assert_nothing_left();
 }
+
+#[test]
+fn a_cleanup_the_controller_refuses_gives_up_once_for_all_of_the_jobs_vms() {
+    let fleet = Fleet::start(|_| {});
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let first = fleet.sim.vms()[0].name.clone();
+    let stem = first.rsplit_once('-').unwrap().0.to_string();
+    // Earlier attempts of the job whose deletes never got through: the record names only
+    // the latest, cleanup finds these by name.
+    for attempt in [7, 8] {
+        let vm = orchard_sim::Vm {
+            name: format!("{stem}-{attempt}"),
+            image: MACOS.into(),
+            ..orchard_sim::Vm::default()
+        };
+        fleet.sim.create_vm(vm).unwrap();
+    }
+    // The controller's store fails every delete.
+    fleet.sim.faults(|f| f.delete_fails_with = Some(500));
+    let started = Instant::now();
+    let (_, log) = fleet.bed.stage(&job, &["cleanup"]);
+    let took = started.elapsed();
+    assert!(log.contains("cannot delete Orchard VM"), "{log}");
+    assert!(
+        took < Duration::from_secs(120),
+        "one 60 s bound for the job's three deletes, not 60 s each: {took:?}"
+    );
+    fleet.sim.faults(|f| f.delete_fails_with = None);
+    // They carry this runner's name and no job holds them: gc takes them.
+    let text = fleet.gc(&["--orchard-max-vm-age", "1"]);
+    assert!(text.contains(&first), "{text}");
+    fleet.assert_nothing_left();
+}

@@ -16,13 +16,18 @@ use super::name::RunnerTag;
 use super::types::{Vm, VmStatus};
 
 /// How long a delete keeps trying through network errors and 5xx (a controller restart).
-const DELETE_BOUND: Duration = Duration::from_secs(60);
+pub const DELETE_BOUND: Duration = Duration::from_secs(60);
 
 /// Deletes one VM. A VM that is already gone is fine, so this can run after every failed
 /// prepare attempt and again at cleanup; network errors and 5xx are retried with back-off
 /// for a minute.
 pub async fn delete(client: &Client, name: &str) -> Result<()> {
-    let deadline = Instant::now() + DELETE_BOUND;
+    delete_until(client, name, Instant::now() + DELETE_BOUND).await
+}
+
+/// [`delete`] within a deadline shared with other deletes (one attempt once it has passed),
+/// so that deleting many VMs while the controller is down takes one bound, not one each.
+pub async fn delete_until(client: &Client, name: &str, deadline: Instant) -> Result<()> {
     let mut pause = Duration::from_secs(1);
     loop {
         match client.delete_vm(name).await {
@@ -69,12 +74,17 @@ pub fn of_job<'a>(all: &'a [Vm], tag: &RunnerTag, job_id: u64, keep: Option<&str
         .collect()
 }
 
-/// Deletes `doomed` (or, in a dry run, only names them); the names removed.
-pub async fn remove(client: &Client, doomed: &[&Vm], dry_run: bool) -> Result<Vec<String>> {
+/// Deletes `doomed` (or, in a dry run, only names them) by `deadline`; the names removed.
+pub async fn remove(
+    client: &Client,
+    doomed: &[&Vm],
+    dry_run: bool,
+    deadline: Instant,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for vm in doomed {
         if !dry_run {
-            delete(client, &vm.name).await?;
+            delete_until(client, &vm.name, deadline).await?;
         }
         removed.push(vm.name.clone());
     }

@@ -90,7 +90,9 @@ impl<'a> Fleet<'a> {
         let mut live = live_vms(root)?;
         live.extend(keep.and_then(|k| recorded_vm(&VmState::new(root, k))));
         let doomed = sweep::stale(list, &tags, self.orchard.max_vm_age, unix_now(), &live);
-        let mut removed = sweep::remove(&self.client, &doomed, dry_run).await?;
+        // One bound for the whole sweep: a controller that is down costs it once.
+        let deadline = Instant::now() + sweep::DELETE_BOUND;
+        let mut removed = sweep::remove(&self.client, &doomed, dry_run, deadline).await?;
         // Records of jobs whose driver died: their master (and its proxy) may still run.
         if let Some(vms) = root.existing_subdir(VMS)? {
             for entry in vms.entries() {
@@ -108,7 +110,7 @@ impl<'a> Fleet<'a> {
                 if let Some(lock) = state.lock(Duration::ZERO)? {
                     let vm = recorded_vm(&state);
                     if !dry_run {
-                        self.destroy(&state, Some(lock)).await?;
+                        self.destroy_until(&state, Some(lock), deadline).await?;
                     }
                     removed.extend(vm);
                 }
@@ -306,6 +308,17 @@ impl<'a> Fleet<'a> {
     /// Closes the master, deletes the job's VM (every attempt's), removes the record.
     /// Idempotent: a VM or record already gone is fine.
     pub async fn destroy(&self, state: &VmState, held: Option<File>) -> Result<()> {
+        let deadline = Instant::now() + sweep::DELETE_BOUND;
+        self.destroy_until(state, held, deadline).await
+    }
+
+    /// [`Fleet::destroy`] with one deadline for all of the job's deletes.
+    async fn destroy_until(
+        &self,
+        state: &VmState,
+        held: Option<File>,
+        deadline: Instant,
+    ) -> Result<()> {
         ssh::close_master(state).await?;
         let mut names: Vec<String> = recorded_vm(state).into_iter().collect();
         // Earlier attempts whose name the record no longer holds.
@@ -325,7 +338,7 @@ impl<'a> Fleet<'a> {
         names.dedup();
         let mut failed = None;
         for name in &names {
-            if let Err(e) = sweep::delete(&self.client, name).await {
+            if let Err(e) = sweep::delete_until(&self.client, name, deadline).await {
                 failed.get_or_insert(e);
             }
         }

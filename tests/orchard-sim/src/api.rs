@@ -329,6 +329,11 @@ async fn delete_vm(State(s): S, headers: HeaderMap, Path(name): Path<String>) ->
     if let Err(r) = auth(&s, &headers, Need::All(&[COMPUTE_WRITE])) {
         return r;
     }
+    if let Some(code) = s.faults().delete_fails_with {
+        return StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response();
+    }
     // Dropping the record (and its events) ends the worker's task for the VM.
     let removed = s.state.lock().unwrap().vms.remove(&name);
     match removed {

@@ -131,6 +131,9 @@ pub struct Faults {
     /// A port-forward WebSocket is cut (no close frame) after carrying this many bytes
     /// from the VM to the client.
     pub cut_after_bytes: Option<u64>,
+    /// `DELETE /v1/vms/{name}` answers this status with an empty body (500: the
+    /// controller's store failing) and deletes nothing, while set.
+    pub delete_fails_with: Option<u16>,
     /// sshd (any VM port) accepts connections only this long after the VM is `running`;
     /// dials before then fail as a not-yet-listening guest's do.
     pub slow_sshd_ms: u64,
