@@ -303,10 +303,13 @@ in
         ) (lib.attrValues cfg.runners);
         defaultText = literalExpression "any tart runner with concurrency + its warm.pool > 1";
         description = ''
-          Provision Softnet, which isolates each VM's network from the host's other VMs (the
-          driver uses it when more than one VM can run): installs a setuid-root copy of
-          `softnet.package` in ${render.softnetDir}, first on the agents' PATH, where Tart
-          finds it. When false, that copy is removed.
+          Run every job's VM with Softnet, which isolates each VM's network from the host's
+          other VMs (the driver's `softnet`; it defaults to on when more than one VM can run).
+          When false, a runner's `settings.softnet` or `softnet_allow`, or a job's
+          `TART_EXECUTOR_SOFTNET_ENABLED` or `TART_EXECUTOR_SOFTNET_ALLOW`, still turns it on
+          for its VMs. Either way, with any Tart runner, activation installs a setuid-root
+          copy of `softnet.package` in ${render.softnetDir}, first on the agents' PATH, where
+          Tart finds it; with Orchard runners only, that copy is removed.
         '';
       };
       package = mkOption {
@@ -401,7 +404,10 @@ in
         // {
           inherit home;
           softnetSource =
-            if cfg.softnet.enable then "${cfg.softnet.package}/bin/softnet" else null;
+            if render.provisionSoftnet cfg.runners then
+              "${cfg.softnet.package}/bin/softnet"
+            else
+              null;
         }
       )
       + agent.prepare { inherit (cfg) user; }

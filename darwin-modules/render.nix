@@ -225,7 +225,8 @@ rec {
   # Activation snippet (runs as root): creates the host directories and, with Softnet,
   # installs its setuid copy. nix-darwin shellchecks the whole `activate` script, so this
   # defines only what it uses. `cfg.home` is the user's home directory; `cfg.softnetSource`
-  # is the softnet executable to install, or null to remove an earlier copy.
+  # is the softnet executable to install (`provisionSoftnet`), or null to remove an earlier
+  # copy.
   activationScript =
     cfg:
     let
@@ -278,8 +279,18 @@ rec {
         ''
     );
 
-  # Where the setuid copy of softnet lives; first on the agents' PATH when Softnet is on.
+  # Where the setuid copy of softnet lives; first on the agents' PATH, installed or not.
   softnetDir = "/usr/local/libexec/gitlab-runner-tart";
+
+  # Whether activation installs that copy: whenever a runner runs its VMs on this Mac's Tart,
+  # whatever `softnet.enable` (the driver's default) says. The driver also runs a job's VM
+  # with Softnet when the runner's `settings.softnet` or `softnet_allow`, or the job's
+  # TART_EXECUTOR_SOFTNET_ENABLED or TART_EXECUTOR_SOFTNET_ALLOW ask for it (a job may add
+  # isolation, never remove it), and Tart fails such a VM without softnet on PATH. The copy
+  # does nothing unless Tart starts it for a VM that asks for Softnet, so installing it is
+  # safer than guessing which runner or job will ask: a configuration that cannot, only
+  # Orchard runners (their VMs run on the fleet), removes it.
+  provisionSoftnet = runners: builtins.any (r: !isOrchard r) (builtins.attrValues runners);
 
   # Fills the warm pool of each driver config that has one (`configs`: name -> driver config
   # and its file), in the background: booting takes a while, and the agent that runs this

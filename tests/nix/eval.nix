@@ -508,10 +508,24 @@ let
       has
         "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"
         activation;
-    "softnet: off with concurrency 1, the copy is removed, the PATH is the same" =
-      has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf oneAtATime)
+    "softnet: not every VM's with concurrency 1, yet installed, since a job may ask for it" =
+      has
+        "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet' '/usr/local/libexec/gitlab-runner-tart/softnet'"
+        (activationOf oneAtATime)
+      && !(has "rm -rf '/usr/local/libexec/gitlab-runner-tart'" (activationOf oneAtATime))
       && has "export PATH='${toolPath}'" (agentScriptOf oneAtATime)
       && (cfgOf oneAtATime).rendered.driverConfigs.macos.softnet == false;
+    "softnet: enable = false still installs it for a runner whose settings ask for it" =
+      let
+        e = evalHost [
+          {
+            services.gitlab-runner-tart.softnet.enable = false;
+            services.gitlab-runner-tart.runners.macos.settings.softnet_allow = [ "10.0.0.0/8" ];
+          }
+        ];
+      in
+      has "install -m 4755 -o root -g wheel '${stub.softnet}/bin/softnet'" (activationOf e)
+      && (cfgOf e).rendered.driverConfigs.macos.softnet == false;
     "softnet: on by default with concurrency 1 and a warm pool (the warm VM runs beside the job)" =
       let
         e = evalHost [

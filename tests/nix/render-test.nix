@@ -353,6 +353,14 @@ let
       hasInfix "gitlab_runner_tart_dir 0750 '/Users/ci/b'\n" activation
       && hasInfix "[ -e '/data/x' ] || gitlab_runner_tart_dir 0750 '/data/x'\n" activation
       && hasInfix "owner='ci'\n" activation;
+    "softnet: provisioned for any Tart runner (a job may ask for it), not for Orchard's only" =
+      render.provisionSoftnet { a = { }; }
+      && render.provisionSoftnet {
+        a = { };
+        o.backend = "orchard";
+      }
+      && !render.provisionSoftnet { o.backend = "orchard"; }
+      && !render.provisionSoftnet { };
     "activation: softnet off removes the setuid copy" =
       hasInfix "rm -rf '/usr/local/libexec/gitlab-runner-tart'" activation;
     "activation: softnet on installs a setuid-root copy" =
