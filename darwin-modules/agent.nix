@@ -52,6 +52,12 @@ rec {
   generationDir = "/var/db/gitlab-runner-tart";
   generationFile = "${generationDir}/agent-generation";
 
+  # Where the agents of the module's earlier layout recorded their generation. A host that
+  # upgrades from it has such an agent running: activation reads this record once, when
+  # `generationFile` is missing, and removes it, so that the old agent drains and restarts
+  # with the new script rather than run until the next logout.
+  legacyGenerationFile = stateDir: "${stateDir}/.tart-agent-generation";
+
   # Shell command printing `user`'s home directory in the user database, as nix-darwin reads
   # it (modules/users/default.nix): `dscl . -read` prints `NFSHomeDirectory: /Users/ci`, or,
   # for a value with a space, the value on the next line after a space. Prints nothing for
@@ -295,7 +301,8 @@ rec {
   #   KeepAlive starts the new script once the jobs are done. No recorded generation means
   #   an agent that is not running its script yet (just loaded, or waiting to be started
   #   again), which runs the new one when it starts.
-  # `record` is where the running agent's generation is (a test sets another path).
+  # `record` is where the running agent's generation is (a test sets another path);
+  # `legacyRecord` (`legacyGenerationFile`) is read when it is missing, then removed.
   activation =
     {
       user,
@@ -303,6 +310,7 @@ rec {
       drainTimeout,
       generation,
       record ? generationFile,
+      legacyRecord ? null,
     }:
     ''
       # gitlab-runner-tart: the runner's agent takes up this generation
@@ -310,14 +318,25 @@ rec {
         owner=${escapeShellArg user}
         uid=$(id -u -- "$owner")
         plist=${escapeShellArg "${home}/Library/LaunchAgents/${label}.plist"}
-        if ! launchctl print "gui/$uid" >/dev/null 2>&1; then
+        running=$(cat ${escapeShellArg record} 2>/dev/null) || running=
+        ${
+          if legacyRecord == null then
+            ""
+          else
+            concatStringsSep "\n  " [
+              ''if [ -z "$running" ]; then''
+              "  running=$(cat ${escapeShellArg legacyRecord} 2>/dev/null) || running="
+              "fi"
+              "rm -f -- ${escapeShellArg legacyRecord}"
+              ""
+            ]
+        }if ! launchctl print "gui/$uid" >/dev/null 2>&1; then
           echo "gitlab-runner-tart: $owner has no GUI login session, and the runner runs only in one (Tart needs it); log in as $owner on the Mac's screen (or turn on automatic login for $owner); the runner starts then" >&2
         elif ! launchctl print "gui/$uid/${label}" >/dev/null 2>&1; then
           echo "gitlab-runner-tart: the runner's agent is not loaded; loading it" >&2
           launchctl asuser "$uid" sudo --user="$owner" -- launchctl load -w "$plist" \
             || echo "gitlab-runner-tart: loading $plist failed; run as $owner: launchctl load -w $plist" >&2
-        elif running=$(cat ${escapeShellArg record} 2>/dev/null) \
-          && [ -n "$running" ] && [ "$running" != ${escapeShellArg generation} ]; then
+        elif [ -n "$running" ] && [ "$running" != ${escapeShellArg generation} ]; then
           echo "gitlab-runner-tart: the runner restarts with this generation once its running jobs finish (no new jobs meanwhile; at most ${toString drainTimeout} s)" >&2
           launchctl kill SIGTERM "gui/$uid/${label}" \
             || echo "gitlab-runner-tart: could not signal the runner; it runs the old version until it restarts" >&2
@@ -336,6 +355,7 @@ rec {
     {
       user,
       record ? generationFile,
+      legacyRecord ? null,
     }:
     ''
       # gitlab-runner-tart: the runner's generation record
@@ -347,7 +367,9 @@ rec {
         chown -- "$owner:$(id -gn -- "$owner")" "$dir"
         chmod -- 0755 "$dir"
         if ! launchctl print "gui/$uid/${label}" >/dev/null 2>&1; then
-          rm -f -- ${escapeShellArg record}
+          rm -f -- ${escapeShellArg record}${
+            if legacyRecord == null then "" else " ${escapeShellArg legacyRecord}"
+          }
         fi
         if ! launchctl print "gui/$uid" >/dev/null 2>&1; then
           echo "gitlab-runner-tart: ${user} is not logged in to the GUI; its launch agents cannot be loaded now; log in as ${user} on the Mac's screen (or turn on automatic login) before switching; see docs/nix-darwin.md" >&2

@@ -410,7 +410,10 @@ in
               null;
         }
       )
-      + agent.prepare { inherit (cfg) user; }
+      + agent.prepare {
+        inherit (cfg) user;
+        legacyRecord = agent.legacyGenerationFile cfg.stateDir;
+      }
     );
 
     # After everything else: a running agent of another generation drains and restarts.
@@ -419,6 +422,7 @@ in
         inherit (cfg) user drainTimeout;
         inherit home;
         generation = agent.generation agentArgs;
+        legacyRecord = agent.legacyGenerationFile cfg.stateDir;
       }
     );
 

@@ -8,6 +8,8 @@
 # - the user has no GUI session: a message saying to log in, and no launchctl load or kill;
 # - before nix-darwin loads agents (`prepare`): a record left by an agent that is not loaded
 #   is removed, one of a loaded agent kept;
+# - a host upgrading from the layout that kept the record in stateDir: the running agent's
+#   record there is read once (the /var/db one is missing) and removed, and the agent drains;
 # - a switch that moves stateDir, with the texts of the module evaluated through nix-darwin
 #   ($TART_MODULE_EVAL, set by module-eval.sh): the new activation finds the running agent's
 #   record and drains it.
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/../.."
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bin" "$work/db"
+mkdir -p "$work/bin" "$work/db" "$work/state"
 
 # launchctl print gui/501[/label] succeeds per $work/gui and $work/loaded; every call is logged.
 cat >"$work/bin/launchctl" <<SH
@@ -45,7 +47,8 @@ chmod +x "$work/bin/"*
 # Prints agent.nix's snippet $1 (activation or prepare) with the record in $work/db.
 snippet_of() {
   nix-instantiate --eval --strict --json -E "
-    (import ./darwin-modules/agent.nix).$1 ({ user = \"ci\"; record = \"$work/db/agent-generation\"; }
+    (import ./darwin-modules/agent.nix).$1 ({ user = \"ci\"; record = \"$work/db/agent-generation\";
+      legacyRecord = \"$work/state/.tart-agent-generation\"; }
       // (if \"$1\" == \"activation\" then {
         home = \"/Users/ci\"; drainTimeout = 600; generation = \"new\"; } else { }))" 2>/dev/null \
     | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin))'
@@ -54,15 +57,18 @@ activation=$(snippet_of activation)
 prepare=$(snippet_of prepare)
 
 # Runs snippet $2 (default: the activation) in state $1 (space-separated: gui, loaded,
-# running=<generation>, the agent's record); prints the launchctl/sudo calls that change
+# running=<generation>, the agent's record; legacy=<generation>, its record in stateDir);
+# prints the launchctl/sudo calls that change
 # something (not the `print` queries, not chown) and the output.
 activate() {
-  rm -f "$work/gui" "$work/loaded" "$work/calls" "$work/db/agent-generation"
+  rm -f "$work/gui" "$work/loaded" "$work/calls" "$work/db/agent-generation" \
+    "$work/state/.tart-agent-generation"
   for s in $1; do
     case $s in
       gui) touch "$work/gui" ;;
       loaded) touch "$work/loaded" ;;
       running=*) echo "${s#running=}" >"$work/db/agent-generation" ;;
+      legacy=*) echo "${s#legacy=}" >"$work/state/.tart-agent-generation" ;;
     esac
   done
   PATH="$work/bin:$PATH" bash -euo pipefail -c "${2:-$activation}" >"$work/out" 2>&1
@@ -98,10 +104,21 @@ grep -q 'ci has no GUI login session.*log in as ci' "$work/out" || {
   fail=1
 }
 
+expect "an agent of the earlier layout (its record in stateDir) is told to drain" \
+  "$(activate 'gui loaded legacy=old')" \
+  "launchctl kill SIGTERM gui/501/org.nixos.gitlab-runner-tart;"
+expect "... and its record is removed, so that it is read once" \
+  "$([ -e "$work/state/.tart-agent-generation" ] && echo kept || echo removed)" removed
+expect "the record in /var/db wins over one left in stateDir" \
+  "$(activate 'gui loaded running=new legacy=old')" ""
+
 # Before nix-darwin loads agents.
 activate 'gui running=old' "$prepare" >/dev/null
 expect "prepare: the record of an agent that is not loaded (killed, never restarted) is removed" \
   "$([ -e "$work/db/agent-generation" ] && echo kept || echo removed)" removed
+activate 'gui legacy=old' "$prepare" >/dev/null
+expect "prepare: the stateDir record of an agent that is not loaded is removed" \
+  "$([ -e "$work/state/.tart-agent-generation" ] && echo kept || echo removed)" removed
 activate 'gui loaded running=old' "$prepare" >/dev/null
 expect "prepare: the record of a loaded agent is kept" "$(cat "$work/db/agent-generation")" old
 expect "prepare: the record's directory is made the user's" \

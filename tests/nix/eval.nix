@@ -378,6 +378,13 @@ let
     "switch moving stateDir: a new generation, whose activation reads the agent's record" =
       generationOf stateMoved != generationOf good
       && has "cat '${agentRecord}'" (postActivationOf stateMoved);
+    "upgrade from the record in stateDir: activation reads it once, then removes it" =
+      let
+        legacy = "'/Users/ci/.gitlab-runner/.tart-agent-generation'";
+      in
+      has "running=$(cat ${legacy} 2>/dev/null)" (postActivationOf good)
+      && has "rm -f -- ${legacy}" (postActivationOf good)
+      && has "rm -f -- '${agentRecord}' ${legacy}" activation;
     "activation: the record's directory is the user's, before agents are loaded" =
       has "dir='/var/db/gitlab-runner-tart'" activation
       && has "chown -- \"$owner:$(id -gn -- \"$owner\")\" \"$dir\"" activation;
