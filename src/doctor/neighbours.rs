@@ -10,6 +10,7 @@
 //! know when such a neighbour runs. Doctor sees `tart run` command lines in `ps` (every
 //! user's; macOS may hide another user's arguments, which is said too).
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::probe::{resolve, run_bounded, COMMAND_LIMIT};
@@ -44,7 +45,9 @@ pub enum Neighbour {
 
 /// The neighbours in `ps -axww -o user=,pid=,args=` output, except the VMs named in `ours`
 /// (this state directory's records: the `softnet` check covers them).
-pub fn neighbours(ps: &str, ours: &[String]) -> Vec<Neighbour> {
+/// `nat` is the guest range of Tart's NAT network: a VM whose Softnet allow list covers it
+/// reaches the other VMs there as if it had no Softnet.
+pub fn neighbours(ps: &str, ours: &[String], nat: (Ipv4Addr, Ipv4Addr)) -> Vec<Neighbour> {
     let mut found = Vec::new();
     for line in ps.lines() {
         let mut fields = line.split_whitespace();
@@ -69,7 +72,7 @@ pub fn neighbours(ps: &str, ours: &[String]) -> Vec<Neighbour> {
         let isolated = rest.iter().any(|a| {
             let flag = a.split('=').next().unwrap_or(a);
             ISOLATING.contains(&flag)
-        });
+        }) && !allows_into_nat(rest, nat);
         if !isolated && !ours.iter().any(|o| o == vm) {
             found.push(Neighbour::Unfiltered {
                 vm: vm.to_string(),
@@ -98,7 +101,8 @@ pub fn check_neighbours(settings: &Settings, r: &mut Report) {
             )
         }
     };
-    let found = neighbours(&out, &own_vms(&settings.state_dir));
+    let nat = crate::host::dhcp::host_nat_guest_range();
+    let found = neighbours(&out, &own_vms(&settings.state_dir), nat);
     if found.is_empty() {
         return r.pass(
             NAME,
@@ -109,7 +113,7 @@ pub fn check_neighbours(settings: &Settings, r: &mut Report) {
         .iter()
         .map(|n| match n {
             Neighbour::Unfiltered { vm, user, pid } => {
-                format!("`tart run {vm}` without Softnet (user {user}, pid {pid})")
+                format!("`tart run {vm}` without Softnet, or with a Softnet allow list covering the NAT network (user {user}, pid {pid})")
             }
             Neighbour::Hidden { user, pid } => {
                 format!("a `tart` of user {user} whose arguments macOS hides (pid {pid}): its network cannot be told")
@@ -124,6 +128,24 @@ pub fn check_neighbours(settings: &Settings, r: &mut Report) {
         ),
         "have every runner and user on this Mac run its VMs with Softnet (`tart run --net-softnet`; for this driver, drop --no-softnet), or give this runner a Mac of its own; log in with a key (--ssh-key-file) so that an impostor receives no password",
     );
+}
+
+/// Whether `tart run`'s arguments `args` allow its guest into the NAT network `nat`
+/// (`--net-softnet-allow=CIDRs` or `--net-softnet-allow CIDRs`).
+fn allows_into_nat(args: &[&str], nat: (Ipv4Addr, Ipv4Addr)) -> bool {
+    const ALLOW: &str = "--net-softnet-allow";
+    let lists = args
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a.split_once('=') {
+            Some((ALLOW, list)) => Some(list),
+            _ if *a == ALLOW => args.get(i + 1).copied(),
+            _ => None,
+        });
+    lists.into_iter().any(|list| {
+        let cidrs: Vec<String> = list.split(',').map(|c| c.trim().to_string()).collect();
+        crate::settings::isolation::nat_overlap(&cidrs, nat).is_some()
+    })
 }
 
 /// The VM names this state directory has records of.
@@ -142,6 +164,11 @@ fn own_vms(state_dir: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
+    const NAT: (Ipv4Addr, Ipv4Addr) = (
+        Ipv4Addr::new(192, 168, 64, 2),
+        Ipv4Addr::new(192, 168, 64, 254),
+    );
+
     const PS: &str = "\
 ci         101 /opt/homebrew/bin/tart run tartdrv-abc-1 --no-graphics --net-softnet
 ci         102 tart run tartdrv-abc-2 --no-graphics
@@ -154,7 +181,7 @@ ci         108 tart run tartdrv-ours-9 --no-graphics
 
     #[test]
     fn a_vm_without_softnet_is_a_neighbour_and_an_isolated_one_is_not() {
-        let found = neighbours(PS, &["tartdrv-ours-9".to_string()]);
+        let found = neighbours(PS, &["tartdrv-ours-9".to_string()], NAT);
         assert_eq!(
             found,
             [
@@ -179,6 +206,19 @@ ci         108 tart run tartdrv-ours-9 --no-graphics
     #[test]
     fn a_mac_where_every_vm_uses_softnet_has_no_neighbour() {
         let ps = "ci 1 tart run a --net-softnet\nci 2 tart run b --no-graphics --net-softnet\n";
-        assert!(neighbours(ps, &[]).is_empty());
+        assert!(neighbours(ps, &[], NAT).is_empty());
+    }
+
+    #[test]
+    fn a_vm_whose_softnet_allows_the_nat_network_is_a_neighbour() {
+        let ps = "ci 1 tart run a --net-softnet-allow=0.0.0.0/0\nci 2 tart run b --net-softnet-allow 10.0.0.0/8,192.168.64.0/24\nci 3 tart run c --net-softnet-allow=10.0.0.0/8\n";
+        let vms: Vec<String> = neighbours(ps, &[], NAT)
+            .into_iter()
+            .map(|n| match n {
+                Neighbour::Unfiltered { vm, .. } => vm,
+                hidden => panic!("{hidden:?}"),
+            })
+            .collect();
+        assert_eq!(vms, ["a", "b"]);
     }
 }

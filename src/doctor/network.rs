@@ -178,7 +178,7 @@ pub fn check_local_network(tart: Option<&Path>, list: Option<&TartList>, r: &mut
 pub fn check_softnet(settings: &Settings, r: &mut Report) {
     const NAME: &str = "softnet";
     if let Some(exposure) = crate::settings::isolation::exposure(settings) {
-        let fix = "keep Softnet on (drop --no-softnet / `softnet: false`) when jobs of different trust share this Mac";
+        let fix = "keep Softnet on (drop --no-softnet / `softnet: false`), and Tart's NAT network off its allow list (--softnet-allow), when jobs of different trust share this Mac";
         return r.warn(NAME, exposure, fix);
     }
     if !settings.softnet {

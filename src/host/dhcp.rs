@@ -4,6 +4,7 @@
 //! MAC takes a new lease, so about 253 new MACs a day exhaust the pool, and from then on
 //! VMs boot without an IP.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -111,6 +112,31 @@ pub fn bootpd_config(plist: &str) -> (u64, u64) {
         integer_after("lease_max").unwrap_or(DEFAULT_LEASE_SECS),
         pool.unwrap_or(DEFAULT_POOL),
     )
+}
+
+/// The addresses bootpd hands to guests on Tart's shared NAT network: its plist's first
+/// `net_range`, else macOS's default, 192.168.64.2 to 192.168.64.254.
+pub fn nat_guest_range(plist: Option<&str>) -> (Ipv4Addr, Ipv4Addr) {
+    let configured = plist.and_then(|plist| {
+        let at = plist.find("<key>net_range</key>")?;
+        let ips: Vec<Ipv4Addr> = plist[at..]
+            .split("<string>")
+            .skip(1)
+            .take(2)
+            .filter_map(|s| s.split("</string>").next()?.trim().parse().ok())
+            .collect();
+        let [first, last] = ips[..] else { return None };
+        (first <= last).then_some((first, last))
+    });
+    configured.unwrap_or((
+        Ipv4Addr::new(192, 168, 64, 2),
+        Ipv4Addr::new(192, 168, 64, 254),
+    ))
+}
+
+/// [`nat_guest_range`] of this host's bootpd (its plist exists once vmnet has run).
+pub fn host_nat_guest_range() -> (Ipv4Addr, Ipv4Addr) {
+    nat_guest_range(std::fs::read_to_string(BOOTPD_PLIST).ok().as_deref())
 }
 
 /// How full the pool is.
@@ -347,5 +373,20 @@ mod tests {
         let plist = "<dict><key>Subnets</key><array><dict><key>lease_max</key>\n<integer>600</integer><key>net_range</key><array><string>192.168.64.2</string><string>192.168.64.254</string></array></dict></array></dict>";
         assert_eq!(bootpd_config(plist), (600, 253));
         assert_eq!(bootpd_config(""), (DEFAULT_LEASE_SECS, DEFAULT_POOL));
+    }
+
+    #[test]
+    fn the_nat_guest_range_is_bootpds_net_range_or_macos_default() {
+        let default = (
+            Ipv4Addr::new(192, 168, 64, 2),
+            Ipv4Addr::new(192, 168, 64, 254),
+        );
+        assert_eq!(nat_guest_range(None), default);
+        assert_eq!(nat_guest_range(Some("<dict></dict>")), default);
+        let plist = "<key>net_range</key><array><string>10.9.0.2</string><string>10.9.0.100</string></array>";
+        assert_eq!(
+            nat_guest_range(Some(plist)),
+            (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 100))
+        );
     }
 }

@@ -17,7 +17,9 @@ use crate::host::tart::RegistryCredentials;
 use crate::job::image::Image;
 use crate::job::JobContext;
 use crate::model::{Overridable, PullPolicy, TransportKind};
-use crate::settings::{validate_shell, validate_timezone, validate_user, Display, Settings};
+use crate::settings::{
+    isolation, validate_shell, validate_timezone, validate_user, Display, Settings,
+};
 
 use Overridable as O;
 
@@ -116,6 +118,23 @@ pub struct Request {
     pub root_disk_opts: Option<String>,
 }
 
+/// A job's own Softnet allow list (`name` is its variable), given the NAT network's guest
+/// addresses `nat`: a job may open other networks to its guest, never the one the other
+/// jobs' VMs are on (that would lift their isolation from it).
+fn job_softnet_allow(
+    name: &str,
+    cidrs: Vec<String>,
+    nat: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+) -> Result<Vec<String>, Failure> {
+    if let Some(cidr) = isolation::nat_overlap(&cidrs, nat) {
+        return Err(Failure::rejected(format!(
+            "{name}: `{cidr}` covers Tart's NAT network ({}-{}), where the other jobs' VMs are; a job may not open it to its guest: ask only for networks outside it",
+            nat.0, nat.1
+        )));
+    }
+    Ok(cidrs)
+}
+
 impl Request {
     pub fn resolve(settings: &Settings, job: &JobContext) -> Result<Request, Failure> {
         for (name, why) in IGNORED {
@@ -198,9 +217,15 @@ impl Request {
                 for cidr in &cidrs {
                     crate::settings::validate_cidr(cidr).map_err(|e| rejected(name, e))?;
                 }
-                cidrs
+                job_softnet_allow(name, cidrs, crate::host::dhcp::host_nat_guest_range())?
             }
-            None => settings.softnet_allow.clone(),
+            None => {
+                let nat = crate::host::dhcp::host_nat_guest_range();
+                if let Some(cidr) = isolation::nat_overlap(&settings.softnet_allow, nat) {
+                    eprintln!("WARNING: {}", isolation::allowed_into_nat(cidr, nat));
+                }
+                settings.softnet_allow.clone()
+            }
         };
         let timezone = match vars.get(O::Timezone, &["TART_EXECUTOR_TIMEZONE"])? {
             Some((name, zone)) => {
@@ -410,4 +435,42 @@ fn host_timezone() -> Option<String> {
     let text = target.to_string_lossy();
     let zone = text.split("zoneinfo/").nth(1)?.to_string();
     validate_timezone(&zone).ok().map(|_| zone)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const NAT: (Ipv4Addr, Ipv4Addr) = (
+        Ipv4Addr::new(192, 168, 64, 2),
+        Ipv4Addr::new(192, 168, 64, 254),
+    );
+
+    #[test]
+    fn a_job_cannot_open_the_nat_network_to_its_guest() {
+        for cidr in ["0.0.0.0/0", "192.168.64.0/24", "192.168.64.9/32"] {
+            let refused = job_softnet_allow(
+                "TART_EXECUTOR_SOFTNET_ALLOW",
+                vec!["10.0.0.0/8".into(), cidr.into()],
+                NAT,
+            );
+            let Err(Failure::Rejected(why)) = refused else {
+                panic!("{cidr} was not a build failure: {refused:?}");
+            };
+            let why = why.to_string();
+            assert!(
+                why.starts_with("TART_EXECUTOR_SOFTNET_ALLOW: ") && why.contains(cidr),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_may_open_networks_beside_the_nat_network() {
+        let cidrs = vec!["10.0.0.0/8".to_string(), "192.168.65.0/24".to_string()];
+        let allowed = job_softnet_allow("TART_EXECUTOR_SOFTNET_ALLOW", cidrs.clone(), NAT);
+        assert_eq!(allowed.ok(), Some(cidrs));
+    }
 }
