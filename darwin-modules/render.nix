@@ -248,10 +248,20 @@ rec {
         group=$(id -gn -- "$owner")
         # A user that nix-darwin created without `createHome` has no home directory
         # (`sysadminctl -addUser -home` does not create it), and cannot create one in
-        # /Users itself: every directory below it would fail.
+        # /Users itself: every directory below it would fail. macOS's createhomedir, as
+        # nix-darwin uses it (modules/users), lays the home out from the user template
+        # (Library and the rest, owned and protected as macOS expects); a bare directory
+        # only when createhomedir is missing or leaves no home at $home.
         if [ ! -d "$home" ]; then
           echo "gitlab-runner-tart: creating $owner's home directory $home" >&2
-          install -d -m 0700 -o "$owner" -g "$group" "$home"
+          if command -v createhomedir >/dev/null 2>&1; then
+            createhomedir -cu "$owner" >/dev/null \
+              || echo "gitlab-runner-tart: createhomedir -cu $owner failed" >&2
+          fi
+          if [ ! -d "$home" ]; then
+            echo "gitlab-runner-tart: creating $home as an empty directory instead" >&2
+            install -d -m 0700 -o "$owner" -g "$group" "$home"
+          fi
         fi
         gitlab_runner_tart_dir() {
           # Below the home directory, missing parents are created by (and for) the user.

@@ -3,8 +3,10 @@
 # `activationScript`), run as root with a stand-in `sudo` that runs the command as the user,
 # as on a Mac. The user is `nobody`; its home is under a root-owned directory standing in for
 # /Users, where the user cannot create anything:
-# - a missing home directory is created, the user's, mode 0700, and the state and log
-#   directories below it then are too;
+# - a missing home directory is created by `createhomedir -cu nobody`, as nix-darwin creates
+#   homes (a stand-in that lays out a home, its Library included, as macOS's does);
+# - without createhomedir (or when it leaves no home), a missing home directory is created,
+#   the user's, mode 0700, and the state and log directories below it then are too;
 # - an existing home directory is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +27,15 @@ shift 2
 exec runuser -u "$user" -- "$@"
 SH
 chmod +x "$work/bin/sudo"
+# createhomedir -cu nobody: logs its call, and lays out the home as macOS's would.
+mkdir -p "$work/macos"
+cat >"$work/macos/createhomedir" <<SH
+#!/usr/bin/env bash
+echo "createhomedir \$*" >>"$work/calls"
+[ "\$*" = "-cu nobody" ] || exit 2
+install -d -m 0750 -o nobody -g nogroup "$work/Users/nobody" "$work/Users/nobody/Library"
+SH
+chmod +x "$work/macos/createhomedir"
 
 home=$work/Users/nobody
 # Only the module's block of host directories (the rest touches the host's Softnet copy).
@@ -53,6 +64,13 @@ PATH="$work/bin:$PATH" bash -euo pipefail -c "$snippet" >"$work/out" 2>&1 || sta
 expect "a missing home directory is created for the user; the directories below it follow" \
   "$status $(owners "$home" "$home/.gitlab-runner" "$home/Library/Logs/gitlab-runner-tart")" \
   "0 nobody:nogroup:700 nobody:nogroup:700 nobody:nogroup:755 "
+
+rm -rf "$home"
+status=0
+PATH="$work/macos:$work/bin:$PATH" bash -euo pipefail -c "$snippet" >"$work/out" 2>&1 || status=$?
+expect "with createhomedir, a missing home directory is created by it, as nix-darwin does" \
+  "$status $(cat "$work/calls") $(owners "$home" "$home/Library" "$home/.gitlab-runner")" \
+  "0 createhomedir -cu nobody nobody:nogroup:750 nobody:nogroup:750 nobody:nogroup:700 "
 
 chmod 0751 "$home"
 rm -rf "$home/.gitlab-runner"
