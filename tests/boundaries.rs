@@ -433,6 +433,80 @@ fn an_image_the_admin_marks_public_is_cloned_without_credentials() {
     bed.assert_nothing_left();
 }
 
+/// What the simulated Tart was asked to do since the `since`-th command of the test.
+fn tart_commands_since(bed: &Bed, since: usize) -> Vec<Vec<String>> {
+    bed.sim.invocations()[since..]
+        .iter()
+        .map(|i| i.args.clone())
+        .collect()
+}
+
+/// An image its registry served to a job without credentials is public: later jobs clone
+/// it from the cache without asking the registry, so its outage (or rate limit) neither
+/// fails nor slows them.
+#[test]
+fn a_cached_public_image_is_cloned_without_asking_its_registry_so_an_outage_fails_no_job() {
+    const PUBLIC: &str = "registry.example.com/team/open-tools:1";
+    let bed = Bed::new().image(PUBLIC, Image::linux());
+    run_job(&bed.runner(), &Job::new().image(PUBLIC).script(["true"])).assert_success();
+    bed.sim.cut_registry("registry.example.com", false);
+    let since = bed.sim.invocations().len();
+    let job = Job::new()
+        .project("b/other")
+        .image(PUBLIC)
+        .script(["echo B-ran"]);
+    run_job(&bed.runner(), &job)
+        .assert_success()
+        .assert_log_contains("B-ran");
+    let pulls: Vec<_> = tart_commands_since(&bed, since)
+        .into_iter()
+        .filter(|args| args.first().is_some_and(|a| a == "pull"))
+        .collect();
+    assert!(pulls.is_empty(), "the registry was asked: {pulls:?}");
+    bed.assert_nothing_left();
+}
+
+/// The registry still decides, per job, for a cached image that was pulled with
+/// credentials: a job without any is refused after a `tart pull` by digest, and its clone
+/// never starts.
+#[test]
+fn a_cached_private_image_is_vetted_for_every_job_and_refused_without_credentials_before_any_vm_starts(
+) {
+    let bed = private_bed();
+    let a = with_credentials(Job::new(), ROBOT.0, ROBOT.1);
+    run_job(&bed.runner(), &a.image(PRIVATE).script(["true"])).assert_success();
+    let since = bed.sim.invocations().len();
+    let out = run_job(
+        &bed.runner(),
+        &Job::new()
+            .project("b/other")
+            .image(PRIVATE)
+            .script(["echo B-RAN"]),
+    );
+    assert_eq!(
+        out.verdict,
+        Verdict::BuildFailure { exit_code: 1 },
+        "{}",
+        out.log
+    );
+    out.assert_log_contains("its registry serves it only with credentials, and this job has none");
+    let commands = tart_commands_since(&bed, since);
+    let asked = |args: &Vec<String>| {
+        args.first().is_some_and(|a| a == "pull")
+            && args.last().is_some_and(|a| a.contains("@sha256:"))
+    };
+    assert!(
+        commands.iter().any(asked),
+        "no check by digest: {commands:?}"
+    );
+    let runs: Vec<_> = commands
+        .iter()
+        .filter(|args| args.first().is_some_and(|a| a == "run"))
+        .collect();
+    assert!(runs.is_empty(), "a VM started for a refused job: {runs:?}");
+    bed.assert_nothing_left();
+}
+
 fn docker_login(bed: &Bed) {
     let auth = harness_base64(&format!("{}:{}", ROBOT.0, ROBOT.1));
     let dir = bed.sim.home_dir().join(".docker");

@@ -38,8 +38,7 @@ pub enum Backend<'a> {
     Orchard(Fleet<'a>),
 }
 
-/// The VMs a backend sees, read once so that one listing serves a stage's sweep and its
-/// own look-ups (prepare's leftover check and pull policy).
+/// The VMs a backend sees, for a sweep.
 pub enum Listing {
     Tart(Vec<crate::host::tart::ListEntry>),
     Orchard(Vec<crate::orchard::types::Vm>),
@@ -83,12 +82,18 @@ impl<'a> Backend<'a> {
     }
 
     /// Makes the job's VM (replacing a leftover of an earlier attempt), waits until it is
-    /// usable and opens the job's connection to it.
-    pub async fn create(&self, listing: &Listing, new: NewVm<'_>) -> Result<Made, Failure> {
-        match (self, listing) {
-            (Backend::Tart(b), Listing::Tart(list)) => b.create(list, new).await,
-            (Backend::Orchard(b), Listing::Orchard(list)) => b.create(list, new).await,
-            _ => unreachable!("a listing is its backend's"),
+    /// usable and opens the job's connection to it. Orphaned VMs of this state directory
+    /// are swept on the way: local Tart once `tart run` is started (the job's boot need not
+    /// wait for other VMs' teardown), Orchard first, from the listing its leftover check
+    /// reads anyway.
+    pub async fn create(&self, new: NewVm<'_>) -> Result<Made, Failure> {
+        match self {
+            Backend::Tart(b) => b.create(new).await,
+            Backend::Orchard(b) => {
+                let list = b.list().await?;
+                types::report_sweep(b.sweep(&list, new.root, Some(&new.state.name), false).await);
+                b.create(&list, new).await
+            }
         }
     }
 

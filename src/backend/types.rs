@@ -1,5 +1,6 @@
 //! The values that cross the backend seam: what a backend is given to make a job's VM
-//! ([`NewVm`]), what it hands back ([`Made`]) and what a sweep did ([`Swept`]). Backends
+//! ([`NewVm`]), what it hands back ([`Made`]) and what a sweep did ([`Swept`], told to
+//! the job log by [`report_sweep`]). Backends
 //! import them from here; the seam's dispatch in `mod.rs` imports the backends.
 
 use std::fs::File;
@@ -27,6 +28,19 @@ impl From<crate::backend::tart::lifecycle::Swept> for Swept {
             removed: names(s.removed),
             foreign: names(s.foreign),
         }
+    }
+}
+
+/// Tells the job log what prepare's sweep did. Other jobs' names stay out of it (they name
+/// other projects' jobs); a failed sweep fails no job.
+pub fn report_sweep(swept: anyhow::Result<Swept>) {
+    match swept {
+        Ok(swept) if !swept.removed.is_empty() => eprintln!(
+            "Removed {} orphaned VM(s) left by earlier jobs",
+            swept.removed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
     }
 }
 

@@ -334,14 +334,6 @@ impl Tart {
         Ok(())
     }
 
-    /// The digest name (`host/namespace@sha256:…`) of a cached OCI image.
-    pub async fn fqn(&self, image: &str) -> Result<String> {
-        let out = self
-            .checked(&["fqn", image], Duration::from_secs(30))
-            .await?;
-        Ok(out.trim().to_string())
-    }
-
     /// The VM's IP, waiting up to `wait` seconds as `tart ip --wait` does.
     pub async fn ip(&self, vm: &str, wait_secs: u64, resolver: &str) -> Result<Option<String>> {
         let wait = wait_secs.to_string();

@@ -5,7 +5,7 @@
 //! read, the caller falls back to `tart get`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The smallest CPU count and memory (MiB) a VM accepts: macOS images carry a minimum,
 /// and `tart set` refuses anything below it.
@@ -117,6 +117,40 @@ fn parse(text: &[u8]) -> Option<VmConfig> {
     })
 }
 
+/// Whether a local VM's directory exists (Tart's own test of "exists").
+pub fn vm_exists(home: &Path, vm: &str) -> bool {
+    home.join("vms").join(vm).is_dir()
+}
+
+/// The digest (`sha256:<hex>`) a cached OCI image resolves to, read where Tart keeps it
+/// (spec: on-disk layout): under `cache/OCIs/<host>/<namespace…>/`, a tag is a symlink to
+/// `sha256:<hex>`, a directory beside it; a reference by digest is that directory. None
+/// when the image is not cached (Tart would pull it). `image` is a vetted OCI reference
+/// with its tag or digest ([`crate::job::image::Image`]).
+pub fn cached_digest(home: &Path, image: &str) -> Option<String> {
+    let (repo, entry) = match image.split_once("@sha256:") {
+        Some((repo, hex)) => (repo, format!("sha256:{hex}")),
+        None => {
+            let (repo, tag) = image.rsplit_once(':').filter(|(_, t)| !t.contains('/'))?;
+            (repo, tag.to_string())
+        }
+    };
+    let (host, namespace) = repo.split_once('/')?;
+    let dir = home
+        .join("cache/OCIs")
+        .join(host.replace(':', "%3A"))
+        .join(namespace);
+    let digest = if entry.starts_with("sha256:") {
+        entry
+    } else {
+        let target = std::fs::read_link(dir.join(&entry)).ok()?;
+        target.file_name()?.to_str()?.to_string()
+    };
+    let hex = digest.strip_prefix("sha256:")?;
+    let well_formed = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    (well_formed && dir.join(&digest).is_dir()).then_some(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +213,46 @@ mod tests {
         let c = parse(br#"{"cpuCount": 2, "memorySize": 2147483648}"#).unwrap();
         assert_eq!(c.os, "darwin");
         assert_eq!(parse(br#"{"os": "linux"}"#), None);
+    }
+
+    #[test]
+    fn a_cached_tag_resolves_through_its_symlink_and_a_digest_to_its_directory() {
+        let home = tempfile::tempdir().unwrap();
+        let hex = "ab".repeat(32);
+        let repo = home
+            .path()
+            .join("cache/OCIs/registry.local%3A5000/team/img");
+        std::fs::create_dir_all(repo.join(format!("sha256:{hex}"))).unwrap();
+        std::os::unix::fs::symlink(format!("sha256:{hex}"), repo.join("1.0")).unwrap();
+        let digest = Some(format!("sha256:{hex}"));
+        assert_eq!(
+            cached_digest(home.path(), "registry.local:5000/team/img:1.0"),
+            digest
+        );
+        assert_eq!(
+            cached_digest(
+                home.path(),
+                &format!("registry.local:5000/team/img@sha256:{hex}")
+            ),
+            digest
+        );
+        assert_eq!(
+            cached_digest(home.path(), "registry.local:5000/team/img:2.0"),
+            None
+        );
+        let other = "cd".repeat(32);
+        assert_eq!(
+            cached_digest(
+                home.path(),
+                &format!("registry.local:5000/team/img@sha256:{other}")
+            ),
+            None
+        );
+        // A tag whose digest directory is gone is not cached (Tart would pull it).
+        std::os::unix::fs::symlink(format!("sha256:{other}"), repo.join("dangling")).unwrap();
+        assert_eq!(
+            cached_digest(home.path(), "registry.local:5000/team/img:dangling"),
+            None
+        );
     }
 }

@@ -71,6 +71,17 @@ impl Image {
         )))
     }
 
+    /// An OCI image's name without its tag or digest (`host/namespace`).
+    pub fn repository(&self) -> &str {
+        if let Some((repo, _)) = self.name.split_once('@') {
+            return repo;
+        }
+        match self.name.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => repo,
+            _ => &self.name,
+        }
+    }
+
     /// The job's image, or the admin's default, vetted against the admin's lists.
     pub fn for_job(job: &JobContext, settings: &Settings) -> Result<Image, Failure> {
         let requested = job.image.clone().or_else(|| settings.default_image.clone()).ok_or_else(|| {
@@ -192,6 +203,22 @@ mod tests {
         assert_eq!(i.name, "ghcr.io/cirruslabs/ubuntu:latest");
         let i = Image::parse("ghcr.io/cirruslabs/ubuntu:22.04", &settings()).unwrap();
         assert_eq!(i.name, "ghcr.io/cirruslabs/ubuntu:22.04");
+    }
+
+    #[test]
+    fn the_repository_is_the_name_without_tag_or_digest() {
+        let s = settings();
+        let repo = |name: &str| Image::parse(name, &s).unwrap().repository().to_string();
+        assert_eq!(
+            repo("registry.local:5000/team/img:1.0"),
+            "registry.local:5000/team/img"
+        );
+        assert_eq!(
+            repo("registry.local:5000/team/img"),
+            "registry.local:5000/team/img"
+        );
+        let digest = "ghcr.io/a/b@sha256:".to_string().add64();
+        assert_eq!(repo(&digest), "ghcr.io/a/b");
     }
 
     #[test]

@@ -10,82 +10,154 @@
 //!   The keychain cannot be hidden that way (macOS finds it through the user database, not
 //!   `HOME`), so a job without credentials is refused while the runner user has a
 //!   `tart login` for the image's registry.
-//! - A cached registry image is cloned only after the registry has accepted the job's own
-//!   credentials, or none, for that very digest (a `tart pull` by digest, which asks the
-//!   registry for the manifest first and downloads nothing when cached), or when the admin
-//!   marked it public (`--public-image`). Nothing is remembered between jobs: an image
-//!   cached before this driver ran, or by a neighbour, is vetted the same way.
+//! - A cached registry image is cloned without asking its registry only when it is known to
+//!   be public: the admin marked it so (`--public-image`), or its registry served that
+//!   digest to a job without any credentials (a pull, or an earlier check), which
+//!   [`public_images`](super::public_images) remembers by digest. So an outage or a rate
+//!   limit of the registry never slows or fails a job on a public image this runner has
+//!   pulled. Any other cached image (pulled with a project's credentials, or cached before
+//!   this runner checked it: by the admin, a neighbour) is vetted per job: a `tart pull` by
+//!   digest with the job's credentials or none, which asks the registry for the manifest
+//!   and downloads nothing when cached. The check runs beside the clone ([`Vet`]); the
+//!   caller starts no VM before it passes, and deletes the clone when it fails.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::failure::Failure;
+use crate::host::registry_policy::Policy;
+use crate::host::state_dir::StateDir;
 use crate::host::tart::{Fetch, Tart};
+use crate::host::tart_home;
 use crate::job::image::Image;
+use crate::job::public_images::PublicImages;
 use crate::model::PullPolicy;
 
-use crate::host::registry_policy::Policy;
-
-/// Makes the job's image available as its pull policy says, under the rules above; returns
-/// whether it pulled.
-pub async fn fetch_image(
-    tart: &Tart,
-    policy: &Policy,
-    image: &Image,
-    pull_policy: PullPolicy,
-    fetch: &Fetch,
-    limit: Duration,
-    cached: bool,
-) -> Result<bool, Failure> {
-    let pulling = crate::job::image::must_pull(image, pull_policy, cached)?;
-    let Some(host) = &image.host else {
-        return Ok(false);
-    };
-    let public = policy.is_public(&image.name);
-    let credential_free = fetch.creds.is_none() && fetch.home.is_some();
-    if credential_free && !public && (pulling || cached) {
-        refuse_keychain_login(host).await?;
-    }
-    if pulling {
-        crate::job::image::pull(tart, image, fetch, limit).await?;
-    } else if !public {
-        // Cached: the registry decides, now, whether this job may have it.
-        vet_cached(tart, host, image, fetch).await?;
-    }
-    Ok(pulling)
+/// The outcome of [`fetch_image`]: whether it pulled, and the registry check the job
+/// still has to pass before its VM starts.
+pub struct Fetched<'a> {
+    pub pulled: bool,
+    pub vet: Option<Vet<'a>>,
 }
 
-/// Before a job clones cached `image`: the registry must serve this job that digest, with
-/// the job's credentials or with none.
-async fn vet_cached(tart: &Tart, host: &str, image: &Image, fetch: &Fetch) -> Result<(), Failure> {
-    let digest = tart.fqn(&image.name).await?;
-    let Err(e) = tart.pull(&digest, fetch, Duration::from_secs(300)).await else {
-        return Ok(());
+/// Makes the job's image available as its pull policy says, under the rules above. A
+/// cached image this job must be vetted for comes back as [`Fetched::vet`]: the caller
+/// runs it beside the clone. `tart_home` is where Tart keeps its VMs and cache.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_image<'a>(
+    tart: &'a Tart,
+    root: &'a StateDir,
+    policy: &Policy,
+    image: &'a Image,
+    pull_policy: PullPolicy,
+    fetch: &'a Fetch,
+    limit: Duration,
+    tart_home: &Path,
+) -> Result<Fetched<'a>, Failure> {
+    let Some(host) = &image.host else {
+        let exists = tart_home::vm_exists(tart_home, &image.name);
+        crate::job::image::must_pull(image, pull_policy, exists)?;
+        return Ok(Fetched {
+            pulled: false,
+            vet: None,
+        });
     };
-    let why = format!("{e:#}");
-    let refused = [
-        "AuthFailed",
-        "code: 401",
-        "code: 403",
-        "DENIED",
-        "UNAUTHORIZED",
-    ]
-    .iter()
-    .any(|mark| why.contains(mark));
-    match (refused, &fetch.creds) {
-        (true, None) => Err(Failure::rejected(format!(
-            "image `{}` is in this host's cache, but its registry serves it only with credentials, and this job has none: set TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}, or ask the admin to mark the image public (--public-image)",
-            image.name
-        ))),
-        (true, Some(_)) => Err(Failure::rejected(format!(
-            "the registry did not accept this job's credentials for `{}` ({why}): check TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}",
-            image.name
-        ))),
-        (false, _) => Err(Failure::System(anyhow::anyhow!(
-            "cannot confirm with {host} that this job may use the cached image `{}` ({why}): retry when the registry is reachable, or have the admin mark the image public (--public-image)",
-            image.name
-        ))),
+    let digest = tart_home::cached_digest(tart_home, &image.name);
+    let pulling = crate::job::image::must_pull(image, pull_policy, digest.is_some())?;
+    let public = policy.is_public(&image.name);
+    let credential_free = fetch.creds.is_none() && fetch.home.is_some();
+    let known_public = |digest: &str| PublicImages::open(root).knows(image, digest);
+    if !pulling && (public || digest.as_deref().is_some_and(known_public)) {
+        return Ok(Fetched {
+            pulled: false,
+            vet: None,
+        });
+    }
+    if credential_free && !public {
+        refuse_keychain_login(host).await?;
+    }
+    if !pulling {
+        return Ok(Fetched {
+            pulled: false,
+            vet: digest.map(|digest| Vet {
+                tart,
+                root,
+                host,
+                image,
+                fetch,
+                digest,
+            }),
+        });
+    }
+    crate::job::image::pull(tart, image, fetch, limit).await?;
+    if credential_free {
+        // The registry served it to no one in particular: any job may have it.
+        if let Some(digest) = tart_home::cached_digest(tart_home, &image.name) {
+            PublicImages::open(root).remember(image, &digest);
+        }
+    }
+    Ok(Fetched {
+        pulled: true,
+        vet: None,
+    })
+}
+
+/// The registry check a job passes before it may have a cached image that is not known to
+/// be public: the registry must serve this job that digest, with the job's credentials or
+/// with none.
+pub struct Vet<'a> {
+    tart: &'a Tart,
+    root: &'a StateDir,
+    host: &'a str,
+    image: &'a Image,
+    fetch: &'a Fetch,
+    /// `sha256:<hex>` of the cached image.
+    digest: String,
+}
+
+impl Vet<'_> {
+    pub async fn run(self) -> Result<(), Failure> {
+        let Vet {
+            tart,
+            root,
+            host,
+            image,
+            fetch,
+            digest,
+        } = self;
+        let by_digest = format!("{}@{digest}", image.repository());
+        let Err(e) = tart.pull(&by_digest, fetch, Duration::from_secs(300)).await else {
+            if fetch.creds.is_none() && fetch.home.is_some() {
+                PublicImages::open(root).remember(image, &digest);
+            }
+            return Ok(());
+        };
+        let why = format!("{e:#}");
+        let refused = [
+            "AuthFailed",
+            "code: 401",
+            "code: 403",
+            "DENIED",
+            "UNAUTHORIZED",
+        ]
+        .iter()
+        .any(|mark| why.contains(mark));
+        match (refused, &fetch.creds) {
+            (true, None) => Err(Failure::rejected(format!(
+                "image `{}` is in this host's cache, but its registry serves it only with credentials, and this job has none: set TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}, or ask the admin to mark the image public (--public-image)",
+                image.name
+            ))),
+            (true, Some(_)) => Err(Failure::rejected(format!(
+                "the registry did not accept this job's credentials for `{}` ({why}): check TART_REGISTRY_USERNAME and TART_REGISTRY_PASSWORD for {host}",
+                image.name
+            ))),
+            (false, _) => Err(Failure::System(anyhow::anyhow!(
+                "cannot confirm with {host} that this job may use the cached image `{}` ({why}): retry when the registry is reachable, or have the admin mark the image public (--public-image)",
+                image.name
+            ))),
+        }
     }
 }
 

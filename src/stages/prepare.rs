@@ -72,18 +72,6 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     let state = VmState::new(&root, &vm);
     eprintln!("Preparing VM {vm} from {}", request.image.name);
 
-    // One listing serves the sweep, the leftover check and the pull policy.
-    let listing = backend.list().await?;
-    match backend.sweep(&listing, &root, Some(&vm), false).await {
-        // Other jobs' names stay out of this job's log (they name other projects' jobs).
-        Ok(swept) if !swept.removed.is_empty() => eprintln!(
-            "Removed {} orphaned VM(s) left by earlier jobs",
-            swept.removed.len()
-        ),
-        Ok(_) => {}
-        Err(e) => eprintln!("WARNING: orphan sweep failed: {e:#}"),
-    }
-
     let lock = state
         .create_and_lock(Duration::from_secs(30))?
         .ok_or_else(|| {
@@ -103,7 +91,7 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
         job_limit,
     };
     // The VM's lock stays held until prepare ends.
-    let made = backend.create(&listing, new).await?;
+    let made = backend.create(new).await?;
     set_up_guest(&backend, settings, request, &made, started).await?;
     Ok(())
 }

@@ -19,8 +19,9 @@ use crate::host::ownership;
 use crate::host::registry_policy::CredentialFreeHome;
 use crate::host::state_dir::StateDir;
 use crate::host::supervisor;
-use crate::host::tart::{Fetch, ListEntry, Tart};
+use crate::host::tart::{Fetch, Tart};
 use crate::host::tart_home::{self, VmConfig};
+use crate::host::vm::VmName;
 use crate::job::registry_access;
 use crate::job::request::Request;
 use crate::logging::phase_done;
@@ -28,9 +29,10 @@ use crate::settings::Settings;
 
 impl LocalTart<'_> {
     /// Replaces a leftover of an earlier attempt, fetches and clones the image, sizes the
-    /// clone, starts it in a slot and waits until the job's connection is open. `list` is
-    /// the `tart list` the caller's sweep used.
-    pub async fn create(&self, list: &[ListEntry], new: NewVm<'_>) -> Result<Made, Failure> {
+    /// clone, starts it in a slot and waits until the job's connection is open. Before
+    /// `tart run` it makes only the Tart calls the VM needs (what it can, it reads from
+    /// Tart's home); the sweep of orphaned VMs runs once `tart run` is started.
+    pub async fn create(&self, new: NewVm<'_>) -> Result<Made, Failure> {
         let NewVm {
             job,
             request,
@@ -42,8 +44,11 @@ impl LocalTart<'_> {
         let started = Instant::now();
         let (tart, settings) = (&self.tart, self.settings);
         let vm = &state.name;
+        let home = tart_home::home().ok_or_else(|| {
+            anyhow!("cannot find Tart's home: TART_HOME is not set and the user database has no home for this user; set TART_HOME")
+        })?;
         // A leftover of an earlier attempt: its processes are gone (we hold the lock).
-        if list.iter().any(|e| e.name == vm.as_str()) {
+        if tart_home::vm_exists(&home, vm.as_str()) {
             tart.delete(vm.as_str()).await?;
         }
         let fetch = Fetch {
@@ -54,39 +59,52 @@ impl LocalTart<'_> {
             auto_prune: settings.auto_prune,
         };
         let t = Instant::now();
-        if registry_access::fetch_image(
+        let fetched = registry_access::fetch_image(
             tart,
+            root,
             &settings.registry,
             &request.image,
             request.pull_policy,
             &fetch,
             job_limit,
-            list.iter().any(|e| e.name == request.image.name),
+            &home,
         )
-        .await?
-        {
+        .await?;
+        if fetched.pulled {
             phase_done(&format!("Pulled {}", request.image.name), t);
             state.record_phase("pull", t.elapsed());
+        }
+        let mut vet = fetched.vet;
+        if settings.warm.enabled() {
+            // A claimed warm VM is the job's at once: the registry decides before the claim.
+            if let Some(vet) = vet.take() {
+                vet.run().await?;
+            }
         }
 
         // The boot timeout bounds the job's whole wait for a booted VM: the time spent on a
         // warm VM (waiting for its boot, logging in) is taken from the cold boot after it.
         let warm_started = Instant::now();
         let boot_deadline = crate::clock::deadline_after(request.boot_timeout);
+        // Orphans are swept beside the VM's boot (or the claimed VM's login), once.
+        let mut sweep = Some(self.sweep_orphans(root, vm));
         if let Some(claimed) =
             super::claimed::try_warm(settings, root, request, state, job_limit, boot_deadline)
                 .await?
         {
-            match super::claimed::connect_claimed(
+            let connecting = super::claimed::connect_claimed(
                 tart,
                 settings,
                 job,
                 request,
                 &claimed,
                 boot_deadline,
-            )
-            .await
-            {
+            );
+            let connected = match sweep.take() {
+                Some(sweep) => tokio::join!(connecting, sweep).0,
+                None => connecting.await,
+            };
+            match connected {
                 Ok((conn, shares)) => {
                     return Ok(Made {
                         state: claimed.state,
@@ -116,19 +134,40 @@ impl LocalTart<'_> {
         };
 
         let t = Instant::now();
-        // The image is on this host now (pulled, or cached and vetted): the clone needs no login.
+        // The image is on this host now (pulled, or cached): the clone needs no login.
         let local = fetch.without_credentials();
-        tart.clone_vm(&request.image.name, vm.as_str(), &local, job_limit)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc --state-dir {}` and `tart prune`",
-                    root.path().display()
-                )
-            })?;
-        // From now on the VM exists: mark it as this state directory's, for the sweeps.
-        ownership::mark(vm, root)?;
-        let info = configure(tart, settings, root, request, vm.as_str()).await?;
+        let clone = async {
+            tart.clone_vm(&request.image.name, vm.as_str(), &local, job_limit)
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "{e:#}. If the disk is full, run `gitlab-runner-tart-driver gc --state-dir {}` and `tart prune`",
+                        root.path().display()
+                    )
+                })?;
+            // From now on the VM exists: mark it as this state directory's, for the sweeps.
+            ownership::mark(vm, root)?;
+            configure(tart, settings, root, request, vm.as_str()).await
+        };
+        // The registry's check of a cached image runs beside the clone; nothing of the
+        // clone reaches the job before it passes (no `tart run` yet), and a clone it
+        // refuses is deleted.
+        let vetting = async {
+            match vet {
+                Some(vet) => vet.run().await,
+                None => Ok(()),
+            }
+        };
+        let (vetted, cloned) = tokio::join!(vetting, clone);
+        if let Err(refused) = vetted {
+            if tart_home::vm_exists(&home, vm.as_str()) {
+                if let Err(e) = tart.delete(vm.as_str()).await {
+                    eprintln!("WARNING: could not delete the clone of a refused image: {e:#}");
+                }
+            }
+            return Err(refused);
+        }
+        let info = cloned?;
         phase_done(
             &format!(
                 "Cloned {} ({} guest, {} CPUs, {} MiB)",
@@ -176,11 +215,15 @@ impl LocalTart<'_> {
             supervisor::start(state, tart.exe(), &run_args, fds)?;
             drop(slots);
             let deadline = crate::clock::deadline_after(boot_timeout);
-            match connect::connect(
+            let connecting = connect::connect(
                 tart, state, request, &identity, &info.os, resolver, deadline,
-            )
-            .await
-            {
+            );
+            // The sweep of orphans runs beside the first boot: `tart run` is already started.
+            let connected = match sweep.take() {
+                Some(sweep) => tokio::join!(connecting, sweep).0,
+                None => connecting.await,
+            };
+            match connected {
                 Ok(conn) => break (conn, t),
                 // Apple's limit is full of macOS VMs this driver did not start: wait for them
                 // as for a slot, then start the same VM again.
@@ -237,6 +280,21 @@ pub fn run_args(
     args.push("--dir".into());
     args.push(identity.dir_arg());
     args
+}
+
+impl LocalTart<'_> {
+    /// Prepare's sweep of this state directory's orphaned VMs (never `keep`), told to the
+    /// job log; it fails no job.
+    async fn sweep_orphans(&self, root: &StateDir, keep: &VmName) {
+        let swept = match self.list().await {
+            Ok(list) => self
+                .sweep(&list, root, Some(keep), false)
+                .await
+                .map(Into::into),
+            Err(e) => Err(e),
+        };
+        crate::backend::types::report_sweep(swept);
+    }
 }
 
 /// Applies CPU, memory, display and a new MAC address in one `tart set`, and only when

@@ -50,7 +50,9 @@ pub async fn fill(settings: &Settings, root: &StateDir, pull: bool) -> Result<()
     let t = std::time::Instant::now();
     // Pull first (the gc agent's pass pre-pulls), then know what each image's VM is now.
     let mut wanted: Vec<(String, Request, WarmSpec)> = Vec::new();
-    let list = tart.list().await?;
+    let home = crate::host::tart_home::home().context(
+        "cannot find Tart's home: TART_HOME is not set and the user database has no home for this user; set TART_HOME",
+    )?;
     // A pool turned off (or unusable with a cache dir) is emptied: every image unwanted.
     let images = if settings.warm.enabled() && settings.cache_dir.is_none() {
         settings.warm.images.as_slice()
@@ -65,18 +67,25 @@ pub async fn fill(settings: &Settings, root: &StateDir, pull: bool) -> Result<()
             request.pull_policy
         };
         let fetch = fetch_for(settings, &request)?;
-        let cached = list.iter().any(|e| e.name == request.image.name);
-        if let Err(e) = registry_access::fetch_image(
+        let fetched = match registry_access::fetch_image(
             &tart,
+            root,
             &settings.registry,
             &request.image,
             policy,
             &fetch,
             Duration::from_secs(3600),
-            cached,
+            &home,
         )
         .await
         {
+            Ok(fetched) => match fetched.vet {
+                Some(vet) => vet.run().await,
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = fetched {
             eprintln!("warm pool: cannot fetch {image}: {:#}", explain(e));
             continue;
         }

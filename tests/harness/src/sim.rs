@@ -424,6 +424,18 @@ impl SimHost {
             .expect("write vm-processes-hidden");
     }
 
+    /// A registry outage on this simulated Mac's network: every registry request to `host`
+    /// fails as when the server cannot be reached (`rate_limited`: it answers 429 instead).
+    pub fn cut_registry(&self, host: &str, rate_limited: bool) {
+        let line = if rate_limited {
+            format!("{host} rate-limit\n")
+        } else {
+            format!("{host}\n")
+        };
+        std::fs::write(self.sim_host.join("registry-unreachable"), line)
+            .expect("write registry-unreachable");
+    }
+
     /// How Softnet is installed on this simulated Mac (default: [`Softnet::SetuidRoot`]).
     pub fn set_softnet(&self, setup: Softnet) {
         let bin = self.bin_dir.join("softnet");

@@ -472,6 +472,35 @@ impl Progress {
     }
 }
 
+/// A registry outage or rate limit on this simulated Mac's network:
+/// `$TART_SIM_HOST/registry-unreachable` names the registry hosts (one a line; empty: all).
+/// A line `<host> rate-limit` answers 429 instead of not answering.
+fn registry_reachable(host: &str) -> Result<(), Fail> {
+    let Ok(text) = fs::read_to_string(crate::util::sim_host().join("registry-unreachable")) else {
+        return Ok(());
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let hit = |line: &&&str| line.split_whitespace().next() == Some(host);
+    match lines.iter().find(hit) {
+        Some(line) if line.ends_with(" rate-limit") => Err(Fail::Error(
+            r#"UnexpectedHTTPStatusCode(when: "pulling manifest", code: 429, details: "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"rate limit exceeded\"}]}")"#.into(),
+        )),
+        Some(_) => Err(unreachable_registry()),
+        None if lines.is_empty() => Err(unreachable_registry()),
+        None => Ok(()),
+    }
+}
+
+fn unreachable_registry() -> Fail {
+    Fail::Error(
+        r#"Error Domain=NSURLErrorDomain Code=-1004 "Could not connect to the server.""#.into(),
+    )
+}
+
 fn not_found(r: &Remote) -> Fail {
     let _ = r;
     Fail::Error(
@@ -605,6 +634,7 @@ pub fn pull(home: &Path, r: &Remote, first_line: bool, explicit: bool) -> Result
         }
     };
     out("pulling manifest...".into());
+    registry_reachable(&r.host)?;
     let Some((cr, img, digest)) = find_image(home, r)? else {
         return Err(not_found(r));
     };
