@@ -26,12 +26,14 @@ proptest! {
 
     #[test]
     fn valid_image_references_are_accepted_with_their_host(
-        host in "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5}){1,2}(:[1-9][0-9]{1,4})?",
+        host in "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5}){1,2}(:[1-9][0-9]{1,3})?",
         repo in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
         tag in "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}",
     ) {
         let name = format!("{host}/{repo}:{tag}");
         prop_assume!(!name.contains(".."));
+        // HTTPS's own port is refused as a second spelling of the host (image::tests).
+        prop_assume!(!host.ends_with(":443"));
         let image = Image::parse(&name, &settings()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(image.host.as_deref(), Some(host.as_str()));
     }

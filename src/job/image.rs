@@ -36,6 +36,17 @@ impl Image {
                     "image `{name}` is not a valid OCI reference"
                 )));
             }
+            // One spelling per registry: `GHCR.IO`, `ghcr.io.` or `ghcr.io:443` reach the same
+            // registry as `ghcr.io` but would slip past the admin's image lists and
+            // credentials, which name `ghcr.io`.
+            let host = &caps[1];
+            let canonical = canonical_host(host, settings.insecure_pull)?;
+            if canonical != host {
+                return Err(Failure::rejected(format!(
+                    "image `{name}` spells its registry `{host}`: write it `{canonical}{}` (lower case, no trailing dot, no default port)",
+                    &name[host.len()..]
+                )));
+            }
             // Tart caches `name:latest` for an untagged name; match the cache by that name.
             let tagged = caps.get(6).is_some();
             let name = if tagged {
@@ -122,6 +133,27 @@ impl Image {
     }
 }
 
+/// A registry host as the admin's lists and credentials name it: lower case, without a
+/// trailing dot, without the port HTTPS uses anyway (443; with `--insecure-pull` Tart
+/// may speak plain HTTP, whose port is another, so 443 is kept there).
+fn canonical_host(host: &str, insecure_pull: bool) -> Result<String, Failure> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => {
+            let port: u16 = port.parse().ok().filter(|&p| p > 0).ok_or_else(|| {
+                Failure::rejected(format!("registry `{host}`: `{port}` is not a port"))
+            })?;
+            (name, Some(port))
+        }
+        None => (host, None),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    Ok(match port {
+        Some(443) if !insecure_pull => name,
+        Some(port) => format!("{name}:{port}"),
+        None => name,
+    })
+}
+
 /// Whether the policy wants `image` pulled now. `clone` pulls a missing OCI image by
 /// itself, so `never` has to be enforced here, before the clone.
 pub fn must_pull(image: &Image, policy: PullPolicy, cached: bool) -> Result<bool, Failure> {
@@ -181,6 +213,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(i.host.as_deref(), Some("registry.local:5000"));
+    }
+
+    #[test]
+    fn a_registry_host_spelled_otherwise_is_refused_naming_the_canonical_form() {
+        for (spelled, canonical) in [
+            ("GHCR.IO/org/base:1", "ghcr.io/org/base:1"),
+            ("Ghcr.io/org/base:1", "ghcr.io/org/base:1"),
+            ("ghcr.io:443/org/base:1", "ghcr.io/org/base:1"),
+            ("ghcr.io./org/base:1", "ghcr.io/org/base:1"),
+            ("ghcr.io.:0443/org/base", "ghcr.io/org/base"),
+            (
+                "registry.local:05000/org/base:1",
+                "registry.local:5000/org/base:1",
+            ),
+        ] {
+            let Err(Failure::Rejected(why)) = Image::parse(spelled, &settings()) else {
+                panic!("{spelled} was not refused");
+            };
+            let why = why.to_string();
+            assert!(why.contains(&format!("write it `{canonical}`")), "{why}");
+        }
+    }
+
+    #[test]
+    fn an_excluded_image_stays_excluded_whatever_the_spelling_of_its_host() {
+        let s = Settings::load(&Options {
+            exclude_images: vec!["^ghcr\\.io/org/secret".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        for name in [
+            "ghcr.io/org/secret:1",
+            "GHCR.IO/org/secret:1",
+            "ghcr.io:443/org/secret:1",
+            "ghcr.io./org/secret:1",
+        ] {
+            let job = JobContext {
+                job_id: 1,
+                runner_token: "t".into(),
+                image: Some(name.into()),
+                project_id: None,
+                job_timeout_secs: None,
+            };
+            assert!(Image::for_job(&job, &s).is_err(), "{name} got through");
+        }
+    }
+
+    #[test]
+    fn port_443_is_kept_when_pulls_may_be_plain_http() {
+        let mut s = settings();
+        s.insecure_pull = true;
+        let i = Image::parse("registry.local:443/org/base:1", &s).unwrap();
+        assert_eq!(i.host.as_deref(), Some("registry.local:443"));
     }
 
     #[test]
