@@ -1,10 +1,19 @@
 //! The layers of `src/`, as each folder's `mod.rs` and the README's "How it works" describe
-//! them: a module names (`crate::…`) only modules of the layers below its own, never one of
-//! its own layer or above, so no import cycle can form between them. Tests inside a module
-//! (`#[cfg(test)] mod …`) are left out: they may build what they need from anywhere.
+//! them: a module names only modules of the layers below its own, never one of its own layer
+//! or above, so no import cycle can form between them.
+//!
+//! The files are read as Rust (`syn`), from `src/main.rs` down its `mod` declarations, so
+//! every way of naming a module counts: `crate::…`, `super::…` and `self::…` resolved against
+//! the file's own module path, grouped imports (`use crate::{a, b}`), paths inside macro
+//! calls, and a child module's name. `use crate as …` is refused: an alias of the crate root
+//! would hide every import made through it. Test items (`#[cfg(test)]`, down to the end of
+//! that one item) are left out: they may build what they need from anywhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use proc_macro2::{TokenStream, TokenTree};
+use syn::visit::Visit;
 
 /// From the bottom up. Modules of one layer never import each other.
 const LAYERS: &[(&str, &[&str])] = &[
@@ -30,172 +39,409 @@ fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|(_, mods)| mods.contains(&module))
 }
 
-/// `src/<module>.rs` or `src/<module>/…`: the top-level module a file belongs to.
-fn top_module(src: &Path, file: &Path) -> String {
-    let rel = file.strip_prefix(src).unwrap();
-    let first = rel
-        .components()
-        .next()
-        .unwrap()
-        .as_os_str()
-        .to_string_lossy();
-    first.trim_end_matches(".rs").to_string()
+/// A module's path from the crate root: `["host", "state_dir", "dir"]`; the root is `[]`.
+type ModPath = Vec<String>;
+
+/// What a file names.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+enum Named {
+    /// A path from the crate root (it may go on past the module, into an item).
+    Path(ModPath),
+    /// Something the check cannot follow, and so refuses.
+    Refused(String),
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
+/// `#[cfg(test)]`, or `#[cfg(all(test, …))]`: an item compiled only for the unit tests.
+fn is_test_only(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|attr| {
+        if !attr.path().is_ident("cfg") {
+            return false;
         }
-    }
-}
-
-/// The code of a Rust file without comments, string and char literals, and test modules.
-fn code_only(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < b.len() {
-        let rest = &text[i..];
-        if rest.starts_with("//") {
-            i += rest.find('\n').unwrap_or(rest.len());
-        } else if let Some(body) = rest.strip_prefix("/*") {
-            i += body.find("*/").map_or(rest.len(), |e| e + 4);
-        } else if let Some(hashes) = raw_string_start(text, i) {
-            let open = i + rest.find('"').unwrap() + 1;
-            let close = format!("\"{}", "#".repeat(hashes));
-            i = text[open..]
-                .find(&close)
-                .map_or(b.len(), |e| open + e + close.len());
-            out.push_str("\"\"");
-        } else if b[i] == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else if let Some(len) = char_literal(rest) {
-            i += len;
-            out.push_str("' '");
-        } else {
-            let c = rest.chars().next().unwrap();
-            out.push(c);
-            i += c.len_utf8();
-        }
-    }
-    drop_test_modules(&out)
-}
-
-/// `r"`, `r#"`, `br"`…: the number of `#`, at a raw string's start.
-fn raw_string_start(text: &str, i: usize) -> Option<usize> {
-    let prev = text[..i].chars().next_back();
-    if prev.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-        return None;
-    }
-    let rest = text[i..].strip_prefix('b').unwrap_or(&text[i..]);
-    let rest = rest.strip_prefix('r')?;
-    let hashes = rest.len() - rest.trim_start_matches('#').len();
-    rest[hashes..].starts_with('"').then_some(hashes)
-}
-
-/// The length of a char literal (`'a'`, `'\n'`, `'\''`) at the start of `rest`; a
-/// lifetime is none.
-fn char_literal(rest: &str) -> Option<usize> {
-    if !rest.starts_with('\'') {
-        return None;
-    }
-    let mut chars = rest.char_indices().skip(1);
-    let (_, c) = chars.next()?;
-    if c == '\\' {
-        let (_, _) = chars.next()?;
-        return chars.find(|&(_, c)| c == '\'').map(|(at, _)| at + 1);
-    }
-    let (at, close) = chars.next()?;
-    (close == '\'').then_some(at + 1)
-}
-
-fn drop_test_modules(code: &str) -> String {
-    let mut code = code.to_string();
-    while let Some(start) = code.find("#[cfg(test)]") {
-        let Some(open) = code[start..].find('{').map(|o| start + o) else {
-            break;
+        let Ok(meta) = attr.parse_args::<syn::Meta>() else {
+            return false;
         };
-        let mut depth = 0;
-        let mut end = code.len();
-        for (at, c) in code[open..].char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = open + at + 1;
-                        break;
+        match meta {
+            syn::Meta::Path(p) => p.is_ident("test"),
+            syn::Meta::List(list) if list.path.is_ident("all") => list
+                .parse_args_with(
+                    syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
+                )
+                .is_ok_and(|all| all.iter().any(|m| m.path().is_ident("test"))),
+            _ => false,
+        }
+    })
+}
+
+fn item_attrs(item: &syn::Item) -> &[syn::Attribute] {
+    use syn::Item::*;
+    match item {
+        Const(i) => &i.attrs,
+        Enum(i) => &i.attrs,
+        ExternCrate(i) => &i.attrs,
+        Fn(i) => &i.attrs,
+        ForeignMod(i) => &i.attrs,
+        Impl(i) => &i.attrs,
+        Macro(i) => &i.attrs,
+        Mod(i) => &i.attrs,
+        Static(i) => &i.attrs,
+        Struct(i) => &i.attrs,
+        Trait(i) => &i.attrs,
+        TraitAlias(i) => &i.attrs,
+        Type(i) => &i.attrs,
+        Union(i) => &i.attrs,
+        Use(i) => &i.attrs,
+        _ => &[],
+    }
+}
+
+fn impl_item_attrs(item: &syn::ImplItem) -> &[syn::Attribute] {
+    match item {
+        syn::ImplItem::Const(i) => &i.attrs,
+        syn::ImplItem::Fn(i) => &i.attrs,
+        syn::ImplItem::Type(i) => &i.attrs,
+        syn::ImplItem::Macro(i) => &i.attrs,
+        _ => &[],
+    }
+}
+
+/// Every module path a file names, read with the file's module path `at` and the modules
+/// the crate has (`known`, for a child module named without `self::`).
+struct Names<'k> {
+    known: &'k BTreeSet<ModPath>,
+    /// The module the code being read is in (a file's, or an inline `mod … {}` in it).
+    at: ModPath,
+    named: BTreeSet<Named>,
+}
+
+impl Names<'_> {
+    /// `segments` as a path from the crate root, if it starts at a module of this crate.
+    fn resolve(&self, segments: &[String]) -> Option<Named> {
+        let first = segments.first()?;
+        let (mut base, rest) = match first.as_str() {
+            "crate" => (Vec::new(), &segments[1..]),
+            "self" => (self.at.clone(), &segments[1..]),
+            "super" => {
+                let mut base = self.at.clone();
+                let supers = segments.iter().take_while(|s| *s == "super").count();
+                for _ in 0..supers {
+                    if base.pop().is_none() {
+                        return Some(Named::Refused(format!(
+                            "`{}` goes above the crate root",
+                            segments.join("::")
+                        )));
                     }
                 }
-                _ => {}
+                (base, &segments[supers..])
+            }
+            _ => {
+                let mut child = self.at.clone();
+                child.push(first.clone());
+                if !self.known.contains(&child) {
+                    // Another crate, a name brought in by a `use` (counted there), a type,
+                    // a variant or a local.
+                    return None;
+                }
+                (self.at.clone(), segments)
+            }
+        };
+        base.extend(rest.iter().cloned());
+        Some(Named::Path(base))
+    }
+
+    fn name(&mut self, segments: &[String]) {
+        if let Some(named) = self.resolve(segments) {
+            self.named.insert(named);
+        }
+    }
+
+    fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+        match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_tree(prefix, &p.tree);
+                prefix.pop();
+            }
+            syn::UseTree::Name(n) => self.use_leaf(prefix, &n.ident),
+            syn::UseTree::Rename(r) => {
+                if prefix.is_empty() && r.ident == "crate" {
+                    self.named.insert(Named::Refused(format!(
+                        "`use crate as {}` hides every import made through it: name the module (`crate::…`)",
+                        r.rename
+                    )));
+                } else {
+                    self.use_leaf(prefix, &r.ident);
+                }
+            }
+            syn::UseTree::Glob(_) => {
+                let path = prefix.clone();
+                self.name(&path);
+            }
+            syn::UseTree::Group(g) => {
+                for tree in &g.items {
+                    self.use_tree(prefix, tree);
+                }
             }
         }
-        code.replace_range(start..end, "");
     }
-    code
-}
 
-/// The top-level modules `code` names through `crate::`.
-fn named_modules(code: &str) -> BTreeSet<String> {
-    code.match_indices("crate::")
-        .filter(|(at, _)| {
-            !code[..*at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
-        })
-        .map(|(at, m)| {
-            code[at + m.len()..]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect()
-        })
-        .filter(|name: &String| !name.is_empty())
-        .collect()
-}
-
-#[test]
-fn every_module_of_src_imports_only_from_the_layers_below_its_own() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
-    let mut upward = Vec::new();
-    for file in &files {
-        let module = top_module(&src, file);
-        if module == "main" {
-            continue;
+    /// `use a::b::{self}` names `a::b`; `use a::b::c` names `a::b::c`.
+    fn use_leaf(&mut self, prefix: &[String], ident: &syn::Ident) {
+        let mut path = prefix.to_vec();
+        if ident != "self" {
+            path.push(ident.to_string());
         }
-        let Some(own) = layer_of(&module) else {
-            panic!(
-                "{} belongs to no layer: add `{module}` to LAYERS in tests/layers.rs, and say in the README where it sits",
-                file.display()
-            );
+        self.name(&path);
+    }
+
+    /// The paths (`a::b::c`, at least two segments) in a macro call's tokens.
+    fn tokens(&mut self, tokens: TokenStream) {
+        let trees: Vec<TokenTree> = tokens.into_iter().collect();
+        let mut path: Vec<String> = Vec::new();
+        let mut colons = 0;
+        let mut i = 0;
+        let flush = |names: &mut Self, path: &mut Vec<String>| {
+            if path.len() >= 2 {
+                names.name(path);
+            }
+            path.clear();
         };
-        let code = code_only(&std::fs::read_to_string(file).unwrap());
-        for named in named_modules(&code) {
-            if named == module {
+        while i < trees.len() {
+            match &trees[i] {
+                TokenTree::Ident(ident) => {
+                    if !path.is_empty() && colons != 2 {
+                        flush(self, &mut path);
+                    }
+                    // `::a` (another crate) starts no path of ours.
+                    let after_leading_colons = path.is_empty() && colons == 2;
+                    if !after_leading_colons {
+                        path.push(ident.to_string());
+                    }
+                    colons = 0;
+                }
+                TokenTree::Punct(p) if p.as_char() == ':' => colons += 1,
+                TokenTree::Group(g) => {
+                    flush(self, &mut path);
+                    colons = 0;
+                    self.tokens(g.stream());
+                }
+                _ => {
+                    flush(self, &mut path);
+                    colons = 0;
+                }
+            }
+            i += 1;
+        }
+        flush(self, &mut path);
+    }
+}
+
+impl<'ast> Visit<'ast> for Names<'_> {
+    fn visit_item(&mut self, item: &'ast syn::Item) {
+        if !is_test_only(item_attrs(item)) {
+            syn::visit::visit_item(self, item);
+        }
+    }
+
+    fn visit_impl_item(&mut self, item: &'ast syn::ImplItem) {
+        if !is_test_only(impl_item_attrs(item)) {
+            syn::visit::visit_impl_item(self, item);
+        }
+    }
+
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        // `mod x;` declares a module (read as its own file); it names nothing.
+        if let Some((_, items)) = &item.content {
+            self.at.push(item.ident.to_string());
+            for item in items {
+                self.visit_item(item);
+            }
+            self.at.pop();
+        }
+    }
+
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        if item.leading_colon.is_none() {
+            self.use_tree(&mut Vec::new(), &item.tree);
+        }
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if path.leading_colon.is_none() && path.segments.len() >= 2 {
+            let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+            self.name(&segments);
+        }
+        syn::visit::visit_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        self.tokens(mac.tokens.clone());
+        syn::visit::visit_macro(self, mac);
+    }
+}
+
+/// What the code of the module at `at` names, given the crate's modules.
+fn names_in(code: &str, at: &[&str], known: &BTreeSet<ModPath>) -> BTreeSet<Named> {
+    let file = syn::parse_file(code).unwrap_or_else(|e| panic!("not Rust: {e}"));
+    let mut names = Names {
+        known,
+        at: at.iter().map(|s| s.to_string()).collect(),
+        named: BTreeSet::new(),
+    };
+    names.visit_file(&file);
+    names.named
+}
+
+/// The crate's module tree, from `src/main.rs` down its non-test `mod` declarations: each
+/// module's path and the file it is in (an inline module is in its parent's file).
+fn module_tree(src: &Path) -> BTreeMap<ModPath, PathBuf> {
+    fn walk(
+        items: &[syn::Item],
+        at: &ModPath,
+        dir: &Path,
+        file: &Path,
+        out: &mut BTreeMap<ModPath, PathBuf>,
+    ) {
+        for item in items {
+            let syn::Item::Mod(m) = item else { continue };
+            if is_test_only(&m.attrs) {
                 continue;
             }
-            match layer_of(&named) {
+            let mut path = at.clone();
+            path.push(m.ident.to_string());
+            let name = m.ident.to_string();
+            match &m.content {
+                Some((_, inner)) => {
+                    out.insert(path.clone(), file.to_path_buf());
+                    walk(inner, &path, &dir.join(&name), file, out);
+                }
+                None => {
+                    let flat = dir.join(format!("{name}.rs"));
+                    let (child, child_dir) = if flat.exists() {
+                        (flat, dir.join(&name))
+                    } else {
+                        (dir.join(&name).join("mod.rs"), dir.join(&name))
+                    };
+                    let parsed = parse(&child);
+                    out.insert(path.clone(), child.clone());
+                    walk(&parsed.items, &path, &child_dir, &child, out);
+                }
+            }
+        }
+    }
+    let main = src.join("main.rs");
+    let mut out = BTreeMap::from([(Vec::new(), main.clone())]);
+    walk(&parse(&main).items, &Vec::new(), src, &main, &mut out);
+    out
+}
+
+fn parse(file: &Path) -> syn::File {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: not Rust: {e}", file.display()))
+}
+
+/// The module of `tree` a path from the crate root lands in: its longest prefix that is one.
+fn module_of<'t>(tree: &'t BTreeMap<ModPath, PathBuf>, path: &[String]) -> &'t ModPath {
+    (0..=path.len())
+        .rev()
+        .find_map(|n| tree.get_key_value(&path[..n]).map(|(k, _)| k))
+        .expect("the crate root is in the tree")
+}
+
+/// Each file of `src/` with the files it names (itself left out), and what it names that the
+/// check refuses.
+struct Graph {
+    src: PathBuf,
+    tree: BTreeMap<ModPath, PathBuf>,
+    /// A file's module (the first one in it, not an inline one) → the modules it names.
+    edges: BTreeMap<ModPath, BTreeSet<ModPath>>,
+    refused: Vec<String>,
+}
+
+fn graph() -> Graph {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let tree = module_tree(&src);
+    let known: BTreeSet<ModPath> = tree.keys().cloned().collect();
+    let mut edges = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (module, file) in &tree {
+        // An inline module is read with the file it is in.
+        if !module.is_empty() && tree.get(&module[..module.len() - 1]) == Some(file) {
+            continue;
+        }
+        let at: Vec<&str> = module.iter().map(String::as_str).collect();
+        let code = std::fs::read_to_string(file).unwrap();
+        let mut targets = BTreeSet::new();
+        for named in names_in(&code, &at, &known) {
+            match named {
+                Named::Path(path) => {
+                    let target = module_of(&tree, &path);
+                    if tree[target] != *file {
+                        targets.insert(target.clone());
+                    }
+                }
+                Named::Refused(why) => refused.push(format!("{}: {why}", shown(&src, file))),
+            }
+        }
+        edges.insert(module.clone(), targets);
+    }
+    Graph {
+        src,
+        tree,
+        edges,
+        refused,
+    }
+}
+
+fn shown(src: &Path, file: &Path) -> String {
+    file.strip_prefix(src).unwrap().display().to_string()
+}
+
+/// `crate::…` for `[]` too.
+fn crate_path(path: &[String]) -> String {
+    std::iter::once("crate")
+        .chain(path.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+/// The imports of `graph` that do not go down the layers.
+fn upward_imports(graph: &Graph) -> Vec<String> {
+    let mut upward = Vec::new();
+    for (module, targets) in &graph.edges {
+        let Some(top) = module.first() else { continue };
+        let file = shown(&graph.src, &graph.tree[module]);
+        let Some(own) = layer_of(top) else {
+            panic!(
+                "{file} belongs to no layer: add `{top}` to LAYERS in tests/layers.rs, and say in the README where it sits"
+            );
+        };
+        for target in targets {
+            let target_top = target.first().map_or("main", String::as_str);
+            if target_top == top {
+                continue;
+            }
+            match layer_of(target_top) {
                 Some(layer) if layer < own => {}
                 _ => upward.push(format!(
-                    "{} ({}) names crate::{named}",
-                    file.strip_prefix(&src).unwrap().display(),
-                    LAYERS[own].0
+                    "{file} ({}) names {}",
+                    LAYERS[own].0,
+                    crate_path(target)
                 )),
             }
         }
     }
+    upward
+}
+
+#[test]
+fn every_module_of_src_imports_only_from_the_layers_below_its_own() {
+    let graph = graph();
+    assert!(
+        graph.refused.is_empty(),
+        "imports the layer check cannot follow:\n{}",
+        graph.refused.join("\n")
+    );
+    let upward = upward_imports(&graph);
     assert!(
         upward.is_empty(),
         "imports that do not go down:\n{}",
@@ -203,9 +449,53 @@ fn every_module_of_src_imports_only_from_the_layers_below_its_own() {
     );
 }
 
+fn known(modules: &[&str]) -> BTreeSet<ModPath> {
+    modules
+        .iter()
+        .map(|m| {
+            m.split("::")
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+/// The modules of `known` that `code`, read as the module at `at`, names.
+fn modules_named(code: &str, at: &str, modules: &[&str]) -> Vec<String> {
+    let known = known(modules);
+    let tree: BTreeMap<ModPath, PathBuf> =
+        known.iter().map(|k| (k.clone(), PathBuf::new())).collect();
+    let at: Vec<&str> = at.split("::").filter(|s| !s.is_empty()).collect();
+    names_in(code, &at, &known)
+        .into_iter()
+        .map(|named| match named {
+            Named::Path(path) => crate_path(module_of(&tree, &path)),
+            Named::Refused(why) => format!("refused: {why}"),
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+const CRATE: &[&str] = &[
+    "",
+    "host",
+    "host::state_dir",
+    "host::state_dir::dir",
+    "host::vm",
+    "settings",
+    "job",
+    "stages",
+    "stages::prepare",
+    "doctor",
+    "cli",
+    "backend",
+];
+
 #[test]
 fn the_layer_check_sees_an_import_outside_comments_strings_and_tests() {
-    let code = code_only(
+    let named = modules_named(
         r##"
         use crate::host::vm::VmState; // crate::stages in a comment
         /* crate::doctor */
@@ -218,7 +508,74 @@ fn the_layer_check_sees_an_import_outside_comments_strings_and_tests() {
             use crate::job::JobContext;
         }
         "##,
+        "",
+        CRATE,
     );
-    let named: Vec<String> = named_modules(&code).into_iter().collect();
-    assert_eq!(named, ["host", "settings"]);
+    assert_eq!(named, ["crate::host::vm", "crate::settings"]);
+}
+
+#[test]
+fn the_layer_check_reads_the_code_after_a_test_module_declared_without_a_body() {
+    let named = modules_named(
+        "
+        #[cfg(test)]
+        mod hostile_tests;
+        use crate::stages::prepare::prepare;
+        pub struct JobContext {}
+        ",
+        "job",
+        CRATE,
+    );
+    assert_eq!(named, ["crate::stages::prepare"]);
+}
+
+#[test]
+fn the_layer_check_sees_each_module_of_a_grouped_import() {
+    let named = modules_named("use crate::{cli, doctor};", "job", CRATE);
+    assert_eq!(named, ["crate::cli", "crate::doctor"]);
+}
+
+#[test]
+fn the_layer_check_resolves_super_in_a_top_level_module() {
+    let named = modules_named("use super::stages::prepare;", "doctor", CRATE);
+    assert_eq!(named, ["crate::stages::prepare"]);
+}
+
+#[test]
+fn the_layer_check_resolves_super_super_super_from_a_nested_file() {
+    let named = modules_named(
+        "fn f() { super::super::super::backend::destroy() }",
+        "host::state_dir::dir",
+        CRATE,
+    );
+    assert_eq!(named, ["crate::backend"]);
+}
+
+#[test]
+fn the_layer_check_refuses_an_alias_of_the_crate_root() {
+    let named = modules_named(
+        "use crate as root; fn f() { root::cli::run() }",
+        "job",
+        CRATE,
+    );
+    assert_eq!(
+        named,
+        ["refused: `use crate as root` hides every import made through it: name the module (`crate::…`)"]
+    );
+}
+
+#[test]
+fn the_layer_check_sees_a_path_inside_a_macro_call() {
+    let named = modules_named(
+        r#"fn f() { let _ = format!("{}", crate::cli::NAME); }"#,
+        "job",
+        CRATE,
+    );
+    assert_eq!(named, ["crate::cli"]);
+}
+
+#[test]
+fn the_layer_check_sees_a_child_module_named_without_self() {
+    let named = modules_named("fn f() { state_dir::dir::open() }", "host", CRATE);
+    assert_eq!(named, ["crate::host::state_dir::dir"]);
 }
