@@ -197,6 +197,7 @@ class Bench:
         self.prepare_pairs = []
         self.notes = []
         self.cold_prepare = {}
+        self.prepare_worst = {}
 
     def _script(self, name, body):
         path = os.path.join(self.scripts, name)
@@ -388,10 +389,12 @@ class Bench:
             self.put("prepare", d, median(prep[d]))
             self.put("cleanup", d, median(clean[d]))
         self.prepare_pairs = [o / f for o, f in zip(prep["ours"], prep["floor"]) if f > 0]
+        self.prepare_worst = {d: max(prep[d]) for d in drivers}
         log("prepare beyond the boot, medians: "
             + ", ".join(f"{d} {median(prep[d]) * 1000:.1f} ms" for d in drivers)
             + f"; ours/floor {median(prep['ours']) / median(prep['floor']):.2f}x"
-            + f" (median of the {len(self.prepare_pairs)} pairs' ratios {median(self.prepare_pairs):.2f}x)")
+            + f" (median of the {len(self.prepare_pairs)} pairs' ratios {median(self.prepare_pairs):.2f}x); worst: "
+            + ", ".join(f"{d} {max(prep[d]) * 1000:.1f} ms" for d in drivers))
 
     def measure_runs(self, d, job):
         n = self.a.runs if d != "original" else self.a.original_runs
@@ -586,7 +589,8 @@ def report(b, started):
     notes = [
         f"Medians: {a.runs} runs ({a.warmup} warm-up) for ours and the floor, {a.original_runs} for the original; "
         f"prepare/cleanup: {a.prepare_cycles} cycles of ours and the floor taking turns (original {a.original_prepare_cycles}, after them); "
-        f"the median of the per-pair ratios of prepare beyond the boot (ours/floor) is {median(b.prepare_pairs):.2f}×; "
+        f"the median of the per-pair ratios of prepare beyond the boot (ours/floor) is {median(b.prepare_pairs):.2f}×, "
+        f"the worst prepare beyond the boot {fmt_ms(b.prepare_worst.get('ours'))} for ours and {fmt_ms(b.prepare_worst.get('floor'))} for the floor; "
         f"200 MB: {a.throughput_runs} runs (original {a.original_throughput_runs}).",
         "Floor: `bench/floor-driver.sh` (config echoes JSON; prepare = `tart clone` + `tart run` + `tart ip --wait` + "
         "`ssh -M -f -N` with SSH_ASKPASS; cleanup = `ssh -O exit` + `tart stop` + `tart delete`); its `run` is "
