@@ -62,11 +62,11 @@ fn at_concurrency_3_a_macos_vm_gets_half_the_host_as_only_two_macos_vms_can_run(
     bed.assert_nothing_left();
 }
 
-/// The image would fit this host; the admin's `--concurrency` leaves each VM too little.
-/// That is the admin's to change, so a system failure that says which setting, not a build
-/// failure blaming the job's image.
+/// The image would fit this host, but not the share each VM gets at `--concurrency 2`: the
+/// job chose an image this runner cannot run, which a retry by gitlab-runner cannot fix,
+/// so a build failure naming the image, its minimum and the share (and the admin's knob).
 #[test]
-fn an_image_the_host_could_run_but_the_admins_concurrency_cannot_is_a_system_failure_naming_it() {
+fn an_image_whose_minimum_is_above_the_per_vm_share_is_a_build_failure_naming_it_and_the_share() {
     const WIDE: &str = "ghcr.io/team/wide:latest";
     let usable = usable_host_mib();
     let needs = (usable + usable / 2) / 2;
@@ -75,13 +75,17 @@ fn an_image_the_host_could_run_but_the_admins_concurrency_cannot_is_a_system_fai
         .image(WIDE, Image::linux().minimum(1, needs));
     let out = run_job(&bed.runner(), &Job::new().image(WIDE).script(["echo RAN"]));
     assert!(
-        matches!(out.verdict, Verdict::SystemFailure { .. }),
+        matches!(out.verdict, Verdict::BuildFailure { .. }),
         "{:?}: {}",
         out.verdict,
         out.log
     );
-    out.assert_log_contains(&format!("needs at least {needs} MiB of memory"))
-        .assert_log_contains("lower --concurrency");
+    out.assert_log_contains(&format!(
+        "image `{WIDE}`: the image needs at least {needs} MiB of memory"
+    ))
+    .assert_log_contains("MiB each VM gets here")
+    .assert_log_contains("shared by the 2 VMs --concurrency runs at once")
+    .assert_log_contains("lower --concurrency");
     assert!(!out.log.lines().any(|l| l.trim() == "RAN"), "{}", out.log);
     bed.assert_nothing_left();
 }

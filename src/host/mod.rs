@@ -187,11 +187,12 @@ pub struct Sizing {
 /// Why an image's minimum cannot be met. Whose fix it is decides how the job fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TooSmall {
-    /// The image needs more than this host could give any one VM: the job chose an image
-    /// that cannot run here (a build failure).
+    /// The image needs more than each VM gets here (the per-VM share, or the whole host):
+    /// the job chose an image this runner cannot run, and retrying cannot help (a build
+    /// failure, naming the minimum and the share; the admin's own fix is named too).
     Image(String),
-    /// The host could run it, but this runner's settings give each VM less: the admin's to
-    /// change (a system failure naming the setting).
+    /// The admin's `--cpu`/`--memory` ask for more than this host can give any VM: the
+    /// admin's to change (a system failure naming the setting).
     Settings(String),
 }
 
@@ -260,8 +261,14 @@ fn size(
 ) -> Result<Sizing, TooSmall> {
     let at_once = vms_at_once(limits, macos);
     let share = |total: u64| (total / at_once).max(1);
-    let sharing = if macos && limits.macos_vm_limit < limits.concurrency {
+    let vms = limits.concurrency.saturating_add(limits.warm_pool);
+    let sharing = if macos && limits.macos_vm_limit < vms {
         format!("the {at_once} macOS VMs --macos-vm-limit runs at once")
+    } else if limits.warm_pool > 0 {
+        format!(
+            "the {at_once} VMs that run at once: --concurrency {} plus --warm-pool {}",
+            limits.concurrency, limits.warm_pool
+        )
     } else {
         format!("the {at_once} VMs --concurrency runs at once")
     };
@@ -304,13 +311,15 @@ fn size(
                 "{needs}, more than this host can give any VM ({whole}{unit}): use a smaller image"
             )));
         }
-        Err(TooSmall::Settings(if fixed {
+        // The host could run it, but not at this runner's share: still the job's choice of
+        // image, which a retry cannot fix.
+        Err(TooSmall::Image(if fixed {
             format!(
-                "{needs}, more than the {value}{unit} this runner gives each VM (--{flag} {value}): the admin can raise --{flag} to {min} or more"
+                "{needs}, more than the {value}{unit} this runner gives each VM (--{flag} {value}): use an image with a smaller minimum, or the admin can raise --{flag} to {min} or more"
             )
         } else {
             format!(
-                "{needs}, more than the {value}{unit} each VM gets here (this host's {whole}{unit} shared by {sharing}): the admin can lower --concurrency, or set --{flag} {min}"
+                "{needs}, more than the {value}{unit} each VM gets here (this host's {whole}{unit} shared by {sharing}): use an image with a smaller minimum, or the admin can lower --concurrency, or set --{flag} {min}"
             )
         }))
     };
@@ -383,15 +392,16 @@ mod tests {
         assert_eq!((s.cpu, s.memory_mib), (Some(3), Some(10 * 1024 / 3)));
     }
 
-    /// The image fits this host; the runner's sharing is what leaves too little: the admin's
-    /// to fix, named as such.
+    /// The image fits this host, not the runner's per-VM share: the job's choice of image
+    /// (a retry cannot help), with the share and the admin's setting named.
     #[test]
-    fn a_minimum_the_host_could_meet_but_the_share_cannot_names_the_admins_setting() {
+    fn a_minimum_above_the_share_is_the_images_fault_naming_the_share_and_the_setting() {
         let err = size(&limits(2), min(1, 8192), None, false, 8, || 16 * 1024).unwrap_err();
-        let TooSmall::Settings(why) = err else {
+        let TooSmall::Image(why) = err else {
             panic!("{err:?}")
         };
         assert!(why.contains("8192 MiB of memory"), "{why}");
+        assert!(why.contains("more than the 7168 MiB each VM gets"), "{why}");
         assert!(why.contains("lower --concurrency"), "{why}");
         assert!(why.contains("--memory 8192"), "{why}");
     }
@@ -427,7 +437,7 @@ mod tests {
         let err = size(&st, min(4, 0), None, false, 16, || 1024).unwrap_err();
         assert_eq!(
             err,
-            TooSmall::Settings("the image needs at least 4 CPUs, more than the 3 this runner gives each VM (--cpu 3): the admin can raise --cpu to 4 or more".into())
+            TooSmall::Image("the image needs at least 4 CPUs, more than the 3 this runner gives each VM (--cpu 3): use an image with a smaller minimum, or the admin can raise --cpu to 4 or more".into())
         );
     }
 
@@ -501,5 +511,17 @@ mod tests {
                 memory_mib: None
             }
         );
+    }
+
+    /// Warm VMs run beside the jobs' and take their share: the message says so.
+    #[test]
+    fn the_share_named_counts_the_warm_pool() {
+        let mut st = limits(1);
+        st.warm_pool = 1;
+        let err = size(&st, min(1, 8192), None, false, 8, || 16 * 1024).unwrap_err();
+        let TooSmall::Image(why) = err else {
+            panic!("{err:?}")
+        };
+        assert!(why.contains("--concurrency 1 plus --warm-pool 1"), "{why}");
     }
 }
