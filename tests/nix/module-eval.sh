@@ -3,9 +3,10 @@
 #   1. the pinned sources (git archives of nix-darwin and nixpkgs.lib, in shared/vendor/ beside
 #      the clone, or $TART_DRIVER_VENDOR) are checked against flake.lock: nix-darwin's rev,
 #      lastModified and narHash are recomputed from its archive;
-#   2. tests/nix/eval.nix evaluates the module through nix-darwin's eval-config.nix (with a
-#      stand-in pkgs) for the README's quick start and the other configurations it lists, and
-#      checks plists, scripts, spec, assertions and switch behaviour;
+#   2. tests/nix/eval.nix (with eval-host.nix) evaluates the module through nix-darwin's
+#      eval-config.nix (with a stand-in pkgs) for the README's quick start and the other
+#      configurations it lists, and checks plists, scripts, spec, assertions and switch
+#      behaviour;
 #   3. each configuration's whole `activate` script passes shellcheck with nix-darwin's flags
 #      (modules/system/default.nix: `shellcheck --exclude=SC2016,SC1112`);
 #   4. the runner agent's script stops gitlab-runner gracefully, the agents and a switch
