@@ -122,9 +122,11 @@ rec {
         fi
       '';
 
-  # nix-darwin's `system.checks` (before activation changes anything): an existing user
-  # whose home in the user database differs from the one the module uses stops the switch,
-  # before activation creates directories nothing would use. A user that does not exist yet
+  # nix-darwin's `system.checks` (first in activation, and at every boot): an existing user
+  # whose home in the user database differs from the one the module uses, or cannot be read,
+  # stops the switch before activation creates directories nothing would use. darwin-rebuild
+  # has set the system profile by then, so the next boot stops here too until the home is
+  # fixed or the admin rolls back (docs/nix-darwin.md). A user that does not exist yet
   # is left to nix-darwin, which creates a user of `users.knownUsers` later in this
   # activation with its declared `home` (an assertion requires one, ./render.nix).
   switchCheck =
