@@ -17,8 +17,27 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the admin marked `image` (`host/repository:tag` or `…@sha256:…`) public: a
+    /// `--public-image` regex must match the whole name, or the whole repository before its
+    /// tag or digest. Unanchored, `ghcr.io/org/base` would also make
+    /// `ghcr.io/org/base-private` public.
     pub fn is_public(&self, image: &str) -> bool {
-        self.public_images.iter().any(|r| r.is_match(image))
+        let repository = repository_of(image);
+        self.public_images.iter().any(|r| {
+            Regex::new(&format!(r"\A(?:{})\z", r.as_str()))
+                .is_ok_and(|whole| whole.is_match(image) || whole.is_match(repository))
+        })
+    }
+}
+
+/// `image` without its `@digest` or `:tag` (a `:` in the last path part only: the host's
+/// port is no tag).
+fn repository_of(image: &str) -> &str {
+    let image = image.split_once('@').map_or(image, |(repo, _)| repo);
+    let last = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last..].rfind(':') {
+        Some(colon) => &image[..last + colon],
+        None => image,
     }
 }
 
@@ -57,5 +76,39 @@ impl CredentialFreeHome {
         cmd.env("HOME", &self.home)
             .env("CFFIXED_USER_HOME", &self.home)
             .env("TART_HOME", &self.tart_home);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public(patterns: &[&str]) -> Policy {
+        Policy {
+            public_images: patterns.iter().map(|p| Regex::new(p).unwrap()).collect(),
+            host_credentials: false,
+        }
+    }
+
+    #[test]
+    fn a_public_image_regex_matches_the_whole_repository_not_a_longer_one() {
+        let policy = public(&["ghcr.io/org/base"]);
+        assert!(policy.is_public("ghcr.io/org/base:latest"));
+        assert!(policy.is_public(&format!("ghcr.io/org/base@sha256:{}", "a".repeat(64))));
+        assert!(!policy.is_public("ghcr.io/org/base-private:latest"));
+        assert!(!policy.is_public("evil.io/ghcr.io/org/base:latest"));
+    }
+
+    #[test]
+    fn a_public_image_regex_may_name_tags_and_alternatives() {
+        let policy = public(&[
+            "ghcr.io/org/a:1|ghcr.io/org/b",
+            "registry.local:5000/pub/.*",
+        ]);
+        assert!(policy.is_public("ghcr.io/org/a:1"));
+        assert!(!policy.is_public("ghcr.io/org/a:2"));
+        assert!(policy.is_public("ghcr.io/org/b:2"));
+        assert!(policy.is_public("registry.local:5000/pub/x:3"));
+        assert!(!policy.is_public("registry.local:5000/private/x:3"));
     }
 }
