@@ -20,12 +20,13 @@ use crate::settings::Settings;
 const NAME: &str = "other VMs' isolation";
 
 /// The `tart run` flags that take a VM off the shared NAT network, or filter it there.
-const ISOLATING: [&str; 7] = [
+/// (Tart's Run.swift has no other: no `--net-softnet-control-fd`, which a neighbour could
+/// otherwise pass to look isolated while Tart refuses to start it.)
+const ISOLATING: [&str; 6] = [
     "--net-softnet",
     "--net-softnet-allow",
     "--net-softnet-block",
     "--net-softnet-expose",
-    "--net-softnet-control-fd",
     "--net-bridged",
     "--net-host",
 ];
@@ -43,11 +44,18 @@ pub enum Neighbour {
     Hidden { user: String, pid: String },
 }
 
-/// The neighbours in `ps -axww -o user=,pid=,args=` output, except the VMs named in `ours`
-/// (this state directory's records: the `softnet` check covers them).
+/// The neighbours in `ps -axww -o user=,pid=,args=` output, except this runner's own VMs:
+/// those named in `ours` (this state directory's records: the `softnet` check covers them)
+/// and run by `own_user` (`ps`'s name for the runner's user). Another user's `tart run` of
+/// the same name is another Tart home's VM, and a neighbour.
 /// `nat` is the guest range of Tart's NAT network: a VM whose Softnet allow list covers it
 /// reaches the other VMs there as if it had no Softnet.
-pub fn neighbours(ps: &str, ours: &[String], nat: (Ipv4Addr, Ipv4Addr)) -> Vec<Neighbour> {
+pub fn neighbours(
+    ps: &str,
+    ours: &[String],
+    own_user: &str,
+    nat: (Ipv4Addr, Ipv4Addr),
+) -> Vec<Neighbour> {
     let mut found = Vec::new();
     for line in ps.lines() {
         let mut fields = line.split_whitespace();
@@ -73,7 +81,8 @@ pub fn neighbours(ps: &str, ours: &[String], nat: (Ipv4Addr, Ipv4Addr)) -> Vec<N
             let flag = a.split('=').next().unwrap_or(a);
             ISOLATING.contains(&flag)
         }) && !allows_into_nat(rest, nat);
-        if !isolated && !ours.iter().any(|o| o == vm) {
+        let own = user == own_user && ours.iter().any(|o| o == vm);
+        if !isolated && !own {
             found.push(Neighbour::Unfiltered {
                 vm: vm.to_string(),
                 user,
@@ -102,7 +111,13 @@ pub fn check_neighbours(settings: &Settings, r: &mut Report) {
         }
     };
     let nat = crate::host::dhcp::host_nat_guest_range();
-    let found = neighbours(&out, &own_vms(&settings.state_dir), nat);
+    let pid = std::process::id().to_string();
+    let own_user = run_bounded(&ps, &["-o", "user=", "-p", &pid], COMMAND_LIMIT)
+        .ok()
+        .filter(|out| out.ok())
+        .map(|out| out.stdout.trim().to_string())
+        .unwrap_or_default();
+    let found = neighbours(&out, &own_vms(&settings.state_dir), &own_user, nat);
     if found.is_empty() {
         return r.pass(
             NAME,
@@ -181,7 +196,7 @@ ci         108 tart run tartdrv-ours-9 --no-graphics
 
     #[test]
     fn a_vm_without_softnet_is_a_neighbour_and_an_isolated_one_is_not() {
-        let found = neighbours(PS, &["tartdrv-ours-9".to_string()], NAT);
+        let found = neighbours(PS, &["tartdrv-ours-9".to_string()], "ci", NAT);
         assert_eq!(
             found,
             [
@@ -206,13 +221,13 @@ ci         108 tart run tartdrv-ours-9 --no-graphics
     #[test]
     fn a_mac_where_every_vm_uses_softnet_has_no_neighbour() {
         let ps = "ci 1 tart run a --net-softnet\nci 2 tart run b --no-graphics --net-softnet\n";
-        assert!(neighbours(ps, &[], NAT).is_empty());
+        assert!(neighbours(ps, &[], "ci", NAT).is_empty());
     }
 
     #[test]
     fn a_vm_whose_softnet_allows_the_nat_network_is_a_neighbour() {
         let ps = "ci 1 tart run a --net-softnet-allow=0.0.0.0/0\nci 2 tart run b --net-softnet-allow 10.0.0.0/8,192.168.64.0/24\nci 3 tart run c --net-softnet-allow=10.0.0.0/8\n";
-        let vms: Vec<String> = neighbours(ps, &[], NAT)
+        let vms: Vec<String> = neighbours(ps, &[], "ci", NAT)
             .into_iter()
             .map(|n| match n {
                 Neighbour::Unfiltered { vm, .. } => vm,
@@ -220,5 +235,25 @@ ci         108 tart run tartdrv-ours-9 --no-graphics
             })
             .collect();
         assert_eq!(vms, ["a", "b"]);
+    }
+
+    #[test]
+    fn another_users_vm_named_like_ours_is_a_neighbour() {
+        let ps = "dev 7 tart run tartdrv-ours-9 --no-graphics\nci 8 tart run tartdrv-ours-9 --no-graphics\n";
+        let found = neighbours(ps, &["tartdrv-ours-9".to_string()], "ci", NAT);
+        assert_eq!(
+            found,
+            [Neighbour::Unfiltered {
+                vm: "tartdrv-ours-9".into(),
+                user: "dev".into(),
+                pid: "7".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_softnet_control_fd_flag_is_no_isolation() {
+        let ps = "dev 7 tart run devbox --net-softnet-control-fd=3\n";
+        assert_eq!(neighbours(ps, &[], "ci", NAT).len(), 1);
     }
 }
