@@ -33,7 +33,7 @@ fn main() {
         std::process::exit(code);
     }
     host::tool_path::complete_path();
-    host::tart_home::forget_empty_home_vars();
+    host::tart_home::settle_home_vars();
     logging::init_from_admin();
     let codes = ExitCodes::from_env();
     let cli = match Cli::try_parse() {

@@ -45,12 +45,35 @@ pub fn empty_home_vars(env: impl Fn(&str) -> Option<OsString>) -> Vec<&'static s
         .collect()
 }
 
-/// Removes [`empty_home_vars`] from this process's environment, so that every `tart` it
-/// starts finds the home the driver found. Called once, first thing in `main`, while the
-/// process has a single thread.
-pub fn forget_empty_home_vars() {
+/// The variables Tart's home is found by whose value is a relative path, each made absolute
+/// against `cwd`. Tart resolves a relative one against its own working directory, which is
+/// not the stage's for every `tart` the driver starts (the warm pool's replenisher runs in
+/// `/`), so the same value would name another home there.
+pub fn relative_home_vars(
+    env: impl Fn(&str) -> Option<OsString>,
+    cwd: &Path,
+) -> Vec<(&'static str, PathBuf)> {
+    ["TART_HOME", "CFFIXED_USER_HOME"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = PathBuf::from(env(name).filter(|v| !v.is_empty())?);
+            value.is_relative().then(|| (name, cwd.join(value)))
+        })
+        .collect()
+}
+
+/// Removes [`empty_home_vars`] from this process's environment and makes
+/// [`relative_home_vars`] absolute against the working directory it started in, so that
+/// every `tart` it starts, wherever it runs, finds the home the driver found. Called once,
+/// first thing in `main`, while the process has a single thread.
+pub fn settle_home_vars() {
     for name in empty_home_vars(|name| std::env::var_os(name)) {
         std::env::remove_var(name);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        for (name, absolute) in relative_home_vars(|name| std::env::var_os(name), &cwd) {
+            std::env::set_var(name, absolute);
+        }
     }
 }
 
@@ -253,6 +276,22 @@ mod tests {
         assert_eq!(
             cached_digest(home.path(), "registry.local:5000/team/img:dangling"),
             None
+        );
+    }
+
+    /// Tart resolves a relative TART_HOME against its own working directory, which the
+    /// replenisher moves to `/`: the driver pins it to where it started.
+    #[test]
+    fn a_relative_tart_home_is_made_absolute_against_the_starting_directory() {
+        let env = env_of(&[("TART_HOME", "vms"), ("CFFIXED_USER_HOME", "/x")]);
+        assert_eq!(
+            relative_home_vars(env, Path::new("/srv/runner")),
+            [("TART_HOME", PathBuf::from("/srv/runner/vms"))]
+        );
+        let env = env_of(&[("TART_HOME", ""), ("CFFIXED_USER_HOME", "./home")]);
+        assert_eq!(
+            relative_home_vars(env, Path::new("/r")),
+            [("CFFIXED_USER_HOME", PathBuf::from("/r/./home"))]
         );
     }
 }
