@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::guest::Share;
 use crate::host::state_dir::StateDir;
-use crate::host::vm::{Connection, VmName, VmState};
+use crate::host::vm::{Connection, VmState};
 use crate::job::request::Request;
 use crate::job::JobContext;
 
@@ -19,16 +19,6 @@ pub struct Swept {
     pub removed: Vec<String>,
     /// VMs that look like ours but are not provably this host's: left alone.
     pub foreign: Vec<String>,
-}
-
-impl From<crate::backend::tart::lifecycle::Swept> for Swept {
-    fn from(s: crate::backend::tart::lifecycle::Swept) -> Swept {
-        let names = |v: Vec<VmName>| v.into_iter().map(|n| n.to_string()).collect();
-        Swept {
-            removed: names(s.removed),
-            foreign: names(s.foreign),
-        }
-    }
 }
 
 /// Tells the job log what prepare's sweep did. Other jobs' names stay out of it (they name

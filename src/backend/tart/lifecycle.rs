@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::backend::types;
 use crate::host::ownership::{self, Claim};
 use crate::host::state_dir::{StateDir, VMS};
 use crate::host::supervisor;
@@ -126,6 +127,17 @@ pub struct Swept {
     pub removed: Vec<VmName>,
     /// VMs with our prefix that this state directory cannot prove its own: left alone.
     pub foreign: Vec<VmName>,
+}
+
+/// The seam's [`types::Swept`], with the VM names as text.
+impl From<Swept> for types::Swept {
+    fn from(s: Swept) -> types::Swept {
+        let names = |v: Vec<VmName>| v.into_iter().map(|n| n.to_string()).collect();
+        types::Swept {
+            removed: names(s.removed),
+            foreign: names(s.foreign),
+        }
+    }
 }
 
 /// Removes VMs of this state directory that no live job owns (see `ownership`): their
