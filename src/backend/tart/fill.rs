@@ -316,7 +316,7 @@ async fn boot(
         .await?;
     ownership::mark(&state.name, root)?;
     crate::fault::point("replenish:cloned");
-    let info = super::create::configure(tart, settings, root, request, vm)
+    let info = super::clone::configure(tart, settings, root, request, vm)
         .await
         .map_err(explain)?;
     let mut started_as = spec.clone();
@@ -332,7 +332,7 @@ async fn boot(
     };
     let shares = super::shares::shares(settings, &nobody, vm)?;
     let identity = Identity::create(state)?;
-    let run_args = super::create::run_args(settings, request, &info.os, &shares, &identity);
+    let run_args = super::clone::run_args(settings, request, &info.os, &shares, &identity);
     let mut fds = slots.raw_fds();
     fds.push(std::os::unix::io::AsRawFd::as_raw_fd(lock));
     supervisor::start(state, tart.exe(), &run_args, fds)?;

@@ -10,6 +10,7 @@
 
 mod capacity;
 mod claimed;
+pub mod clone;
 pub mod connect;
 pub mod create;
 mod fill;
