@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 
 use super::probe::{is_executable, resolve, run_bounded, COMMAND_LIMIT};
 use super::report::Report;
-use super::DoctorArgs;
 use crate::model::TransportKind;
 use crate::settings::Settings;
 
 const LOW_SPACE_BYTES: u64 = 10_000_000_000;
 pub(super) const GB: f64 = 1e9;
 
-pub(super) fn check_gitlab_runner(args: &DoctorArgs, r: &mut Report) -> Option<PathBuf> {
+/// `exe` is `--gitlab-runner`'s value, if given.
+pub(super) fn check_gitlab_runner(exe: Option<&str>, r: &mut Report) -> Option<PathBuf> {
     const NAME: &str = "gitlab-runner";
-    let exe = args.gitlab_runner.as_deref().unwrap_or("gitlab-runner");
+    let exe = exe.unwrap_or("gitlab-runner");
     let fix = "install gitlab-runner 17.6 or later (`brew install gitlab-runner`), or give its path with --gitlab-runner";
     let Some(path) = resolve(exe) else {
         r.fail(NAME, format!("`{exe}` not found on PATH"), fix);

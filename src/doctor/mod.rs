@@ -69,7 +69,7 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
         return finish(args.format, &r);
     }
     let tart = tart::check_tart(&settings, &mut r);
-    let runner = host::check_gitlab_runner(args, &mut r);
+    let runner = host::check_gitlab_runner(args.gitlab_runner.as_deref(), &mut r);
     macho::check_lc_uuid(runner.as_deref(), &mut r);
     match &args.runner_config {
         Some(path) => runner_toml::check_runner_config(path, &settings, &mut r),

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 
-use super::Report;
+use super::report::Report;
 use crate::orchard::capacity;
 use crate::orchard::client::{read_token, ApiError, Client};
 use crate::orchard::settings::OrchardSettings;

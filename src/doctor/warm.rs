@@ -1,7 +1,7 @@
 //! Doctor's view of the warm pool (`--warm-pool`): what it keeps, what each warm VM is
 //! doing, and the boots that failed.
 
-use super::Report;
+use super::report::Report;
 use crate::host::state_dir::StateDir;
 use crate::settings::Settings;
 use crate::warm::pool::{self, Status};
