@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use super::exec_status::{StatusFilter, StatusRecord};
 use super::lifeline::{self, Lifeline};
 use super::relay::{Cancel, Output};
-use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
+use super::stage::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::host::tart::Tart;
 use crate::host::vm::VmName;
 

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::askpass::{self, PasswordPipe};
 use super::relay::{Cancel, Output};
-use super::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
+use super::stage::{cancel_command, pid_file_for_stage, stage_wrapper, RemoteExit, Stage};
 use crate::host::state_dir::CONTROL_SOCKET;
 use crate::host::vm::VmState;
 
