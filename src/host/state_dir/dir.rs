@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{check_level, choose_another, uid, Refusal};
+use super::refusal::{check_level, choose_another, uid, Refusal};
 
 /// An open, verified directory inside the state directory. Everything in it is reached
 /// through the held descriptor, never through a path that could be swapped.

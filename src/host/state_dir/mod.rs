@@ -17,102 +17,21 @@
 //! May use: nothing above the standard library and `libc`.
 
 mod dir;
+mod paths;
+mod refusal;
 
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 pub use dir::Dir;
-
-/// Where per-VM records live: `<state dir>/vms/<VM name>/`.
-pub const VMS: &str = "vms";
-/// Where slot locks live: `<state dir>/slots/`.
-pub const SLOTS: &str = "slots";
-/// A VM's SSH control socket: `<state dir>/vms/<VM name>/ssh`.
-pub const CONTROL_SOCKET: &str = "ssh";
-/// The longest VM name the driver makes (`tartdrv-` + 12-character runner token + `-` + the
-/// 20 digits of the largest job id).
-pub const MAX_VM_NAME_LEN: usize = 41;
-/// While it binds a control socket, ssh appends a dot and 16 random characters.
-const SSH_TEMP_SUFFIX: usize = 17;
-/// `sun_path` less its terminating NUL: 104 bytes on macOS, 108 on Linux.
-pub const SOCKET_PATH_MAX: usize = if cfg!(target_os = "macos") { 103 } else { 107 };
-
-/// The longest socket path (as ssh binds it) the driver makes under `root`, in bytes.
-pub fn longest_socket_path(root: &Path) -> usize {
-    root.as_os_str().len()
-        + format!("/{VMS}//{CONTROL_SOCKET}").len()
-        + MAX_VM_NAME_LEN
-        + SSH_TEMP_SUFFIX
-}
-
-/// The default state directory: private to the runner's user and short enough for every
-/// socket path the driver makes. macOS: `~/Library/Caches/tartdrv`; elsewhere
-/// `$XDG_STATE_HOME/tartdrv` (`~/.local/state/tartdrv`). When the home directory is too long
-/// for those, `~/.tartdrv`.
-pub fn default_path() -> PathBuf {
-    let Some(home) = home_dir() else {
-        // A relative path, which `open` refuses with a message naming --state-dir.
-        return PathBuf::from("$HOME/.tartdrv");
-    };
-    let preferred = if cfg!(target_os = "macos") {
-        home.join("Library/Caches/tartdrv")
-    } else {
-        std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .unwrap_or_else(|| home.join(".local/state"))
-            .join("tartdrv")
-    };
-    if longest_socket_path(&preferred) <= SOCKET_PATH_MAX {
-        preferred
-    } else {
-        home.join(".tartdrv")
-    }
-}
-
-fn home_dir() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return Some(PathBuf::from(home));
-    }
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into the buffers we own and sets `found` to `pwd` or NULL.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::getuid(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() || pwd.pw_dir.is_null() {
-        return None;
-    }
-    // SAFETY: pw_dir points into `buf`, NUL-terminated.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
-    Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
-}
-
-/// Why a state directory is refused, and what the admin should do.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub problem: String,
-    pub fix: String,
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.problem, self.fix)
-    }
-}
-
-impl std::error::Error for Refusal {}
+#[cfg(test)]
+pub use paths::MAX_VM_NAME_LEN;
+pub use paths::{default_path, longest_socket_path, CONTROL_SOCKET, SLOTS, SOCKET_PATH_MAX, VMS};
+pub use refusal::Refusal;
+use refusal::{check_level, choose_another, uid};
 
 /// What `doctor` learns about a state directory without creating anything.
 pub enum Inspection {
@@ -120,61 +39,6 @@ pub enum Inspection {
     Fine { mode: u32 },
     /// It does not exist; the stages will create it (mode 0700) under a trusted parent.
     WillBeCreated,
-}
-
-fn uid() -> u32 {
-    // SAFETY: getuid never fails.
-    unsafe { libc::getuid() }
-}
-
-fn choose_another(path: &Path) -> String {
-    format!(
-        "remove {} when no job runs (it may need root), or set --state-dir to a directory only the runner's user can write (the default is {})",
-        path.display(),
-        default_path().display()
-    )
-}
-
-/// Checks one directory level from its (not followed) metadata.
-fn check_level(path: &Path, meta: &std::fs::Metadata) -> Result<(), Refusal> {
-    let me = uid();
-    let refuse = |problem: String, fix: String| Err(Refusal { problem, fix });
-    if meta.file_type().is_symlink() {
-        return refuse(
-            format!("state directory {} is a symbolic link: whoever controls its target controls the driver's sockets", path.display()),
-            choose_another(path),
-        );
-    }
-    if !meta.is_dir() {
-        return refuse(
-            format!("state directory {} is not a directory", path.display()),
-            choose_another(path),
-        );
-    }
-    if meta.uid() != me {
-        return refuse(
-            format!(
-                "state directory {} belongs to uid {}, not to the runner's user (uid {me}): its owner could plant a control socket and receive the job's scripts",
-                path.display(),
-                meta.uid()
-            ),
-            choose_another(path),
-        );
-    }
-    if meta.mode() & 0o022 != 0 {
-        return refuse(
-            format!(
-                "state directory {} has mode {:o}: others could write sockets and passwords there",
-                path.display(),
-                meta.mode() & 0o7777
-            ),
-            format!(
-                "`chmod go-w {}`, or remove it when no job runs",
-                path.display()
-            ),
-        );
-    }
-    Ok(())
 }
 
 /// Every directory above the state directory must belong to root or to this user, and be
@@ -350,6 +214,7 @@ impl StateDir {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     #[test]
     fn the_default_fits_every_socket_path_the_driver_makes() {
