@@ -347,6 +347,15 @@ fn module_of<'t>(tree: &'t BTreeMap<ModPath, PathBuf>, path: &[String]) -> &'t M
         .expect("the crate root is in the tree")
 }
 
+/// The module a file starts: `module` itself, or the one whose file an inline module is in.
+fn file_module(tree: &BTreeMap<ModPath, PathBuf>, module: &[String]) -> ModPath {
+    let mut module = module.to_vec();
+    while !module.is_empty() && tree.get(&module[..module.len() - 1]) == tree.get(&module) {
+        module.pop();
+    }
+    module
+}
+
 /// Each file of `src/` with the files it names (itself left out), and what it names that the
 /// check refuses.
 struct Graph {
@@ -374,9 +383,9 @@ fn graph() -> Graph {
         for named in names_in(&code, &at, &known) {
             match named {
                 Named::Path(path) => {
-                    let target = module_of(&tree, &path);
-                    if tree[target] != *file {
-                        targets.insert(target.clone());
+                    let target = file_module(&tree, module_of(&tree, &path));
+                    if tree[&target] != *file {
+                        targets.insert(target);
                     }
                 }
                 Named::Refused(why) => refused.push(format!("{}: {why}", shown(&src, file))),
@@ -431,6 +440,134 @@ fn upward_imports(graph: &Graph) -> Vec<String> {
         }
     }
     upward
+}
+
+/// The groups of two or more files of `graph` that import one another round a cycle (the
+/// strongly connected components, Tarjan's algorithm), each with the imports inside it.
+fn cycles(edges: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> Vec<Vec<(ModPath, ModPath)>> {
+    struct Walk<'e> {
+        edges: &'e BTreeMap<ModPath, BTreeSet<ModPath>>,
+        index: BTreeMap<&'e ModPath, usize>,
+        low: BTreeMap<&'e ModPath, usize>,
+        stack: Vec<&'e ModPath>,
+        on_stack: BTreeSet<&'e ModPath>,
+        groups: Vec<BTreeSet<&'e ModPath>>,
+    }
+    impl<'e> Walk<'e> {
+        fn visit(&mut self, v: &'e ModPath) {
+            let at = self.index.len();
+            self.index.insert(v, at);
+            self.low.insert(v, at);
+            self.stack.push(v);
+            self.on_stack.insert(v);
+            for w in self.edges.get(v).into_iter().flatten() {
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let low = self.low[v].min(self.low[w]);
+                    self.low.insert(v, low);
+                } else if self.on_stack.contains(w) {
+                    let low = self.low[v].min(self.index[w]);
+                    self.low.insert(v, low);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut group = BTreeSet::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on_stack.remove(w);
+                    group.insert(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                self.groups.push(group);
+            }
+        }
+    }
+    let mut walk = Walk {
+        edges,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        groups: Vec::new(),
+    };
+    for v in edges.keys() {
+        if !walk.index.contains_key(v) {
+            walk.visit(v);
+        }
+    }
+    let mut groups: Vec<Vec<(ModPath, ModPath)>> = walk
+        .groups
+        .iter()
+        .filter(|group| group.len() > 1)
+        .map(|group| {
+            group
+                .iter()
+                .flat_map(|from| {
+                    edges[*from]
+                        .iter()
+                        .filter(|to| group.contains(to))
+                        .map(|to| ((*from).clone(), to.clone()))
+                })
+                .collect()
+        })
+        .collect();
+    groups.sort();
+    groups
+}
+
+#[test]
+fn no_files_of_src_import_one_another_round_a_cycle() {
+    let graph = graph();
+    let shown_cycles: Vec<String> = cycles(&graph.edges)
+        .iter()
+        .map(|group| {
+            group
+                .iter()
+                .map(|(from, to)| {
+                    format!(
+                        "  {} names {}",
+                        shown(&graph.src, &graph.tree[from]),
+                        crate_path(to)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert!(
+        shown_cycles.is_empty(),
+        "{} groups of files import one another round a cycle:\n{}",
+        shown_cycles.len(),
+        shown_cycles.join("\n\n")
+    );
+}
+
+#[test]
+fn the_cycle_check_finds_files_that_import_one_another_through_a_third() {
+    let path = |p: &str| -> ModPath { p.split("::").map(String::from).collect() };
+    let edges = BTreeMap::from([
+        (path("doctor"), BTreeSet::from([path("doctor::host")])),
+        (path("doctor::host"), BTreeSet::from([path("doctor::tart")])),
+        (
+            path("doctor::tart"),
+            BTreeSet::from([path("doctor"), path("model")]),
+        ),
+        (
+            path("doctor::report"),
+            BTreeSet::from([path("doctor::host")]),
+        ),
+        (path("model"), BTreeSet::new()),
+    ]);
+    let found = cycles(&edges);
+    assert_eq!(
+        found,
+        [vec![
+            (path("doctor"), path("doctor::host")),
+            (path("doctor::host"), path("doctor::tart")),
+            (path("doctor::tart"), path("doctor")),
+        ]]
+    );
 }
 
 #[test]
