@@ -37,27 +37,38 @@ pub struct Parsed {
     pub malformed: Vec<usize>,
 }
 
-/// Parses bootpd's leases file: `{`, `key=value` lines, `}` per lease, as Tart reads it.
-/// A malformed line or lease is skipped and named in [`Parsed::malformed`].
+/// Parses bootpd's leases file: `{`, `key=value` lines, `}` per lease, line by line as
+/// Tart's `Leases.swift` reads it: lines split at `\n` only, `{` and `}` only when alone
+/// on their line (no whitespace around them, no `\r`), leading spaces and tabs dropped
+/// from a `key=value` line and nothing else (a trailing space stays in the value), a
+/// line of only spaces and tabs skipped. A line Tart refuses is named in
+/// [`Parsed::malformed`] and its lease skipped; the other leases are kept.
 pub fn parse_leases(text: &str) -> Parsed {
     let mut parsed = Parsed::default();
-    // The open lease: the line of its `{`, its fields, and whether one of its lines was bad.
+    // The open lease: the line of its `{` and its fields.
     let mut entry: Option<(usize, Vec<(&str, &str)>)> = None;
-    for (n, line) in text.lines().enumerate() {
+    // A `key=value` outside any `{ }`: Tart takes it as a lease's body, so a `{` after it
+    // is refused and the file must not end there.
+    let mut loose: Option<usize> = None;
+    for (n, line) in text.split('\n').enumerate() {
         let n = n + 1;
-        let line = line.trim();
         match line {
             "" => {}
             "{" => {
-                // A lease left open (its `}` missing) is dropped: its end is unknown.
-                if let Some((open, _)) = entry.replace((n, Vec::new())) {
-                    parsed.malformed.push(open);
+                if entry.is_some() || loose.is_some() {
+                    parsed.malformed.push(n);
                 }
+                entry = Some((n, Vec::new()));
+                loose = None;
             }
             "}" => {
-                let Some((_, fields)) = entry.take() else {
-                    parsed.malformed.push(n);
-                    continue;
+                let fields = match (entry.take(), loose.take()) {
+                    (Some((_, fields)), _) if !fields.is_empty() => fields,
+                    (None, Some(_)) => continue,
+                    _ => {
+                        parsed.malformed.push(n);
+                        continue;
+                    }
                 };
                 let get = |k: &str| fields.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
                 let (Some(ip), Some(hw), Some(lease)) =
@@ -75,13 +86,28 @@ pub fn parse_leases(text: &str) -> Parsed {
                     expires,
                 });
             }
-            _ => match (&mut entry, line.split_once('=')) {
-                (Some((_, fields)), Some(kv)) => fields.push(kv),
-                _ => parsed.malformed.push(n),
-            },
+            _ => {
+                let content = line.trim_start_matches([' ', '\t']);
+                if content.is_empty() {
+                    continue;
+                }
+                // Tart's split drops empty parts: `key=` and `=value` are a key alone.
+                match content.split_once('=') {
+                    Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+                        match &mut entry {
+                            Some((_, fields)) => fields.push((key, value)),
+                            None => {
+                                loose.get_or_insert(n);
+                            }
+                        }
+                    }
+                    _ => parsed.malformed.push(n),
+                }
+            }
         }
     }
-    if let Some((open, _)) = entry {
+    // Tart refuses a file that ends inside a lease ("truncated").
+    if let Some(open) = entry.map(|(open, _)| open).or(loose) {
         parsed.malformed.push(open);
     }
     parsed
@@ -332,9 +358,10 @@ mod tests {
         let Parsed { leases, malformed } = parse_leases(&text);
         let ips: Vec<&str> = leases.iter().map(|l| l.ip.as_str()).collect();
         assert_eq!(ips, ["192.168.64.2", "192.168.64.3"]);
-        // `garbage`, the line without `=`, the stray `}` and the last lease, never closed;
-        // the lease whose value is not hex is skipped alone (as Tart does), not malformed.
-        assert_eq!(malformed, [1, 3, 5, 25], "{text}");
+        // `garbage`, the line without `=`, the `}` of a lease with no body left (Tart
+        // refuses a `}` before any `key=value`), the stray `}` and the last lease, never
+        // closed; the lease whose value is not hex is skipped alone (as Tart does).
+        assert_eq!(malformed, [1, 3, 4, 5, 25], "{text}");
     }
 
     /// A lease whose `}` is missing is dropped, and the next one is read.
@@ -344,7 +371,30 @@ mod tests {
         let Parsed { leases, malformed } = parse_leases(&text);
         assert_eq!(leases.len(), 2);
         assert_eq!(leases[0].ip, "192.168.64.2");
-        assert_eq!(malformed, [1]);
+        // Tart refuses the second `{` (line 3), not the first.
+        assert_eq!(malformed, [3]);
+    }
+
+    /// Tart compares `{` and `}` whole and drops only leading spaces and tabs: lines it
+    /// refuses are named, whatever whitespace a lenient reader would forgive.
+    #[test]
+    fn lines_tart_refuses_for_their_whitespace_are_malformed() {
+        let lease = |open: &str, close: &str| {
+            format!("{open}\n\tip_address=192.168.64.2\n\thw_address=1,7a:47:bb:5f:97:c9\n\tlease=0x6a2b3c4d\n{close}\n")
+        };
+        assert_eq!(
+            parse_leases(&lease("{", "}")).malformed,
+            Vec::<usize>::new()
+        );
+        // Tart refuses ` {`, then takes the fields as a body that `}` closes.
+        assert_eq!(parse_leases(&lease(" {", "}")).malformed, [1]);
+        assert_eq!(parse_leases(&lease("{", "} ")).malformed, [5, 1]);
+        assert_eq!(parse_leases(&lease("{\r", "}")).malformed, [1]);
+        assert_eq!(parse_leases("{\n\tkey=\n}\n").malformed, [2, 3]);
+        assert_eq!(
+            parse_leases(&format!("{}  \t\n", lease("{", "}"))).malformed,
+            Vec::<usize>::new()
+        );
     }
 
     fn lease(mac: &str, expires: u64) -> Lease {

@@ -430,34 +430,43 @@ fn norm_mac(m: &str) -> String {
         .join(":")
 }
 
-/// Parses the lease file; a malformed file is an error as in Tart.
+/// Parses the lease file; a malformed file is an error as in Tart (`Leases.swift`): split
+/// at `\n` with empty lines dropped (and not counted), `{`/`}` only when alone on their
+/// line, leading spaces and tabs dropped from other lines (nothing else trimmed), a
+/// `key=value` outside a block taken as a body, a file ending inside a body refused.
 pub fn read_leases() -> Result<Vec<Lease>, Fail> {
     let Ok(text) = fs::read_to_string(leases_path()) else {
         return Ok(vec![]);
     };
+    #[derive(PartialEq)]
+    enum State {
+        Nowhere,
+        Start,
+        Body,
+        End,
+    }
+    let mut state = State::Nowhere;
     let mut out = vec![];
-    let mut cur: Option<Vec<(String, String)>> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
+    let mut kv: Vec<(String, String)> = vec![];
+    for (i, line) in text.split('\n').filter(|l| !l.is_empty()).enumerate() {
         let bad = |msg: &str| {
             Fail::Error(format!(
                 "UnexpectedFormat(name: \"unexpected DHCPD leases file format\", message: \"{msg}\", line: {})",
                 i + 1
             ))
         };
-        if line.is_empty() {
-            continue;
-        }
         if line == "{" {
-            if cur.is_some() {
-                return Err(bad("nested lease entry"));
+            if state != State::Nowhere && state != State::End {
+                return Err(bad("unexpected lease block start ({)"));
             }
-            cur = Some(vec![]);
+            state = State::Start;
         } else if line == "}" {
-            let Some(kv) = cur.take() else {
-                return Err(bad("unexpected end of lease entry"));
-            };
-            let g = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone());
+            if state != State::Body {
+                return Err(bad("unexpected lease block end (})"));
+            }
+            let fields = std::mem::take(&mut kv);
+            state = State::End;
+            let g = |k: &str| fields.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone());
             let (Some(ip), Some(hw), Some(lease)) = (g("ip_address"), g("hw_address"), g("lease"))
             else {
                 continue;
@@ -471,19 +480,24 @@ pub fn read_leases() -> Result<Vec<Lease>, Fail> {
                 expiry,
             });
         } else {
-            let Some(kv) = cur.as_mut() else {
-                return Err(bad("key-value pair outside of lease entry"));
-            };
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(bad("expected key=value"));
+            let content = line.trim_start_matches([' ', '\t']);
+            if content.is_empty() {
+                continue;
+            }
+            // Swift's split drops empty parts: `key=` and `=value` are a key alone.
+            let Some((k, v)) = content
+                .split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            else {
+                return Err(bad("key-value pair with only a key"));
             };
             kv.push((k.to_string(), v.to_string()));
+            state = State::Body;
         }
     }
-    if cur.is_some() {
+    if state == State::Start || state == State::Body {
         return Err(Fail::Error(
-            "UnexpectedFormat(name: \"unexpected DHCPD leases file format\", message: \"unterminated lease entry\", line: 0)"
-                .into(),
+            "Truncated(name: \"truncated DHCPD leases file\")".into(),
         ));
     }
     Ok(out)

@@ -626,6 +626,27 @@ fn ip_reports_a_malformed_lease_file_as_unexpected_format() {
     );
 }
 
+/// Tart compares `{` alone on its line: an indented one is refused (the driver's doctor
+/// must flag what Tart refuses, not what a lenient reader forgives).
+#[test]
+fn ip_refuses_an_indented_lease_brace_as_tart_does() {
+    let b = Bed::new();
+    b.clone_vm(UBUNTU, "vm");
+    std::fs::create_dir_all(b.host.join("var/db")).unwrap();
+    std::fs::write(
+        b.host.join("var/db/dhcpd_leases"),
+        "{\n\tip_address=192.168.64.2\n\thw_address=1,7a:47:bb:5f:97:c9\n\tlease=0x7fffffff\n}\n {\n",
+    )
+    .unwrap();
+    let o = b.tart(&["ip", "vm"]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("key-value pair with only a key") && o.stderr.contains("line: 6"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn login_needs_username_and_password_stdin_together() {
     let b = Bed::new();
