@@ -1,5 +1,7 @@
 //! `doctor`: checks this host for everything the driver needs before a job finds out, and
-//! says how to fix each problem.
+//! says how to fix each problem. Doctor is a consumer like the stages: it may use the warm
+//! pool's records, settings, Orchard's client, guest, host, the runtime and the shared
+//! kinds; never the stages or the backends, and nothing imports it but `main` and `cli`.
 //!
 //! Every check ends as pass, warn, fail or skip (a check that does not apply here, such as
 //! the Mach-O checks on Linux). Each external command is bounded to a few seconds, nothing
@@ -9,12 +11,10 @@
 //!
 //! One file per family of checks: [`host`] (gitlab-runner, directories, ssh, GUI session),
 //! [`macho`] (the binaries' `LC_UUID`), [`tart`] (Tart, its VMs and images), [`network`],
-//! [`neighbours`] (other VMs on the shared network without Softnet),
-//! [`runner_toml`] (gitlab-runner's config.toml), [`state`] (the state directory) and
-//! [`orchard`] (an Orchard controller); [`probe`] runs their bounded commands and
-//! [`report`] prints the outcome. Doctor is a consumer like the stages: it may use the warm
-//! pool's records, settings, Orchard's client, guest, host, the runtime and the shared
-//! kinds; never the stages or the backends, and nothing imports it but `main` and `cli`.
+//! [`neighbours`] (other VMs on the shared network without Softnet), [`registry`] (registry
+//! logins in the runner user's keychain), [`runner_toml`] (gitlab-runner's config.toml),
+//! [`state`] (the state directory), [`warm`] (the warm pool) and [`orchard`] (an Orchard
+//! controller); [`probe`] runs their bounded commands and [`report`] prints the outcome.
 
 mod host;
 mod macho;

@@ -1,9 +1,11 @@
 //! The job's request: who the job is (this file: its payload and variables), what it asks
 //! for within what the admin allows (`request`), its image (`image`) and who may pull or
 //! clone which image with which credentials (`registry_access`, and the public digests it
-//! remembers, `public_images`). May use: settings, the guest side's login types, the host
-//! side (Tart's client, the state directory) and the shared kinds; never the warm pool, the
-//! backends, the stages, doctor or the command line.
+//! remembers, `public_images`). May use: settings, the guest side's types a job chooses
+//! among (`guest::transport::ssh::Auth`, `guest::RunnerInstall`), the host side (Tart's
+//! client and home, the state directory, VM names and their prefix, the registry policy, the
+//! NAT range) and the shared kinds; never the warm pool, the backends, the stages, doctor or
+//! the command line.
 //!
 //! What gitlab-runner tells the driver about the job: the environment of each stage and
 //! the job payload in `JOB_RESPONSE_FILE`.

@@ -1,4 +1,5 @@
-//! `runner-config`: renders GitLab Runner's `config.toml` from a declarative spec.
+//! `runner-config`: renders GitLab Runner's `config.toml` from a declarative spec. May use:
+//! nothing of the driver's own layers; it is a command of its own.
 //!
 //! The spec (JSON) names every runner with the *path* of the file that holds its
 //! authentication token, never the token itself, so it can live in a world-readable place
@@ -12,8 +13,7 @@
 //! same N as the global `concurrent`, so the two can never drift apart.
 //!
 //! [`spec`] reads and checks the spec, [`token`] the token files, [`render`] writes the
-//! TOML and [`write`] puts it in place. May use: nothing of the driver's own layers; it is
-//! a command of its own.
+//! TOML and [`write`] puts it in place.
 
 mod render;
 mod spec;

@@ -1,17 +1,17 @@
 //! The admin's configuration, merged from flags, the YAML file and defaults, validated once.
+//! May use: the shared kinds (`model`) and the layers below it for their value types and
+//! defaults (host: the registry policy, state dir and NAT range; guest: its builds and
+//! cache dirs; orchard: the controller's options); never the command line, the job's
+//! request, the warm pool's records, the backends, the stages or doctor.
 //!
 //! Precedence: a command-line flag wins over the `--config` file, which wins over the
-//! default. Job variables are *not* read here: `job.rs` owns them, and `JobRequest` decides
-//! what a job may change within what these settings allow.
+//! default. Job variables are *not* read here: `job` owns them, and `job::request::Request`
+//! decides what a job may change within what these settings allow.
 //!
 //! [`options`] holds the flags (the command line parses into them), [`file`] the YAML file,
 //! [`values`] the parsing and validation of single values, [`warm`] the warm pool's options,
 //! [`isolation`] whether concurrent jobs' VMs are kept apart; this file merges them into
 //! [`Settings`], and hands the host the plain values it needs ([`Settings::host_limits`]).
-//! May use: the shared kinds (`model`) and the layers below it for their value types and
-//! defaults (host: the registry policy and state dir; guest: its builds and cache dirs;
-//! orchard: the controller's options); never the command line, the job's request, the warm
-//! pool's records, the backends, the stages or doctor.
 
 mod file;
 #[cfg(test)]

@@ -27,10 +27,7 @@ pub fn orchard_proxy(
     )?;
     let client = Client::new(orchard)?;
     let bound = Duration::from_secs(retry_for.unwrap_or(settings.timeout_secs));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let runtime = crate::rt::runtime();
     let result = runtime.block_on(async {
         let ws = open_within(&client, vm, port, bound).await?;
         bridge(ws, tokio::io::stdin(), tokio::io::stdout()).await

@@ -14,7 +14,7 @@
 //!
 //! Anything else is refused as a system failure that names the path and the fix.
 //!
-//! May use: nothing above the standard library and `libc`.
+//! May use: nothing of the crate; only the standard library, `libc` and `anyhow`.
 
 mod dir;
 mod paths;
