@@ -4,13 +4,13 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::disk::{free_bytes, gb};
 use super::probe::{is_executable, resolve, run_bounded, COMMAND_LIMIT};
 use super::report::Report;
 use crate::model::TransportKind;
 use crate::settings::Settings;
 
 const LOW_SPACE_BYTES: u64 = 10_000_000_000;
-pub(super) const GB: f64 = 1e9;
 
 /// `exe` is `--gitlab-runner`'s value, if given.
 pub(super) fn check_gitlab_runner(exe: Option<&str>, r: &mut Report) -> Option<PathBuf> {
@@ -51,29 +51,12 @@ pub(super) fn check_gitlab_runner(exe: Option<&str>, r: &mut Report) -> Option<P
     Some(path)
 }
 
-/// Bytes free for this user on the file system holding `path` (or its nearest existing
-/// ancestor).
-pub(super) fn free_bytes(path: &Path) -> Option<(u64, PathBuf)> {
-    let existing = path.ancestors().find(|p| p.exists())?.to_path_buf();
-    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we pass; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64 * st.f_frsize as u64, existing))
-}
-
 pub(super) fn accessible(path: &Path, mode: libc::c_int) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: access only reads the NUL-terminated path.
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
-}
-
-pub(super) fn gb(bytes: u64) -> String {
-    format!("{:.1} GB", bytes as f64 / GB)
 }
 
 pub(super) fn check_directories(settings: &Settings, r: &mut Report) {

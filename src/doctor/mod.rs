@@ -14,8 +14,10 @@
 //! [`neighbours`] (other VMs on the shared network without Softnet), [`registry`] (registry
 //! logins in the runner user's keychain), [`runner_toml`] (gitlab-runner's config.toml),
 //! [`state`] (the state directory), [`warm`] (the warm pool) and [`orchard`] (an Orchard
-//! controller); [`probe`] runs their bounded commands and [`report`] prints the outcome.
+//! controller); [`probe`] runs their bounded commands, [`tart_list`] reads `tart list` and
+//! [`disk`] free space for them, and [`report`] prints the outcome.
 
+mod disk;
 mod host;
 mod macho;
 mod neighbours;
@@ -27,6 +29,7 @@ mod report;
 mod runner_toml;
 mod state;
 mod tart;
+mod tart_list;
 mod warm;
 
 use std::path::PathBuf;
@@ -78,7 +81,7 @@ pub fn doctor(args: &DoctorArgs) -> StageResult {
             "not checked: pass --runner-config /path/to/config.toml to compare gitlab-runner's settings with these options",
         ),
     }
-    let list = tart.as_deref().map(tart::tart_list);
+    let list = tart.as_deref().map(tart_list::tart_list);
     tart::check_macos_limit(&settings, list.as_ref(), &mut r);
     let seen = crate::host::foreign::survey(
         crate::host::tart_home::home().as_deref(),

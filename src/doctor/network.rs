@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::probe::{is_executable, resolve, run_bounded};
 use super::report::Report;
-use super::tart::{entry_is_running, entry_name, TartList};
+use super::tart_list::{entry_is_running, entry_name, TartList};
 use crate::guest::transport::reach::{self, Reach};
 use crate::host::dhcp::{self, PoolUse};
 use crate::host::tool_path;

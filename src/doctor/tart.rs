@@ -1,12 +1,12 @@
 //! Tart and what it holds: its version, its VMs and images (`tart list`), Apple's limit of
 //! macOS VMs, Tart's home directory and this driver's VMs in it.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use super::host::{free_bytes, gb, GB};
+use super::disk::{free_bytes, gb, GB};
 use super::probe::{is_executable, parse_version, resolve, run_bounded, COMMAND_LIMIT};
 use super::report::Report;
+use super::tart_list::{entry_is_oci, entry_is_running, entry_name, entry_size_gb, TartList};
 use crate::host::ownership::{self, Claim};
 use crate::host::state_dir::{self, StateDir, VMS};
 use crate::host::vm::{VmName, VmState, PREFIX};
@@ -14,7 +14,6 @@ use crate::model::TransportKind;
 use crate::settings::Settings;
 
 /// Tart reads every VM's config for `list`, which can take longer on a big cache.
-const LIST_LIMIT: Duration = Duration::from_secs(10);
 /// `tart exec` (the exec transport) needs Tart 2.27.
 const TART_EXEC_VERSION: (u64, u64) = (2, 27);
 
@@ -87,46 +86,6 @@ pub(super) fn check_tart(settings: &Settings, r: &mut Report) -> Option<PathBuf>
         ),
     }
     Some(path)
-}
-
-pub(super) struct TartList {
-    pub(super) entries: Result<Vec<serde_json::Value>, String>,
-}
-
-pub(super) fn tart_list(tart: &Path) -> TartList {
-    let entries = match run_bounded(tart, &["list", "--format", "json"], LIST_LIMIT) {
-        Ok(out) if out.ok() => serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout)
-            .map_err(|e| format!("cannot parse `tart list --format json`: {e}")),
-        Ok(out) => Err(format!("`tart list` failed: {}", out.message())),
-        Err(e) => Err(e),
-    };
-    TartList { entries }
-}
-
-pub(super) fn field<'a>(entry: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
-    entry.get(key)
-}
-
-pub(super) fn entry_name(entry: &serde_json::Value) -> &str {
-    field(entry, "Name").and_then(|v| v.as_str()).unwrap_or("")
-}
-
-pub(super) fn entry_is_oci(entry: &serde_json::Value) -> bool {
-    field(entry, "Source")
-        .and_then(|v| v.as_str())
-        .is_some_and(|s| s.eq_ignore_ascii_case("oci"))
-}
-
-pub(super) fn entry_is_running(entry: &serde_json::Value) -> bool {
-    field(entry, "State").and_then(|v| v.as_str()) == Some("running")
-        || field(entry, "Running").and_then(|v| v.as_bool()) == Some(true)
-}
-
-/// On-disk size in GB: `Size` (an int in `list`), or `SizeOnDisk` before Tart 2.31.
-pub(super) fn entry_size_gb(entry: &serde_json::Value) -> Option<f64> {
-    let v = field(entry, "Size").or_else(|| field(entry, "SizeOnDisk"))?;
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 /// `host/org/image` of `host/org/image:tag` or `host/org/image@sha256:…`.
