@@ -81,6 +81,9 @@ impl Fleet {
             account.into(),
             "--orchard-token-file".into(),
             self.token_file(token).display().to_string(),
+            // Without it every job is refused on Orchard (and doctor says so).
+            "--public-image".into(),
+            r"ghcr\.io/cirruslabs/.*".into(),
         ];
         args.extend(trust.iter().map(|s| s.to_string()));
         args

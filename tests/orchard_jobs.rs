@@ -6,114 +6,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::orchard::{job, Fleet, ACCOUNT, TOKEN};
 use common::{Bed, MACOS};
 use harness::sim::Image;
 use harness::{run_job, Job, Verdict};
-use orchard_sim::{Account, Config, Sim, TartEnv, WorkerSpec, ALL_ROLES};
-
-const ACCOUNT: &str = "gitlab";
-const TOKEN: &str = "tok-5be17c0d";
-
-/// The fake controller with one Tart worker (the bed's simulated Mac), and a runner host
-/// whose driver uses `--backend orchard`.
-struct Fleet {
-    // Dropped first: the controller deletes its VMs while the worker's Mac still exists.
-    sim: Sim,
-    bed: Bed,
-    _tokens: tempfile::TempDir,
-}
-
-impl Fleet {
-    fn start(change: impl FnOnce(&mut Config)) -> Fleet {
-        Fleet::with_options(change, &[])
-    }
-
-    fn with_options(change: impl FnOnce(&mut Config), extra: &[&str]) -> Fleet {
-        Fleet::on(Bed::new(), change, extra)
-    }
-
-    /// The fleet's one worker is `bed`'s simulated Mac; the runner's host is `bed` too.
-    fn on(bed: Bed, change: impl FnOnce(&mut Config), extra: &[&str]) -> Fleet {
-        let mut cfg = Config {
-            accounts: vec![Account::new(ACCOUNT, TOKEN, ALL_ROLES)],
-            workers: vec![WorkerSpec {
-                name: "mini-1".into(),
-                tart: Some(TartEnv {
-                    tart: bed.sim.tart_path(),
-                    env: bed.sim.env(),
-                }),
-                ..WorkerSpec::default()
-            }],
-            scheduler_interval_ms: 100,
-            ..Config::default()
-        };
-        change(&mut cfg);
-        let sim = Sim::start(cfg).expect("start the fake controller");
-        let tokens = tempfile::tempdir().unwrap();
-        let token_file: PathBuf = tokens.path().join("orchard-token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let fingerprint = sim.fingerprint.clone().unwrap();
-        let mut options = vec![
-            "--backend".to_string(),
-            "orchard".into(),
-            "--orchard-url".into(),
-            sim.url.clone(),
-            "--orchard-service-account".into(),
-            ACCOUNT.into(),
-            "--orchard-token-file".into(),
-            token_file.display().to_string(),
-            "--orchard-ca-fingerprint".into(),
-            fingerprint,
-            "--timeout".into(),
-            "60".into(),
-        ];
-        options.extend(extra.iter().map(|s| s.to_string()));
-        Fleet {
-            sim,
-            bed: bed.option(options),
-            _tokens: tokens,
-        }
-    }
-
-    /// Nothing of the job anywhere: not on the controller, not on the worker's Mac, not on
-    /// the runner's host.
-    #[track_caller]
-    fn assert_nothing_left(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.sim.vms().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(self.sim.vms(), Vec::new(), "VMs left on the controller");
-        self.bed.assert_nothing_left_within(Duration::from_secs(15));
-    }
-}
-
-fn job() -> Job {
-    Job::new().image(MACOS)
-}
-
-impl Fleet {
-    /// `gc --backend orchard` on the runner's host; its stderr.
-    fn gc(&self, extra: &[&str]) -> String {
-        let out = std::process::Command::new(common::DRIVER)
-            .arg("gc")
-            .arg("--state-dir")
-            .arg(&self.bed.state_dir)
-            .args(&self.bed.options)
-            .args(extra)
-            .envs(self.bed.sim.env())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{text}");
-        text
-    }
-}
+use orchard_sim::Account;
 
 #[test]
 fn a_job_runs_on_the_fleet_with_one_ssh_login_and_leaves_nothing_behind() {
@@ -365,6 +264,8 @@ fn the_token_and_the_guest_password_stay_out_of_argv_logs_and_the_vm_object() {
             "builder",
             "--ssh-password-file",
             &file_option,
+            "--public-image",
+            r"^ghcr\.io/example/macos-builder-login:latest$",
         ],
     );
     let (out, seen, vm_objects) = std::thread::scope(|s| {
@@ -649,5 +550,96 @@ fn a_cleanup_the_controller_refuses_gives_up_once_for_all_of_the_jobs_vms() {
     // They carry this runner's name and no job holds them: gc takes them.
     let text = fleet.gc(&["--orchard-max-vm-age", "1"]);
     assert!(text.contains(&first), "{text}");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_default_jobs_vm_asks_for_softnet_and_its_worker_runs_it_behind_softnet() {
+    // The defaults: one job at a time, no warm pool. The worker's Mac still runs whatever
+    // else the controller places there.
+    let fleet = Fleet::start(|_| {});
+    let mut seen = Vec::new();
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| run_job(&fleet.bed.runner(), &job().script(["true"])));
+        while !job.is_finished() {
+            seen.extend(fleet.sim.vms());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        job.join().unwrap()
+    });
+    out.assert_success();
+    assert!(!seen.is_empty(), "the job's VM was never seen");
+    for vm in &seen {
+        assert!(
+            vm.net_softnet && vm.net_softnet_deprecated,
+            "VM {} without Softnet",
+            vm.name
+        );
+    }
+    let runs = fleet.sim.tart_runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].contains(&"--net-softnet".to_string()), "{runs:?}");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn the_admin_can_turn_softnet_off_on_the_fleet() {
+    let fleet = Fleet::with_options(|_| {}, &["--no-softnet"]);
+    run_job(&fleet.bed.runner(), &job().script(["true"])).assert_success();
+    let runs = fleet.sim.tart_runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(!runs[0].iter().any(|a| a.contains("softnet")), "{runs:?}");
+    fleet.assert_nothing_left();
+}
+
+/// Another project's image, which the worker's Mac holds (its `tart login` reached it).
+const PRIVATE: &str = "ghcr.io/project-a/private-xcode:16";
+
+#[test]
+fn an_image_not_declared_public_is_refused_before_any_vm_exists() {
+    let fleet = Fleet::on(
+        Bed::new().image(PRIVATE, Image::darwin().agent(true)),
+        |_| {},
+        &[],
+    );
+    let out = run_job(&fleet.bed.runner(), &Job::new().image(PRIVATE));
+    out.assert_build_failure(1)
+        .assert_log_contains(&format!("image `{PRIVATE}` is not declared public"))
+        .assert_log_contains("--public-image");
+    assert_eq!(out.prepare_attempts, 1, "{:?}", out.call_sequence());
+    assert_eq!(fleet.sim.tart_runs(), Vec::<Vec<String>>::new(), "a VM ran");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn a_jobs_own_registry_credentials_do_not_open_an_image_on_the_fleet() {
+    let fleet = Fleet::on(
+        Bed::new().image(PRIVATE, Image::darwin().agent(true)),
+        |_| {},
+        &[],
+    );
+    let job = Job::new()
+        .image(PRIVATE)
+        .var("TART_REGISTRY_USERNAME", "project-b")
+        .var("TART_REGISTRY_PASSWORD", "pw-of-project-b");
+    let out = run_job(&fleet.bed.runner(), &job);
+    out.assert_build_failure(1)
+        .assert_log_contains("TART_REGISTRY_* cannot be passed to a worker");
+    assert_eq!(fleet.sim.tart_runs(), Vec::<Vec<String>>::new(), "a VM ran");
+    fleet.assert_nothing_left();
+}
+
+#[test]
+fn an_image_the_admin_declares_public_runs_on_the_fleet() {
+    let fleet = Fleet::on(
+        Bed::new().image(PRIVATE, Image::darwin().agent(true)),
+        |_| {},
+        &["--public-image", r"^ghcr\.io/project-a/private-xcode:16$"],
+    );
+    run_job(
+        &fleet.bed.runner(),
+        &Job::new().image(PRIVATE).script(["true"]),
+    )
+    .assert_success();
     fleet.assert_nothing_left();
 }

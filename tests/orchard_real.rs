@@ -81,6 +81,11 @@ impl Controller {
             self.token_file.display().to_string(),
             "--orchard-name-prefix".into(),
             "drvtest".into(),
+            // On Orchard a job may run only images the admin declared public.
+            "--public-image".into(),
+            format!("^{}$", regex::escape(&self.image)),
+            "--public-image".into(),
+            r"^ghcr\.io/cirruslabs/tartdrv-no-such-image:latest$".into(),
         ];
         args.extend(self.trust.iter().cloned());
         for label in &self.labels {

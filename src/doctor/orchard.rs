@@ -34,6 +34,8 @@ pub(super) fn check(settings: &Settings, r: &mut Report) {
         "orchard settings",
         format!("{} as `{}`", orchard.url, orchard.service_account),
     );
+    check_isolation(settings, r);
+    check_images(settings, r);
     if !check_token_file(orchard, r) {
         return;
     }
@@ -232,6 +234,49 @@ async fn check_roles(client: &Client, r: &mut Report) -> bool {
     !missing.iter().any(|m| m == "compute:read")
 }
 
+/// Softnet on the workers: the controller places other runners' and jobs' VMs on the Mac
+/// that runs this job's, on Tart's shared NAT network.
+fn check_isolation(settings: &Settings, r: &mut Report) {
+    const NAME: &str = "orchard VM isolation";
+    if settings.softnet {
+        return r.pass(
+            NAME,
+            "every job's VM asks for Softnet (netSoftnet); each worker needs Softnet installed setuid root, or its VMs fail to start",
+        );
+    }
+    r.warn(
+        NAME,
+        "Softnet is off: a job's VM shares a worker's NAT network with whatever other VMs the controller places on that Mac (other runners' and other jobs'), and can reach them or send as their IP and MAC address",
+        "drop --no-softnet / `softnet: false` (Softnet is on by default with --backend orchard), and install Softnet setuid root on every worker",
+    );
+}
+
+/// Which images jobs may run: workers pull with their own logins, so only images the admin
+/// declared public are accepted (see `backend::orchard::images`).
+fn check_images(settings: &Settings, r: &mut Report) {
+    const NAME: &str = "orchard images";
+    let policy = &settings.registry;
+    if policy.host_credentials {
+        return r.warn(
+            NAME,
+            "--host-registry-credentials: any job may run any image the workers' `tart login`s can pull, another project's private image included",
+            "drop --host-registry-credentials and list the images every job may use with --public-image",
+        );
+    }
+    if policy.public_images.is_empty() {
+        return r.fail(
+            NAME,
+            "no image is declared public, and on Orchard a job may run only those (a worker pulls with its own logins, never the job's): every job will be refused",
+            "list the images every job on this runner may use with --public-image REGEX (YAML public_images)",
+        );
+    }
+    let list: Vec<&str> = policy.public_images.iter().map(|r| r.as_str()).collect();
+    r.pass(
+        NAME,
+        format!("jobs may run only images matching {}", list.join(", ")),
+    );
+}
+
 async fn check_capacity(
     settings: &Settings,
     orchard: &OrchardSettings,
@@ -291,5 +336,82 @@ async fn check_capacity(
         );
     } else {
         r.pass(NAME, detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::report::Status;
+    use crate::orchard::settings::Backend;
+    use crate::settings::Options;
+
+    /// Orchard settings from `options` (the controller's own settings play no part here).
+    fn on_orchard(mut options: Options) -> Settings {
+        options.orchard.backend = Some(Backend::Orchard);
+        Settings::load(&options).unwrap()
+    }
+
+    fn one(check: fn(&Settings, &mut Report), settings: &Settings) -> (Status, String, String) {
+        let mut r = Report::default();
+        check(settings, &mut r);
+        let [c] = &r.checks[..] else {
+            panic!("not one finding: {:?}", r.checks)
+        };
+        (
+            c.status,
+            c.detail.clone(),
+            c.fix.clone().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn softnet_is_on_by_default_for_a_single_job_at_a_time_on_the_fleet() {
+        let settings = on_orchard(Options::default());
+        assert_eq!(settings.concurrency, 1);
+        assert!(settings.softnet);
+        let (status, detail, _) = one(check_isolation, &settings);
+        assert_eq!(status, Status::Pass, "{detail}");
+    }
+
+    #[test]
+    fn softnet_turned_off_on_the_fleet_is_a_warning_with_the_fix() {
+        let settings = on_orchard(Options {
+            no_softnet: true,
+            ..Options::default()
+        });
+        assert!(!settings.softnet);
+        let (status, detail, fix) = one(check_isolation, &settings);
+        assert_eq!(status, Status::Warn);
+        assert!(detail.contains("Softnet is off"), "{detail}");
+        assert!(fix.contains("--no-softnet"), "{fix}");
+    }
+
+    #[test]
+    fn no_public_image_fails_since_every_job_would_be_refused() {
+        let (status, detail, fix) = one(check_images, &on_orchard(Options::default()));
+        assert_eq!(status, Status::Fail, "{detail}");
+        assert!(fix.contains("--public-image"), "{fix}");
+    }
+
+    #[test]
+    fn the_public_images_are_named() {
+        let settings = on_orchard(Options {
+            public_images: vec![r"^ghcr\.io/org/".into()],
+            ..Options::default()
+        });
+        let (status, detail, _) = one(check_images, &settings);
+        assert_eq!(status, Status::Pass);
+        assert!(detail.contains(r"^ghcr\.io/org/"), "{detail}");
+    }
+
+    #[test]
+    fn lending_the_workers_logins_to_every_job_is_a_warning() {
+        let settings = on_orchard(Options {
+            host_registry_credentials: true,
+            ..Options::default()
+        });
+        let (status, detail, _) = one(check_images, &settings);
+        assert_eq!(status, Status::Warn, "{detail}");
     }
 }

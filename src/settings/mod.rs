@@ -294,7 +294,9 @@ impl Settings {
             softnet: softnet_wanted(
                 o,
                 file.softnet,
-                concurrency.saturating_add(warm.pool),
+                // An Orchard worker runs this job's VM beside whatever other runners and
+                // jobs the controller places there, whatever this runner's concurrency.
+                backend == Backend::Orchard || concurrency.saturating_add(warm.pool) > 1,
                 &softnet_allow,
             ),
             registry: crate::host::registry_policy::Policy {

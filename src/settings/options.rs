@@ -122,7 +122,7 @@ pub struct Options {
     #[arg(long, value_name = "VERSION")]
     pub gitlab_runner_version: Option<String>,
 
-    /// Isolate each VM's network with Softnet [default: on when --concurrency + --warm-pool > 1, more than one VM at once] (job variable TART_EXECUTOR_SOFTNET_ENABLED may only turn it on)
+    /// Isolate each VM's network with Softnet [default: on when --concurrency + --warm-pool > 1, more than one VM at once, and always with --backend orchard, whose workers run other runners' VMs too] (job variable TART_EXECUTOR_SOFTNET_ENABLED may only turn it on)
     #[arg(long, overrides_with = "no_softnet")]
     pub softnet: bool,
 
@@ -216,9 +216,14 @@ pub fn switch(on: bool, off: bool, file: Option<bool>, default: bool) -> bool {
 }
 
 /// Whether VMs use Softnet: the admin's `--softnet`/`--no-softnet` or the file's `softnet`,
-/// on by default when more than one VM can run at once (`vms_at_once`: the jobs'
-/// `--concurrency` plus the warm VMs booted beside them); any `--softnet-allow` range
-/// (which only Softnet can honour) turns it on.
-pub fn softnet_wanted(o: &Options, file: Option<bool>, vms_at_once: u32, allow: &[String]) -> bool {
-    switch(o.softnet, o.no_softnet, file, vms_at_once > 1) || !allow.is_empty()
+/// on by default when the job's VM may have neighbours (`side_by_side`: more than one VM of
+/// this runner at once on one Mac, or any Orchard worker, which runs other runners' VMs
+/// too); any `--softnet-allow` range (which only Softnet can honour) turns it on.
+pub fn softnet_wanted(
+    o: &Options,
+    file: Option<bool>,
+    side_by_side: bool,
+    allow: &[String],
+) -> bool {
+    switch(o.softnet, o.no_softnet, file, side_by_side) || !allow.is_empty()
 }

@@ -2,6 +2,7 @@
 //! private driver state directory, and a gitlab-runner configured for our driver.
 #![allow(dead_code)]
 
+pub mod orchard;
 pub mod warm;
 
 use std::path::{Path, PathBuf};

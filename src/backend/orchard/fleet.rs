@@ -130,6 +130,11 @@ impl<'a> Fleet<'a> {
         if new.request.pull_policy == PullPolicy::Never {
             return Err(Failure::rejected("TART_PULL_POLICY=never cannot be honoured on Orchard: a worker pulls an image it lacks as it clones it; use if-not-present or always"));
         }
+        super::images::check(
+            &self.settings.registry,
+            &new.request.image,
+            new.request.registry.is_some(),
+        )?;
         // The sweep takes VMs older than this once their job's record is gone or expired: a
         // job that may run longer is refused before anything exists.
         if new.job_limit > self.orchard.max_vm_age {

@@ -3,8 +3,12 @@
 //! with the admin's read-only worker directories.
 //!
 //! Nothing of the job's credentials goes into it: Orchard has no field for registry
-//! credentials (workers pull with their own `tart login`), and the guest's password would be
-//! readable by every `compute:read` account (spec/orchard.md §1.2, §2.7).
+//! credentials (workers pull with their own `tart login`, so `images` decides which images a
+//! job may name), and the guest's password would be readable by every `compute:read`
+//! account (spec/orchard.md §1.2, §2.7).
+//!
+//! Softnet: `settings.softnet` is on by default with `--backend orchard` (a worker runs other
+//! runners' VMs beside this one), asked for under both of Orchard's field names.
 
 use crate::job::request::Request;
 use crate::model::{PullPolicy, Resource};

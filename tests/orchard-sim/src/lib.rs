@@ -181,6 +181,8 @@ pub(crate) struct State {
     pub client_close_codes: Vec<u16>,
     /// One per close frame sent because the VM's side ended: whether the client answered.
     pub vm_side_closes: Vec<bool>,
+    /// The arguments of every `tart run` the Tart workers started, in order.
+    pub tart_runs: Vec<Vec<String>>,
 }
 
 pub(crate) struct VmRecord {
@@ -299,6 +301,12 @@ impl Sim {
     /// client answered it within 5 s (the real controller logs a failed close otherwise).
     pub fn vm_side_closes(&self) -> Vec<bool> {
         self.shared.state.lock().unwrap().vm_side_closes.clone()
+    }
+
+    /// The arguments of every `tart run` the Tart workers started (after `tart`), in order:
+    /// what a worker's Mac ran for each VM, Softnet flags included.
+    pub fn tart_runs(&self) -> Vec<Vec<String>> {
+        self.shared.state.lock().unwrap().tart_runs.clone()
     }
 
     /// How many port-forward WebSockets were opened (answered 101).

@@ -258,8 +258,10 @@ async fn boot(
     if !mark_running(s, vm) {
         return Ok(());
     }
+    let args = run_args(vm, local);
+    s.state.lock().unwrap().tart_runs.push(args.clone());
     let mut run = Command::new(&tart.tart);
-    run.args(["run", "--no-graphics", local])
+    run.args(&args)
         .envs(tart.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -272,6 +274,24 @@ async fn boot(
         _ = child.wait() => Err("VM failed: VM exited unexpectedly".into()),
         _ = alive.changed() => Ok(()),
     }
+}
+
+/// `tart run`'s arguments for `vm`, as Orchard's Tart worker builds them
+/// (internal/worker/vmmanager/tart/tart.go): either Softnet field turns Softnet on, the allow
+/// and block lists are passed as given. Always headless: the simulated Mac has no display.
+fn run_args(vm: &Vm, local: &str) -> Vec<String> {
+    let mut args = vec!["run".to_string()];
+    if vm.net_softnet || vm.net_softnet_deprecated {
+        args.push("--net-softnet".into());
+    }
+    if !vm.net_softnet_allow.is_empty() {
+        args.extend(["--net-softnet-allow".into(), vm.net_softnet_allow.join(",")]);
+    }
+    if !vm.net_softnet_block.is_empty() {
+        args.extend(["--net-softnet-block".into(), vm.net_softnet_block.join(",")]);
+    }
+    args.extend(["--no-graphics".into(), local.to_string()]);
+    args
 }
 
 /// Runs `tart args` for a worker within `limit_secs`; the error is tart's stderr.
