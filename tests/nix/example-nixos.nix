@@ -14,6 +14,8 @@
       defaultImage = "ghcr.io/cirruslabs/macos-sequoia-base:latest";
       sshUser = "admin";
       sshPasswordFile = "/var/lib/gitlab-runner-tart/secrets/guest-password";
+      # On Orchard a job may run only images declared public (workers pull with their own logins).
+      settings.public_images = [ "ghcr\\.io/cirruslabs/macos-.*" ];
       orchard = {
         url = "https://orchard.example.com:6120";
         serviceAccount = "gitlab-runner";

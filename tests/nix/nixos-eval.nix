@@ -208,6 +208,11 @@ let
     "the example host (docs/nixos.md): all assertions hold, concurrent = 6" =
       failedMessages example == [ ]
       && (builtins.fromJSON (cfgOf example).rendered.specFile.text).concurrent == 6;
+    # An Orchard runner without public images refuses every job: the documented example has them.
+    "the example host declares the images its jobs may run public" =
+      (builtins.fromJSON (cfgOf example).rendered.driverConfigFiles.fleet.text).public_images == [
+        "ghcr\\.io/cirruslabs/macos-.*"
+      ];
     "good config: all assertions hold, no warnings" =
       failedMessages good == [ ] && good.warnings == [ ];
     "refused: concurrency above the fleet's capacity" = refusedAt "${at}.concurrency (7)" {
