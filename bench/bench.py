@@ -163,6 +163,13 @@ class Bench:
         # macOS's `security`, answering about the simulated login keychain (the driver asks
         # it whether the runner user has a `tart login` for a registry).
         os.symlink(args.tart_sim, os.path.join(self.bin, "security"))
+        # Softnet, installed as the nix-darwin module does (on PATH, setuid root): the
+        # simulator isolates a `--net-softnet` guest itself and, as Tart, refuses to start one
+        # without `softnet` on PATH. The stand-in is the test harness's (tests/harness/src/sim.rs).
+        softnet = os.path.join(self.bin, "softnet")
+        with open(softnet, "w") as f:
+            f.write("#!/bin/sh\necho 'softnet (tart-sim stand-in: the simulator isolates guests itself)' >&2\nexit 1\n")
+        os.chmod(softnet, 0o4755)
         self.user_home = os.path.join(self.tmp, "home")
         os.makedirs(self.user_home)
         self.tart = os.path.join(self.bin, "tart")

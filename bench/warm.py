@@ -5,7 +5,8 @@ same load on a shared machine.
 
 Each job is prepare, one run stage (a build of --work-s seconds) and cleanup, every stage a
 new process started as gitlab-runner starts it (bench.spawn). The simulated boot is
---boot-ms (10 s by default). The pool starts empty, as after a host reboot: the first job
+--boot-ms (10 s by default). Both columns run their VMs with Softnet (--softnet), as the
+pool does by default. The pool starts empty, as after a host reboot: the first job
 boots its own VM in both columns. Reported: the second job's prepare (from the call to
 prepare's exit) and the wall time of the whole queue, from the first prepare's call to the
 last cleanup's exit: the median and the worst of --pairs runs of each. Each run has a state
@@ -95,10 +96,15 @@ def main():
     a.venv = None
     # --cpu 2: on a 2-core host, a macOS image's minimum of 2 CPUs does not fit a share of
     # the host split between a job's VM and a warm one; both columns get the same VMs.
-    common = ["--cpu", "2", "--default-image", bench.IMAGE]
+    # --softnet in both: the pool turns Softnet on by itself (--concurrency + --warm-pool > 1)
+    # while a lone cold VM runs without it; both columns run Softnet so that they compare
+    # the pool alone.
+    common = ["--cpu", "2", "--softnet", "--default-image", bench.IMAGE]
     columns = (("cold", common), ("warm pool 1", common + ["--warm-pool", "1"]))
     results = {name: [] for name, _ in columns}
     started = time.strftime("%Y-%m-%d %H:%M")
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     loads = []
     for turn in range(a.pairs):
         for name, extra in columns:
@@ -122,9 +128,9 @@ def main():
     faster_worst = 1 - worst(warm_q) / min(cold_q)
     fmt = lambda xs, unit: f"{bench.median(xs):.2f} {unit} / {worst(xs):.2f} {unit}"
     lines = [
-        f"Warm pool benchmark ({started} UTC, simulator, {os.cpu_count()} cores, {a.pairs} runs of each "
+        f"Warm pool benchmark ({started} UTC, commit {commit or 'unknown'}, simulator, {os.cpu_count()} cores, {a.pairs} runs of each "
         f"column taking turns; load average (1 min) after each run {min(loads):.1f} to {max(loads):.1f}; "
-        f"boot {a.boot_ms / 1000:.0f} s, build {a.work_s:.0f} s per job)",
+        f"boot {a.boot_ms / 1000:.0f} s, build {a.work_s:.0f} s per job; Softnet on in both columns)",
         "",
         "| measure (median / worst) | cold | --warm-pool 1 | target |",
         "|---|---:|---:|---|",
