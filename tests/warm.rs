@@ -467,3 +467,30 @@ fn doctor_shows_the_pool_and_its_failed_boots() {
     );
     drain_and_check(&bed);
 }
+
+#[test]
+fn a_job_after_a_warm_vm_of_its_image_reuses_the_pools_dhcp_lease_instead_of_a_new_mac() {
+    // No pool for the job: it clones the image after the warm VM is gone, as the next
+    // clone of a claimed and cleaned-up warm VM's image does.
+    let bed = Bed::new().option(["--no-softnet"]);
+    let pool = ["--warm-pool", "1", "--warm-image", LINUX];
+    let (ok, log) = warm(&bed, &pool);
+    assert!(ok, "{log}");
+    assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
+    let (ok, log) = warm(&bed, &["--warm-pool", "0"]);
+    assert!(ok, "{log}");
+    assert!(warm_records(&bed).is_empty(), "{log}");
+    // The warm VM's lease (the image's MAC address) outlives it, as bootpd's 24 h leases do.
+    let job = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("already has a DHCP lease"), "{log}");
+    let re_maced = bed.sim.invocations().into_iter().any(|i| {
+        i.args.first().map(String::as_str) == Some("set")
+            && i.args.iter().any(|a| a == "--random-mac")
+    });
+    assert!(!re_maced, "the job's clone got a new MAC address:\n{log}");
+    let (code, out) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{out}");
+    bed.assert_nothing_left_within(Duration::from_secs(10));
+}

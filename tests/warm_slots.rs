@@ -297,3 +297,176 @@ fn a_warm_vm_that_meets_apples_limit_full_of_other_vms_is_not_recorded_as_a_fail
     assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
     drain_and_check(&bed);
 }
+
+/// Starts `cmd` with its job log (stdout and stderr) going to `log`, which a test can read
+/// while the stage runs.
+fn spawn_logged(mut cmd: std::process::Command, log: &std::path::Path) -> std::process::Child {
+    let file = std::fs::File::create(log).unwrap();
+    cmd.stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap()
+}
+
+fn read_log(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+#[test]
+fn a_job_that_waits_longer_than_the_boot_timeout_for_a_job_slot_still_gets_its_claimed_warm_vm() {
+    // --concurrency 1: the second job's claim waits for the first job's slot.
+    let bed = warm_bed().option(["--timeout", "15"]);
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    let first = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&first, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    // The claim's replenisher boots the next warm VM, which the second job claims.
+    settle(&bed);
+    assert_eq!(ready_unclaimed(&bed).len(), 1);
+    let second = bed.direct_job(LINUX);
+    let log_path = second.dir.path().join("prepare.log");
+    let prepare = spawn_logged(bed.stage_command(&second, &["prepare"]), &log_path);
+    assert!(
+        wait_until(Duration::from_secs(60), || read_log(&log_path)
+            .contains("Waiting for a free VM slot")),
+        "{}",
+        read_log(&log_path)
+    );
+    // The first job runs past the second one's boot timeout, as any job longer than it
+    // does: the wait for its slot is no part of the second job's boot.
+    std::thread::sleep(Duration::from_secs(17));
+    let (code, out) = bed.stage(&first, &["cleanup"]);
+    assert_eq!(code, 0, "{out}");
+    let (ok, _) = finish_within(prepare, Duration::from_secs(60), "the second prepare");
+    let log = read_log(&log_path);
+    assert!(ok, "{log}");
+    assert!(log.contains("Claimed a warm VM"), "{log}");
+    assert!(!log.contains("did not let this job in"), "{log}");
+    let (code, out) = bed.run_script(&second, "build_script", b"echo built\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("built"), "{out}");
+    let (code, out) = bed.stage(&second, &["cleanup"]);
+    assert_eq!(code, 0, "{out}");
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_cold_macos_job_without_a_job_slot_yet_leaves_the_warm_vm_running() {
+    // One job slot and one macOS slot: a Linux job holds the first, a warm macOS VM the
+    // second.
+    let bed = Bed::new().option([
+        "--warm-pool",
+        "1",
+        "--warm-image",
+        MACOS,
+        "--macos-vm-limit",
+        "1",
+        "--cpu",
+        "2",
+    ]);
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
+    let linux = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&linux, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    settle(&bed);
+    // A macOS job the warm VM does not fit: it needs both slots.
+    let macos = bed
+        .direct_job(MACOS)
+        .var("TART_EXECUTOR_DISPLAY", "1920x1080");
+    let log_path = macos.dir.path().join("prepare.log");
+    let prepare = spawn_logged(bed.stage_command(&macos, &["prepare"]), &log_path);
+    assert!(
+        wait_until(Duration::from_secs(60), || read_log(&log_path)
+            .contains("Waiting for a free macOS VM slot")),
+        "{}",
+        read_log(&log_path)
+    );
+    // It cannot start before the Linux job ends: the warm VM stays until then.
+    let log = read_log(&log_path);
+    assert!(!log.contains("Stopped a warm VM"), "{log}");
+    assert_eq!(ready_unclaimed(&bed).len(), 1, "{log}");
+    let (code, out) = bed.stage(&linux, &["cleanup"]);
+    assert_eq!(code, 0, "{out}");
+    let (ok, _) = finish_within(prepare, Duration::from_secs(120), "the macOS prepare");
+    let log = read_log(&log_path);
+    assert!(ok, "{log}");
+    assert_eq!(
+        log.matches("Stopped a warm VM to give this job its macOS slot")
+            .count(),
+        1,
+        "{log}"
+    );
+    let (code, out) = bed.stage(&macos, &["cleanup"]);
+    assert_eq!(code, 0, "{out}");
+    drain_and_check(&bed);
+}
+
+#[test]
+fn a_warm_vm_stopped_by_a_job_before_tart_run_started_is_not_a_failed_boot() {
+    let bed = Bed::new().option([
+        "--warm-pool",
+        "1",
+        "--warm-image",
+        MACOS,
+        "--macos-vm-limit",
+        "1",
+        "--cpu",
+        "2",
+    ]);
+    // The replenisher has recorded the warm VM (a job may stop it from now on) and not
+    // started `tart run` yet.
+    let recorded = FaultPoint::new("replenish:recorded");
+    let state = bed.state_dir.display().to_string();
+    let mut args = vec!["warm".to_string(), "--state-dir".into(), state];
+    args.extend(bed.options.iter().cloned());
+    let filling = std::process::Command::new(common::DRIVER)
+        .args(&args)
+        .envs(bed.sim.env())
+        .envs(recorded.pause())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        recorded.reached_within(Duration::from_secs(120)),
+        "the replenisher never recorded its VM"
+    );
+    let warm_vm = warm_records(&bed).pop().expect("the warm VM's record");
+    // A macOS job the warm VM does not fit stops it for its macOS slot.
+    let job = bed
+        .direct_job(MACOS)
+        .var("TART_EXECUTOR_DISPLAY", "1920x1080");
+    let prepare = bed
+        .stage_command(&job, &["prepare"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || warm_vm
+            .join("warm-claim")
+            .exists()),
+        "the job never stopped the warm VM"
+    );
+    recorded.release();
+    let (_, refill) = finish_within(filling, Duration::from_secs(120), "the replenisher");
+    let (ok, log) = finish_within(prepare, Duration::from_secs(120), "the job's prepare");
+    assert!(ok, "{log}\n--- replenisher:\n{refill}");
+    assert!(
+        log.contains("Stopped a warm VM to give this job its macOS slot"),
+        "{log}"
+    );
+    // Not the image's fault: the pool goes on booting it.
+    assert!(!refill.contains("failed to boot"), "{refill}");
+    assert!(
+        !bed.state_dir.join("warm/failures.json").exists(),
+        "{refill}"
+    );
+    let (code, out) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{out}");
+    drain_and_check(&bed);
+}

@@ -37,7 +37,9 @@ pub enum Outcome {
 
 /// When the job waits for its VM: a booting warm VM is waited for until `boot` (the
 /// deadline of the job's whole wait for a booted VM) or until that VM's own boot timeout
-/// ends, whichever comes first; a general slot until `slot`.
+/// ends, whichever comes first; a general slot until `slot`. A wait for a general slot is
+/// no part of the boot: the claim moves `boot` later by as long as it waited for one, as
+/// the cold path starts its boot timeout once it holds its slots.
 pub struct Deadlines {
     pub boot: Instant,
     pub slot: Instant,
@@ -53,7 +55,7 @@ pub async fn claim(
     job: &VmState,
     request: &Request,
     job_expiry: Duration,
-    deadlines: Deadlines,
+    deadlines: &mut Deadlines,
 ) -> Result<Outcome> {
     if !settings.warm.enabled() {
         return Ok(Outcome::Cold(None));
@@ -103,7 +105,10 @@ pub async fn claim(
             }
             // A claimed VM is a job's VM: it needs a general slot as a cold one does.
             let Some((slot, _)) = &job_slot else {
-                match take_job_slot(settings, root, deadlines.slot).await? {
+                let waiting_since = Instant::now();
+                let held = take_job_slot(settings, root, deadlines.slot).await?;
+                deadlines.boot += waiting_since.elapsed();
+                match held {
                     Some(held) => job_slot = Some(held),
                     None => {
                         return cold("no VM slot was free for it before the job's deadline".into())

@@ -90,21 +90,35 @@ pub async fn acquire_for_job(
     let _wanted = want_macos(&dir, deadline).await?;
     let started = Instant::now();
     let mut wait = host::SlotWait::new(true, deadline);
+    let general = host::slot_names("vm", settings.concurrency);
     let apple = host::slot_names(MACOS_SLOT, settings.macos_vm_limit);
     loop {
-        if let Some(slots) = host::try_acquire(&limits, &dir, true)? {
-            return Ok(slots);
-        }
-        // Only Apple's limit is a warm VM's to give back; for a general slot a job waits.
-        // Checked on every round: a warm VM whose replenisher took its slot just before
-        // this job wanted one has a record only a moment later.
-        if host::take_any(&dir, &apple)?.is_none() && evict_one(tart, settings, root).await? {
-            eprintln!(
-                "Stopped a warm VM to give this job its macOS slot ({:.1}s)",
-                started.elapsed().as_secs_f64()
-            );
-            crate::fault::point("job:stopped-a-warm-vm");
-            continue;
+        // Only Apple's limit is a warm VM's to give back; for a general slot a job waits,
+        // and a job that has none yet could not use a macOS slot: stopping a warm VM for
+        // it would cost the pool its VM for nothing. So the general slot comes first, and
+        // is held while a warm VM is stopped (then let go again if the job still cannot
+        // start, as `host::try_acquire` does).
+        if let Some(vm_slot) = host::take_any(&dir, &general)? {
+            if let Some(mac_slot) = host::take_any(&dir, &apple)? {
+                return Ok(Slots {
+                    files: vec![vm_slot, mac_slot],
+                });
+            }
+            // Checked on every round: a warm VM whose replenisher took its slot just
+            // before this job wanted one has a record only a moment later.
+            if evict_one(tart, settings, root).await? {
+                eprintln!(
+                    "Stopped a warm VM to give this job its macOS slot ({:.1}s)",
+                    started.elapsed().as_secs_f64()
+                );
+                crate::fault::point("job:stopped-a-warm-vm");
+                if let Some(mac_slot) = host::take_any(&dir, &apple)? {
+                    return Ok(Slots {
+                        files: vec![vm_slot, mac_slot],
+                    });
+                }
+                continue;
+            }
         }
         wait.next(&limits).await?;
     }

@@ -22,23 +22,27 @@ const CLAIMED_LOGIN_LIMIT: Duration = Duration::from_secs(20);
 
 /// Claims a warm VM for the job, telling the job log which way it goes and why. `job` is
 /// the job's own record, which prepare has created and locked. `boot_deadline` ends the
-/// job's whole wait for a booted VM: waiting for a warm VM spends from it.
+/// job's whole wait for a booted VM: waiting for a warm VM spends from it, waiting for a
+/// free job slot does not (the claim moves it later by that wait, as the cold path starts
+/// its boot timeout once it holds its slot).
 pub async fn try_warm(
     settings: &Settings,
     root: &StateDir,
     request: &Request,
     state: &VmState,
     job_limit: Duration,
-    boot_deadline: Instant,
+    boot_deadline: &mut Instant,
 ) -> anyhow::Result<Option<Claimed>> {
     let t = Instant::now();
     // The same expiry a cold VM gets: the job's timeout and an hour for cleanup.
     let expiry = job_limit + Duration::from_secs(3600);
-    let deadlines = claim::Deadlines {
-        boot: boot_deadline,
+    let mut deadlines = claim::Deadlines {
+        boot: *boot_deadline,
         slot: crate::clock::deadline_after(job_limit),
     };
-    let outcome = claim::claim(settings, root, state, request, expiry, deadlines).await?;
+    let outcome = claim::claim(settings, root, state, request, expiry, &mut deadlines).await;
+    *boot_deadline = deadlines.boot;
+    let outcome = outcome?;
     claim::report(&outcome, t);
     // The pool is short from now on (a claim took its VM; a cold job found none that
     // fits): its replacement boots beside this job's own boot and work, not after them.

@@ -34,6 +34,17 @@ pub fn run_args(
     args
 }
 
+/// Remembers the DHCP lease a booted VM of this runner took (a job's or a warm one): the
+/// next clone with its MAC may reuse it, instead of taking a new MAC and another of the
+/// host's leases, and its job log does not blame another user for it.
+pub fn remember_lease(root: &StateDir, vm: &str) {
+    if let Some(mac) = tart_home::vm_config(vm).and_then(|c| c.mac) {
+        if let Err(e) = dhcp::OwnLeases::open(root).and_then(|o| o.remember(&mac)) {
+            eprintln!("WARNING: cannot remember the DHCP lease of VM {vm}: {e:#}");
+        }
+    }
+}
+
 /// Applies CPU, memory, display and a new MAC address in one `tart set`, and only when
 /// something changes: the clone's `config.json` tells what it has (`tart get` only when that
 /// cannot be read).

@@ -12,7 +12,6 @@ use super::LocalTart;
 use crate::backend::types::{Made, NewVm};
 use crate::failure::Failure;
 use crate::guest::identity::Identity;
-use crate::host::dhcp;
 use crate::host::foreign;
 use crate::host::ownership;
 use crate::host::registry_policy::CredentialFreeHome;
@@ -81,13 +80,20 @@ impl LocalTart<'_> {
 
         // The boot timeout bounds the job's whole wait for a booted VM: the time spent on a
         // warm VM (waiting for its boot, logging in) is taken from the cold boot after it.
-        let warm_started = Instant::now();
-        let boot_deadline = crate::clock::deadline_after(request.boot_timeout);
+        // A wait for a free job slot is not (the claim moves the deadline later by it), as
+        // the cold path below starts its boot timeout once it holds its slots.
+        let mut boot_deadline = crate::clock::deadline_after(request.boot_timeout);
         // Orphans are swept beside the VM's boot (or the claimed VM's login), once.
         let mut sweep = Some(self.sweep_orphans(root, vm));
-        if let Some(claimed) =
-            super::claimed::try_warm(settings, root, request, state, job_limit, boot_deadline)
-                .await?
+        if let Some(claimed) = super::claimed::try_warm(
+            settings,
+            root,
+            request,
+            state,
+            job_limit,
+            &mut boot_deadline,
+        )
+        .await?
         {
             let connecting = super::claimed::connect_claimed(
                 tart,
@@ -125,7 +131,7 @@ impl LocalTart<'_> {
             }
         }
         let boot_timeout = if settings.warm.enabled() {
-            request.boot_timeout.saturating_sub(warm_started.elapsed())
+            boot_deadline.saturating_duration_since(Instant::now())
         } else {
             request.boot_timeout
         };
@@ -244,12 +250,7 @@ impl LocalTart<'_> {
             t,
         );
         state.record_phase("boot and connect", t.elapsed());
-        // The lease this VM took is this runner's: the next clone with its MAC may reuse it.
-        if let Some(mac) = tart_home::vm_config(vm.as_str()).and_then(|c| c.mac) {
-            if let Err(e) = dhcp::OwnLeases::open(root).and_then(|o| o.remember(&mac)) {
-                eprintln!("WARNING: cannot remember this VM's DHCP lease: {e:#}");
-            }
-        }
+        super::clone::remember_lease(root, vm.as_str());
         Ok(Made {
             state: state.clone(),
             conn,

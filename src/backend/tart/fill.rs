@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::{capacity, lifecycle};
 use crate::failure::Failure;
@@ -323,6 +323,8 @@ async fn boot(
     started_as.cpu = info.cpu;
     started_as.memory_mib = info.memory_mib;
     pool::write_record(state, &started_as)?;
+    // From here on a cold macOS job may stop this VM for its slot (`capacity`).
+    crate::fault::point("replenish:recorded");
     let nobody = JobContext {
         job_id: 0,
         runner_token: "warm".into(),
@@ -335,6 +337,11 @@ async fn boot(
     let run_args = super::clone::run_args(settings, request, &info.os, &shares, &identity);
     let mut fds = slots.raw_fds();
     fds.push(std::os::unix::io::AsRawFd::as_raw_fd(lock));
+    // A job that stopped this VM before it ran waits for its lock to delete it: starting
+    // `tart run` now would hand that lock to the supervisor and keep the job waiting.
+    if record::claimed_by(state).is_some() {
+        bail!("a job stopped it before it started");
+    }
     supervisor::start(state, tart.exe(), &run_args, fds)?;
     drop(slots);
     crate::fault::point("replenish:started");
@@ -355,6 +362,8 @@ async fn boot(
     }
     state.forget_connection()?;
     crate::fault::point("replenish:answered");
+    // Before a job may claim it: from then on its lease is known to be this runner's.
+    super::clone::remember_lease(root, vm);
     pool::mark_ready(state)?;
     crate::fault::point("replenish:ready");
     Ok(())

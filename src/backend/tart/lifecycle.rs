@@ -93,7 +93,10 @@ pub async fn teardown(
     // Once no process of the VM holds its lock, the state is no longer needed even if Tart
     // failed (say, its binary is gone): a later sweep finds the VM again by name in `tart
     // list`. Keeping the directory would leave one behind for every job until Tart works.
-    if state.exists() && (deleted.is_ok() || lock.is_some()) {
+    // A lock still held is a live process's record (a warm VM's replenisher between its
+    // clone and its boot, a supervisor that outlived `tart stop`): it stays, for that
+    // process to read, and the sweeps remove it once the lock is free.
+    if state.exists() && lock.is_some() {
         state.remove()?;
     }
     drop(lock);
