@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::DRIVER;
 use harness::sim::{Image, SimHost};
-use orchard_sim::{Account, Config, Sim, TartEnv, Vm, WorkerSpec, ALL_ROLES};
+use orchard_sim::{Account, Config, Sim, TartEnv, Vm, VmEnd, WorkerSpec, ALL_ROLES};
 
 const ACCOUNT: &str = "gitlab";
 const TOKEN: &str = "tok-9f2c41d7";
@@ -152,6 +152,36 @@ fn proxy_session(
     (got, out)
 }
 
+/// Like [`proxy_session`], as ssh after a complete session: reads `want` bytes, waits for
+/// `until` (a bounded poll), then closes the proxy's stdin.
+fn proxy_session_ending(
+    args: &[String],
+    input: &[u8],
+    want: usize,
+    until: impl Fn() -> bool,
+) -> (Vec<u8>, Output) {
+    let mut child = driver()
+        .arg("orchard-proxy")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = vec![0u8; want];
+    let read = stdout.read_exact(&mut got);
+    assert!(common::wait_until(Duration::from_secs(10), until));
+    drop(stdin);
+    let out = wait_bounded(child, Duration::from_secs(60));
+    if read.is_err() {
+        got.clear();
+    }
+    (got, out)
+}
+
 fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Output {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
@@ -251,6 +281,42 @@ fn orchard_proxy_fails_when_the_controller_cuts_the_websocket() {
     );
 }
 
+/// Orchard's coder/websocket closes the TCP connection before it writes its close frame, so
+/// a VM side that hangs up often reaches the proxy as a dropped connection: once ssh then
+/// ends its side, as it does after a complete session, that is a normal end.
+#[test]
+fn orchard_proxy_takes_a_drop_after_the_vm_side_hung_up_as_a_normal_end_once_ssh_ends() {
+    let fleet = Fleet::start(|c| c.faults.vm_end = VmEnd::Drop);
+    fleet.running_vm("gl-a-10-1", "img");
+    let (echo, out) = proxy_session_ending(
+        &proxy_args(&fleet, "gl-a-10-1", &[]),
+        b"hangup\n",
+        7,
+        || fleet.sim.vm_side_drops() == 1,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(echo, b"hangup\n", "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// A drop while ssh's session goes on is an error, but not a diagnosis the proxy cannot
+/// make: the same drop comes from the VM side ending as from a controller restart.
+#[test]
+fn orchard_proxy_names_both_causes_when_the_connection_drops_while_ssh_goes_on() {
+    let fleet = Fleet::start(|c| c.faults.vm_end = VmEnd::Drop);
+    fleet.running_vm("gl-a-11-1", "img");
+    let (echo, out) = proxy_session(&proxy_args(&fleet, "gl-a-11-1", &[]), b"hangup\n", 7, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(echo, b"hangup\n", "{stderr}");
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the VM side ended")
+            && stderr.contains("the controller or the network cut the connection"),
+        "{stderr}"
+    );
+    assert_eq!(fleet.sim.vm_side_drops(), 1);
+}
+
 #[test]
 fn orchard_proxy_ends_its_side_with_a_normal_close() {
     let fleet = Fleet::start(|_| {});
@@ -276,7 +342,8 @@ fn orchard_proxy_ends_its_side_with_a_normal_close() {
 )]
 fn orchard_proxy_answers_the_controllers_close_when_sshd_hangs_up_and_exits_cleanly() {
     let host = SimHost::new().with_image(MACOS, Image::darwin());
-    let fleet = Fleet::with_host(Some(host), |_| {});
+    // The close frame as coder/websocket means it; often it drops instead (next test).
+    let fleet = Fleet::with_host(Some(host), |c| c.faults.vm_end = VmEnd::Frame);
     fleet.running_vm("gl-a-9-1", MACOS);
     let args = proxy_args(&fleet, "gl-a-9-1", &["--retry-for", "60"]);
     // stdin stays open: only the controller's close can end the proxy.
@@ -292,6 +359,26 @@ fn orchard_proxy_answers_the_controllers_close_when_sshd_hangs_up_and_exits_clea
         [true],
         "the controller's close went unanswered"
     );
+}
+
+/// The same hang-up as the real controller often delivers it: the connection drops with no
+/// close frame; once ssh ends its side (its session was over), the proxy exits cleanly.
+#[test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs root and the Tart simulator's sshd guests (cargo test --features e2e)"
+)]
+fn orchard_proxy_exits_cleanly_when_sshd_hangs_up_and_the_controller_drops_the_connection() {
+    let host = SimHost::new().with_image(MACOS, Image::darwin());
+    let fleet = Fleet::with_host(Some(host), |c| c.faults.vm_end = VmEnd::Drop);
+    fleet.running_vm("gl-a-12-1", MACOS);
+    let args = proxy_args(&fleet, "gl-a-12-1", &["--retry-for", "60"]);
+    let (banner, out) =
+        proxy_session_ending(&args, b"not ssh\r\n", 8, || fleet.sim.vm_side_drops() == 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(banner, b"SSH-2.0-", "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(fleet.sim.vm_side_closes().is_empty());
 }
 
 #[test]

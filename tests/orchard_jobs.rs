@@ -152,7 +152,7 @@ fn a_connection_cut_between_stages_is_reopened_once_and_the_job_goes_on() {
     let (code, log) = fleet.bed.stage(&job, &["prepare"]);
     assert_eq!(code, 0, "{log}");
     fleet.sim.cut_port_forwards();
-    std::thread::sleep(Duration::from_secs(1));
+    fleet.wait_master_gone();
     let (code, log) = fleet
         .bed
         .run_script(&job, "build_script", b"echo after-the-cut\n");
@@ -177,6 +177,7 @@ fn a_worker_that_vanishes_fails_the_next_stage_as_a_system_failure() {
     assert_eq!(code, 0, "{log}");
     fleet.sim.vanish_worker("mini-1");
     fleet.sim.cut_port_forwards();
+    fleet.wait_master_gone();
     let name = fleet.sim.vms()[0].name.clone();
     assert!(
         fleet

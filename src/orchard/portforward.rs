@@ -125,16 +125,31 @@ pub async fn open_within(client: &Client, vm: &str, port: u16, bound: Duration) 
     }
 }
 
+/// How long ssh gets, after the connection dropped with no close frame, to end its side on
+/// its own: an ssh whose session was complete exits at once; one in mid-session waits for
+/// bytes and does not. Short: meanwhile ssh (a ControlMaster) still looks alive.
+const DROP_GRACE: Duration = Duration::from_secs(1);
+
+/// How the controller's side of the stream ended.
+enum End {
+    /// A close frame with status 1000: the VM's side ended.
+    Closed,
+    /// The connection ended with no close frame; what the socket said, if anything.
+    Dropped(Option<String>),
+}
+
 /// Carries `input` to the VM and the VM's bytes to `output` until either side ends.
 ///
-/// The controller ends the WebSocket with a close frame (status 1000) whenever the VM's side
-/// ends: sshd hung up, or the worker's connection to the VM broke (spec/orchard.md §1.8; its
-/// handler closes the client's side as soon as the worker's copy ends). That close is
-/// answered, as the protocol asks, and is the end of the stream for ssh, which then says
-/// whether its session was complete. When `input` ends (ssh closed it), the proxy sends its
-/// own close with status 1000, which the controller takes as a normal end. A connection that
-/// ends with no close frame at all means the controller went away or something between
-/// cut the connection: an error.
+/// When the VM's side ends (sshd hung up, the worker's connection to the VM broke), the
+/// controller's handler closes the client's side (spec/orchard.md §1.8). It means to send a
+/// close frame with status 1000, which is answered, as the protocol asks; but Orchard's
+/// coder/websocket closes the TCP connection before it writes that frame, so the connection
+/// often just drops, exactly as when the controller restarts or something between cuts it.
+/// A drop is therefore a normal end when ssh then ends its side on its own within
+/// [`DROP_GRACE`] (its session was complete: sshd hung up after it), and otherwise an error
+/// that names both causes. When `input` ends first (ssh closed it), the proxy sends its
+/// own close with status 1000, which the controller takes as a normal end, and how the
+/// connection ends from then on no longer matters.
 pub async fn bridge<R, W>(ws: Forward, mut input: R, mut output: W) -> Result<()>
 where
     R: AsyncRead + Unpin,
@@ -143,19 +158,23 @@ where
     let (mut sink, mut stream) = ws.split();
     let down = async {
         while let Some(msg) = stream.next().await {
-            let bytes = match msg.map_err(broken)? {
-                Message::Binary(b) => b,
-                Message::Text(t) => t.as_bytes().to_vec().into(),
-                Message::Close(frame) => return closed_by_controller(frame),
-                _ => continue,
+            let bytes = match msg {
+                Ok(Message::Binary(b)) => b,
+                Ok(Message::Text(t)) => t.as_bytes().to_vec().into(),
+                Ok(Message::Close(frame)) => {
+                    return closed_by_controller(frame).map(|_| End::Closed)
+                }
+                Ok(_) => continue,
+                Err(e) => return broken(e).map(End::Dropped),
             };
             output.write_all(&bytes).await?;
             output.flush().await?;
         }
-        Err(cut(None))
+        Ok(End::Dropped(None))
     };
     tokio::pin!(down);
-    let ours_first = {
+    // `None`: the controller closed it; else how our side ended.
+    let ours = {
         let up = async {
             let mut buf = vec![0u8; 32 * 1024];
             loop {
@@ -169,17 +188,27 @@ where
         };
         tokio::pin!(up);
         tokio::select! {
-            r = &mut down => Err(r),
-            r = &mut up => Ok(r),
+            // ssh's end first when both are ready: its session ended before the drop.
+            biased;
+            r = &mut up => Some(r),
+            r = &mut down => match r? {
+                End::Closed => None,
+                // ssh still holds its side open: give it the moment a finished session
+                // needs to end it; if it does not, its session was cut.
+                End::Dropped(how) => match tokio::time::timeout(DROP_GRACE, &mut up).await {
+                    Ok(Ok(())) => return Ok(()),
+                    _ => return Err(cut(how.as_deref())),
+                },
+            },
         }
     };
-    match ours_first {
-        // The controller ended it: the answer to its close is queued; send it.
-        Err(result) => {
+    match ours {
+        // The controller closed it: the answer to its close is queued; send it.
+        None => {
             let _ = tokio::time::timeout(Duration::from_secs(5), sink.close()).await;
-            result
+            Ok(())
         }
-        Ok(r) => {
+        Some(r) => {
             r?;
             // Our side is done (ssh closed it): the VM's last bytes and the controller's
             // answer may still come, but how the connection ends no longer matters.
@@ -209,20 +238,23 @@ fn closed_by_controller(frame: Option<CloseFrame>) -> Result<()> {
     }
 }
 
-/// The connection ended with no close frame; `how` is what the socket said, if anything.
+/// The connection ended with no close frame while ssh's session went on; `how` is what the
+/// socket said, if anything. The controller's own close drops the connection too, so which
+/// side ended it is unknown.
 fn cut(how: Option<&str>) -> anyhow::Error {
     let how = how.map(|h| format!(" ({h})")).unwrap_or_default();
-    anyhow!("the connection to the Orchard controller ended without a WebSocket close{how}: the controller restarted or stopped, or a proxy or the network between cut it")
+    anyhow!("the port-forward through the Orchard controller ended without a WebSocket close while ssh's session went on{how}: the VM side ended (sshd or the worker's connection to the VM), or the controller or the network cut the connection (a controller restart, a proxy)")
 }
 
-fn broken(e: tungstenite::Error) -> anyhow::Error {
+/// A socket error: `Ok(how)` when it is the connection ending without a close frame.
+fn broken(e: tungstenite::Error) -> Result<Option<String>> {
     use tungstenite::error::ProtocolError;
     match e {
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
         | tungstenite::Error::ConnectionClosed
-        | tungstenite::Error::AlreadyClosed => cut(None),
-        tungstenite::Error::Io(io) => cut(Some(&io.to_string())),
-        e => anyhow!("the port-forward through the Orchard controller failed: {e}"),
+        | tungstenite::Error::AlreadyClosed => Ok(None),
+        tungstenite::Error::Io(io) => Ok(Some(io.to_string())),
+        e => bail!("the port-forward through the Orchard controller failed: {e}"),
     }
 }
 

@@ -100,6 +100,16 @@ pub fn job() -> Job {
 
 impl Fleet {
     /// `gc --backend orchard` on the runner's host; its stderr.
+    /// Until the job's ssh master has exited (its control socket is gone): after a cut the
+    /// proxy gives ssh a moment to end its side before it ends the connection.
+    pub fn wait_master_gone(&self) {
+        let record = self.bed.vm_state_dirs().pop().expect("the job's record");
+        assert!(
+            super::wait_until(Duration::from_secs(20), || !record.join("ssh").exists()),
+            "the job's ssh master outlived the cut connection"
+        );
+    }
+
     pub fn gc(&self, extra: &[&str]) -> String {
         let out = std::process::Command::new(super::DRIVER)
             .arg("gc")

@@ -137,6 +137,48 @@ pub struct Faults {
     /// sshd (any VM port) accepts connections only this long after the VM is `running`;
     /// dials before then fail as a not-yet-listening guest's do.
     pub slow_sshd_ms: u64,
+    /// How a port-forward ends when the VM's side ends (see [`VmEnd`]).
+    pub vm_end: VmEnd,
+}
+
+/// How the controller ends a port-forward whose VM side ended (sshd hung up, the worker's
+/// connection broke). Orchard's pinned coder/websocket `NetConn.Close` cancels its read,
+/// which closes the TCP connection, before it writes the close frame (status 1000), so a
+/// real controller often drops the connection without any close frame.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VmEnd {
+    /// Always the close frame (the handshake as coder/websocket means it).
+    Frame,
+    /// Always a dropped connection, no close frame.
+    Drop,
+    /// One or the other per port-forward, decided by this seed and the port-forward's
+    /// number, so a run is reproducible.
+    Seeded(u64),
+}
+
+impl Default for VmEnd {
+    /// Never more lenient than the real controller: some connections drop.
+    fn default() -> Self {
+        VmEnd::Seeded(0)
+    }
+}
+
+impl VmEnd {
+    /// Whether the `n`th port-forward drops instead of sending its close frame.
+    pub fn drops(self, n: u64) -> bool {
+        match self {
+            VmEnd::Frame => false,
+            VmEnd::Drop => true,
+            VmEnd::Seeded(seed) => {
+                // splitmix64: a well-spread bit per (seed, n) without a dependency.
+                let mut z = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                (z ^ (z >> 31)) & 1 == 1
+            }
+        }
+    }
 }
 
 /// What tests see of a running controller; dropping it stops the controller, ends every
@@ -183,6 +225,8 @@ pub(crate) struct State {
     pub vm_side_closes: Vec<bool>,
     /// The arguments of every `tart run` the Tart workers started, in order.
     pub tart_runs: Vec<Vec<String>>,
+    /// How many port-forwards were dropped without a close frame when their VM side ended.
+    pub vm_side_drops: u64,
 }
 
 pub(crate) struct VmRecord {
@@ -310,6 +354,10 @@ impl Sim {
     }
 
     /// How many port-forward WebSockets were opened (answered 101).
+    pub fn vm_side_drops(&self) -> u64 {
+        self.shared.state.lock().unwrap().vm_side_drops
+    }
+
     pub fn port_forwards_served(&self) -> u64 {
         self.shared.state.lock().unwrap().port_forwards_served
     }

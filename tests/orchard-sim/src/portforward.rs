@@ -13,8 +13,11 @@
 //! one side's copy ends): when the VM's side ends (EOF, or the worker's connection breaks),
 //! a close frame with status 1000 (normal closure) and no reason; a client's close frame is
 //! answered with its own status; a message of the wrong type is answered with status 1003
-//! and coder/websocket's reason. Only a controller that goes away (a restart, the cut knobs)
-//! ends the connection without a close frame.
+//! and coder/websocket's reason. But coder/websocket's `NetConn.Close` cancels its read,
+//! which closes the TCP connection, before it writes that close frame, so when the VM's
+//! side ends the client often sees the connection drop with no frame at all: the `vm_end`
+//! knob picks which (by default, per port-forward by a fixed seed). A controller that goes
+//! away (a restart, the cut knobs) always ends it without a close frame.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,10 +80,15 @@ pub async fn handle(
     let text_mode = headers
         .get("user-agent")
         .is_none_or(|ua| ua.as_bytes().is_empty());
-    s.state.lock().unwrap().port_forwards_served += 1;
+    let vm_end = s.faults().vm_end;
+    let drop_at_end = {
+        let mut state = s.state.lock().unwrap();
+        state.port_forwards_served += 1;
+        vm_end.drops(state.port_forwards_served)
+    };
     // Subscribed before the 101 goes out: a cut right after the handshake must reach it.
     let cut = s.cut.subscribe();
-    ws.on_upgrade(move |socket| bridge(s, socket, tcp, text_mode, cut))
+    ws.on_upgrade(move |socket| bridge(s, socket, tcp, text_mode, cut, drop_at_end))
 }
 
 pub async fn ip(
@@ -234,13 +242,15 @@ async fn resolve_ip(s: &Shared, vm: &Vm, deadline: Instant) -> Result<Option<Str
 }
 
 /// Carries bytes between the WebSocket and the VM's port until either side closes, or the
-/// cut/restart knob drops the WebSocket without a close frame.
+/// cut/restart knob drops the WebSocket without a close frame. `drop_at_end`: when the VM's
+/// side ends, the connection is dropped without a close frame (the `vm_end` knob).
 async fn bridge(
     s: Arc<Shared>,
     mut socket: WebSocket,
     tcp: TcpStream,
     text_mode: bool,
     mut cut: watch::Receiver<u64>,
+    drop_at_end: bool,
 ) {
     let mut shutdown = s.shutdown.subscribe();
     let (mut from_vm, mut to_vm) = tcp.into_split();
@@ -295,6 +305,10 @@ async fn bridge(
             }
             n = from_vm.read(&mut buf) => {
                 let n = match n {
+                    Ok(0) | Err(_) if drop_at_end => {
+                        s.state.lock().unwrap().vm_side_drops += 1;
+                        return;
+                    }
                     Ok(0) | Err(_) => {
                         // coder/websocket's close handshake: send, then wait up to 5 s for
                         // the client's answer (the controller logs a failure without one).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::rustls;
@@ -208,8 +208,21 @@ fn self_signed() -> anyhow::Result<(tokio_rustls::TlsAcceptor, String, String)> 
 async fn echo_server(listener: TcpListener) {
     while let Ok((mut tcp, _)) = listener.accept().await {
         tokio::spawn(async move {
-            let (mut r, mut w) = tcp.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
+            // Echoes until the client ends, or hangs up itself after echoing a `hangup`
+            // line: a VM side that ends first, as sshd does after a session.
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if tcp.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                if buf[..n].windows(7).any(|w| w == b"hangup\n") {
+                    return;
+                }
+            }
         });
     }
 }

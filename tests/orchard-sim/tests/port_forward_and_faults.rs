@@ -289,3 +289,37 @@ fn the_ip_endpoint_waits_and_answers_like_port_forward() {
     assert!(r.json()["ip"].is_string());
     assert_eq!(admin(&sim, "GET", "/v1/vms/nope/ip", None).status, 404);
 }
+
+fn hang_up_after_echo(sim: &orchard_sim::Sim, name: &str) -> Ws {
+    running(sim, name);
+    let mut ws = port_forward(sim, name, "port=22", ADMIN, UA).unwrap();
+    ws.send(Message::Binary(b"hangup\n".to_vec().into()))
+        .unwrap();
+    let (bytes, _) = read_bytes(&mut ws, 7);
+    assert_eq!(bytes, b"hangup\n");
+    ws
+}
+
+#[test]
+fn vm_end_frame_closes_with_1000_when_the_vm_side_hangs_up() {
+    let sim = sim_with(|c| c.faults.vm_end = orchard_sim::VmEnd::Frame);
+    let mut ws = hang_up_after_echo(&sim, "f");
+    let frame = close_frame(&mut ws).expect("a status");
+    assert_eq!(u16::from(frame.code), 1000);
+    assert_eq!(sim.vm_side_drops(), 0);
+}
+
+#[test]
+fn vm_end_drop_ends_the_connection_without_a_close_frame_when_the_vm_side_hangs_up() {
+    let sim = sim_with(|c| c.faults.vm_end = orchard_sim::VmEnd::Drop);
+    let mut ws = hang_up_after_echo(&sim, "d");
+    assert_cut(&mut ws);
+    assert_eq!(sim.vm_side_drops(), 1);
+}
+
+#[test]
+fn by_default_some_vm_side_ends_drop_and_some_close() {
+    let default = orchard_sim::VmEnd::default();
+    let drops: Vec<bool> = (1..=16).map(|n| default.drops(n)).collect();
+    assert!(drops.contains(&true) && drops.contains(&false), "{drops:?}");
+}

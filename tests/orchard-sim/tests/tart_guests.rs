@@ -59,7 +59,11 @@ fn a_port_forward_to_22_reaches_the_guests_sshd_and_delete_removes_the_clone() {
 #[test]
 fn when_the_guests_sshd_hangs_up_the_controller_sends_a_normal_close() {
     let host = SimHost::new().with_image(IMAGE, Image::darwin());
-    let sim = sim_with(|c| c.workers = vec![tart_worker(&host)]);
+    // The close frame mode; by default some of these ends drop the connection instead.
+    let sim = sim_with(|c| {
+        c.workers = vec![tart_worker(&host)];
+        c.faults.vm_end = orchard_sim::VmEnd::Frame;
+    });
     create(
         &sim,
         json!({"name": "g3", "image": IMAGE, "headless": true}),
