@@ -3,8 +3,8 @@
 //!
 //! The wall clock jumps (NTP, an admin, a dead RTC battery): an expiry written in wall-clock
 //! time would make a jump forward sweep live VMs. The boot clock counts from boot, sleep
-//! included, is the same for every process, and never jumps. After a reboot it restarts,
-//! but then every VM's processes are gone and the ordinary orphan rules apply.
+//! included, is the same for every process, and never jumps. After a reboot it restarts, so
+//! a moment kept on it names its boot too (`host::boot`): one of another boot has passed.
 
 use std::time::{Duration, Instant};
 

@@ -347,6 +347,26 @@ fn gc_ends_a_dead_jobs_connection_and_deletes_its_vm_once_the_job_has_expired() 
     fleet.assert_nothing_left();
 }
 
+/// After the runner's host rebooted, its boot clock restarts near zero: a crashed job's
+/// record from the last boot counts as expired, not as live for as long as that boot lasted.
+#[test]
+fn a_record_from_another_boot_of_the_runner_host_is_swept() {
+    let fleet = Fleet::start(|_| {});
+    let job = fleet.bed.direct_job(MACOS);
+    let (code, log) = fleet.bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 0, "{log}");
+    let record = fleet.bed.vm_state_dirs().pop().expect("the job's record");
+    // Written in a boot that lasted long: on this boot's clock, far in the future.
+    std::fs::write(
+        record.join("expires"),
+        "boot 9000000000 boot-before-the-reboot",
+    )
+    .unwrap();
+    let text = fleet.gc(&[]);
+    assert!(text.contains("removed orphaned VM"), "{text}");
+    fleet.assert_nothing_left();
+}
+
 #[test]
 fn a_controller_restart_while_the_vm_waits_in_the_queue_is_ridden_out() {
     let fleet = Fleet::start(|c| c.faults.pending_forever = true);

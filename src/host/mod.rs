@@ -14,6 +14,7 @@
 //! as long as the VM's processes live and the kernel frees it when they die, whatever kills
 //! them. A macOS guest needs one general slot and one of Apple's two macOS slots.
 
+pub mod boot;
 pub mod dhcp;
 pub mod foreign;
 pub mod host_root;

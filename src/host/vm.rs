@@ -268,30 +268,37 @@ impl VmState {
 
     /// Records when this VM's job must be over (its timeout, with a margin for cleanup),
     /// on the boot clock: a wall-clock jump must not make a live job look forgotten. A
-    /// live supervisor past that moment belongs to a job gitlab-runner forgot.
+    /// live supervisor past that moment belongs to a job gitlab-runner forgot. The boot's
+    /// id goes with it: after a reboot the boot clock restarts near zero, and the record of
+    /// a job the reboot ended must not look live for as long as the last boot lasted.
     pub fn set_expiry(&self, after: std::time::Duration) -> Result<()> {
         let at = crate::clock::boot_secs().saturating_add(after.as_secs());
+        let text = match super::boot::id() {
+            Some(id) => format!("boot {at} {id}"),
+            None => format!("boot {at}"),
+        };
         self.existing()?
-            .write_atomic(EXPIRES, format!("boot {at}").as_bytes())
+            .write_atomic(EXPIRES, text.as_bytes())
             .context("cannot write the VM's expiry")
     }
 
     pub fn expired(&self) -> bool {
         self.expiry()
-            .is_some_and(|at| crate::clock::boot_secs() > at)
+            .is_some_and(|e| e.of_another_boot() || crate::clock::boot_secs() > e.at)
     }
 
     /// Whether the expiry falls within `margin` from now.
     pub fn expires_within(&self, margin: std::time::Duration) -> bool {
-        self.expiry()
-            .is_some_and(|at| crate::clock::boot_secs().saturating_add(margin.as_secs()) >= at)
+        self.expiry().is_some_and(|e| {
+            e.of_another_boot()
+                || crate::clock::boot_secs().saturating_add(margin.as_secs()) >= e.at
+        })
     }
 
     /// The expiry on the boot clock. One in any other form (an older driver's wall-clock
     /// time) proves nothing.
-    fn expiry(&self) -> Option<u64> {
-        let text = self.existing().ok()?.read_string(EXPIRES)?;
-        text.trim().strip_prefix("boot ")?.parse().ok()
+    fn expiry(&self) -> Option<Expiry> {
+        Expiry::parse(&self.existing().ok()?.read_string(EXPIRES)?)
     }
 
     pub fn save_connection(&self, c: &Connection) -> Result<()> {
@@ -359,6 +366,32 @@ const CONNECTION: &str = "connection.json";
 const TIMINGS: &str = "timings";
 const EXPIRES: &str = "expires";
 
+/// A record's `expires`: `boot SECS [BOOT-ID]`, a moment on the boot clock of the boot named
+/// (records from before boot ids have none, and count as this boot's).
+#[derive(Debug, PartialEq, Eq)]
+struct Expiry {
+    at: u64,
+    boot: Option<String>,
+}
+
+impl Expiry {
+    fn parse(text: &str) -> Option<Expiry> {
+        let mut words = text.split_whitespace();
+        if words.next()? != "boot" {
+            return None;
+        }
+        let at = words.next()?.parse().ok()?;
+        let boot = words.next().map(str::to_string);
+        words.next().is_none().then_some(Expiry { at, boot })
+    }
+
+    /// A moment of another boot has passed: that boot's jobs ended with it, and its clock
+    /// cannot be compared with this one's.
+    fn of_another_boot(&self) -> bool {
+        matches!((&self.boot, super::boot::id()), (Some(then), Some(now)) if *then != now)
+    }
+}
+
 /// Takes the lock of file `name` in `dir`, if free. A lock belongs to an inode, not to a
 /// name, so a lock taken on a file that was meanwhile deleted (a sweep) and replaced would
 /// guard nothing: such a lock is let go and the new file tried.
@@ -409,6 +442,38 @@ pub fn try_flock(file: &File) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::host::state_dir::MAX_VM_NAME_LEN;
+
+    #[test]
+    fn an_expiry_names_its_boot_and_older_records_without_one_still_parse() {
+        assert_eq!(
+            Expiry::parse("boot 120 5f0c-aa"),
+            Some(Expiry {
+                at: 120,
+                boot: Some("5f0c-aa".into())
+            })
+        );
+        assert_eq!(
+            Expiry::parse("boot 7\n"),
+            Some(Expiry { at: 7, boot: None })
+        );
+        assert_eq!(Expiry::parse("1700000000"), None);
+        assert_eq!(Expiry::parse("boot 7 a b"), None);
+    }
+
+    #[test]
+    fn an_expiry_of_another_boot_has_passed_and_one_of_this_boot_has_not() {
+        let far = u64::MAX / 2;
+        let other = Expiry {
+            at: far,
+            boot: Some("another-boot".into()),
+        };
+        assert!(other.of_another_boot());
+        let this = Expiry {
+            at: far,
+            boot: crate::host::boot::id(),
+        };
+        assert!(!this.of_another_boot());
+    }
 
     #[test]
     fn names_round_trip_and_foreign_names_are_not_ours() {
