@@ -198,9 +198,13 @@ impl<'a> Fleet<'a> {
     async fn boot(&self, name: &str, new: &NewVm<'_>) -> Result<Connection, Failure> {
         let t = Instant::now();
         let queue_limit = self.orchard.queue_timeout.min(new.job_limit);
-        let vm = queue::until_running(&self.client, name, queue_limit)
-            .await
-            .map_err(|e| anyhow!("{e}"))?;
+        let vm = match queue::until_running(&self.client, name, queue_limit).await {
+            Ok(vm) => vm,
+            // Not a system failure: gitlab-runner would retry prepare twice more, each
+            // attempt a new VM at the back of the queue, tripling the wait the admin set.
+            Err(e @ queue::NotRunning::TimedOut { .. }) => return Err(Failure::rejected(e)),
+            Err(e) => return Err(anyhow!("{e}").into()),
+        };
         crate::logging::phase_done(&format!("VM {name} running on worker {}", vm.worker), t);
         new.state.record_phase("queue", t.elapsed());
 
