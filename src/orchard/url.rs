@@ -14,7 +14,11 @@ pub struct ControllerUrl {
 }
 
 impl ControllerUrl {
-    pub fn parse(text: &str) -> Result<ControllerUrl> {
+    pub fn parse(url: &str) -> Result<ControllerUrl> {
+        // Every message shows the URL without its userinfo: `user:TOKEN@` would reach the
+        // job log.
+        let shown = without_userinfo(url);
+        let text = shown.as_str();
         let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
             (true, r)
         } else if let Some(r) = text.strip_prefix("http://") {
@@ -22,8 +26,11 @@ impl ControllerUrl {
         } else {
             bail!("`{text}` is not an http:// or https:// URL");
         };
+        if shown != url {
+            bail!("`{text}`: no credentials in the URL (the token goes in --orchard-token-file)");
+        }
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.contains('@') || path.contains(['?', '#']) {
+        if path.contains(['?', '#']) {
             bail!("`{text}`: no credentials, query or fragment in the URL (the token goes in --orchard-token-file)");
         }
         let port_of = |p: &str| {
@@ -77,9 +84,39 @@ impl ControllerUrl {
     }
 }
 
+/// `url` with any `userinfo@` of its authority replaced by `…@`.
+fn without_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}…{}", &url[..start], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 impl std::fmt::Display for ControllerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
         write!(f, "{scheme}://{}{}", self.authority(), self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_credentials_is_refused_without_showing_them() {
+        for url in [
+            "https://gitlab:tok-SECRET@orchard.example.com:6120",
+            "https://tok-SECRET@orchard.example.com/o",
+            "orchard://gitlab:tok-SECRET@orchard.example.com",
+            "https://gitlab:tok-SECRET@orchard.example.com:bad",
+        ] {
+            let e = format!("{:#}", ControllerUrl::parse(url).unwrap_err());
+            assert!(!e.contains("tok-SECRET"), "{e}");
+            assert!(e.contains("orchard.example.com"), "{e}");
+        }
     }
 }
