@@ -95,6 +95,21 @@ fn a_vm_no_worker_takes_fails_the_job_at_the_queue_timeout_once_without_retries_
     fleet.assert_nothing_left();
 }
 
+/// A controller that accepts the VM reads and never answers them: the client's own retries
+/// (four tries of 30 s) must not outlast the queue timeout.
+#[test]
+fn a_controller_that_never_answers_while_the_vm_queues_is_bounded_by_the_queue_timeout() {
+    let fleet = Fleet::with_options(
+        |c| c.faults.vm_reads_hang = true,
+        &["--orchard-queue-timeout", "3"],
+    );
+    let out = run_job(&fleet.bed.runner(), &job());
+    out.assert_build_failure(1)
+        .assert_log_contains("queue timeout (3s")
+        .assert_log_contains("--orchard-queue-timeout");
+    fleet.assert_nothing_left();
+}
+
 #[test]
 fn sshd_that_comes_up_late_is_waited_for_within_the_boot_timeout() {
     let fleet = Fleet::start(|c| c.faults.slow_sshd_ms = 4000);

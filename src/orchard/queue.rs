@@ -67,7 +67,15 @@ pub async fn until_running(client: &Client, name: &str, limit: Duration) -> Resu
     let mut position = None;
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        let vm = match client.get_vm(name).await {
+        // One call may retry for two minutes: it gets only what is left of the wait.
+        let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
+        let Ok(answer) = tokio::time::timeout(left, client.get_vm(name)).await else {
+            return Err(NotRunning::TimedOut {
+                limit,
+                last: progress.describe(),
+            });
+        };
+        let vm = match answer {
             Ok(vm) => {
                 unreachable_since = None;
                 vm
@@ -104,10 +112,11 @@ pub async fn until_running(client: &Client, name: &str, limit: Duration) -> Resu
             if position_read.is_none_or(|t| t.elapsed() >= POSITION_EVERY) {
                 position_read = Some(Instant::now());
                 // The position is a courtesy: a failed listing must not fail the job.
-                position = client
-                    .list_vms()
+                let left = deadline.saturating_duration_since(Instant::now());
+                position = tokio::time::timeout(left, client.list_vms())
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .map(|all| queue_position(&all, &vm));
             }
         } else {

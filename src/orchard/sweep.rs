@@ -17,6 +17,8 @@ use super::types::{Vm, VmStatus};
 
 /// How long a delete keeps trying through network errors and 5xx (a controller restart).
 pub const DELETE_BOUND: Duration = Duration::from_secs(60);
+/// What a delete whose deadline has passed still gets: one request's connect and answer.
+const LAST_TRY: Duration = Duration::from_secs(10);
 
 /// Deletes one VM. A VM that is already gone is fine, so this can run after every failed
 /// prepare attempt and again at cleanup; network errors and 5xx are retried with back-off
@@ -30,7 +32,19 @@ pub async fn delete(client: &Client, name: &str) -> Result<()> {
 pub async fn delete_until(client: &Client, name: &str, deadline: Instant) -> Result<()> {
     let mut pause = Duration::from_secs(1);
     loop {
-        match client.delete_vm(name).await {
+        // One call may retry for two minutes: it gets what is left, or one last try.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(LAST_TRY);
+        let answer = tokio::time::timeout(left, client.delete_vm(name))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::Network(format!(
+                    "no answer within {}s",
+                    left.as_secs()
+                )))
+            });
+        match answer {
             Ok(()) => return Ok(()),
             Err(e @ (ApiError::Network(_) | ApiError::Server { .. }))
                 if Instant::now() + pause < deadline =>

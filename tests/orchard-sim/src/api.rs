@@ -260,6 +260,12 @@ async fn get_vm(State(s): S, headers: HeaderMap, Path(name): Path<String>) -> Re
     if let Err(r) = auth(&s, &headers, Need::All(&[COMPUTE_READ])) {
         return r;
     }
+    if s.faults().vm_reads_hang {
+        // Accepted, never answered, until the controller stops.
+        let mut shutdown = s.shutdown.subscribe();
+        let _ = shutdown.changed().await;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     match s.state.lock().unwrap().vms.get(&name) {
         Some(r) => Json(&r.vm).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

@@ -137,6 +137,9 @@ pub struct Faults {
     /// sshd (any VM port) accepts connections only this long after the VM is `running`;
     /// dials before then fail as a not-yet-listening guest's do.
     pub slow_sshd_ms: u64,
+    /// `GET /v1/vms/{name}` is accepted and never answered (a controller stuck on its
+    /// store), until the controller stops.
+    pub vm_reads_hang: bool,
     /// How a port-forward ends when the VM's side ends (see [`VmEnd`]).
     pub vm_end: VmEnd,
 }
