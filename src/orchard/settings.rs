@@ -278,8 +278,9 @@ impl Placement {
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-            if !name_ok || !path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
-                bail!("--orchard-host-dir {name}={}: a name of letters, digits, . _ - and an absolute worker path without `..`", path.display());
+            // The controller refuses any path containing `..`, even inside a name (`a..b`).
+            if !name_ok || !path.is_absolute() || path.to_string_lossy().contains("..") {
+                bail!("--orchard-host-dir {name}={}: a name of letters, digits, . _ - and an absolute worker path without `..` anywhere (Orchard refuses it even inside a name)", path.display());
             }
         }
         Ok(Placement {
@@ -455,6 +456,13 @@ mod tests {
                 "--orchard-host-dir",
             ),
             (vec![], vec![], vec!["x=/a/../etc"], "--orchard-host-dir"),
+            // The controller refuses `..` anywhere in a path, even inside a name.
+            (
+                vec![],
+                vec![],
+                vec!["x=/Applications/Xcode..beta.app"],
+                "--orchard-host-dir",
+            ),
         ] {
             let mut o = opts(Some("https://o"), Some("sa"), Some("/t"));
             o.labels = labels.into_iter().map(Into::into).collect();

@@ -163,7 +163,8 @@ fn check_host_dir(s: &Shared, dir: &HostDir) -> Result<(), Response> {
     if dir.name.is_empty() || dir.path.is_empty() {
         return bad("host directory name and path cannot be empty".into());
     }
-    let allowed = !dir.path.split('/').any(|c| c == "..")
+    // As Orchard's host_dir_policy.go: any `..` in the path, even inside a name (`a..b`).
+    let allowed = !dir.path.contains("..")
         && s.cfg
             .host_dir_policies
             .iter()

@@ -128,6 +128,12 @@ fn create_refuses_what_the_controller_refuses_with_its_codes() {
         .as_str()
         .unwrap()
         .contains("disallowed by policy"));
+    // Orchard refuses `..` anywhere in the path, even inside a name.
+    let dots = create(
+        &sim,
+        json!({"name": "a", "image": "i", "hostDirs": [{"name": "x", "path": "/Applications/Xcode..beta.app", "ro": true}]}),
+    );
+    assert_eq!(dots.status, 400, "{}", dots.body);
     let ro = create(
         &sim,
         json!({"name": "a", "image": "i", "hostDirs": [{"name": "x", "path": "/Applications/X", "ro": true}]}),
