@@ -37,8 +37,10 @@ pub fn room(workers: &[Worker], vms: &[Vm], placement: &Placement, now: i64) -> 
             continue;
         }
         room.usable += 1;
-        let kind =
-            ["", "arm64"].contains(&w.arch.as_str()) && ["", "tart"].contains(&w.runtime.as_str());
+        // Orchard's scheduler takes a VM only to a worker whose arch equals the VM's: a
+        // worker that reports none takes nothing. Controllers before 0.53 (no runtimes but
+        // Tart) report no runtime.
+        let kind = w.arch == "arm64" && ["", "tart"].contains(&w.runtime.as_str());
         let labelled = placement
             .labels
             .iter()
@@ -95,6 +97,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             resources: resources.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            arch: "arm64".into(),
+            runtime: "tart".into(),
             ..Worker::default()
         }
     }
@@ -180,5 +184,20 @@ mod tests {
             NOW,
         );
         assert_eq!((r.usable, r.matching, r.slots), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_worker_of_another_arch_or_none_holds_nothing() {
+        let mut intel = worker("intel", &[], &[("tart-vms", 2)]);
+        intel.arch = "amd64".into();
+        let mut unknown = worker("unknown", &[], &[("tart-vms", 2)]);
+        unknown.arch = String::new();
+        let r = room(
+            &[intel, unknown],
+            &[],
+            &placement(&[], &[("tart-vms", 1)]),
+            NOW,
+        );
+        assert_eq!((r.usable, r.matching, r.slots), (2, 0, 0));
     }
 }
