@@ -511,6 +511,83 @@ fn a_cached_private_image_is_vetted_for_every_job_and_refused_without_credential
     bed.assert_nothing_left();
 }
 
+/// Tart's cache links a tag to a digest, and any pull re-points the link. A job approved
+/// for one digest (public, or vetted) gets a VM of that digest even when the tag moves
+/// before its clone, here to a private digest of the same repository that another job
+/// pulled with credentials.
+#[test]
+fn a_tag_re_pointed_after_the_registry_check_does_not_change_the_digest_the_job_boots() {
+    const OPEN: &str = "registry.example.com/team/tools:1";
+    const CLOSED: &str = "registry.example.com/team/tools:2";
+    let closed_digest = "c1".repeat(32);
+    let bed = Bed::new().image(OPEN, Image::linux()).image(
+        CLOSED,
+        Image::linux()
+            .digest(closed_digest.clone())
+            .registry_auth(ROBOT.0, ROBOT.1),
+    );
+    run_job(&bed.runner(), &Job::new().image(OPEN).script(["true"])).assert_success();
+    let a = with_credentials(Job::new().project("a/app"), ROBOT.0, ROBOT.1);
+    run_job(&bed.runner(), &a.image(CLOSED).script(["true"])).assert_success();
+    let repo = bed
+        .sim
+        .tart_home()
+        .join("cache/OCIs/registry.example.com/team/tools");
+    let approved = std::fs::read_link(repo.join("1")).expect("tag 1 is cached");
+    let approved = approved.to_str().unwrap().to_string();
+    assert_ne!(approved, format!("sha256:{closed_digest}"));
+
+    let paused = common::warm::FaultPoint::new("prepare:image-approved");
+    let job = bed.direct_job(OPEN);
+    let since = bed.sim.invocations().len();
+    let prepare = bed
+        .stage_command(&job, &["prepare"])
+        .envs(paused.pause())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        paused.reached_within(Duration::from_secs(120)),
+        "prepare never approved the image"
+    );
+    // What another job's pull of the moved tag leaves in the cache.
+    std::fs::remove_file(repo.join("1")).unwrap();
+    std::os::unix::fs::symlink(format!("sha256:{closed_digest}"), repo.join("1")).unwrap();
+    paused.release();
+    let (ok, log) = common::warm::finish_within(prepare, Duration::from_secs(300), "prepare");
+    let (code, cleanup) = bed.stage(&job, &["cleanup"]);
+    assert!(ok, "{log}");
+    assert_eq!(code, 0, "{cleanup}");
+    let clones: Vec<_> = tart_commands_since(&bed, since)
+        .into_iter()
+        .filter(|args| args.first().is_some_and(|a| a == "clone"))
+        .collect();
+    let wanted = format!("registry.example.com/team/tools@{approved}");
+    assert!(
+        !clones.is_empty() && clones.iter().all(|args| args.contains(&wanted)),
+        "the job's VM was not cloned from the digest it was approved for ({wanted}): {clones:?}"
+    );
+    bed.assert_nothing_left();
+}
+
+/// A registry that cannot be reached while it vets a cached image pulled with credentials
+/// is no answer: the job fails as a system failure that says so, and no VM is left.
+#[test]
+fn a_registry_outage_while_vetting_a_cached_private_image_fails_the_job_and_leaves_no_vm() {
+    let bed = private_bed();
+    let a = with_credentials(Job::new().project("a/app"), ROBOT.0, ROBOT.1);
+    run_job(&bed.runner(), &a.image(PRIVATE).script(["true"])).assert_success();
+    bed.sim.cut_registry("registry.example.com", false);
+    let b = with_credentials(Job::new().project("b/other"), ROBOT.0, ROBOT.1);
+    let out = run_job(&bed.runner(), &b.image(PRIVATE).script(["echo B-RAN"]));
+    out.assert_system_failure().assert_log_contains(
+        "cannot confirm with registry.example.com that this job may use the cached image",
+    );
+    assert!(!out.log.contains("B-RAN"), "{}", out.log);
+    bed.assert_nothing_left();
+}
+
 fn docker_login(bed: &Bed) {
     let auth = harness_base64(&format!("{}:{}", ROBOT.0, ROBOT.1));
     let dir = bed.sim.home_dir().join(".docker");

@@ -35,11 +35,22 @@ use crate::job::image::Image;
 use crate::job::public_images::PublicImages;
 use crate::model::PullPolicy;
 
-/// The outcome of [`fetch_image`]: whether it pulled, and the registry check the job
-/// still has to pass before its VM starts.
+/// The outcome of [`fetch_image`]: whether it pulled, what to clone, and the registry
+/// check the job still has to pass before its VM starts.
 pub struct Fetched<'a> {
     pub pulled: bool,
+    /// What the job's VM is cloned from (and a warm VM must have been cloned from):
+    /// `<repository>@sha256:<hex>`, the digest this job was let have, whenever there is
+    /// one. A tag is a link in Tart's cache that another job's pull may re-point at any
+    /// moment (to a digest this job was never vetted for); a digest is not. The image's
+    /// own name only for a local VM.
+    pub source: String,
     pub vet: Option<Vet<'a>>,
+}
+
+/// `<repository>@<digest>` of `image`: Tart clones a cached digest by that name.
+fn by_digest(image: &Image, digest: &str) -> String {
+    format!("{}@{digest}", image.repository())
 }
 
 /// Makes the job's image available as its pull policy says, under the rules above. A
@@ -61,6 +72,7 @@ pub async fn fetch_image<'a>(
         crate::job::image::must_pull(image, pull_policy, exists)?;
         return Ok(Fetched {
             pulled: false,
+            source: image.name.clone(),
             vet: None,
         });
     };
@@ -69,9 +81,14 @@ pub async fn fetch_image<'a>(
     let public = policy.is_public(&image.name);
     let credential_free = fetch.creds.is_none() && fetch.home.is_some();
     let known_public = |digest: &str| PublicImages::open(root).knows(image, digest);
+    let source = |digest: Option<&str>| match digest {
+        Some(digest) => by_digest(image, digest),
+        None => image.name.clone(),
+    };
     if !pulling && (public || digest.as_deref().is_some_and(known_public)) {
         return Ok(Fetched {
             pulled: false,
+            source: source(digest.as_deref()),
             vet: None,
         });
     }
@@ -81,6 +98,7 @@ pub async fn fetch_image<'a>(
     if !pulling {
         return Ok(Fetched {
             pulled: false,
+            source: source(digest.as_deref()),
             vet: digest.map(|digest| Vet {
                 tart,
                 root,
@@ -92,14 +110,18 @@ pub async fn fetch_image<'a>(
         });
     }
     crate::job::image::pull(tart, image, fetch, limit).await?;
+    // What the tag points at right after this job's own pull: the registry served it this
+    // job (a later re-pointing, by another job's pull, is not followed).
+    let digest = tart_home::cached_digest(tart_home, &image.name);
     if credential_free {
         // The registry served it to no one in particular: any job may have it.
-        if let Some(digest) = tart_home::cached_digest(tart_home, &image.name) {
-            PublicImages::open(root).remember(image, &digest);
+        if let Some(digest) = &digest {
+            PublicImages::open(root).remember(image, digest);
         }
     }
     Ok(Fetched {
         pulled: true,
+        source: source(digest.as_deref()),
         vet: None,
     })
 }
@@ -127,8 +149,10 @@ impl Vet<'_> {
             fetch,
             digest,
         } = self;
-        let by_digest = format!("{}@{digest}", image.repository());
-        let Err(e) = tart.pull(&by_digest, fetch, Duration::from_secs(300)).await else {
+        let Err(e) = tart
+            .pull(&by_digest(image, &digest), fetch, Duration::from_secs(300))
+            .await
+        else {
             if fetch.creds.is_none() && fetch.home.is_some() {
                 PublicImages::open(root).remember(image, &digest);
             }

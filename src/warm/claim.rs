@@ -48,12 +48,14 @@ pub struct Deadlines {
 /// Claims a warm VM for `job` (whose record exists and whose lock prepare holds). On
 /// success the job's record names the VM, the VM's claim names the job, the VM holds a
 /// general slot as a job's VM does, and its expiry is the job's: from here on it is the
-/// job's VM in every respect.
+/// job's VM in every respect. `source` is the cached image the job may have (its approved
+/// digest, or a local VM's name): a warm VM cloned from anything else does not match.
 pub async fn claim(
     settings: &Settings,
     root: &StateDir,
     job: &VmState,
     request: &Request,
+    source: &str,
     job_expiry: Duration,
     deadlines: &mut Deadlines,
 ) -> Result<Outcome> {
@@ -64,7 +66,7 @@ pub async fn claim(
     if settings.cache_dir.is_some() {
         return cold("a cache dir is configured, and a VM booted before its job cannot share the job's project cache".into());
     }
-    let wanted = match WarmSpec::for_job(settings, request) {
+    let wanted = match WarmSpec::for_job(settings, request, source) {
         Ok(spec) => spec,
         Err(why) => return cold(why),
     };

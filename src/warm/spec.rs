@@ -62,11 +62,16 @@ impl WarmSpec {
         }
     }
 
-    /// What the job's VM would be started with, from the cached image, or why that cannot
-    /// be known: a local VM name has no digest to compare, and an image too big for this
-    /// host's VMs gets no VM at all.
-    pub fn for_job(settings: &Settings, request: &Request) -> Result<WarmSpec, String> {
-        let (digest, mut config) = cached_image(&request.image.name)
+    /// What the job's VM would be started with, from the cached image `source` (the job's
+    /// image, or the `<repository>@sha256:…` it was approved for: a tag read again here
+    /// could have been re-pointed since), or why that cannot be known: a local VM name has
+    /// no digest to compare, and an image too big for this host's VMs gets no VM at all.
+    pub fn for_job(
+        settings: &Settings,
+        request: &Request,
+        source: &str,
+    ) -> Result<WarmSpec, String> {
+        let (digest, mut config) = cached_image(source)
             .ok_or_else(|| format!("{} is not a cached OCI image here", request.image.name))?;
         let sizing = host::vm_resources(
             &settings.host_limits(),

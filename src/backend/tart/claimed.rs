@@ -25,10 +25,13 @@ const CLAIMED_LOGIN_LIMIT: Duration = Duration::from_secs(20);
 /// job's whole wait for a booted VM: waiting for a warm VM spends from it, waiting for a
 /// free job slot does not (the claim moves it later by that wait, as the cold path starts
 /// its boot timeout once it holds its slot).
+/// `source` is what the job's own VM would be cloned from (the approved digest, see
+/// `registry_access::Fetched::source`): a warm VM must have been cloned from the same.
 pub async fn try_warm(
     settings: &Settings,
     root: &StateDir,
     request: &Request,
+    source: &str,
     state: &VmState,
     job_limit: Duration,
     boot_deadline: &mut Instant,
@@ -40,7 +43,16 @@ pub async fn try_warm(
         boot: *boot_deadline,
         slot: crate::clock::deadline_after(job_limit),
     };
-    let outcome = claim::claim(settings, root, state, request, expiry, &mut deadlines).await;
+    let outcome = claim::claim(
+        settings,
+        root,
+        state,
+        request,
+        source,
+        expiry,
+        &mut deadlines,
+    )
+    .await;
     *boot_deadline = deadlines.boot;
     let outcome = outcome?;
     claim::report(&outcome, t);

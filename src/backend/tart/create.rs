@@ -70,6 +70,8 @@ impl LocalTart<'_> {
             phase_done(&format!("Pulled {}", request.image.name), t);
             state.record_phase("pull", t.elapsed());
         }
+        let source = fetched.source;
+        crate::fault::point("prepare:image-approved");
         let mut vet = fetched.vet;
         if settings.warm.enabled() {
             // A claimed warm VM is the job's at once: the registry decides before the claim.
@@ -89,6 +91,7 @@ impl LocalTart<'_> {
             settings,
             root,
             request,
+            &source,
             state,
             job_limit,
             &mut boot_deadline,
@@ -140,7 +143,7 @@ impl LocalTart<'_> {
         // The image is on this host now (pulled, or cached): the clone needs no login.
         let local = fetch.without_credentials();
         let clone = async {
-            tart.clone_vm(&request.image.name, vm.as_str(), &local, job_limit)
+            tart.clone_vm(&source, vm.as_str(), &local, job_limit)
                 .await
                 .map_err(|e| {
                     anyhow!(

@@ -80,16 +80,19 @@ pub async fn fill(settings: &Settings, root: &StateDir, pull: bool) -> Result<()
         .await
         {
             Ok(fetched) => match fetched.vet {
-                Some(vet) => vet.run().await,
-                None => Ok(()),
+                Some(vet) => vet.run().await.map(|()| fetched.source),
+                None => Ok(fetched.source),
             },
             Err(e) => Err(e),
         };
-        if let Err(e) = fetched {
-            eprintln!("warm pool: cannot fetch {image}: {:#}", explain(e));
-            continue;
-        }
-        match WarmSpec::for_job(settings, &request) {
+        let source = match fetched {
+            Ok(source) => source,
+            Err(e) => {
+                eprintln!("warm pool: cannot fetch {image}: {:#}", explain(e));
+                continue;
+            }
+        };
+        match WarmSpec::for_job(settings, &request, &source) {
             Ok(spec) => wanted.push((image.clone(), request, spec)),
             Err(why) => eprintln!("warm pool: {image} skipped: {why}"),
         }
@@ -312,7 +315,13 @@ async fn boot(
 ) -> Result<()> {
     let vm = state.name.as_str();
     let local = fetch_for(settings, request)?.without_credentials();
-    tart.clone_vm(&request.image.name, vm, &local, Duration::from_secs(3600))
+    // The digest the spec names, not the tag: a pull may re-point the tag meanwhile.
+    let source = if spec.digest.starts_with("sha256:") {
+        format!("{}@{}", request.image.repository(), spec.digest)
+    } else {
+        request.image.name.clone()
+    };
+    tart.clone_vm(&source, vm, &local, Duration::from_secs(3600))
         .await?;
     ownership::mark(&state.name, root)?;
     crate::fault::point("replenish:cloned");
