@@ -5,7 +5,8 @@ use crate::failure::StageResult;
 use crate::host::state_dir::StateDir;
 use crate::settings::{Options, Settings};
 
-/// Sweeps orphans (only reports them with `dry_run`), fills the warm pool, and prunes cached
+/// Sweeps orphans (only reports them with `dry_run`), forgets expired public-image verdicts,
+/// fills the warm pool, and prunes cached
 /// images unused for `prune_images_older_than` days when given.
 pub fn gc(options: &Options, dry_run: bool, prune_images_older_than: Option<u32>) -> StageResult {
     let settings = Settings::load(options)?;
@@ -30,6 +31,13 @@ pub fn gc(options: &Options, dry_run: bool, prune_images_older_than: Option<u32>
                 "left alone VM {name}: {} has no record of it and it carries no owner marker naming this directory (another state directory's, or not provably orphaned)",
                 root.path().display()
             );
+        }
+        // A registry's public verdicts expire (a repository can turn private).
+        if !dry_run {
+            let expired = crate::job::public_images::PublicImages::open(&root).prune();
+            if expired > 0 {
+                eprintln!("forgot {expired} expired public-image verdicts");
+            }
         }
         // The pool's periodic pass: pull the warm images, replace stale warm VMs, refill.
         if !dry_run {
