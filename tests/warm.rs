@@ -118,6 +118,34 @@ fn a_job_whose_settings_differ_from_the_warm_vm_boots_its_own() {
     drain_and_check(&bed);
 }
 
+/// The registry decides before a claim: a job whose image the registry does not confirm
+/// (here it cannot be reached, and the image is not known public any more) fails without
+/// taking the warm VM, which stays the pool's, ready and unclaimed.
+#[test]
+fn a_job_the_registry_does_not_confirm_fails_before_claiming_the_warm_vm() {
+    let bed = warm_bed();
+    let (ok, log) = warm(&bed, &[]);
+    assert!(ok, "{log}");
+    let warm_vm = ready_unclaimed(&bed);
+    assert_eq!(warm_vm.len(), 1, "{log}");
+    // The public verdict is gone (expired, or lost): the next job is vetted.
+    std::fs::remove_dir_all(bed.state_dir.join("public-images")).unwrap();
+    bed.sim.cut_registry("ghcr.io", false);
+    let job = bed.direct_job(LINUX);
+    let (code, log) = bed.stage(&job, &["prepare"]);
+    assert_eq!(code, 2, "not a system failure: {log}");
+    assert!(
+        log.contains("cannot confirm with ghcr.io that this job may use the cached image"),
+        "{log}"
+    );
+    assert!(!log.contains("Claimed a warm VM"), "{log}");
+    assert_eq!(ready_unclaimed(&bed), warm_vm, "{log}");
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    settle(&bed);
+    drain_and_check(&bed);
+}
+
 #[test]
 fn a_cold_macos_job_stops_a_warm_vm_to_get_its_slot() {
     // One macOS slot: the warm VM holds it until a job that cannot use it needs it.
