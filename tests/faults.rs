@@ -615,6 +615,71 @@ fn sigterm_during_prepare_removes_the_vm_and_exits_with_a_system_failure() {
     bed.assert_nothing_left_within(Duration::from_secs(10));
 }
 
+/// A prepare waits up to 30 s for its VM's lock (an earlier attempt of the job, a sweep
+/// still holds it). gitlab-runner's SIGTERM during that wait ends the stage as a cancel
+/// before the wait would have run out, and the record the holder still has is left to
+/// it: the cancel's teardown could not take its lock, so it does not remove it.
+#[test]
+fn sigterm_while_prepare_waits_for_its_vms_lock_cancels_and_leaves_the_held_record() {
+    let bed = Bed::new();
+    let job = bed.direct_job(common::LINUX);
+    let vm = job.vm_name();
+    // The holder: the record as the driver makes it (0700 directories), its lock taken.
+    let record = bed.state_dir.join("vms").join(&vm);
+    for dir in [
+        bed.state_dir.clone(),
+        bed.state_dir.join("vms"),
+        record.clone(),
+    ] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let holder = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(record.join("lock"))
+        .unwrap();
+    std::fs::set_permissions(record.join("lock"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this test owns; dropping it releases the lock.
+    assert_eq!(
+        unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("prepare.log");
+    let mut prepare = bed
+        .stage_command(&job, &["prepare"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let waiting = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Preparing VM"))
+    });
+    assert!(waiting, "prepare never started");
+    std::thread::sleep(Duration::from_millis(500));
+    kill_group(prepare.id(), libc::SIGTERM);
+    // The cancel's own teardown waits 15 s for the lock; the prepare's wait alone is 30 s.
+    let status = wait_child(&mut prepare, Duration::from_secs(28));
+    if status.is_none() {
+        kill_group(prepare.id(), libc::SIGKILL);
+        let _ = prepare.wait();
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status, Some(Some(2)), "{log}");
+    assert!(log.contains("Prepare cancelled: removing VM"), "{log}");
+    assert!(!log.contains("still held by an earlier attempt"), "{log}");
+    assert!(record.exists(), "the held record was removed: {log}");
+    assert!(log.contains("left for it, or for the next `gc`"), "{log}");
+    drop(holder);
+    let (code, log) = bed.stage(&job, &["cleanup"]);
+    assert_eq!(code, 0, "{log}");
+    assert!(!record.exists(), "{log}");
+    bed.assert_nothing_left();
+}
+
 /// The script starts `sleep 300` and writes its pid; the build is cancelled; `after_script`
 /// (which the runner still calls after a cancel) looks for that pid in the same guest.
 #[test]

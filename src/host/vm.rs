@@ -136,50 +136,103 @@ impl VmState {
         matches!(self.record(), Ok(Some(dir)) if dir.is_own_socket(CONTROL_SOCKET))
     }
 
-    /// Takes the VM's lock, waiting while another process (an earlier attempt's
-    /// supervisor being stopped, a sweep) holds it. The record must exist.
-    pub fn lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
-        self.lock_with(wait, || self.existing())
+    /// Takes the VM's lock if no other process holds it, without waiting (a sweep, a
+    /// record just made). The record must exist.
+    pub fn lock_now(&self) -> Result<Option<File>> {
+        self.try_lock_with(&|| self.existing())
+    }
+
+    /// Takes the VM's lock, waiting up to `wait` while another process (an earlier
+    /// attempt's supervisor being stopped, a sweep) holds it. The record must exist. The
+    /// wait yields to the runtime between tries, so a stage's SIGTERM is heard during it.
+    pub async fn lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
+        self.lock_with(wait, || self.existing()).await
     }
 
     /// Creates the record if needed and takes the VM's lock, waiting up to `wait`. The
     /// holder waited for may be a sweep tearing the VM down, which removes the record
     /// before it lets go of the lock: then the record is created afresh.
-    pub fn create_and_lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
-        self.lock_with(wait, || self.create())
+    pub async fn create_and_lock(&self, wait: std::time::Duration) -> Result<Option<File>> {
+        self.lock_with(wait, || self.create()).await
     }
 
-    /// Takes the lock of the record `record` opens, again from the path whenever the
-    /// record there was replaced meanwhile, waiting up to `wait` for a holder.
-    fn lock_with(
+    /// Removes the record under its lock, waiting up to `wait` for a holder (a retried
+    /// prepare, a sweep of another process). False, with the record left for that holder
+    /// or a later `gc`, when the lock could not be taken; true when the record is gone.
+    pub async fn remove_locked(&self, wait: std::time::Duration) -> Result<bool> {
+        if !self.exists() {
+            return Ok(true);
+        }
+        match self.lock(wait).await {
+            Ok(Some(lock)) => {
+                self.remove()?;
+                drop(lock);
+                Ok(true)
+            }
+            Ok(None) => Ok(!self.exists()),
+            // The holder removed it while we waited.
+            Err(_) if !self.exists() => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a job's own record (the one naming the warm VM it ran in) at cleanup or a
+    /// cancelled prepare, under its lock. The job's stages are done with it, but another
+    /// process may not be: a retried prepare of the job, or a sweep of another job or `gc`
+    /// that took it for the record of a gone VM. After 10 s of that the record is left,
+    /// with a warning, for that holder or the next `gc`.
+    pub async fn forget_job_record(&self) -> Result<()> {
+        if !self
+            .remove_locked(std::time::Duration::from_secs(10))
+            .await?
+        {
+            eprintln!(
+                "WARNING: the record of job VM {} is still locked by another process: left for it, or for the next `gc`",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for the lock of the record `record` opens in short tokio sleeps (never a
+    /// thread sleep: the stages run on a single-thread runtime that must go on polling
+    /// the SIGTERM listener).
+    async fn lock_with(
         &self,
         wait: std::time::Duration,
         record: impl Fn() -> Result<Dir>,
     ) -> Result<Option<File>> {
         let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(file) = self.try_lock_with(&record)? {
+                return Ok(Some(file));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One try at the lock of the record `record` opens, again from the path whenever the
+    /// record there was replaced meanwhile. None when another process holds it.
+    fn try_lock_with(&self, record: &impl Fn() -> Result<Dir>) -> Result<Option<File>> {
         let mut replaced = 0;
         loop {
             let dir = record()?;
             match self.lock_record(&dir)? {
                 Attempt::Locked(file) => return Ok(Some(file)),
-                Attempt::Busy => {}
+                Attempt::Busy => return Ok(None),
                 // A sweep's teardown removed the record between our look and our lock
                 // (the lock it let go of is on a file nobody opens any more): the next
                 // record is another's to race for, so it is taken afresh.
-                Attempt::Replaced if replaced < MAX_REPLACED => {
-                    replaced += 1;
-                    continue;
-                }
+                Attempt::Replaced if replaced < MAX_REPLACED => replaced += 1,
                 Attempt::Replaced => anyhow::bail!(
                     "the record of VM {} at {} was replaced {MAX_REPLACED} times while this process took its lock: another process keeps removing and recreating it; stop the other driver process using this state directory (`ps ax | grep tartdrv`), or use a state directory of this runner's own",
                     self.name,
                     self.dir.display()
                 ),
             }
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
@@ -504,7 +557,7 @@ mod tests {
         std::fs::rename(&vm.dir, tmp.path().join("moved-away")).unwrap();
         vm.create().unwrap();
         assert!(matches!(vm.lock_record(&stale).unwrap(), Attempt::Replaced));
-        let other = vm.lock(std::time::Duration::ZERO).unwrap().expect("free");
+        let other = vm.lock_now().unwrap().expect("free");
         assert!(vm
             .record()
             .unwrap()
@@ -521,13 +574,49 @@ mod tests {
         std::fs::remove_dir_all(&vm.dir).unwrap();
         vm.create().unwrap();
         assert!(matches!(vm.lock_record(&stale).unwrap(), Attempt::Replaced));
-        let file = vm
-            .create_and_lock(std::time::Duration::ZERO)
-            .unwrap()
-            .expect("the new record's lock");
+        vm.create().unwrap();
+        let file = vm.lock_now().unwrap().expect("the new record's lock");
         let now = vm.record().unwrap().unwrap();
         assert!(now.still_names(LOCK, &file).unwrap());
         assert!(!vm.lock_is_free());
+    }
+
+    /// A retried prepare or another process's sweep holds the record: it is theirs to
+    /// finish with, so removing it gives up and leaves it (for them, or a later `gc`).
+    #[test]
+    fn a_record_whose_lock_another_holder_has_is_not_removed() {
+        let (_tmp, vm) = record_in_tmp();
+        vm.create().unwrap();
+        let held = vm.lock_now().unwrap().expect("free");
+        let rt = crate::rt::runtime();
+        let removed = rt
+            .block_on(vm.remove_locked(std::time::Duration::from_millis(200)))
+            .unwrap();
+        assert!(!removed);
+        assert!(vm.exists());
+        drop(held);
+        assert!(rt
+            .block_on(vm.remove_locked(std::time::Duration::ZERO))
+            .unwrap());
+        assert!(!vm.exists());
+    }
+
+    /// The stages run on one thread; a lock wait that slept the thread would keep
+    /// gitlab-runner's SIGTERM unheard until it ended. Another branch (the cancel)
+    /// must get its turn while the lock is busy.
+    #[test]
+    fn waiting_for_a_held_lock_lets_a_cancel_branch_run() {
+        let (_tmp, vm) = record_in_tmp();
+        vm.create().unwrap();
+        let _held = vm.lock_now().unwrap().expect("free");
+        let cancelled = crate::rt::runtime().block_on(async {
+            tokio::select! {
+                biased;
+                _ = vm.lock(std::time::Duration::from_secs(30)) => false,
+                _ = tokio::task::yield_now() => true,
+            }
+        });
+        assert!(cancelled, "the lock wait kept the runtime to itself");
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn cleanup(options: &Options) -> StageResult {
         backend.destroy(&state, None).await?;
         if state.name != vm {
             // The job's own record, which named the warm VM it ran in.
-            VmState::new(&root, &vm).remove()?;
+            VmState::new(&root, &vm).forget_job_record().await?;
         }
         eprintln!("Removed VM {vm} ({:.1}s)", started.elapsed().as_secs_f64());
         if let Some(summary) = summary {

@@ -57,7 +57,8 @@ async fn cancel(settings: &Settings, job: &JobContext) -> StageResult {
     let state = backend.job_vm(&root, &vm);
     backend.destroy(&state, None).await?;
     if state.name != vm {
-        VmState::new(&root, &vm).remove()?;
+        // The job's own record, which named the warm VM it ran in.
+        VmState::new(&root, &vm).forget_job_record().await?;
     }
     Err(Failure::System(anyhow!(
         "prepare was cancelled (SIGTERM); VM {vm} is removed"
@@ -73,7 +74,8 @@ async fn prepare_vm(settings: &Settings, job: &JobContext, request: &Request) ->
     eprintln!("Preparing VM {vm} from {}", request.image.name);
 
     let lock = state
-        .create_and_lock(Duration::from_secs(30))?
+        .create_and_lock(Duration::from_secs(30))
+        .await?
         .ok_or_else(|| {
             anyhow!("VM {vm} is still held by an earlier attempt of this job; retry in a minute")
         })?;

@@ -107,7 +107,7 @@ impl<'a> Fleet<'a> {
                 if !state.expired() {
                     continue;
                 }
-                if let Some(lock) = state.lock(Duration::ZERO)? {
+                if let Some(lock) = state.lock_now()? {
                     let vm = recorded_vm(&state);
                     if !dry_run {
                         self.destroy_until(&state, Some(lock), deadline).await?;

@@ -274,7 +274,7 @@ async fn boot_one(
     let state = VmState::new(root, &name);
     state.create()?;
     let lock = state
-        .lock(Duration::ZERO)?
+        .lock_now()?
         .context("a fresh warm VM's record is locked by another process")?;
     state.set_expiry(settings.warm.expiry)?;
     let booted = boot(tart, settings, root, &state, request, spec, slots, &lock).await;

@@ -86,19 +86,11 @@ pub async fn teardown(
     // The supervisor releases the lock once `tart run` has exited; delete after that.
     let lock = match held {
         Some(lock) => Some(lock),
-        None if state.exists() => state.lock(Duration::from_secs(15))?,
+        None if state.exists() => state.lock(Duration::from_secs(15)).await?,
         None => None,
     };
     let deleted = tart.delete(state.name.as_str()).await;
-    // Once no process of the VM holds its lock, the state is no longer needed even if Tart
-    // failed (say, its binary is gone): a later sweep finds the VM again by name in `tart
-    // list`. Keeping the directory would leave one behind for every job until Tart works.
-    // A lock still held is a live process's record (a warm VM's replenisher between its
-    // clone and its boot, a supervisor that outlived `tart stop`): it stays, for that
-    // process to read, and the sweeps remove it once the lock is free.
-    if state.exists() && lock.is_some() {
-        state.remove()?;
-    }
+    forget_record(state, lock.as_ref())?;
     drop(lock);
     // The job's host builds directory (its checkout) goes with the VM.
     if let Some(builds) = &settings.builds_dir {
@@ -110,6 +102,26 @@ pub async fn teardown(
         }
     }
     deleted
+}
+
+/// Removes the VM's record once it holds the lock (`lock`), even if Tart failed (say, its
+/// binary is gone): a later sweep finds the VM again by name in `tart list`, and keeping
+/// the directory would leave one behind for every job until Tart works. Without the lock
+/// the record stays, whatever Tart said: it is a live process's (a warm VM's replenisher
+/// between its clone and its boot, a supervisor that outlived `tart stop`, a retried
+/// prepare), for that process to read, and the sweeps remove it once the lock is free.
+fn forget_record(state: &VmState, lock: Option<&File>) -> Result<()> {
+    if !state.exists() {
+        return Ok(());
+    }
+    if lock.is_some() {
+        return state.remove();
+    }
+    eprintln!(
+        "WARNING: the record of VM {} is still locked by another process: left for it, or for the next `gc`",
+        state.name
+    );
+    Ok(())
 }
 
 /// Stops and deletes an unclaimed warm VM, if nobody claims it first (the claim is the
@@ -176,11 +188,11 @@ pub async fn sweep_listed(
                 swept.removed.push(name);
                 continue;
             }
-            Claim::Marker => match state.create().and_then(|_| state.lock(Duration::ZERO))? {
+            Claim::Marker => match state.create().and_then(|_| state.lock_now())? {
                 Some(lock) => lock,
                 None => continue,
             },
-            Claim::Record => match state.lock(Duration::ZERO)? {
+            Claim::Record => match state.lock_now()? {
                 Some(lock) => lock,
                 // Its supervisor lives, but its job ended long ago: gitlab-runner was killed
                 // before cleanup. Stop the supervisor so the VM becomes an ordinary orphan.
@@ -193,7 +205,7 @@ pub async fn sweep_listed(
                         continue;
                     }
                     supervisor::kill(&state);
-                    match state.lock(Duration::from_secs(10))? {
+                    match state.lock(Duration::from_secs(10)).await? {
                         Some(lock) => lock,
                         None => continue,
                     }
@@ -229,7 +241,7 @@ pub async fn sweep_listed(
             if Some(&name) == keep || list.iter().any(|e| e.name == runs_as.as_str()) {
                 continue;
             }
-            if let Some(lock) = state.lock(Duration::ZERO)? {
+            if let Some(lock) = state.lock_now()? {
                 if !dry_run {
                     crate::guest::transport::ssh::close_master(&state).await?;
                     state.remove()?;
@@ -239,4 +251,37 @@ pub async fn sweep_listed(
         }
     }
     Ok(swept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_in_tmp() -> (tempfile::TempDir, VmState) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let root = StateDir::open_ignoring_socket_limit(&tmp.path().join("state")).unwrap();
+        let vm = VmState::new(&root, &VmName::for_job("abc123", 7));
+        vm.create().unwrap();
+        (tmp, vm)
+    }
+
+    /// Teardown's wait for the lock ran out (a replenisher still boots the VM, a retried
+    /// prepare holds it) although `tart delete` worked: the record is the holder's.
+    #[test]
+    fn a_teardown_without_the_lock_leaves_the_record_to_its_holder() {
+        let (_tmp, vm) = record_in_tmp();
+        let _holder = vm.lock_now().unwrap().expect("free");
+        forget_record(&vm, None).unwrap();
+        assert!(vm.exists());
+    }
+
+    #[test]
+    fn a_teardown_holding_the_lock_removes_the_record() {
+        let (_tmp, vm) = record_in_tmp();
+        let lock = vm.lock_now().unwrap().expect("free");
+        forget_record(&vm, Some(&lock)).unwrap();
+        assert!(!vm.exists());
+    }
 }
