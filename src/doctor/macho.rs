@@ -5,41 +5,47 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::report::Report;
+use super::report::Check;
 
 const LC_UUID: u32 = 0x1b;
 
-pub(super) fn check_lc_uuid(runner: Option<&Path>, r: &mut Report) {
-    let driver = std::env::current_exe().ok();
+const NOT_MACOS: &str = "not a macOS host: LC_UUID matters only for macOS 15+'s Local Network permission; run doctor on the Mac";
+
+/// gitlab-runner's `LC_UUID`; `runner` is what the gitlab-runner check found.
+pub(super) fn check_runner_lc_uuid(runner: Option<&Path>) -> Check {
+    const NAME: &str = "gitlab-runner LC_UUID";
     if !cfg!(target_os = "macos") {
-        let why = "not a macOS host: LC_UUID matters only for macOS 15+'s Local Network permission; run doctor on the Mac";
-        r.skip("gitlab-runner LC_UUID", why);
-        r.skip("driver LC_UUID", why);
-        return;
+        return Check::skip(NAME, NOT_MACOS);
     }
     match runner {
         Some(path) => uuid_check(
-            "gitlab-runner LC_UUID",
+            NAME,
             path,
             "install gitlab-runner 17.6 or later (Homebrew's build carries LC_UUID), or allow local-network access system-wide as in Apple's TN3179",
-            r,
         ),
-        None => r.skip("gitlab-runner LC_UUID", "gitlab-runner not found"),
-    }
-    match driver {
-        Some(path) => uuid_check(
-            "driver LC_UUID",
-            &path,
-            "rebuild the driver with Apple's default linker settings (do not link with -no_uuid)",
-            r,
-        ),
-        None => r.skip("driver LC_UUID", "cannot locate this executable"),
+        None => Check::skip(NAME, "gitlab-runner not found"),
     }
 }
 
-pub(super) fn uuid_check(name: &str, path: &Path, fix: &str, r: &mut Report) {
+/// This driver's own `LC_UUID`.
+pub(super) fn check_driver_lc_uuid() -> Check {
+    const NAME: &str = "driver LC_UUID";
+    if !cfg!(target_os = "macos") {
+        return Check::skip(NAME, NOT_MACOS);
+    }
+    match std::env::current_exe() {
+        Ok(path) => uuid_check(
+            NAME,
+            &path,
+            "rebuild the driver with Apple's default linker settings (do not link with -no_uuid)",
+        ),
+        Err(_) => Check::skip(NAME, "cannot locate this executable"),
+    }
+}
+
+pub(super) fn uuid_check(name: &str, path: &Path, fix: &str) -> Check {
     match macho_uuids(path) {
-        Ok(slices) if slices.iter().all(Option::is_some) => r.pass(
+        Ok(slices) if slices.iter().all(Option::is_some) => Check::pass(
             name,
             format!(
                 "{}: {}",
@@ -47,7 +53,7 @@ pub(super) fn uuid_check(name: &str, path: &Path, fix: &str, r: &mut Report) {
                 slices.into_iter().flatten().collect::<Vec<_>>().join(", ")
             ),
         ),
-        Ok(_) => r.fail(
+        Ok(_) => Check::fail(
             name,
             format!(
                 "{} has no LC_UUID: macOS 15+ denies it the Local Network permission, so jobs hang at \"waiting for SSH\"",
@@ -55,7 +61,7 @@ pub(super) fn uuid_check(name: &str, path: &Path, fix: &str, r: &mut Report) {
             ),
             fix,
         ),
-        Err(e) => r.warn(
+        Err(e) => Check::warn(
             name,
             format!("{}: {e}", path.display()),
             "point at the real executable, not a wrapper script",

@@ -15,7 +15,15 @@
 //! logins in the runner user's keychain), [`runner_toml`] (gitlab-runner's config.toml),
 //! [`state`] (the state directory), [`warm`] (the warm pool) and [`orchard`] (an Orchard
 //! controller); [`probe`] runs their bounded commands, [`tart_list`] reads `tart list` and
-//! [`disk`] free space for them, and [`report`] prints the outcome.
+//! [`disk`] free space for them.
+//!
+//! Each check is a function that returns its line of the report, a [`report::Check`] (a few
+//! return several, such as one per directory or per `[[runners]]` section, or none that do
+//! not apply). What later checks need is returned beside it, never read back from the
+//! report: the tart and gitlab-runner checks return the executable they found
+//! ([`probe::Located`]), and `tart list` is read once here and handed to the checks that
+//! use it. [`doctor`] calls the checks in a fixed order and collects their lines; [`report`]
+//! only renders them (text or JSON) and gives the verdict.
 
 mod disk;
 mod host;
@@ -41,7 +49,7 @@ use crate::settings::Options;
 use crate::settings::Settings;
 
 pub use report::Format;
-use report::{finish, Report, Status};
+use report::{finish, Check};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DoctorArgs {
@@ -65,92 +73,88 @@ pub struct DoctorArgs {
 }
 
 pub fn doctor(args: &DoctorArgs) -> StageResult {
-    let mut r = Report::default();
-    let settings = load_settings(&args.options, &mut r);
+    let (settings, options) = load_settings(&args.options);
+    let mut checks = vec![options];
     if settings.backend == Backend::Orchard {
-        orchard::check(&settings, &mut r);
-        return finish(args.format, &r);
+        checks.extend(orchard::check(&settings));
+        return finish(args.format, &checks);
     }
-    let tart = tart::check_tart(&settings, &mut r);
-    let runner = host::check_gitlab_runner(args.gitlab_runner.as_deref(), &mut r);
-    macho::check_lc_uuid(runner.as_deref(), &mut r);
-    match &args.runner_config {
-        Some(path) => runner_toml::check_runner_config(path, &settings, &mut r),
-        None => r.skip(
-            "config.toml",
-            "not checked: pass --runner-config /path/to/config.toml to compare gitlab-runner's settings with these options",
-        ),
-    }
+    let tart = tart::check_tart(&settings);
+    checks.push(tart.check);
+    let tart = tart.path;
+    let runner = host::check_gitlab_runner(args.gitlab_runner.as_deref());
+    checks.push(runner.check);
+    checks.push(macho::check_runner_lc_uuid(runner.path.as_deref()));
+    checks.push(macho::check_driver_lc_uuid());
+    let runner_config = args.runner_config.as_deref();
+    checks.extend(runner_toml::check_runner_config(runner_config, &settings));
     let list = tart.as_deref().map(tart_list::tart_list);
-    tart::check_macos_limit(&settings, list.as_ref(), &mut r);
-    let seen = crate::host::foreign::survey(
-        crate::host::tart_home::home().as_deref(),
-        &settings.state_dir,
-    );
-    let status = [Status::Pass, Status::Warn][usize::from(seen.fix.is_some())];
-    r.add(
-        "VMs not started by this driver",
-        status,
-        seen.detail,
-        seen.fix,
-    );
-    host::check_directories(&settings, &mut r);
-    tart::check_tart_home(list.as_ref(), &mut r);
-    tart::check_vms(&settings, list.as_ref(), &mut r);
-    state::check_state_dir(&settings, &mut r);
-    state::check_socket_path(&settings, &mut r);
-    host::check_ssh(&settings, &mut r);
-    network::check_tool_path(&mut r);
-    network::check_softnet(&settings, &mut r);
-    neighbours::check_neighbours(&settings, &mut r);
-    registry::check_keychain_logins(&settings, &mut r);
-    network::check_dhcp_pool(&args.network, &settings, &mut r);
-    network::check_local_network(tart.as_deref(), list.as_ref(), &mut r);
-    host::check_gui_session(&mut r);
-    warm::check_pool(&settings, &mut r);
-    finish(args.format, &r)
+    checks.push(tart::check_macos_limit(&settings, list.as_ref()));
+    checks.push(tart::check_foreign_vms(&settings));
+    checks.extend(host::check_directories(&settings));
+    checks.push(tart::check_tart_home(list.as_ref()));
+    checks.extend(tart::check_vms(&settings, list.as_ref()));
+    checks.push(state::check_state_dir(&settings));
+    checks.push(state::check_socket_path(&settings));
+    checks.push(host::check_ssh(&settings));
+    checks.push(network::check_tool_path());
+    checks.push(network::check_softnet(&settings));
+    checks.push(neighbours::check_neighbours(&settings));
+    checks.push(registry::check_keychain_logins(&settings));
+    checks.push(network::check_dhcp_pool(&args.network, &settings));
+    checks.push(network::check_local_network(tart.as_deref(), list.as_ref()));
+    checks.push(host::check_gui_session());
+    checks.push(warm::check_pool(&settings));
+    finish(args.format, &checks)
 }
 
-/// The admin's options; when they do not load, the defaults (with the given tart and state
-/// dir) so that the other checks still run.
-fn load_settings(options: &Options, r: &mut Report) -> Settings {
+/// The admin's options and the check of them; when they do not load, the defaults (with
+/// the given tart and state dir) so that the other checks still run.
+fn load_settings(options: &Options) -> (Settings, Check) {
     match Settings::load(options) {
         Ok(s) => {
-            let from = match &options.config {
-                Some(file) => format!("flags and {}", file.display()),
-                None => "flags and defaults".to_string(),
-            };
-            r.pass(
-                "driver options",
-                format!(
-                    "valid ({from}): concurrency {}, macOS VM limit {}, boot timeout {}s, transport {}",
-                    s.concurrency,
-                    s.macos_vm_limit,
-                    s.timeout_secs,
-                    match s.transport {
-                        TransportKind::Ssh => "ssh",
-                        TransportKind::Exec => "exec",
-                        TransportKind::Auto => "auto",
-                    }
-                ),
-            );
-            s
+            let check = options_check(options, &s);
+            (s, check)
         }
         Err(e) => {
-            r.fail(
+            let check = Check::fail(
                 "driver options",
                 format!("{e:#}"),
                 "correct that option on the command line or in the --config file; every stage would fail the same way",
             );
-            let mut fallback = Options {
-                tart_executable: options.tart_executable.clone(),
-                state_dir: options.state_dir.clone(),
-                ..Default::default()
-            };
-            fallback.orchard.backend = options.orchard.backend;
-            Settings::load(&fallback)
-                .or_else(|_| Settings::load(&Options::default()))
-                .expect("default settings are valid")
+            (fallback_settings(options), check)
         }
     }
+}
+
+fn options_check(options: &Options, s: &Settings) -> Check {
+    let from = match &options.config {
+        Some(file) => format!("flags and {}", file.display()),
+        None => "flags and defaults".to_string(),
+    };
+    let transport = match s.transport {
+        TransportKind::Ssh => "ssh",
+        TransportKind::Exec => "exec",
+        TransportKind::Auto => "auto",
+    };
+    Check::pass(
+        "driver options",
+        format!(
+            "valid ({from}): concurrency {}, macOS VM limit {}, boot timeout {}s, transport {transport}",
+            s.concurrency, s.macos_vm_limit, s.timeout_secs,
+        ),
+    )
+}
+
+/// The defaults, with the given tart, state dir and backend (or the plain defaults).
+fn fallback_settings(options: &Options) -> Settings {
+    let mut fallback = Options {
+        tart_executable: options.tart_executable.clone(),
+        state_dir: options.state_dir.clone(),
+        ..Default::default()
+    };
+    fallback.orchard.backend = options.orchard.backend;
+    Settings::load(&fallback)
+        .or_else(|_| Settings::load(&Options::default()))
+        .expect("default settings are valid")
 }

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::probe::{resolve, run_bounded, COMMAND_LIMIT};
-use super::report::Report;
+use super::report::Check;
 use crate::settings::Settings;
 
 const NAME: &str = "other VMs' isolation";
@@ -94,14 +94,14 @@ pub fn neighbours(
     found
 }
 
-pub fn check_neighbours(settings: &Settings, r: &mut Report) {
+pub fn check_neighbours(settings: &Settings) -> Check {
     let Some(ps) = resolve("ps") else {
-        return r.skip(NAME, "`ps` not found: cannot see the other VMs on this Mac");
+        return Check::skip(NAME, "`ps` not found: cannot see the other VMs on this Mac");
     };
     let out = match run_bounded(&ps, &["-axww", "-o", "user=,pid=,args="], COMMAND_LIMIT) {
         Ok(out) if out.ok() => out.stdout,
         outcome => {
-            return r.warn(
+            return Check::warn(
                 NAME,
                 format!(
                     "cannot list processes: {}",
@@ -120,7 +120,7 @@ pub fn check_neighbours(settings: &Settings, r: &mut Report) {
         .unwrap_or_default();
     let found = neighbours(&out, &own_vms(&settings.state_dir), &own_user, nat);
     if found.is_empty() {
-        return r.pass(
+        return Check::pass(
             NAME,
             "every other `tart run` in sight isolates its VM (Softnet, bridged or host-only)",
         );
@@ -136,14 +136,14 @@ pub fn check_neighbours(settings: &Settings, r: &mut Report) {
             }
         })
         .collect();
-    r.warn(
+    Check::warn(
         NAME,
         format!(
             "VMs on Tart's shared NAT network that Softnet does not filter: {}. Such a guest can reach other guests and send as another VM's IP and MAC address, so it can answer in place of this runner's VMs: the driver's identity proof then refuses to send the job, but a password login has already reached it",
             named.join(", ")
         ),
         "have every runner and user on this Mac run its VMs with Softnet (`tart run --net-softnet`; for this driver, drop --no-softnet), or give this runner a Mac of its own; log in with a key (--ssh-key-file) so that an impostor receives no password",
-    );
+    )
 }
 
 /// Whether `tart run`'s arguments `args` allow its guest into the NAT network `nat`

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 
-use super::report::Report;
+use super::report::Check;
 use crate::orchard::capacity;
 use crate::orchard::client::{read_token, ApiError, Client};
 use crate::orchard::settings::OrchardSettings;
@@ -21,23 +21,24 @@ use crate::settings::Settings;
 const PROBE_VM: &str = "tartdrv-doctor-probe-0";
 const ROLES_FIX: &str = "give the service account the roles compute:read and compute:write on the controller (`orchard create service-account NAME --roles …` makes one)";
 
-pub(super) fn check(settings: &Settings, r: &mut Report) {
+pub(super) fn check(settings: &Settings) -> Vec<Check> {
     let Some(orchard) = &settings.orchard else {
-        r.fail(
+        return vec![Check::fail(
             "orchard settings",
             "no Orchard controller configured",
             "give --orchard-url, --orchard-service-account and --orchard-token-file (or the `orchard:` section of the --config file: url, service_account, token_file)",
-        );
-        return;
+        )];
     };
-    r.pass(
+    let mut checks = vec![Check::pass(
         "orchard settings",
         format!("{} as `{}`", orchard.url, orchard.service_account),
-    );
-    check_isolation(settings, r);
-    check_images(settings, r);
-    if !check_token_file(orchard, r) {
-        return;
+    )];
+    checks.push(check_isolation(settings));
+    checks.push(check_images(settings));
+    let token = check_token_file(orchard);
+    checks.push(token.check);
+    if !token.go_on {
+        return checks;
     }
     let client = match Client::new(orchard) {
         Ok(c) => c,
@@ -46,33 +47,58 @@ pub(super) fn check(settings: &Settings, r: &mut Report) {
                 Trust::SystemRoots => "Orchard's default certificate is self-signed anyway: pin it with --orchard-ca-fingerprint or --orchard-ca-file (the controller's certificate, PEM)",
                 _ => "point --orchard-ca-file at the controller's certificate (PEM), or give --orchard-ca-fingerprint",
             };
-            r.fail("orchard TLS trust", format!("{e:#}"), fix);
-            return;
+            checks.push(Check::fail("orchard TLS trust", format!("{e:#}"), fix));
+            return checks;
         }
     };
     let runtime = crate::rt::runtime();
-    runtime.block_on(async {
-        if !check_reachable(orchard, &client, r).await {
-            return;
-        }
-        if !check_account(&client, r).await {
-            return;
-        }
-        if check_roles(&client, r).await {
-            check_capacity(settings, orchard, &client, r).await;
-        }
-    });
+    checks.extend(runtime.block_on(check_controller(settings, orchard, &client)));
+    checks
 }
 
-fn check_token_file(orchard: &OrchardSettings, r: &mut Report) -> bool {
+/// One check of a chain, and whether the checks after it can tell anything.
+struct Step {
+    check: Check,
+    go_on: bool,
+}
+
+/// The controller's own checks, in order: each stops the chain when the next could only
+/// fail the same way.
+async fn check_controller(
+    settings: &Settings,
+    orchard: &OrchardSettings,
+    client: &Client,
+) -> Vec<Check> {
+    let reachable = check_reachable(orchard, client).await;
+    let mut checks = vec![reachable.check];
+    if !reachable.go_on {
+        return checks;
+    }
+    checks.push(trust_passed(orchard, client));
+    let account = check_account(client).await;
+    checks.push(account.check);
+    if !account.go_on {
+        return checks;
+    }
+    let roles = check_roles(client).await;
+    checks.push(roles.check);
+    if roles.go_on {
+        checks.push(check_capacity(settings, orchard, client).await);
+    }
+    checks
+}
+
+fn check_token_file(orchard: &OrchardSettings) -> Step {
     const NAME: &str = "orchard token file";
     let path = &orchard.token_file;
     if let Err(e) = read_token(orchard) {
-        r.fail(NAME, format!("{e:#}"), format!("write the service account's token into {} (one line, mode 0600, owned by the runner's user)", path.display()));
-        return false;
+        return Step {
+            check: Check::fail(NAME, format!("{e:#}"), format!("write the service account's token into {} (one line, mode 0600, owned by the runner's user)", path.display())),
+            go_on: false,
+        };
     }
-    match std::fs::metadata(path) {
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => r.warn(
+    let check = match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Check::warn(
             NAME,
             format!(
                 "{} is readable by other users (mode {:o})",
@@ -84,45 +110,46 @@ fn check_token_file(orchard: &OrchardSettings, r: &mut Report) -> bool {
                 path.display()
             ),
         ),
-        _ => r.pass(NAME, format!("{} holds a token", path.display())),
-    }
-    true
+        _ => Check::pass(NAME, format!("{} holds a token", path.display())),
+    };
+    Step { check, go_on: true }
 }
 
-async fn check_reachable(orchard: &OrchardSettings, client: &Client, r: &mut Report) -> bool {
+async fn check_reachable(orchard: &OrchardSettings, client: &Client) -> Step {
     match client.liveness().await {
-        Ok(()) => {
-            r.pass("orchard controller", format!("{} answers", orchard.url));
-            trust_passed(orchard, client, r);
-            true
-        }
+        Ok(()) => Step {
+            check: Check::pass("orchard controller", format!("{} answers", orchard.url)),
+            go_on: true,
+        },
         Err(e) => {
-            match client.seen_fingerprint() {
-                Some(seen) if e.to_string().contains("TLS") => r.fail(
+            let check = match client.seen_fingerprint() {
+                Some(seen) if e.to_string().contains("TLS") => Check::fail(
                     "orchard TLS trust",
                     format!("{e}"),
                     trust_fix(&orchard.trust, &seen),
                 ),
-                _ => r.fail(
+                _ => Check::fail(
                     "orchard controller",
                     format!("{e}"),
                     "check --orchard-url (host, port 6120 by default, https) and that `orchard controller run` listens there and this host may reach it",
                 ),
+            };
+            Step {
+                check,
+                go_on: false,
             }
-            false
         }
     }
 }
 
-fn trust_passed(orchard: &OrchardSettings, client: &Client, r: &mut Report) {
+fn trust_passed(orchard: &OrchardSettings, client: &Client) -> Check {
     const NAME: &str = "orchard TLS trust";
     if !orchard.url.tls {
-        if orchard.url.is_loopback() {
-            r.pass(NAME, "plain http on this host's loopback");
+        return if orchard.url.is_loopback() {
+            Check::pass(NAME, "plain http on this host's loopback")
         } else {
-            r.warn(NAME, format!("{} is plain http (--orchard-allow-plain-http): the token and every job's bytes cross the network unencrypted", orchard.url), "use https (the controller's default), or keep plain http only behind a TLS-terminating proxy on the same host");
-        }
-        return;
+            Check::warn(NAME, format!("{} is plain http (--orchard-allow-plain-http): the token and every job's bytes cross the network unencrypted", orchard.url), "use https (the controller's default), or keep plain http only behind a TLS-terminating proxy on the same host")
+        };
     }
     let seen = client.seen_fingerprint().unwrap_or_default();
     let how = match &orchard.trust {
@@ -130,10 +157,10 @@ fn trust_passed(orchard: &OrchardSettings, client: &Client, r: &mut Report) {
         Trust::CaFile(path) => format!("the pinned {}", path.display()),
         Trust::SystemRoots => "the system's root certificates".to_string(),
     };
-    r.pass(
+    Check::pass(
         NAME,
         format!("certificate SHA-256 {seen} trusted through {how}"),
-    );
+    )
 }
 
 fn trust_fix(trust: &Trust, seen: &str) -> String {
@@ -145,32 +172,30 @@ fn trust_fix(trust: &Trust, seen: &str) -> String {
     }
 }
 
-async fn check_account(client: &Client, r: &mut Report) -> bool {
+async fn check_account(client: &Client) -> Step {
     const NAME: &str = "orchard service account";
-    match client.info().await {
+    let check = match client.info().await {
         Ok(info) => {
-            r.pass(
-                NAME,
-                format!(
-                    "`{}` accepted; controller version {}",
-                    client.account, info.version
-                ),
+            let detail = format!(
+                "`{}` accepted; controller version {}",
+                client.account, info.version
             );
-            true
+            return Step {
+                check: Check::pass(NAME, detail),
+                go_on: true,
+            };
         }
-        Err(e @ ApiError::Unauthorized { .. }) => {
-            r.fail(NAME, e.to_string(), "check the name given to --orchard-service-account and the token in --orchard-token-file (`orchard list service-accounts` on the controller shows both)");
-            false
-        }
-        Err(e) => {
-            r.fail(NAME, e.to_string(), "see the controller's log");
-            false
-        }
+        Err(e @ ApiError::Unauthorized { .. }) => Check::fail(NAME, e.to_string(), "check the name given to --orchard-service-account and the token in --orchard-token-file (`orchard list service-accounts` on the controller shows both)"),
+        Err(e) => Check::fail(NAME, e.to_string(), "see the controller's log"),
+    };
+    Step {
+        check,
+        go_on: false,
     }
 }
 
 /// What the account may do, from requests the controller refuses either way.
-async fn check_roles(client: &Client, r: &mut Report) -> bool {
+async fn check_roles(client: &Client) -> Step {
     const NAME: &str = "orchard roles";
     let probes: [(&str, Method, &str, Option<&[u8]>); 2] = [
         ("compute:read", Method::GET, "/vms", None),
@@ -190,24 +215,27 @@ async fn check_roles(client: &Client, r: &mut Report) -> bool {
             }
             Ok(_) => {}
             Err(e) => {
-                r.fail(
+                let check = Check::fail(
                     NAME,
                     format!("probing {role}: {e}"),
                     "run doctor again; see the controller's log if it persists",
                 );
-                return false;
+                return Step {
+                    check,
+                    go_on: false,
+                };
             }
         }
     }
     if missing.is_empty() {
-        r.pass(
-            NAME,
-            format!(
-                "`{}` has compute:read and compute:write (which includes compute:connect)",
-                client.account
-            ),
+        let detail = format!(
+            "`{}` has compute:read and compute:write (which includes compute:connect)",
+            client.account
         );
-        return true;
+        return Step {
+            check: Check::pass(NAME, detail),
+            go_on: true,
+        };
     }
     let connect = client
         .probe(
@@ -217,7 +245,7 @@ async fn check_roles(client: &Client, r: &mut Report) -> bool {
         )
         .await;
     let can_connect = matches!(connect, Ok((status, _)) if status != 401 && status != 403);
-    r.fail(
+    let check = Check::fail(
         NAME,
         format!(
             "service account `{}` lacks {}{}: the driver creates, watches and deletes VMs",
@@ -231,64 +259,61 @@ async fn check_roles(client: &Client, r: &mut Report) -> bool {
         ),
         ROLES_FIX,
     );
-    !missing.iter().any(|m| m == "compute:read")
+    Step {
+        check,
+        go_on: !missing.iter().any(|m| m == "compute:read"),
+    }
 }
 
 /// Softnet on the workers: the controller places other runners' and jobs' VMs on the Mac
 /// that runs this job's, on Tart's shared NAT network.
-fn check_isolation(settings: &Settings, r: &mut Report) {
+fn check_isolation(settings: &Settings) -> Check {
     const NAME: &str = "orchard VM isolation";
     if settings.softnet {
-        return r.pass(
+        return Check::pass(
             NAME,
             "every job's VM asks for Softnet (netSoftnet); each worker needs Softnet installed setuid root, or its VMs fail to start",
         );
     }
-    r.warn(
+    Check::warn(
         NAME,
         "Softnet is off: a job's VM shares a worker's NAT network with whatever other VMs the controller places on that Mac (other runners' and other jobs'), and can reach them or send as their IP and MAC address",
         "drop --no-softnet / `softnet: false` (Softnet is on by default with --backend orchard), and install Softnet setuid root on every worker",
-    );
+    )
 }
 
 /// Which images jobs may run: workers pull with their own logins, so only images the admin
 /// declared public are accepted (see `backend::orchard::images`).
-fn check_images(settings: &Settings, r: &mut Report) {
+fn check_images(settings: &Settings) -> Check {
     const NAME: &str = "orchard images";
     let policy = &settings.registry;
     if policy.host_credentials {
-        return r.warn(
+        return Check::warn(
             NAME,
             "--host-registry-credentials: any job may run any image the workers' `tart login`s can pull, another project's private image included",
             "drop --host-registry-credentials and list the images every job may use with --public-image",
         );
     }
     if policy.public_images.is_empty() {
-        return r.fail(
+        return Check::fail(
             NAME,
             "no image is declared public, and on Orchard a job may run only those (a worker pulls with its own logins, never the job's): every job will be refused",
             "list the images every job on this runner may use with --public-image REGEX (YAML public_images)",
         );
     }
     let list: Vec<&str> = policy.public_images.iter().map(|r| r.as_str()).collect();
-    r.pass(
+    Check::pass(
         NAME,
         format!("jobs may run only images matching {}", list.join(", ")),
-    );
+    )
 }
 
-async fn check_capacity(
-    settings: &Settings,
-    orchard: &OrchardSettings,
-    client: &Client,
-    r: &mut Report,
-) {
+async fn check_capacity(settings: &Settings, orchard: &OrchardSettings, client: &Client) -> Check {
     const NAME: &str = "orchard workers";
     let (workers, vms) = match (client.list_workers().await, client.list_vms().await) {
         (Ok(w), Ok(v)) => (w, v),
         (Err(e), _) | (_, Err(e)) => {
-            r.fail(NAME, e.to_string(), "see the controller's log");
-            return;
+            return Check::fail(NAME, e.to_string(), "see the controller's log");
         }
     };
     let now = SystemTime::now()
@@ -323,19 +348,19 @@ async fn check_capacity(
         room.free
     );
     if room.usable == 0 {
-        r.fail(NAME, detail, "start `orchard worker run` on each Mac (with a bootstrap token for this controller), resume paused workers, and check that they reach the controller");
+        Check::fail(NAME, detail, "start `orchard worker run` on each Mac (with a bootstrap token for this controller), resume paused workers, and check that they reach the controller")
     } else if room.matching == 0 {
-        r.fail(NAME, detail, "no online Mac worker has every label of --orchard-label (YAML orchard.labels): start the workers with `orchard worker run --labels KEY=VALUE`, or change the runner's labels");
+        Check::fail(NAME, detail, "no online Mac worker has every label of --orchard-label (YAML orchard.labels): start the workers with `orchard worker run --labels KEY=VALUE`, or change the runner's labels")
     } else if let (0, Some(lacking)) = (room.slots, &room.lacking) {
-        r.fail(NAME, detail, format!("no matching worker offers enough `{lacking}` for one VM: lower it in --orchard-resource (YAML orchard.resources), or give the workers more with `orchard worker run --resources {lacking}=N`"));
+        Check::fail(NAME, detail, format!("no matching worker offers enough `{lacking}` for one VM: lower it in --orchard-resource (YAML orchard.resources), or give the workers more with `orchard worker run --resources {lacking}=N`"))
     } else if u64::from(settings.concurrency) > room.slots {
-        r.warn(
+        Check::warn(
             NAME,
             format!("{detail}; --concurrency {} is more than the {} VMs the fleet holds", settings.concurrency, room.slots),
             format!("lower --concurrency and config.toml `concurrent` to {} or add Macs: GitLab's job timer runs while a VM waits in `pending`", room.slots),
-        );
+        )
     } else {
-        r.pass(NAME, detail);
+        Check::pass(NAME, detail)
     }
 }
 
@@ -352,12 +377,8 @@ mod tests {
         Settings::load(&options).unwrap()
     }
 
-    fn one(check: fn(&Settings, &mut Report), settings: &Settings) -> (Status, String, String) {
-        let mut r = Report::default();
-        check(settings, &mut r);
-        let [c] = &r.checks[..] else {
-            panic!("not one finding: {:?}", r.checks)
-        };
+    fn one(check: fn(&Settings) -> Check, settings: &Settings) -> (Status, String, String) {
+        let c = check(settings);
         (
             c.status,
             c.detail.clone(),

@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::report::Check;
+
 /// Each external command gets this long; doctor must answer quickly even on a sick host.
 pub(super) const COMMAND_LIMIT: Duration = Duration::from_secs(5);
 
@@ -30,6 +32,19 @@ pub(super) fn resolve(exe: &str) -> Option<PathBuf> {
         }
     }
     fallback
+}
+
+/// A check of an executable, and the executable when the checks after it can run it.
+pub(super) struct Located {
+    pub(super) check: Check,
+    pub(super) path: Option<PathBuf>,
+}
+
+impl Located {
+    /// The check found nothing the later checks could run.
+    pub(super) fn unusable(check: Check) -> Located {
+        Located { check, path: None }
+    }
 }
 
 pub(super) fn is_executable(path: &Path) -> bool {

@@ -5,22 +5,20 @@
 use std::time::Duration;
 
 use super::probe::{resolve, run_bounded};
-use super::report::Report;
+use super::report::Check;
 use crate::settings::Settings;
 
 const NAME: &str = "registry logins";
 
-pub fn check_keychain_logins(settings: &Settings, r: &mut Report) {
+pub fn check_keychain_logins(settings: &Settings) -> Check {
     if settings.registry.host_credentials {
-        r.pass(
+        return Check::pass(
             NAME,
             "--host-registry-credentials: jobs without credentials may use the runner user's logins",
         );
-        return;
     }
     let Some(security) = resolve("security") else {
-        r.skip(NAME, "`security` not found: no macOS keychain to look in");
-        return;
+        return Check::skip(NAME, "`security` not found: no macOS keychain to look in");
     };
     // One search per registry jobs may pull from: without `-s`, `security` shows only the
     // first login it finds, and the others would go unnamed.
@@ -43,7 +41,7 @@ pub fn check_keychain_logins(settings: &Settings, r: &mut Report) {
             ),
             // 44: no such item.
             Ok(out) if out.code == Some(44) => {}
-            outcome => return r.warn(
+            outcome => return Check::warn(
                 NAME,
                 format!(
                     "cannot search the keychain with {}: {}",
@@ -64,7 +62,7 @@ pub fn check_keychain_logins(settings: &Settings, r: &mut Report) {
             .join(", "),
     };
     if logins.is_empty() {
-        return r.pass(
+        return Check::pass(
             NAME,
             format!("no `tart login` in the runner user's keychain for {searched}"),
         );
@@ -79,11 +77,11 @@ pub fn check_keychain_logins(settings: &Settings, r: &mut Report) {
     } else {
         ""
     };
-    r.warn(
+    Check::warn(
         NAME,
         format!("the runner user has a `tart login` for {hosts} in its keychain: Tart would lend it to any job, so jobs without registry credentials for {hosts} are refused (images marked --public-image excepted)"),
         format!("{} as the runner user{more}, or allow it with --host-registry-credentials", logouts.join(" and ")),
-    );
+    )
 }
 
 /// The registries this runner's jobs may pull from, when the admin's settings name them:

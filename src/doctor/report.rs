@@ -1,5 +1,6 @@
-//! The doctor's report: every check's outcome (pass, warn, fail or skip, with what to do),
-//! printed as text (one line per check and a summary) or as JSON, and the verdict.
+//! The doctor's report: what one check returns (its name, pass, warn, fail or skip, the
+//! detail and what to do), and the rendering of all of them as text (one line per check and
+//! a summary) or as JSON, with the verdict. Nothing here runs a check.
 
 use anyhow::anyhow;
 use serde::Serialize;
@@ -29,77 +30,69 @@ pub(super) struct Check {
     pub(super) fix: Option<String>,
 }
 
-#[derive(Default)]
-pub(super) struct Report {
-    pub(super) checks: Vec<Check>,
-}
-
-impl Report {
-    pub(super) fn add(&mut self, check: &str, status: Status, detail: String, fix: Option<String>) {
-        self.checks.push(Check {
+impl Check {
+    pub(super) fn new(check: &str, status: Status, detail: String, fix: Option<String>) -> Check {
+        Check {
             check: check.to_string(),
             status,
             detail,
             fix,
-        });
-    }
-    pub(super) fn pass(&mut self, check: &str, detail: impl Into<String>) {
-        self.add(check, Status::Pass, detail.into(), None);
-    }
-    pub(super) fn warn(&mut self, check: &str, detail: impl Into<String>, fix: impl Into<String>) {
-        self.add(check, Status::Warn, detail.into(), Some(fix.into()));
-    }
-    pub(super) fn fail(&mut self, check: &str, detail: impl Into<String>, fix: impl Into<String>) {
-        self.add(check, Status::Fail, detail.into(), Some(fix.into()));
-    }
-    pub(super) fn skip(&mut self, check: &str, detail: impl Into<String>) {
-        self.add(check, Status::Skip, detail.into(), None);
-    }
-    pub(super) fn count(&self, status: Status) -> usize {
-        self.checks.iter().filter(|c| c.status == status).count()
-    }
-
-    pub(super) fn text(&self) -> String {
-        let mut out = String::new();
-        for c in &self.checks {
-            let tag = match c.status {
-                Status::Pass => "PASS",
-                Status::Warn => "WARN",
-                Status::Fail => "FAIL",
-                Status::Skip => "SKIP",
-            };
-            out.push_str(&format!("{tag}  {}: {}\n", c.check, c.detail));
-            if let Some(fix) = &c.fix {
-                out.push_str(&format!("      fix: {fix}\n"));
-            }
         }
-        out.push_str(&format!(
-            "\n{} passed, {} warning{}, {} failed, {} skipped\n",
-            self.count(Status::Pass),
-            self.count(Status::Warn),
-            if self.count(Status::Warn) == 1 {
-                ""
-            } else {
-                "s"
-            },
-            self.count(Status::Fail),
-            self.count(Status::Skip)
-        ));
-        out
+    }
+    pub(super) fn pass(check: &str, detail: impl Into<String>) -> Check {
+        Check::new(check, Status::Pass, detail.into(), None)
+    }
+    pub(super) fn warn(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(check, Status::Warn, detail.into(), Some(fix.into()))
+    }
+    pub(super) fn fail(check: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check::new(check, Status::Fail, detail.into(), Some(fix.into()))
+    }
+    pub(super) fn skip(check: &str, detail: impl Into<String>) -> Check {
+        Check::new(check, Status::Skip, detail.into(), None)
     }
 }
 
+fn count(checks: &[Check], status: Status) -> usize {
+    checks.iter().filter(|c| c.status == status).count()
+}
+
+/// One line per check (and its fix), then the summary.
+fn text(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.status {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        out.push_str(&format!("{tag}  {}: {}\n", c.check, c.detail));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("      fix: {fix}\n"));
+        }
+    }
+    let warnings = count(checks, Status::Warn);
+    out.push_str(&format!(
+        "\n{} passed, {warnings} warning{}, {} failed, {} skipped\n",
+        count(checks, Status::Pass),
+        if warnings == 1 { "" } else { "s" },
+        count(checks, Status::Fail),
+        count(checks, Status::Skip)
+    ));
+    out
+}
+
 /// Prints the report; fails when a check failed.
-pub(super) fn finish(format: Format, r: &Report) -> StageResult {
+pub(super) fn finish(format: Format, checks: &[Check]) -> StageResult {
     match format {
-        Format::Text => print!("{}", r.text()),
+        Format::Text => print!("{}", text(checks)),
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&r.checks).expect("checks serialize")
+            serde_json::to_string_pretty(checks).expect("checks serialize")
         ),
     }
-    let failed: Vec<&str> = r
-        .checks
+    let failed: Vec<&str> = checks
         .iter()
         .filter(|c| c.status == Status::Fail)
         .map(|c| c.check.as_str())

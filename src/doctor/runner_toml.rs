@@ -6,72 +6,38 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use super::probe::{is_executable, resolve};
-use super::report::Report;
+use super::report::Check;
 use crate::settings::Settings;
 
-pub(super) fn check_runner_config(path: &Path, settings: &Settings, r: &mut Report) {
-    const NAME: &str = "config.toml";
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            r.fail(
-                NAME,
-                format!("cannot read {}: {e}", path.display()),
-                "give --runner-config the config.toml gitlab-runner uses (`gitlab-runner list` prints its path)",
-            );
-            return;
-        }
+/// `path` is `--runner-config`'s value: without it, one skip.
+pub(super) fn check_runner_config(path: Option<&Path>, settings: &Settings) -> Vec<Check> {
+    let Some(path) = path else {
+        return vec![Check::skip(
+            "config.toml",
+            "not checked: pass --runner-config /path/to/config.toml to compare gitlab-runner's settings with these options",
+        )];
     };
-    let table: Table = match text.parse() {
-        Ok(t) => t,
-        Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or("").to_string();
-            r.fail(
-                NAME,
-                format!("{} is not valid TOML: {first}", path.display()),
-                "fix the syntax; gitlab-runner refuses to start with it",
-            );
-            return;
-        }
+    let table = match read_config(path) {
+        Ok(table) => table,
+        Err(check) => return vec![check],
     };
-    let n = settings.concurrency;
     let concurrent = table
         .get("concurrent")
         .and_then(Value::as_integer)
         .unwrap_or(1);
-    if concurrent > i64::from(n) {
-        r.fail(
-            "config.toml concurrent",
-            format!(
-                "concurrent = {concurrent} but --concurrency is {n}: gitlab-runner starts {concurrent} jobs and the extra ones wait for a VM slot, spending their timeout"
-            ),
-            format!("set concurrent = {n} in config.toml, or --concurrency {concurrent} in the driver's arguments"),
-        );
-    } else if concurrent < i64::from(n) {
-        r.warn(
-            "config.toml concurrent",
-            format!("concurrent = {concurrent} but --concurrency is {n}: only {concurrent} of this host's {n} VM slots are ever used, and `auto` CPU/memory sizes VMs for {n}"),
-            format!("set concurrent = {n}, or --concurrency {concurrent}"),
-        );
-    } else {
-        r.pass(
-            "config.toml concurrent",
-            format!("concurrent = {concurrent}, equal to --concurrency"),
-        );
-    }
-
+    let mut checks = vec![concurrent_check(concurrent, settings.concurrency)];
     let runners: Vec<&Table> = table
         .get("runners")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_table).collect())
         .unwrap_or_default();
     if runners.is_empty() {
-        r.warn(
+        checks.push(Check::warn(
             "config.toml runners",
             format!("{} has no [[runners]]", path.display()),
             "register a runner (`gitlab-runner register --executor custom`) or write config.toml with `gitlab-runner-tart-driver runner-config`",
-        );
-        return;
+        ));
+        return checks;
     }
     for (i, runner) in runners.iter().enumerate() {
         let name = runner
@@ -81,13 +47,59 @@ pub(super) fn check_runner_config(path: &Path, settings: &Settings, r: &mut Repo
             .unwrap_or_else(|| format!("#{}", i + 1));
         let executor = runner.get("executor").and_then(Value::as_str).unwrap_or("");
         if executor != "custom" {
-            r.skip(
+            checks.push(Check::skip(
                 &format!("runner {name}"),
                 format!("executor `{executor}`, not the custom executor this driver serves"),
-            );
+            ));
             continue;
         }
-        check_custom_runner(&name, runner, settings, concurrent, r);
+        checks.extend(check_custom_runner(&name, runner, settings, concurrent));
+    }
+    checks
+}
+
+/// The file as a TOML table, or the failed check.
+fn read_config(path: &Path) -> Result<Table, Check> {
+    const NAME: &str = "config.toml";
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Check::fail(
+            NAME,
+            format!("cannot read {}: {e}", path.display()),
+            "give --runner-config the config.toml gitlab-runner uses (`gitlab-runner list` prints its path)",
+        )
+    })?;
+    text.parse().map_err(|e: toml::de::Error| {
+        let first = e.to_string().lines().next().unwrap_or("").to_string();
+        Check::fail(
+            NAME,
+            format!("{} is not valid TOML: {first}", path.display()),
+            "fix the syntax; gitlab-runner refuses to start with it",
+        )
+    })
+}
+
+/// `concurrent` against `--concurrency` (`n`).
+fn concurrent_check(concurrent: i64, n: u32) -> Check {
+    const NAME: &str = "config.toml concurrent";
+    if concurrent > i64::from(n) {
+        Check::fail(
+            NAME,
+            format!(
+                "concurrent = {concurrent} but --concurrency is {n}: gitlab-runner starts {concurrent} jobs and the extra ones wait for a VM slot, spending their timeout"
+            ),
+            format!("set concurrent = {n} in config.toml, or --concurrency {concurrent} in the driver's arguments"),
+        )
+    } else if concurrent < i64::from(n) {
+        Check::warn(
+            NAME,
+            format!("concurrent = {concurrent} but --concurrency is {n}: only {concurrent} of this host's {n} VM slots are ever used, and `auto` CPU/memory sizes VMs for {n}"),
+            format!("set concurrent = {n}, or --concurrency {concurrent}"),
+        )
+    } else {
+        Check::pass(
+            NAME,
+            format!("concurrent = {concurrent}, equal to --concurrency"),
+        )
     }
 }
 
@@ -99,20 +111,29 @@ pub(super) fn exec_timeout(custom: &Table, key: &str) -> i64 {
     }
 }
 
+/// One `[[runners]]` section of the custom executor: a line each for its executables, the
+/// `--concurrency` its stages get (when they get one), its shell, timeouts and limit.
 pub(super) fn check_custom_runner(
     name: &str,
     runner: &Table,
     settings: &Settings,
     concurrent: i64,
-    r: &mut Report,
-) {
+) -> Vec<Check> {
     let empty = Table::new();
     let custom = runner
         .get("custom")
         .and_then(Value::as_table)
         .unwrap_or(&empty);
+    let mut checks = vec![executables_check(name, custom)];
+    checks.extend(concurrency_check(name, custom, concurrent));
+    checks.push(shell_check(name, runner));
+    checks.push(timeouts_check(name, custom, settings.timeout_secs as i64));
+    checks.push(limit_check(name, runner, settings, concurrent));
+    checks
+}
 
-    // Executables.
+/// The four `*_exec` paths: set, there and executable.
+fn executables_check(name: &str, custom: &Table) -> Check {
     let check = format!("runner {name}: executables");
     let mut problems = Vec::new();
     let mut fine = Vec::new();
@@ -142,14 +163,16 @@ pub(super) fn check_custom_runner(
     }
     let exec_fix = "set config_exec, prepare_exec, run_exec and cleanup_exec under [runners.custom] to the driver's absolute path, with args [\"config\"], [\"prepare\", ...], [\"run\", ...], [\"cleanup\", ...]";
     if problems.is_empty() {
-        r.pass(&check, fine.join(", "));
+        Check::pass(&check, fine.join(", "))
     } else if fail {
-        r.fail(&check, problems.join("; "), exec_fix);
+        Check::fail(&check, problems.join("; "), exec_fix)
     } else {
-        r.warn(&check, problems.join("; "), exec_fix);
+        Check::warn(&check, problems.join("; "), exec_fix)
     }
+}
 
-    // The --concurrency the stages really get, when config.toml passes one.
+/// The `--concurrency` the stages really get, when config.toml passes one.
+fn concurrency_check(name: &str, custom: &Table, concurrent: i64) -> Option<Check> {
     let check = format!("runner {name}: --concurrency");
     let mut given: Vec<(String, String)> = Vec::new();
     for stage in ["config", "prepare", "run", "cleanup"] {
@@ -175,30 +198,34 @@ pub(super) fn check_custom_runner(
         .map(|(k, v)| format!("{k} has --concurrency {v}"))
         .collect();
     if !differs.is_empty() {
-        r.fail(
+        return Some(Check::fail(
             &check,
             format!("{}, but concurrent = {concurrent}", differs.join(", ")),
             format!("give every stage --concurrency {concurrent} (or write config.toml with `gitlab-runner-tart-driver runner-config`)"),
-        );
-    } else if let Some((k, v)) = given.first() {
-        r.pass(
-            &check,
-            format!("{k}: --concurrency {v}, equal to concurrent"),
-        );
+        ));
     }
+    let (k, v) = given.first()?;
+    Some(Check::pass(
+        &check,
+        format!("{k}: --concurrency {v}, equal to concurrent"),
+    ))
+}
 
-    // Shell: the driver runs gitlab-runner's scripts with bash.
+/// The driver runs gitlab-runner's scripts with bash.
+fn shell_check(name: &str, runner: &Table) -> Check {
     let check = format!("runner {name}: shell");
     match runner.get("shell").and_then(Value::as_str) {
-        None | Some("bash") => r.pass(&check, "bash"),
-        Some(other) => r.fail(
+        None | Some("bash") => Check::pass(&check, "bash"),
+        Some(other) => Check::fail(
             &check,
             format!("shell = \"{other}\": gitlab-runner would generate {other} scripts, which the driver runs with bash"),
             "set shell = \"bash\" in this [[runners]] section (the guest's login shell is chosen with --shell)",
         ),
     }
+}
 
-    // Timeouts.
+/// gitlab-runner's timeouts for the stages against the VM boot timeout (`boot`, seconds).
+fn timeouts_check(name: &str, custom: &Table, boot: i64) -> Check {
     let check = format!("runner {name}: timeouts");
     let prepare = exec_timeout(custom, "prepare_exec_timeout");
     let cleanup = exec_timeout(custom, "cleanup_exec_timeout");
@@ -210,65 +237,65 @@ pub(super) fn check_custom_runner(
         Some(t) if t > 0 => t,
         _ => 600,
     };
-    let boot = settings.timeout_secs as i64;
     let summary = format!(
         "config {config}s, prepare {prepare}s, cleanup {cleanup}s, graceful kill {graceful}s"
     );
     let fix = "under [runners.custom]: prepare_exec_timeout = 3600, cleanup_exec_timeout = 600, config_exec_timeout = 300, graceful_kill_timeout = 120";
     if prepare < boot {
-        r.fail(
+        return Check::fail(
             &check,
             format!("prepare_exec_timeout = {prepare}s is shorter than the VM boot timeout (--timeout {boot}s): gitlab-runner kills prepare before the VM may be up ({summary})"),
             fix,
         );
-    } else {
-        let mut short = Vec::new();
-        if prepare < boot + 600 {
-            short.push(format!(
-                "prepare_exec_timeout = {prepare}s leaves under 10 minutes beyond the boot timeout to pull an image"
-            ));
-        }
-        if cleanup < 60 {
-            short.push(format!(
-                "cleanup_exec_timeout = {cleanup}s may not let cleanup stop and delete the VM"
-            ));
-        }
-        if config < 10 {
-            short.push(format!("config_exec_timeout = {config}s"));
-        }
-        if graceful < 30 {
-            short.push(format!(
-                "graceful_kill_timeout = {graceful}s may not let a cancelled job delete its VM"
-            ));
-        }
-        if short.is_empty() {
-            r.pass(&check, summary);
-        } else {
-            r.warn(&check, short.join("; "), fix);
-        }
     }
+    let mut short = Vec::new();
+    if prepare < boot + 600 {
+        short.push(format!(
+            "prepare_exec_timeout = {prepare}s leaves under 10 minutes beyond the boot timeout to pull an image"
+        ));
+    }
+    if cleanup < 60 {
+        short.push(format!(
+            "cleanup_exec_timeout = {cleanup}s may not let cleanup stop and delete the VM"
+        ));
+    }
+    if config < 10 {
+        short.push(format!("config_exec_timeout = {config}s"));
+    }
+    if graceful < 30 {
+        short.push(format!(
+            "graceful_kill_timeout = {graceful}s may not let a cancelled job delete its VM"
+        ));
+    }
+    if short.is_empty() {
+        Check::pass(&check, summary)
+    } else {
+        Check::warn(&check, short.join("; "), fix)
+    }
+}
 
-    // limit: jobs of this runner at once (0 = no limit of its own).
+/// `limit`: jobs of this runner at once (0 = no limit of its own).
+fn limit_check(name: &str, runner: &Table, settings: &Settings, concurrent: i64) -> Check {
     let check = format!("runner {name}: limit");
     let n = i64::from(settings.concurrency);
     match runner.get("limit").and_then(Value::as_integer) {
-        Some(l) if l < 0 => r.fail(
+        Some(l) if l < 0 => Check::fail(
             &check,
             format!("limit = {l} is negative"),
             format!("set limit between 1 and {n}"),
         ),
-        None | Some(0) => r.pass(
+        None | Some(0) => Check::pass(
             &check,
             format!(
                 "no limit of its own; concurrent ({concurrent}) and the host's {n} slots bound it"
             ),
         ),
-        Some(l) if l > n => r.warn(
+        Some(l) if l > n => Check::warn(
             &check,
             format!("limit = {l} exceeds --concurrency {n}: jobs beyond {n} only wait for a slot"),
             format!("set limit = {n} or less"),
         ),
-        Some(l) => r.pass(&check, format!("limit = {l}")),
+        Some(l) => Check::pass(&check, format!("limit = {l}")),
     }
 }
 

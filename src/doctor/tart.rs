@@ -1,11 +1,12 @@
 //! Tart and what it holds: its version, its VMs and images (`tart list`), Apple's limit of
-//! macOS VMs, Tart's home directory and this driver's VMs in it.
+//! macOS VMs, VMs the driver did not start, Tart's home directory and this driver's VMs in
+//! it.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::disk::{free_bytes, gb, GB};
-use super::probe::{is_executable, parse_version, resolve, run_bounded, COMMAND_LIMIT};
-use super::report::Report;
+use super::probe::{is_executable, parse_version, resolve, run_bounded, Located, COMMAND_LIMIT};
+use super::report::{Check, Status};
 use super::tart_list::{entry_is_oci, entry_is_running, entry_name, entry_size_gb, TartList};
 use crate::host::ownership::{self, Claim};
 use crate::host::state_dir::{self, StateDir, VMS};
@@ -18,50 +19,55 @@ use crate::settings::Settings;
 const TART_EXEC_VERSION: (u64, u64) = (2, 27);
 
 /// Checks tart; returns its path when it can be run.
-pub(super) fn check_tart(settings: &Settings, r: &mut Report) -> Option<PathBuf> {
-    const NAME: &str = "tart";
+pub(super) fn check_tart(settings: &Settings) -> Located {
     let exe = &settings.tart_executable;
     let Some(path) = resolve(exe) else {
-        r.fail(
-            NAME,
+        return Located::unusable(Check::fail(
+            TART,
             format!("`{exe}` not found (PATH={})", std::env::var("PATH").unwrap_or_default()),
             "install Tart (`brew install openai/tools/tart`; formerly cirruslabs/cli/tart) or give its absolute path with --tart-executable: gitlab-runner started by launchd has a minimal PATH",
-        );
-        return None;
+        ));
     };
     if !is_executable(&path) {
-        r.fail(
-            NAME,
+        return Located::unusable(Check::fail(
+            TART,
             format!("{} is not executable", path.display()),
             format!(
                 "`chmod +x {}`, or point --tart-executable at the real tart",
                 path.display()
             ),
-        );
-        return None;
+        ));
     }
-    let out = match run_bounded(&path, &["--version"], COMMAND_LIMIT) {
-        Ok(out) if out.ok() => out,
-        Ok(out) => {
-            r.fail(
-                NAME,
-                format!("`{} --version` failed: {}", path.display(), out.message()),
-                "reinstall Tart; run `tart --version` by hand to see what is wrong",
-            );
-            return None;
-        }
-        Err(e) => {
-            r.fail(
-                NAME,
-                e,
-                "reinstall Tart; run `tart --version` by hand to see what is wrong",
-            );
-            return None;
-        }
+    let version = match tart_version(&path) {
+        Ok(version) => version,
+        Err(check) => return Located::unusable(check),
     };
-    let version = out.stdout.lines().next().unwrap_or("").trim().to_string();
     let needs_exec = settings.transport != TransportKind::Ssh;
-    match parse_version(&version) {
+    Located {
+        check: version_check(&path, &version, needs_exec),
+        path: Some(path),
+    }
+}
+
+const TART: &str = "tart";
+
+/// The first line of `tart --version`, or the failed check.
+fn tart_version(path: &Path) -> Result<String, Check> {
+    let fix = "reinstall Tart; run `tart --version` by hand to see what is wrong";
+    match run_bounded(path, &["--version"], COMMAND_LIMIT) {
+        Ok(out) if out.ok() => Ok(out.stdout.lines().next().unwrap_or("").trim().to_string()),
+        Ok(out) => Err(Check::fail(
+            TART,
+            format!("`{} --version` failed: {}", path.display(), out.message()),
+            fix,
+        )),
+        Err(e) => Err(Check::fail(TART, e, fix)),
+    }
+}
+
+/// Whether Tart's `version` is recent enough for the transport (`needs_exec`).
+fn version_check(path: &Path, version: &str, needs_exec: bool) -> Check {
+    match parse_version(version) {
         Some((ma, mi, _)) if (ma, mi) < TART_EXEC_VERSION => {
             let detail = format!(
                 "{} is version {version}, older than 2.27: no `tart exec`, no control socket",
@@ -69,23 +75,22 @@ pub(super) fn check_tart(settings: &Settings, r: &mut Report) -> Option<PathBuf>
             );
             let fix = "upgrade Tart (`brew upgrade tart`) to 2.27 or later";
             if needs_exec {
-                r.fail(NAME, format!("{detail}, which --transport exec/auto needs"), fix);
+                Check::fail(TART, format!("{detail}, which --transport exec/auto needs"), fix)
             } else {
-                r.warn(NAME, detail, fix);
+                Check::warn(TART, detail, fix)
             }
         }
-        Some(_) => r.pass(NAME, format!("{}, version {version}", path.display())),
-        None if version == "SNAPSHOT" => r.pass(
-            NAME,
+        Some(_) => Check::pass(TART, format!("{}, version {version}", path.display())),
+        None if version == "SNAPSHOT" => Check::pass(
+            TART,
             format!("{}, a development build (SNAPSHOT)", path.display()),
         ),
-        None => r.warn(
-            NAME,
+        None => Check::warn(
+            TART,
             format!("{}: cannot read a version from `{version}`", path.display()),
             "check that --tart-executable is Tart itself and not a wrapper that prints something else",
         ),
     }
-    Some(path)
 }
 
 /// `host/org/image` of `host/org/image:tag` or `host/org/image@sha256:…`.
@@ -106,24 +111,42 @@ pub(super) fn looks_macos(name: &str) -> bool {
     .any(|w| n.contains(w))
 }
 
-pub(super) fn check_macos_limit(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
+pub(super) fn check_macos_limit(settings: &Settings, list: Option<&TartList>) -> Check {
     const NAME: &str = "macOS VM limit";
     let (n, limit) = (settings.concurrency, settings.macos_vm_limit);
     if limit > 2 {
-        r.fail(
+        return Check::fail(
             NAME,
             format!("--macos-vm-limit {limit}: Apple's Virtualization framework runs at most 2 macOS guests; the third fails with \"The number of VMs exceeds the system limit\""),
             "set --macos-vm-limit 2 (or leave it out)",
         );
-        return;
     }
     if n <= limit {
-        r.pass(
+        return Check::pass(
             NAME,
             format!("--concurrency {n} fits Apple's limit of {limit} macOS guests"),
         );
-        return;
     }
+    let macos = macos_images(settings, list);
+    if macos.is_empty() {
+        Check::pass(
+            NAME,
+            format!("--concurrency {n} with no macOS image in sight; macOS jobs would still run at most {limit} at a time"),
+        )
+    } else {
+        Check::warn(
+            NAME,
+            format!(
+                "--concurrency {n} but Apple allows {limit} macOS guests: with macOS images ({}) at most {limit} jobs run at once and the others wait for a macOS slot, spending their boot timeout",
+                macos.join(", ")
+            ),
+            format!("on a host that runs only macOS jobs set concurrent and --concurrency to {limit}; keep {n} only when Linux jobs fill the other slots"),
+        )
+    }
+}
+
+/// The repositories of the macOS images in sight: cached in Tart, or the default image.
+fn macos_images(settings: &Settings, list: Option<&TartList>) -> Vec<String> {
     let mut macos: Vec<String> = list
         .and_then(|l| l.entries.as_ref().ok())
         .map(|e| {
@@ -139,40 +162,40 @@ pub(super) fn check_macos_limit(settings: &Settings, list: Option<&TartList>, r:
     }
     macos.sort();
     macos.dedup();
-    if macos.is_empty() {
-        r.pass(
-            NAME,
-            format!("--concurrency {n} with no macOS image in sight; macOS jobs would still run at most {limit} at a time"),
-        );
-    } else {
-        r.warn(
-            NAME,
-            format!(
-                "--concurrency {n} but Apple allows {limit} macOS guests: with macOS images ({}) at most {limit} jobs run at once and the others wait for a macOS slot, spending their boot timeout",
-                macos.join(", ")
-            ),
-            format!("on a host that runs only macOS jobs set concurrent and --concurrency to {limit}; keep {n} only when Linux jobs fill the other slots"),
-        );
-    }
+    macos
 }
 
-pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
+/// VMs on this host that the driver did not start (another runner user or state directory,
+/// or by hand).
+pub(super) fn check_foreign_vms(settings: &Settings) -> Check {
+    let seen = crate::host::foreign::survey(
+        crate::host::tart_home::home().as_deref(),
+        &settings.state_dir,
+    );
+    let status = [Status::Pass, Status::Warn][usize::from(seen.fix.is_some())];
+    Check::new(
+        "VMs not started by this driver",
+        status,
+        seen.detail,
+        seen.fix,
+    )
+}
+
+pub(super) fn check_tart_home(list: Option<&TartList>) -> Check {
     const NAME: &str = "tart home";
     let Some(home) = crate::host::tart_home::home() else {
-        r.fail(
+        return Check::fail(
             NAME,
             "TART_HOME is not set and the user database has no home for this user",
             "set TART_HOME in the runner's environment (launchd: the plist's EnvironmentVariables)",
         );
-        return;
     };
     let Some((free, on)) = free_bytes(&home) else {
-        r.warn(
+        return Check::warn(
             NAME,
             format!("cannot read the free space of {}", home.display()),
             "check the file system by hand (`df -h`)",
         );
-        return;
     };
     let exists = if home.exists() {
         String::new()
@@ -182,18 +205,8 @@ pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
             on.display()
         )
     };
-    let images = match list.map(|l| &l.entries) {
-        Some(Ok(entries)) => Some(
-            entries
-                .iter()
-                .filter(|e| entry_is_oci(e))
-                .filter_map(|e| entry_size_gb(e).map(|s| (entry_name(e).to_string(), s)))
-                .collect::<Vec<_>>(),
-        ),
-        _ => None,
-    };
-    let Some(images) = images else {
-        r.warn(
+    let Some(images) = cached_images(list) else {
+        return Check::warn(
             NAME,
             format!(
                 "{}{exists}: {} free; cached image sizes unknown (tart list failed)",
@@ -202,7 +215,6 @@ pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
             ),
             "fix the tart check above, then run doctor again",
         );
-        return;
     };
     // Each image is listed by tag and by digest: name it by its tag when sizes tie.
     let largest = images
@@ -213,7 +225,7 @@ pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
         })
         .cloned();
     match largest {
-        Some((name, size)) if (free as f64) < size * GB => r.warn(
+        Some((name, size)) if (free as f64) < size * GB => Check::warn(
             NAME,
             format!(
                 "{}{exists}: {} free, less than the largest cached image ({name}, {size:.0} GB): pulling a new version of it fails with \"No space left on device\"",
@@ -222,7 +234,7 @@ pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
             ),
             "remove unused images (`tart prune --entries caches --older-than 7`, or `tart delete NAME`) or free disk space",
         ),
-        Some((name, size)) => r.pass(
+        Some((name, size)) => Check::pass(
             NAME,
             format!(
                 "{}{exists}: {} free; {} cached image entries, the largest {name} ({size:.0} GB)",
@@ -231,36 +243,54 @@ pub(super) fn check_tart_home(list: Option<&TartList>, r: &mut Report) {
                 images.len()
             ),
         ),
-        None => r.pass(
+        None => Check::pass(
             NAME,
             format!("{}{exists}: {} free; no cached images", home.display(), gb(free)),
         ),
     }
 }
 
-/// Whether the VM's lock is free, i.e. no prepare, supervisor or `tart run` holds it.
-/// Opens the lock read-only and never creates it, so doctor leaves no files behind.
-pub(super) fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Report) {
+/// The OCI images Tart has cached, with their sizes in GB; `None` when `tart list` failed.
+fn cached_images(list: Option<&TartList>) -> Option<Vec<(String, f64)>> {
+    match list.map(|l| &l.entries) {
+        Some(Ok(entries)) => Some(
+            entries
+                .iter()
+                .filter(|e| entry_is_oci(e))
+                .filter_map(|e| entry_size_gb(e).map(|s| (entry_name(e).to_string(), s)))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The local VMs (a line), then, when `tart list` answered, this driver's VMs and job
+/// states that no live job owns (a second line).
+pub(super) fn check_vms(settings: &Settings, list: Option<&TartList>) -> Vec<Check> {
     let entries = match list.map(|l| &l.entries) {
         Some(Ok(e)) => e,
         Some(Err(e)) => {
-            r.fail(
+            return vec![Check::fail(
                 "VMs",
                 e.clone(),
                 "run `tart list` by hand; a broken TART_HOME or a hung Tart stops every job",
-            );
-            return;
+            )];
         }
-        None => {
-            r.skip("VMs", "tart is not usable (see above)");
-            return;
-        }
+        None => return vec![Check::skip("VMs", "tart is not usable (see above)")],
     };
     let local: Vec<&serde_json::Value> = entries.iter().filter(|e| !entry_is_oci(e)).collect();
     let ours: Vec<VmName> = local
         .iter()
         .filter_map(|e| VmName::parse_ours(entry_name(e)))
         .collect();
+    vec![
+        local_vms_check(&local, ours.len()),
+        orphans_check(settings, &find_orphans(settings, &ours)),
+    ]
+}
+
+/// How many local VMs run, and which running ones this driver did not start.
+fn local_vms_check(local: &[&serde_json::Value], ours: usize) -> Check {
     let running = local.iter().filter(|e| entry_is_running(e)).count();
     let foreign_running: Vec<&str> = local
         .iter()
@@ -268,106 +298,127 @@ pub(super) fn check_vms(settings: &Settings, list: Option<&TartList>, r: &mut Re
         .map(|e| entry_name(e))
         .collect();
     let detail = format!(
-        "{} local VMs, {running} running; {} of this driver's",
+        "{} local VMs, {running} running; {ours} of this driver's",
         local.len(),
-        ours.len()
     );
     if foreign_running.is_empty() {
-        r.pass("VMs", detail);
-    } else {
-        r.warn(
-            "VMs",
-            format!(
-                "{detail}; running VMs not started by this driver: {} (the driver's slots do not count them, but Apple's 2 macOS guests limit does)",
-                foreign_running.join(", ")
-            ),
-            "stop them with `tart stop NAME` if this host is for CI only",
-        );
+        return Check::pass("VMs", detail);
     }
+    Check::warn(
+        "VMs",
+        format!(
+            "{detail}; running VMs not started by this driver: {} (the driver's slots do not count them, but Apple's 2 macOS guests limit does)",
+            foreign_running.join(", ")
+        ),
+        "stop them with `tart stop NAME` if this host is for CI only",
+    )
+}
 
-    // The same proof as the sweep's (`ownership`): a record here whose lock is free, or a
-    // marker naming this state directory. Other VMs of this driver are left alone.
+/// This driver's VMs and job states of this state directory that no live job owns, and
+/// its VMs that nothing ties to this state directory.
+struct Orphans {
+    /// The driver's VMs of this state directory whose job is gone.
+    vms: Vec<String>,
+    /// `state of NAME`: a job's state without its VM and without a live job.
+    states: Vec<String>,
+    /// The driver's VMs left alone: no record or marker ties them to this state directory.
+    foreign: Vec<String>,
+    /// All the driver's VMs in `tart list`.
+    ours: usize,
+}
+
+/// The same proof as the sweep's (`ownership`): a record here whose lock is free, or a
+/// marker naming this state directory. Other VMs of this driver are left alone.
+/// Whether the VM's lock is free, i.e. no prepare, supervisor or `tart run` holds it:
+/// opens the lock read-only and never creates it, so doctor leaves no files behind.
+fn find_orphans(settings: &Settings, ours: &[VmName]) -> Orphans {
     let root = match state_dir::inspect(&settings.state_dir) {
         Ok(state_dir::Inspection::Fine { .. }) => {
             StateDir::open_ignoring_socket_limit(&settings.state_dir).ok()
         }
         _ => None,
     };
-    let (mut orphans, mut foreign) = (Vec::new(), Vec::new());
-    for name in &ours {
+    let (mut vms, mut foreign, mut states) = (Vec::new(), Vec::new(), Vec::new());
+    for name in ours {
         match (
             ownership::claim(name, root.as_ref(), &settings.state_dir),
             &root,
         ) {
             (Claim::Record, Some(root)) if !VmState::new(root, name).lock_is_free() => {}
             (Claim::None, _) => foreign.push(name.to_string()),
-            _ => orphans.push(name.to_string()),
+            _ => vms.push(name.to_string()),
         }
     }
-    let vm_count = orphans.len();
-    let vms = root
+    let dir = root
         .as_ref()
         .and_then(|r| r.existing_subdir(VMS).ok().flatten());
-    if let (Some(root), Some(vms)) = (&root, vms) {
-        for file_name in vms.entries() {
+    if let (Some(root), Some(dir)) = (&root, dir) {
+        for file_name in dir.entries() {
             let Some(name) = VmName::parse_ours(&file_name) else {
                 continue;
             };
             if !ours.contains(&name) && VmState::new(root, &name).lock_is_free() {
-                orphans.push(format!("state of {name}"));
+                states.push(format!("state of {name}"));
             }
         }
     }
-    let foreign = if foreign.is_empty() {
+    Orphans {
+        vms,
+        states,
+        foreign,
+        ours: ours.len(),
+    }
+}
+
+fn orphans_check(settings: &Settings, orphans: &Orphans) -> Check {
+    let foreign = if orphans.foreign.is_empty() {
         String::new()
     } else {
         format!(
             "; left alone, as no record or marker ties them to this state directory: {}",
-            foreign.join(", ")
+            orphans.foreign.join(", ")
         )
     };
-    if orphans.is_empty() {
-        r.pass(
+    if orphans.vms.is_empty() && orphans.states.is_empty() {
+        return Check::pass(
             "orphaned VMs",
             format!(
                 "none: every VM of this state directory belongs to a live job ({} live){foreign}",
-                ours.len() - foreign.len().min(ours.len())
+                orphans.ours - orphans.foreign.len().min(orphans.ours)
             ),
         );
-    } else {
-        let mut fix = String::from("gitlab-runner-tart-driver gc");
-        if settings.state_dir.as_os_str() != state_dir::default_path().as_os_str() {
-            fix.push_str(&format!(" --state-dir {}", settings.state_dir.display()));
-        }
-        if settings.tart_executable != "tart" {
-            fix.push_str(&format!(" -x {}", settings.tart_executable));
-        }
-        r.warn(
-            "orphaned VMs",
-            {
-                let states = orphans.len() - vm_count;
-                let mut what = Vec::new();
-                if vm_count > 0 {
-                    what.push(format!(
-                        "{vm_count} VM{}",
-                        if vm_count == 1 { "" } else { "s" }
-                    ));
-                }
-                if states > 0 {
-                    what.push(format!(
-                        "{states} leftover job state{}",
-                        if states == 1 { "" } else { "s" }
-                    ));
-                }
-                format!(
-                    "{} that no live job owns: {}",
-                    what.join(" and "),
-                    orphans.join(", ")
-                )
-            },
-            format!("`{fix}` (add --dry-run to see first); the next prepare also sweeps them"),
-        );
     }
+    let mut fix = String::from("gitlab-runner-tart-driver gc");
+    if settings.state_dir.as_os_str() != state_dir::default_path().as_os_str() {
+        fix.push_str(&format!(" --state-dir {}", settings.state_dir.display()));
+    }
+    if settings.tart_executable != "tart" {
+        fix.push_str(&format!(" -x {}", settings.tart_executable));
+    }
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let (vm_count, states) = (orphans.vms.len(), orphans.states.len());
+    let mut what = Vec::new();
+    if vm_count > 0 {
+        what.push(format!("{vm_count} VM{}", plural(vm_count)));
+    }
+    if states > 0 {
+        what.push(format!("{states} leftover job state{}", plural(states)));
+    }
+    let all: Vec<&str> = orphans
+        .vms
+        .iter()
+        .chain(&orphans.states)
+        .map(String::as_str)
+        .collect();
+    Check::warn(
+        "orphaned VMs",
+        format!(
+            "{} that no live job owns: {}",
+            what.join(" and "),
+            all.join(", ")
+        ),
+        format!("`{fix}` (add --dry-run to see first); the next prepare also sweeps them"),
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Doctor's view of the warm pool (`--warm-pool`): what it keeps, what each warm VM is
 //! doing, and the boots that failed.
 
-use super::report::Report;
+use super::report::Check;
 use crate::host::state_dir::StateDir;
 use crate::settings::Settings;
 use crate::warm::pool::{self, Status};
@@ -9,7 +9,7 @@ use crate::warm::replenish;
 
 const NAME: &str = "warm pool";
 
-pub fn check_pool(settings: &Settings, r: &mut Report) {
+pub fn check_pool(settings: &Settings) -> Check {
     // Doctor creates nothing: no state directory, no pool.
     let root = settings
         .state_dir
@@ -21,24 +21,22 @@ pub fn check_pool(settings: &Settings, r: &mut Report) {
         .and_then(|root| pool::members(root).ok())
         .unwrap_or_default();
     if !settings.warm.enabled() {
-        if members.iter().any(|m| m.status != Status::Claimed) {
-            r.warn(
+        return if members.iter().any(|m| m.status != Status::Claimed) {
+            Check::warn(
                 NAME,
                 format!("off (--warm-pool 0), but {} warm VM(s) are still kept", members.len()),
                 "run `gitlab-runner-tart-driver warm --warm-pool 0` (or the next `gc`) to stop them",
-            );
+            )
         } else {
-            r.skip(NAME, "off (--warm-pool 0): every job boots its own VM");
-        }
-        return;
+            Check::skip(NAME, "off (--warm-pool 0): every job boots its own VM")
+        };
     }
     if settings.cache_dir.is_some() {
-        r.warn(
+        return Check::warn(
             NAME,
             format!("--warm-pool {} is set, but a cache dir is configured, so no warm VM is used", settings.warm.pool),
             "drop --cache-dir (use GitLab's distributed cache instead) to use the pool, or set --warm-pool 0",
         );
-        return;
     }
     let now = pool::now_unix();
     let described: Vec<String> = members
@@ -72,8 +70,7 @@ pub fn check_pool(settings: &Settings, r: &mut Report) {
     );
     let failures = root.as_ref().map(replenish::failures).unwrap_or_default();
     if failures.is_empty() {
-        r.pass(NAME, detail);
-        return;
+        return Check::pass(NAME, detail);
     }
     let failed: Vec<String> = failures
         .iter()
@@ -86,9 +83,9 @@ pub fn check_pool(settings: &Settings, r: &mut Report) {
             )
         })
         .collect();
-    r.warn(
+    Check::warn(
         NAME,
         format!("{detail}. Not booted again: {}", failed.join("; ")),
         "fix the image (its boot fails in every warm VM), then run `gitlab-runner-tart-driver warm` to retry",
-    );
+    )
 }
