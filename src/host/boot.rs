@@ -2,9 +2,9 @@
 //! (`crate::clock::boot_secs`) means something only within the boot that wrote it, since that
 //! clock restarts near zero after a reboot.
 //!
-//! Linux names each boot in `/proc/sys/kernel/random/boot_id`; macOS has no boot id, but
-//! the moment it booted (`kern.boottime`) differs between boots. A system root moved by
-//! `TART_DRIVER_HOST_ROOT` (the test bed's simulated Mac) that holds its own
+//! Linux names each boot in `/proc/sys/kernel/random/boot_id`, macOS in
+//! `kern.bootsessionuuid` (never `kern.boottime`, which moves with the wall clock). A system
+//! root moved by `TART_DRIVER_HOST_ROOT` (the test bed's simulated Mac) that holds its own
 //! `proc/sys/kernel/random/boot_id` names the boot instead, so tests can reboot it.
 
 /// Where Linux names the boot, under the system root.
@@ -26,22 +26,28 @@ fn system_id() -> Option<String> {
 
 #[cfg(target_os = "macos")]
 fn system_id() -> Option<String> {
-    let mut tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let mut len = std::mem::size_of::<libc::timeval>();
-    // SAFETY: kern.boottime is a struct timeval; the buffer is ours and `len` its size.
+    // The boot session's UUID, which the kernel makes once per boot. Not `kern.boottime`:
+    // that is the wall clock minus the uptime, so it moves whenever the clock is stepped
+    // (an NTP step after wake, an admin setting the date), and every live record would then
+    // look like another boot's and be swept.
+    let mut buf = [0u8; 64];
+    let mut len: libc::size_t = buf.len();
+    // SAFETY: the buffer is ours and `len` its size; the kernel writes at most `len` bytes.
     let rc = unsafe {
         libc::sysctlbyname(
-            c"kern.boottime".as_ptr(),
-            (&mut tv as *mut libc::timeval).cast(),
+            c"kern.bootsessionuuid".as_ptr(),
+            buf.as_mut_ptr().cast(),
             &mut len,
             std::ptr::null_mut(),
             0,
         )
     };
-    (rc == 0 && tv.tv_sec > 0).then(|| format!("boottime-{}.{:06}", tv.tv_sec, tv.tv_usec))
+    if rc != 0 {
+        return None;
+    }
+    let text = std::str::from_utf8(buf.get(..len)?).ok()?;
+    let uuid = text.trim_end_matches('\0').trim();
+    (!uuid.is_empty()).then(|| format!("session-{uuid}"))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
