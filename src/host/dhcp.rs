@@ -123,17 +123,8 @@ pub fn bootpd_config(plist: &str) -> (u64, u64) {
         let end = rest[start..].find("</integer>")? + start;
         rest[start..end].trim().parse().ok()
     };
-    let pool = plist.find("<key>net_range</key>").and_then(|at| {
-        let ips: Vec<std::net::Ipv4Addr> = plist[at..]
-            .split("<string>")
-            .skip(1)
-            .take(2)
-            .filter_map(|s| s.split("</string>").next()?.trim().parse().ok())
-            .collect();
-        let [first, last] = ips[..] else { return None };
-        let span = u32::from(last).checked_sub(u32::from(first))?;
-        Some(u64::from(span) + 1)
-    });
+    let pool =
+        net_range(plist).map(|(first, last)| u64::from(u32::from(last) - u32::from(first)) + 1);
     (
         integer_after("lease_max").unwrap_or(DEFAULT_LEASE_SECS),
         pool.unwrap_or(DEFAULT_POOL),
@@ -143,21 +134,23 @@ pub fn bootpd_config(plist: &str) -> (u64, u64) {
 /// The addresses bootpd hands to guests on Tart's shared NAT network: its plist's first
 /// `net_range`, else macOS's default, 192.168.64.2 to 192.168.64.254.
 pub fn nat_guest_range(plist: Option<&str>) -> (Ipv4Addr, Ipv4Addr) {
-    let configured = plist.and_then(|plist| {
-        let at = plist.find("<key>net_range</key>")?;
-        let ips: Vec<Ipv4Addr> = plist[at..]
-            .split("<string>")
-            .skip(1)
-            .take(2)
-            .filter_map(|s| s.split("</string>").next()?.trim().parse().ok())
-            .collect();
-        let [first, last] = ips[..] else { return None };
-        (first <= last).then_some((first, last))
-    });
-    configured.unwrap_or((
+    plist.and_then(net_range).unwrap_or((
         Ipv4Addr::new(192, 168, 64, 2),
         Ipv4Addr::new(192, 168, 64, 254),
     ))
+}
+
+/// The first `net_range` of bootpd's plist (its first and last address), if well formed.
+fn net_range(plist: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let at = plist.find("<key>net_range</key>")?;
+    let ips: Vec<Ipv4Addr> = plist[at..]
+        .split("<string>")
+        .skip(1)
+        .take(2)
+        .filter_map(|s| s.split("</string>").next()?.trim().parse().ok())
+        .collect();
+    let [first, last] = ips[..] else { return None };
+    (first <= last).then_some((first, last))
 }
 
 /// [`nat_guest_range`] of this host's bootpd (its plist exists once vmnet has run).
